@@ -124,7 +124,7 @@ def build_step(task: Task, graphdef, rest, tx, ema_decay: float) -> Callable:
             return task.loss(model, frozen, batch, rng)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema, params)
@@ -140,8 +140,8 @@ def build_step(task: Task, graphdef, rest, tx, ema_decay: float) -> Callable:
         metrics = {
             "loss": loss,
             "grad_norm": grad_norm,
-            "param_norm": optax.global_norm(state.params),
-            "update_norm": optax.global_norm(updates),
+            "param_norm": optax.tree.norm(state.params),
+            "update_norm": optax.tree.norm(updates),
             "skipped": new_state.skipped.astype(jnp.float32),
             **aux,
         }

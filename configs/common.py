@@ -1,0 +1,167 @@
+"""Shared pieces of the configs: argument parsing, model presets, bucket tables.
+
+Configs are ml_collections `get_config(arg)` functions; `arg` is a comma-separated list of
+`key=value` or bare flags, e.g. `--config=configs/l.py:res=480,frames=81` or `:runlocal`.
+`runlocal` shrinks any config to a CPU-sized run (big_vision's convention).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# DiT presets (Wan 2.1 shapes for l/xl: https://github.com/Wan-Video/Wan2.1, config.json of the
+# released T2V-1.3B and T2V-14B checkpoints). text_dim 4096 = umT5-XXL hidden size.
+DIT_PRESETS = {
+    "micro": dict(dim=32, ffn_dim=64, num_heads=2, num_layers=2),
+    "tiny": dict(dim=128, ffn_dim=512, num_heads=4, num_layers=4),
+    "s": dict(dim=768, ffn_dim=3072, num_heads=12, num_layers=12),  # ~110M
+    "b": dict(dim=1024, ffn_dim=4096, num_heads=16, num_layers=20),  # ~330M
+    "l": dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),  # Wan 2.1 T2V-1.3B
+    "xl": dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),  # Wan 2.1 T2V-14B
+}
+
+# Wan 2.1 VAE: 4x8x8 compression, 16 latent channels.
+WAN_VAE = dict(
+    base_channels=96,
+    channel_mults=(1, 2, 4, 4),
+    num_res_blocks=2,
+    temporal_downsample=(False, True, True),
+    z_channels=16,
+    mid_attention=True,
+)
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """`"a=1,b=x,flag"` -> ConfigDict with the types of `defaults`; unknown keys are an error."""
+    out = ml_collections.ConfigDict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(
+                f"unknown config argument {key!r}; expected one of {sorted(defaults)}."
+            )
+        kind = type(defaults[key])
+        if kind is bool:
+            out[key] = value.strip().lower() in ("", "1", "true", "yes")
+        else:
+            out[key] = kind(value)
+    return out
+
+
+def world_config(**overrides) -> ml_collections.ConfigDict:
+    """The synthetic world (sora_jax/data/world.py) with the full vocabulary by default."""
+    cfg = ml_collections.ConfigDict(
+        dict(
+            seed=0,
+            num_clips=1_000_000,
+            resolutions=((64, 64),),
+            num_frames=(9,),
+            image_fraction=0.0,
+            fps=8,
+            max_objects=3,
+            camera_pan_prob=0.2,
+            occluder_prob=0.2,
+            holdout=("red:triangle", "blue:circle", "green:square"),
+            split="train",
+        )
+    )
+    cfg.update(overrides)
+    return cfg
+
+
+def train_config(**overrides) -> ml_collections.ConfigDict:
+    """Optimiser and loop settings of one training stage."""
+    cfg = ml_collections.ConfigDict(
+        dict(
+            steps=1000,
+            lr=1e-4,
+            lr_schedule="cosine",  # cosine | constant (after warmup)
+            lr_warmup_steps=100,
+            lr_min_ratio=0.1,
+            b1=0.9,
+            b2=0.99,
+            weight_decay=0.01,
+            grad_clip_norm=1.0,
+            ema_decay=0.999,
+            log_every_steps=50,
+            checkpoint_every_steps=500,
+            keep_checkpoints=2,
+            # ('FRAMESxHEIGHTxWIDTH', global batch size, sampling weight)
+            buckets=(("9x64x64", 8, 1.0),),
+        )
+    )
+    cfg.update(overrides)
+    return cfg
+
+
+def dit_stage_config(
+    preset: str, *, height: int, width: int, frames: int, batch: int, runlocal: bool
+) -> ml_collections.ConfigDict:
+    """A config that trains only the DiT (stage "dit") on top of a trained Wan-shaped VAE.
+
+    The text encoder is umT5-XXL (4096-dim, Wan 2.1's) loaded from `text.path`; `runlocal` swaps
+    in the packaged MiniLM, a micro DiT and a tiny VAE so the config runs on a CPU.
+    """
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.stages = "dit,sample"
+    c.mesh = dict(data=1, fsdp=-1, context=1, tensor=1)
+    c.world = world_config(resolutions=((height, width),), num_frames=(frames,), image_fraction=0.1)
+    c.vae = dict(WAN_VAE, dropout=0.0, dtype="bfloat16")
+    c.vae_train = train_config()
+    c.text = dict(encoder="umt5", path="", max_length=512, dtype="bfloat16")
+    c.dit = dict(
+        **DIT_PRESETS[preset],
+        in_channels=16,
+        out_channels=16,
+        patch_size=(1, 2, 2),
+        text_dim=4096,
+        dtype="bfloat16",
+        attention="auto",
+        remat="full",
+    )
+    c.dit_train = train_config(
+        steps=100_000,
+        lr=1e-4,
+        lr_warmup_steps=1000,
+        log_every_steps=100,
+        checkpoint_every_steps=1000,
+        buckets=((f"{frames}x{height}x{width}", batch, 0.9), (f"1x{height}x{width}", batch, 0.1)),
+        caption_probs={"prompt": 0.2, "caption": 0.8},
+        caption_dropout=0.1,
+        vae_workdir="",  # a trained VAE stage, e.g. from configs/vae.py or imported Wan weights
+    )
+    c.flow = dict(logit_mean=0.0, logit_std=1.0, shift=5.0)  # Wan 2.1 T2V sampling shift
+    c.sample = dict(
+        num_prompts=8,
+        prompts=(),
+        num_frames=frames,
+        height=height,
+        width=width,
+        steps=50,
+        sampler="euler",
+        guidance=5.0,
+        seed=0,
+        batch_size=1,
+    )
+    if runlocal:
+        c.stages = "vae,dit,sample"
+        c.world = world_config(resolutions=((32, 32),), num_frames=(9,))
+        c.vae = dict(
+            base_channels=8,
+            channel_mults=(1, 2, 2),
+            num_res_blocks=1,
+            temporal_downsample=(True, True),
+            z_channels=8,
+            mid_attention=False,
+            dropout=0.0,
+            dtype="float32",
+        )
+        c.vae_train = train_config(steps=4, buckets=(("9x32x32", 2, 1.0),), log_every_steps=2)
+        c.text = dict(encoder="minilm", path="", max_length=8, dtype="float32")
+        c.dit.update(DIT_PRESETS["micro"])
+        c.dit.update(in_channels=8, out_channels=8, text_dim=384, dtype="float32", remat="none")
+        c.dit_train.update(steps=4, log_every_steps=2, buckets=(("9x32x32", 2, 1.0),))
+        c.sample.update(num_prompts=2, num_frames=9, height=32, width=32, steps=2, batch_size=2)
+    return c

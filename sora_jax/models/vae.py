@@ -1,0 +1,334 @@
+"""Causal 3D VAE (video compression network), able to express the Wan 2.1 VAE exactly.
+
+Legend: B batch, F frames, H W pixel height/width, T latent frames, h w latent height/width,
+z latent channels. Videos are `[B, F, H, W, 3]` in [-1, 1]; latents are `[B, T, h, w, z]` with
+T = 1 + (F - 1) / temporal_factor, h = H / spatial_factor, w = W / spatial_factor.
+
+Layout (Wan 2.1, diffusers `AutoencoderKLWan`): encoder = causal conv_in, per level
+`num_res_blocks` ResBlocks then a (spatial, optionally temporal) downsampler, mid block
+(ResBlock, single-head spatial attention, ResBlock), RMS norm, SiLU, conv_out to 2z channels, then
+a 1x1x1 `quant_conv`; decoder = 1x1x1 `post_quant_conv`, conv_in, mid block, per level
+`num_res_blocks + 1` ResBlocks and an upsampler that halves channels, norm, SiLU, conv_out.
+
+`encode`/`decode` run the whole sequence at once; `encode_chunked`/`decode_chunked` run the first
+frame, then fixed-size chunks with a per-conv cache of past frames in one `lax.scan`, computing
+the same numbers with memory that does not grow with length (this is how Wan runs, too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sora_jax.models.vae_blocks import (
+    CausalConv3d,
+    Downsample,
+    MidBlock,
+    ResBlock,
+    RMSNorm,
+    TimeCache,
+    Upsample,
+    silu,
+)
+
+Array = jax.Array
+LOGVAR_RANGE = (-30.0, 20.0)  # diffusers DiagonalGaussianDistribution clamps logvar here
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEConfig:
+    base_channels: int = 96
+    channel_mults: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    temporal_downsample: tuple[bool, ...] = (False, True, True)  # per down level; Wan: F,T,T
+    z_channels: int = 16
+    mid_attention: bool = True
+    dropout: float = 0.0
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if len(self.temporal_downsample) != len(self.channel_mults) - 1:
+            raise ValueError(
+                f"temporal_downsample={self.temporal_downsample} must have one entry per down "
+                f"level, i.e. len(channel_mults) - 1 = {len(self.channel_mults) - 1} entries."
+            )
+        for m in self.channel_mults[1:]:
+            if (self.base_channels * m) % 2:
+                raise ValueError(
+                    f"base_channels * channel_mults = {self.base_channels * m} must be even "
+                    "(the decoder's upsamplers halve channels)."
+                )
+
+
+class Encoder(nnx.Module):
+    """[B, F, H, W, 3] -> [B, T, h, w, 2z] (pre-quant_conv moments)."""
+
+    def __init__(self, cfg: VAEConfig, *, rngs: nnx.Rngs):
+        kw = dict(dtype=cfg.dtype, rngs=rngs)
+        dims = [cfg.base_channels * m for m in (1, *cfg.channel_mults)]
+        self.conv_in = CausalConv3d(3, dims[0], (3, 3, 3), **kw)
+        blocks = []
+        last = len(cfg.channel_mults) - 1
+        for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(ResBlock(cin, cout, dropout=cfg.dropout, **kw))
+                cin = cout
+            if i != last:
+                blocks.append(Downsample(cout, time=cfg.temporal_downsample[i], **kw))
+        self.down_blocks = nnx.List(blocks)
+        self.mid_block = MidBlock(dims[-1], attention=cfg.mid_attention, dropout=cfg.dropout, **kw)
+        self.norm_out = RMSNorm(dims[-1])
+        self.conv_out = CausalConv3d(dims[-1], 2 * cfg.z_channels, (3, 3, 3), **kw)
+
+    def __call__(self, x: Array, cache: TimeCache | None = None) -> Array:
+        x = self.conv_in(x, cache)
+        for block in self.down_blocks:
+            x = block(x, cache)
+        x = self.mid_block(x, cache)
+        return self.conv_out(silu(self.norm_out(x)), cache)
+
+
+class UpBlock(nnx.Module):
+    """`num_res_blocks + 1` ResBlocks, then an optional upsampler to cout // 2 channels."""
+
+    def __init__(self, cin: int, cout: int, cfg: VAEConfig, up: str | None, *, rngs: nnx.Rngs):
+        kw = dict(dtype=cfg.dtype, rngs=rngs)
+        self.resnets = nnx.List(
+            [
+                ResBlock(cin if j == 0 else cout, cout, dropout=cfg.dropout, **kw)
+                for j in range(cfg.num_res_blocks + 1)
+            ]
+        )
+        self.upsampler = None if up is None else Upsample(cout, cout // 2, time=up == "3d", **kw)
+
+    def __call__(self, x: Array, cache: TimeCache | None = None) -> Array:
+        for block in self.resnets:
+            x = block(x, cache)
+        return x if self.upsampler is None else self.upsampler(x, cache)
+
+
+class Decoder(nnx.Module):
+    """[B, T, h, w, z] -> [B, F, H, W, 3] (after post_quant_conv, before clipping)."""
+
+    def __init__(self, cfg: VAEConfig, *, rngs: nnx.Rngs):
+        kw = dict(dtype=cfg.dtype, rngs=rngs)
+        mults = cfg.channel_mults
+        dims = [cfg.base_channels * m for m in (mults[-1], *mults[::-1])]
+        time_up = cfg.temporal_downsample[::-1]
+        self.conv_in = CausalConv3d(cfg.z_channels, dims[0], (3, 3, 3), **kw)
+        self.mid_block = MidBlock(dims[0], attention=cfg.mid_attention, dropout=cfg.dropout, **kw)
+        blocks = []
+        last = len(mults) - 1
+        for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+            # Every upsampler halves channels, so levels after the first get half their width in.
+            cin = cin // 2 if i > 0 else cin
+            up = None if i == last else ("3d" if time_up[i] else "2d")
+            blocks.append(UpBlock(cin, cout, cfg, up, rngs=rngs))
+        self.up_blocks = nnx.List(blocks)
+        self.norm_out = RMSNorm(dims[-1])
+        self.conv_out = CausalConv3d(dims[-1], 3, (3, 3, 3), **kw)
+
+    def __call__(self, z: Array, cache: TimeCache | None = None) -> Array:
+        x = self.conv_in(z, cache)
+        x = self.mid_block(x, cache)
+        for block in self.up_blocks:
+            x = block(x, cache)
+        return self.conv_out(silu(self.norm_out(x)), cache)
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_finite(x, what: str) -> None:
+    # Host-side only when the values exist (eager calls); under jit the check would cost a sync.
+    if _is_concrete(x) and not bool(jnp.isfinite(jnp.asarray(x)).all()):
+        raise ValueError(f"{what} contains NaN or Inf values; expected finite numbers.")
+
+
+class CausalVAE(nnx.Module):
+    """Video VAE: `encode` -> (mean, logvar) latents, `decode` -> video; causal in time."""
+
+    def __init__(self, cfg: VAEConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        z = cfg.z_channels
+        self.encoder = Encoder(cfg, rngs=rngs)
+        self.quant_conv = CausalConv3d(2 * z, 2 * z, (1, 1, 1), dtype=cfg.dtype, rngs=rngs)
+        self.post_quant_conv = CausalConv3d(z, z, (1, 1, 1), dtype=cfg.dtype, rngs=rngs)
+        self.decoder = Decoder(cfg, rngs=rngs)
+        self.spatial_factor: int = 2 ** (len(cfg.channel_mults) - 1)
+        self.temporal_factor: int = 2 ** sum(bool(t) for t in cfg.temporal_downsample)
+
+    # ---- shapes and input checks (host side: shapes are static even under jit) ----
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """(T, h, w, z) of the latents of a `num_frames` x `height` x `width` video."""
+        tf, sf = self.temporal_factor, self.spatial_factor
+        if num_frames < 1 or (num_frames - 1) % tf:
+            raise ValueError(
+                f"num_frames={num_frames} is not supported; expected 1 + {tf}*k frames "
+                f"(1, {1 + tf}, {1 + 2 * tf}, ...)."
+            )
+        if height % sf or width % sf or height < sf or width < sf:
+            raise ValueError(
+                f"frame size {height}x{width} is not supported; expected height and width "
+                f"that are positive multiples of {sf}."
+            )
+        return (1 + (num_frames - 1) // tf, height // sf, width // sf, self.cfg.z_channels)
+
+    def _check_video(self, x: Array) -> None:
+        if x.ndim != 5 or x.shape[-1] != 3:
+            raise ValueError(
+                f"video of shape {tuple(x.shape)} is not supported; expected [B, F, H, W, 3]."
+            )
+        self.latent_shape(*x.shape[1:4])
+        _check_finite(x, "the input video")
+
+    def _check_latent(self, z: Array) -> None:
+        if z.ndim != 5 or z.shape[-1] != self.cfg.z_channels or z.shape[1] < 1:
+            raise ValueError(
+                f"latent of shape {tuple(z.shape)} is not supported; expected "
+                f"[B, T, h, w, {self.cfg.z_channels}] with T >= 1."
+            )
+        _check_finite(z, "the latent")
+
+    # ---- full-sequence passes ----
+
+    def _moments(self, h: Array) -> tuple[Array, Array]:
+        mean, logvar = jnp.split(h.astype(jnp.float32), 2, axis=-1)
+        return mean, jnp.clip(logvar, *LOGVAR_RANGE)
+
+    def encode(self, x: Array) -> tuple[Array, Array]:
+        """Video [B, F, H, W, 3] in [-1, 1] -> (mean, logvar), each [B, T, h, w, z] fp32."""
+        self._check_video(x)
+        return self._moments(self.quant_conv(self.encoder(x)))
+
+    def decode(self, z: Array, *, clip: bool = True) -> Array:
+        """Latents [B, T, h, w, z] -> video [B, 1 + (T-1)*tf, h*sf, w*sf, 3] fp32.
+
+        `clip` clamps to [-1, 1] as Wan does at inference; training passes clip=False so that
+        out-of-range pixels still get a gradient.
+        """
+        self._check_latent(z)
+        x = self.decoder(self.post_quant_conv(z)).astype(jnp.float32)
+        return jnp.clip(x, -1.0, 1.0) if clip else x
+
+    def __call__(self, x: Array, *, rng: Array | None = None) -> tuple[Array, Array, Array]:
+        """(recon, mean, logvar): z ~ N(mean, exp(logvar)) with `rng`, else z = mean; recon unclipped."""
+        mean, logvar = self.encode(x)
+        z = mean
+        if rng is not None:
+            z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
+        return self.decode(z, clip=False), mean, logvar
+
+    # ---- chunked passes: first frame alone, then equal chunks under one lax.scan ----
+
+    def _run_chunked(self, net, x: Array, chunk: int) -> Array:
+        first = TimeCache(first=True)
+        y0 = net(x[:, :1], first)
+        rest = x[:, 1:]
+        n = rest.shape[1] // chunk
+        if n == 0:
+            return y0
+        b = x.shape[0]
+        xs = jnp.moveaxis(rest.reshape(b, n, chunk, *rest.shape[2:]), 1, 0)
+
+        def step(state, xc):
+            cache = TimeCache(first=False, incoming=state)
+            y = net(xc, cache)
+            return cache.outgoing, y
+
+        _, ys = jax.lax.scan(step, first.outgoing, xs)
+        ys = jnp.moveaxis(ys, 0, 1).reshape(b, -1, *ys.shape[3:])
+        return jnp.concatenate([y0, ys.astype(y0.dtype)], axis=1)
+
+    def encode_chunked(
+        self, x: Array, *, frames_per_chunk: int | None = None
+    ) -> tuple[Array, Array]:
+        """Same as `encode` (to fp32 rounding), frame 0 then `frames_per_chunk` (default tf)."""
+        self._check_video(x)
+        chunk = frames_per_chunk or self.temporal_factor
+        if chunk % self.temporal_factor or (x.shape[1] - 1) % chunk:
+            raise ValueError(
+                f"frames_per_chunk={chunk} is not supported for {x.shape[1]} frames; expected a "
+                f"multiple of {self.temporal_factor} that divides num_frames - 1."
+            )
+        net = lambda xc, cache: self.quant_conv(self.encoder(xc, cache))
+        return self._moments(self._run_chunked(net, x, chunk))
+
+    def decode_chunked(
+        self, z: Array, *, latents_per_chunk: int = 1, clip: bool = True
+    ) -> Array:
+        """Same as `decode` (to fp32 rounding), latent frame 0 then `latents_per_chunk` each."""
+        self._check_latent(z)
+        if latents_per_chunk < 1 or (z.shape[1] - 1) % latents_per_chunk:
+            raise ValueError(
+                f"latents_per_chunk={latents_per_chunk} is not supported for {z.shape[1]} latent "
+                "frames; expected a positive number that divides T - 1."
+            )
+        net = lambda zc, cache: self.decoder(self.post_quant_conv(zc), cache)
+        x = self._run_chunked(net, z, latents_per_chunk).astype(jnp.float32)
+        return jnp.clip(x, -1.0, 1.0) if clip else x
+
+
+# ---- weights from diffusers' AutoencoderKLWan ----
+
+_WAN_RENAMES = (("resample.1.", "spatial."), ("upsamplers.0.", "upsampler."),
+                ("attentions.0.", "attention."))
+
+
+def _wan_key_to_path(key: str) -> tuple[str | int, ...]:
+    for old, new in _WAN_RENAMES:
+        key = key.replace(old, new)
+    parts = key.split(".")
+    parts[-1] = {"weight": "kernel"}.get(parts[-1], parts[-1])
+    return tuple(int(p) if p.isdigit() else p for p in parts)
+
+
+def _to_ours(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Torch layout -> ours: conv3d OIDHW -> DHWIO, conv2d OIHW -> HWIO, 1x1 conv2d -> [I, O]."""
+    if value.ndim == 5:
+        value = value.transpose(2, 3, 4, 1, 0)
+    elif value.ndim == 4 and len(shape) == 2:
+        value = value[:, :, 0, 0].T
+    elif value.ndim == 4:
+        value = value.transpose(2, 3, 1, 0)
+    elif len(shape) == 1:
+        value = value.reshape(-1)  # RMS gammas are stored as [C, 1, 1(, 1)]
+    return value
+
+
+def load_wan_vae_state_dict(model: CausalVAE, state_dict: dict[str, np.ndarray]) -> CausalVAE:
+    """Copy a diffusers `AutoencoderKLWan` state dict (numpy arrays) into `model`, in place.
+
+    Every parameter of `model` must be set and every key used; raises ValueError otherwise,
+    or when a shape does not match (e.g. a config that differs from the checkpoint's).
+    """
+    ours = {path: var for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    unexpected, loaded = [], set()
+    for key, value in state_dict.items():
+        path = _wan_key_to_path(key)
+        if path not in ours:
+            unexpected.append(key)
+            continue
+        target = ours[path]
+        value = _to_ours(np.asarray(value, np.float32), target.shape)
+        if value.shape != target.shape:
+            raise ValueError(
+                f"weight {key} has shape {value.shape} after conversion; the model expects "
+                f"{target.shape} (does the VAEConfig match the checkpoint?)."
+            )
+        target.value = jnp.asarray(value)
+        loaded.add(path)
+    missing = sorted(".".join(map(str, p)) for p in set(ours) - loaded)
+    if unexpected or missing:
+        raise ValueError(
+            f"state dict does not match the model: unexpected keys {unexpected[:8]}, "
+            f"missing parameters {missing[:8]} ({len(unexpected)} and {len(missing)} in all)."
+        )
+    nnx.update(model, nnx.from_flat_state(list(ours.items())))
+    return model

@@ -1,0 +1,256 @@
+"""Building blocks of the causal 3D VAE (Wan 2.1 layout), with an optional per-conv time cache.
+
+Legend: B batch, F frames (of the tensor at hand), H W height/width, C channels. Videos are
+channels-last `[B, F, H, W, C]`.
+
+Time is causal everywhere: a conv with `kt` taps sees the current frame and `kt - 1` frames of
+the past, zeros before the first frame. The first frame of a sequence is special in the time
+resamplers (as in Wan 2.1): the downsampler passes it through untouched and the upsampler emits
+it once, so an image is a 1-frame video sharing the latent space of videos.
+
+Chunked time: every module takes an optional `TimeCache`. `None` means "the whole sequence,
+starting at frame 0, in one pass". With a cache the module processes one chunk: each causal conv
+reads the past frames the previous chunk left (`take`) and records its own (`put`), in call
+order, so chunked and full passes compute the same numbers.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+
+class TimeCache:
+    """State carried across time chunks: incoming past frames (read in call order) and outgoing.
+
+    `first=True` marks the chunk that starts at frame 0 (its incoming state is all zeros, and the
+    time resamplers treat its first frame specially); then `incoming` must be None.
+    """
+
+    def __init__(self, first: bool, incoming: list[Array] | None = None):
+        if first != (incoming is None):
+            raise ValueError("TimeCache expects incoming state exactly when first is False.")
+        self.first = first
+        self._incoming = incoming
+        self._pos = 0
+        self.outgoing: list[Array] = []
+
+    def take(self) -> Array | None:
+        """The next conv's past frames, or None (meaning zeros) in the first chunk."""
+        if self._incoming is None:
+            return None
+        past = self._incoming[self._pos]
+        self._pos += 1
+        return past
+
+    def put(self, past: Array) -> None:
+        self.outgoing.append(past)
+
+
+def is_first(cache: TimeCache | None) -> bool:
+    return cache is None or cache.first
+
+
+def silu(x: Array) -> Array:
+    return x * jax.nn.sigmoid(x)
+
+
+class RMSNorm(nnx.Module):
+    """Wan's RMS norm: x / max(||x||_2, 1e-12) * sqrt(C) * gamma over channels, in fp32."""
+
+    def __init__(self, dim: int):
+        self.scale = float(dim) ** 0.5
+        self.gamma = nnx.Param(jnp.ones((dim,), jnp.float32))
+
+    def __call__(self, x: Array) -> Array:
+        x = x.astype(jnp.float32)
+        # F.normalize semantics (clamped norm), not rsqrt(mean + eps): matters for parity at 0.
+        norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
+        return x / jnp.maximum(norm, 1e-12) * self.scale * self.gamma[...]
+
+
+class CausalConv3d(nnx.Module):
+    """3D conv, causal in time (kt - 1 past frames), 'same' zero padding in space, stride 1."""
+
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, int, int], *, dtype: str,
+                 rngs: nnx.Rngs):
+        kt, kh, kw = kernel
+        init = jax.nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+        self.kernel = nnx.Param(init(rngs.params(), (kt, kh, kw, cin, cout), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((cout,), jnp.float32))
+        self.kt, self.ph, self.pw = kt, kh // 2, kw // 2
+        self.cout = cout
+        self.dtype = jnp.dtype(dtype)
+
+    def conv(self, x: Array, time_pad: tuple[int, int] = (0, 0), time_stride: int = 1) -> Array:
+        """Plain conv with the given time padding/stride: [B, F, H, W, Ci] -> [B, F', H, W, Co]."""
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype),
+            self.kernel[...].astype(self.dtype),
+            window_strides=(time_stride, 1, 1),
+            padding=(time_pad, (self.ph, self.ph), (self.pw, self.pw)),
+            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+        )
+        return y + self.bias[...].astype(self.dtype)
+
+    def __call__(self, x: Array, cache: TimeCache | None = None) -> Array:
+        pt = self.kt - 1
+        if pt == 0:
+            return self.conv(x)
+        if cache is None:
+            if x.shape[1] == 0:
+                return jnp.zeros((*x.shape[:-1], self.cout), self.dtype)
+            return self.conv(x, time_pad=(pt, 0))
+        past = cache.take()
+        if past is None:
+            past = jnp.zeros((x.shape[0], pt, *x.shape[2:]), x.dtype)
+        xp = jnp.concatenate([past.astype(x.dtype), x], axis=1)
+        cache.put(xp[:, -pt:])
+        if x.shape[1] == 0:
+            return jnp.zeros((*x.shape[:-1], self.cout), self.dtype)
+        return self.conv(xp)
+
+
+class Conv2d(nnx.Module):
+    """Per-frame 2D conv, kernel [kh, kw, Ci, Co]; `padding` as ((top, bottom), (left, right))."""
+
+    def __init__(self, cin: int, cout: int, *, stride: int, padding, dtype: str, rngs: nnx.Rngs):
+        init = jax.nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+        self.kernel = nnx.Param(init(rngs.params(), (3, 3, cin, cout), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((cout,), jnp.float32))
+        self.stride, self.padding = stride, padding
+        self.dtype = jnp.dtype(dtype)
+
+    def __call__(self, x: Array) -> Array:
+        b, f = x.shape[:2]
+        y = jax.lax.conv_general_dilated(
+            x.reshape(b * f, *x.shape[2:]).astype(self.dtype),
+            self.kernel[...].astype(self.dtype),
+            window_strides=(self.stride, self.stride),
+            padding=self.padding,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        y = y + self.bias[...].astype(self.dtype)
+        return y.reshape(b, f, *y.shape[1:])
+
+
+class ResBlock(nnx.Module):
+    """norm-SiLU-conv twice plus a (1x1x1 conv if channels change) shortcut; adds in fp32."""
+
+    def __init__(self, cin: int, cout: int, *, dropout: float, dtype: str, rngs: nnx.Rngs):
+        self.norm1 = RMSNorm(cin)
+        self.conv1 = CausalConv3d(cin, cout, (3, 3, 3), dtype=dtype, rngs=rngs)
+        self.norm2 = RMSNorm(cout)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+        self.conv2 = CausalConv3d(cout, cout, (3, 3, 3), dtype=dtype, rngs=rngs)
+        self.conv_shortcut = (
+            CausalConv3d(cin, cout, (1, 1, 1), dtype=dtype, rngs=rngs) if cin != cout else None
+        )
+
+    def __call__(self, x: Array, cache: TimeCache | None = None) -> Array:
+        h = x if self.conv_shortcut is None else self.conv_shortcut(x)
+        x = self.conv1(silu(self.norm1(x)), cache)
+        x = silu(self.norm2(x))
+        if self.dropout is not None:
+            x = self.dropout(x)
+        x = self.conv2(x, cache)
+        return x.astype(jnp.float32) + h.astype(jnp.float32)
+
+
+class SpatialAttention(nnx.Module):
+    """Single-head self-attention over the H*W positions of each frame (no mixing across time)."""
+
+    def __init__(self, dim: int, *, dtype: str, rngs: nnx.Rngs):
+        self.norm = RMSNorm(dim)
+        self.to_qkv = nnx.Linear(dim, 3 * dim, dtype=dtype, rngs=rngs)
+        self.proj = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
+        self.dtype = jnp.dtype(dtype)
+
+    def __call__(self, x: Array) -> Array:
+        b, f, h, w, c = x.shape
+        qkv = self.to_qkv(self.norm(x)).reshape(b * f, h * w, 1, 3 * c)
+        q, k, v = jnp.split(qkv.astype(self.dtype), 3, axis=-1)
+        y = jax.nn.dot_product_attention(q, k, v).reshape(b, f, h, w, c)
+        return x.astype(jnp.float32) + self.proj(y).astype(jnp.float32)
+
+
+class MidBlock(nnx.Module):
+    """ResBlock, optional spatial attention, ResBlock (Wan's mid block)."""
+
+    def __init__(self, dim: int, *, attention: bool, dropout: float, dtype: str,
+                 rngs: nnx.Rngs):
+        self.resnets = nnx.List(
+            [ResBlock(dim, dim, dropout=dropout, dtype=dtype, rngs=rngs) for _ in range(2)]
+        )
+        self.attention = SpatialAttention(dim, dtype=dtype, rngs=rngs) if attention else None
+
+    def __call__(self, x: Array, cache: TimeCache | None = None) -> Array:
+        x = self.resnets[0](x, cache)
+        if self.attention is not None:
+            x = self.attention(x)
+        return self.resnets[1](x, cache)
+
+
+class Downsample(nnx.Module):
+    """Halves H and W (pad bottom/right by 1, 3x3 stride-2 conv); with `time`, also halves F.
+
+    Time: a 3-tap stride-2 conv without padding over [x0, x1, ...] after passing x0 through, so
+    1 + 2m frames become 1 + m and output j >= 1 sees input frames 2j-2 .. 2j (Wan's downsample3d).
+    """
+
+    def __init__(self, dim: int, *, time: bool, dtype: str, rngs: nnx.Rngs):
+        self.spatial = Conv2d(dim, dim, stride=2, padding=((0, 1), (0, 1)), dtype=dtype, rngs=rngs)
+        self.time_conv = (
+            CausalConv3d(dim, dim, (3, 1, 1), dtype=dtype, rngs=rngs) if time else None
+        )
+
+    def __call__(self, x: Array, cache: TimeCache | None = None) -> Array:
+        x = self.spatial(x)
+        if self.time_conv is None:
+            return x
+        if is_first(cache):
+            head = x[:, :1]
+            if x.shape[1] >= 3:
+                body = self.time_conv.conv(x, time_stride=2)
+                head = jnp.concatenate([head, body.astype(head.dtype)], axis=1)
+            y = head
+        else:
+            past = cache.take()
+            y = self.time_conv.conv(jnp.concatenate([past.astype(x.dtype), x], 1), time_stride=2)
+        if cache is not None:
+            cache.put(x[:, -1:])
+        return y
+
+
+class Upsample(nnx.Module):
+    """Doubles H and W (nearest, then 3x3 conv to `cout`); with `time`, also doubles F but x0.
+
+    Time: a causal 3-tap conv to 2*dim channels over frames 1.. (frame 0 excluded, zeros before
+    frame 1, as Wan's 'Rep' cache does), each output frame split into two frames; 1 + m frames
+    become 1 + 2m.
+    """
+
+    def __init__(self, dim: int, cout: int, *, time: bool, dtype: str, rngs: nnx.Rngs):
+        self.time_conv = (
+            CausalConv3d(dim, 2 * dim, (3, 1, 1), dtype=dtype, rngs=rngs) if time else None
+        )
+        self.spatial = Conv2d(dim, cout, stride=1, padding=((1, 1), (1, 1)), dtype=dtype,
+                              rngs=rngs)
+
+    def _time(self, x: Array, cache: TimeCache | None) -> Array:
+        head = None
+        if is_first(cache):
+            head, x = x[:, :1], x[:, 1:]
+        b, f, h, w, c = x.shape
+        y = self.time_conv(x, cache).reshape(b, f, h, w, 2, c)
+        y = jnp.moveaxis(y, 4, 2).reshape(b, 2 * f, h, w, c).astype(x.dtype)
+        return y if head is None else jnp.concatenate([head, y], axis=1)
+
+    def __call__(self, x: Array, cache: TimeCache | None = None) -> Array:
+        if self.time_conv is not None:
+            x = self._time(x, cache)
+        x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
+        return self.spatial(x)

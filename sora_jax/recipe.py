@@ -1,0 +1,134 @@
+"""The stages of the recipe and how a workdir holds them.
+
+<workdir>/vae/      checkpoints/, metrics.jsonl, latent_stats.json
+<workdir>/dit/      checkpoints/, metrics.jsonl
+<workdir>/samples/  <name>.mp4 / .gif / .json per prompt
+<workdir>/summary.json  losses, VAE PSNR, grader accuracies, sample paths, wall times
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import ml_collections
+import numpy as np
+
+from sora_jax import evaluate
+from sora_jax.data import world as world_lib
+from sora_jax.train import dit_task, loop, vae_task
+
+STAGES = ("vae", "dit", "sample")
+
+
+def _summary_path(workdir: str) -> str:
+    return os.path.join(workdir, "summary.json")
+
+
+def update_summary(workdir: str, **entries) -> dict:
+    path = _summary_path(workdir)
+    summary = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            summary = json.load(f)
+    summary.update(entries)
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=1)
+    return summary
+
+
+def run_vae(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    stage_dir = os.path.join(workdir, "vae")
+    task = vae_task.VAETask(config)
+    result = loop.train(task, config, config.vae_train, stage_dir)
+    vae = loop.load_model(task, config.vae_train, stage_dir)
+    out = {
+        "final_loss": _last(result.history, "loss"),
+        **vae_task.evaluate_and_stats(vae, config, stage_dir),
+    }
+    return out
+
+
+def run_dit(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    vae_dir = dit_task.vae_workdir(config, workdir)
+    vae = loop.load_model(vae_task.VAETask(config), config.vae_train, vae_dir)
+    task = dit_task.DiTTask(config, workdir, vae)
+    result = loop.train(task, config, config.dit_train, os.path.join(workdir, "dit"))
+    losses = [h["loss"] for h in result.history]
+    return {
+        "first_loss": losses[0] if losses else None,
+        "final_loss": _last(result.history, "loss"),
+    }
+
+
+def _last(history: list[dict], key: str):
+    return history[-1][key] if history else None
+
+
+def run_sample(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Samples the world prompt suite (+ any configured prompts) and grades them."""
+    from sora_jax import sample as sample_lib
+
+    scfg = config.sample
+    gen = sample_lib.Generator(config, workdir)
+    world_cfg = vae_task.make_world(config).cfg
+    specs = world_lib.prompt_suite(world_cfg, int(scfg.num_prompts), seed=int(scfg.seed))
+    world = world_lib.World(world_cfg)
+    prompts = [world.captions(s)["short"] for s in specs] + list(scfg.get("prompts", ()))
+    videos = []
+    for i in range(0, len(prompts), int(scfg.batch_size)):
+        videos.append(
+            gen.generate(
+                prompts[i : i + int(scfg.batch_size)],
+                num_frames=scfg.num_frames,
+                height=scfg.height,
+                width=scfg.width,
+                steps=scfg.steps,
+                guidance=scfg.guidance,
+                sampler=scfg.sampler,
+                seed=int(scfg.seed) + i,
+            )
+        )
+    videos = np.concatenate(videos)
+    files = []
+    for i, (prompt, video) in enumerate(zip(prompts, videos)):
+        meta = {
+            "prompt": prompt,
+            "seed": int(scfg.seed),
+            **{
+                k: scfg[k]
+                for k in ("num_frames", "height", "width", "steps", "sampler", "guidance")
+            },
+        }
+        if i < len(specs):
+            meta["spec"] = specs[i]
+        files.append(
+            sample_lib.save_video(
+                os.path.join(workdir, "samples", f"{i:03d}"), video, world_cfg.fps, meta
+            )["mp4"]
+        )
+    grades = evaluate.grade_many(list(videos[: len(specs)]), specs) if specs else {}
+    logging.info("grader on %d samples: %s", len(specs), grades)
+    return {"grader": grades, "samples": files, "prompts": prompts}
+
+
+RUNNERS = {"vae": run_vae, "dit": run_dit, "sample": run_sample}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, stages: str | None = None) -> dict:
+    """Runs the configured stages in order; each one resumes or skips work already done."""
+    names = [s.strip() for s in (stages or config.stages).split(",") if s.strip()]
+    unknown = [s for s in names if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; expected some of {STAGES}.")
+    os.makedirs(workdir, exist_ok=True)
+    summary = {}
+    for name in names:
+        start = time.time()
+        logging.info("stage %s", name)
+        result = RUNNERS[name](config, workdir)
+        result["wall_s"] = round(time.time() - start, 1)
+        summary = update_summary(workdir, **{name: result})
+    return summary

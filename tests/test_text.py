@@ -1,0 +1,197 @@
+"""MiniLM text encoder: parity with Hugging Face (tokens and hidden states), masking, errors."""
+
+import json
+import logging
+import os
+import shutil
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from flax import nnx  # noqa: E402
+from safetensors.numpy import load_file  # noqa: E402
+
+from sora_jax.models.text import (  # noqa: E402
+    BertEncoder,
+    TextConfig,
+    TextEncoder,
+    load_safetensors_into,
+    mean_pool,
+)
+
+MAX_LEN = 32
+PROMPTS = [
+    "a red cube slides to the left",
+    "",
+    "Ünïcödé café naïve — 日本語のテキスト 🙂",
+    "a small blue sphere bounces over a striped floor while the camera pans " * 6,  # truncated
+    "   leading and trailing whitespace   ",
+    "UPPER case AND Punctuation!!! (yes), 3.14 & #tags",
+    "\ttabs\nnewlines\r\n and a control \x00 char",
+    "supercalifragilisticexpialidocious xyzzy",
+]
+
+
+@pytest.fixture(scope="module")
+def enc() -> TextEncoder:
+    return TextEncoder(TextConfig(max_length=MAX_LEN))
+
+
+@pytest.fixture(scope="module")
+def hf_model(enc):
+    transformers = pytest.importorskip("transformers")
+    return transformers.BertModel.from_pretrained(str(enc.folder)).eval()
+
+
+def _hf_hidden(hf_model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        out = hf_model(
+            input_ids=torch.from_numpy(ids.astype(np.int64)),
+            attention_mask=torch.from_numpy(mask.astype(np.int64)),
+        )
+    return out.last_hidden_state.numpy()
+
+
+@nnx.jit
+def _forward(model: BertEncoder, ids: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+    # One compiled program instead of op-by-op dispatch (seconds faster on CPU).
+    return model(ids, mask)
+
+
+def test_tokenize_matches_hf_tokenizer(enc):
+    transformers = pytest.importorskip("transformers")
+    tok = transformers.AutoTokenizer.from_pretrained(str(enc.folder))
+    ref = tok(PROMPTS, truncation=True, max_length=MAX_LEN, padding="max_length")
+    ids, mask = enc.tokenize(PROMPTS)
+    assert ids.dtype == np.int32 and mask.dtype == np.bool_
+    assert ids.shape == mask.shape == (len(PROMPTS), MAX_LEN)
+    np.testing.assert_array_equal(ids, np.asarray(ref["input_ids"]))
+    np.testing.assert_array_equal(mask, np.asarray(ref["attention_mask"], dtype=bool))
+    assert mask[1].sum() == 2  # empty prompt -> [CLS] [SEP]
+    assert mask[3].all()  # the long prompt fills every slot
+
+
+def test_hidden_states_match_hf_bert(enc, hf_model):
+    hidden, mask = enc.encode(PROMPTS)
+    assert hidden.dtype == jnp.float32 and mask.dtype == jnp.bool_
+    assert hidden.shape == (len(PROMPTS), MAX_LEN, enc.dim) and enc.dim == 384
+    ids, mask_np = enc.tokenize(PROMPTS)
+    ref = _hf_hidden(hf_model, ids, mask_np)
+    err = np.abs(np.asarray(hidden) - ref)[mask_np].max()
+    assert err <= 1e-5, err
+
+
+def test_encoding_unchanged_when_batched_with_longer_prompt(enc):
+    short = "a green triangle"
+    alone, m_alone = enc.encode([short])
+    batched, m_batched = enc.encode([short, PROMPTS[3]])
+    np.testing.assert_array_equal(m_alone[0], m_batched[0])
+    valid = np.asarray(m_alone[0])
+    # Not bit-equal: XLA tiles reductions differently per batch size (seen ~1e-6).
+    err = np.abs(np.asarray(alone[0]) - np.asarray(batched[0]))[valid].max()
+    assert err <= 1e-5, err
+
+
+def test_padding_length_and_pad_ids_do_not_change_valid_tokens(enc):
+    ids, mask = enc.tokenize(["a yellow star rotates slowly"])
+    n = int(mask.sum())
+    short = _forward(enc.model, jnp.asarray(ids[:, :8]), jnp.asarray(mask[:, :8]))
+    # Non-zero garbage in padded slots: masking must not rely on pad embeddings being zero.
+    garbage = np.where(mask, ids, 1999).astype(np.int32)
+    full = _forward(enc.model, jnp.asarray(garbage), jnp.asarray(mask))
+    err = np.abs(np.asarray(short[0, :n]) - np.asarray(full[0, :n])).max()
+    assert err <= 1e-5, err
+
+
+def test_jitted_forward_compiled_once_for_fixed_length(enc):
+    enc.encode(["one prompt", "two"])
+    before = enc._forward._cache_size()
+    enc.encode(["different words here", "and a much longer second prompt than before"])
+    assert enc._forward._cache_size() == before
+
+
+def test_long_prompt_truncated_with_warning(enc, caplog):
+    with caplog.at_level(logging.WARNING, logger="sora_jax.models.text"):
+        enc.tokenize(["short prompt"])
+        assert not caplog.records
+        _, mask = enc.tokenize([PROMPTS[3]])
+    assert mask.sum() == MAX_LEN
+    assert any("truncated" in r.getMessage() for r in caplog.records)
+
+
+def test_bfloat16_compute_close_to_fp32(enc):
+    tensors = load_file(str(enc.folder / "model.safetensors"))
+    cfg = json.loads((enc.folder / "config.json").read_text())
+    abstract = nnx.eval_shape(lambda: BertEncoder(cfg, dtype="bfloat16", rngs=nnx.Rngs(0)))
+    bf16 = load_safetensors_into(abstract, tensors)
+    ids, mask = enc.tokenize(PROMPTS[:3])
+    ref = np.asarray(_forward(enc.model, jnp.asarray(ids), jnp.asarray(mask)))
+    out = _forward(bf16, jnp.asarray(ids), jnp.asarray(mask))
+    assert out.dtype == jnp.float32
+    assert bf16.layers[0].query.kernel.get_value().dtype == jnp.float32  # params stay fp32
+    err = np.abs(np.asarray(out) - ref)[mask].max()
+    assert err <= 0.1, err
+
+
+@pytest.mark.slow
+def test_mean_pooled_embedding_matches_sentence_transformers(enc):
+    st_mod = pytest.importorskip("sentence_transformers")
+    st = st_mod.SentenceTransformer(str(enc.folder), device="cpu")
+    st.max_seq_length = MAX_LEN
+    ref = st.encode(PROMPTS, convert_to_numpy=True)  # the pipeline ends in Normalize
+    hidden, mask = enc.encode(PROMPTS)
+    err = np.abs(np.asarray(mean_pool(hidden, mask)) - ref).max()
+    assert err <= 1e-5, err
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_missing_folder_error_names_path(tmp_path):
+    missing = tmp_path / "no_such_model"
+    with pytest.raises(FileNotFoundError, match="no_such_model.*config.json"):
+        TextEncoder(TextConfig(path=str(missing)))
+
+
+def test_missing_file_error_names_file(enc, tmp_path):
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copy(enc.folder / name, tmp_path / name)
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        TextEncoder(TextConfig(path=str(tmp_path)))
+
+
+def test_non_string_prompt_rejected(enc):
+    with pytest.raises(ValueError, match=r"texts\[1\] is int"):
+        enc.encode(["fine", 3])
+    with pytest.raises(ValueError, match="single str"):
+        enc.tokenize("not a list")
+    with pytest.raises(ValueError, match="empty"):
+        enc.encode([])
+
+
+def test_bad_config_values_rejected():
+    with pytest.raises(ValueError, match="encoder='t9'"):
+        TextEncoder(TextConfig(encoder="t9"))
+    with pytest.raises(ValueError, match="dtype='int8'"):
+        TextEncoder(TextConfig(dtype="int8"))
+    with pytest.raises(ValueError, match="max_position_embeddings=512"):
+        TextEncoder(TextConfig(max_length=1000))
+
+
+def test_weight_mapping_rejects_missing_and_misshaped(enc):
+    tensors = dict(load_file(str(enc.folder / "model.safetensors")))
+    model = enc.model
+    key = "encoder.layer.2.attention.self.key.weight"
+    with pytest.raises(ValueError, match="layer.2.attention.self.key.weight.*missing"):
+        load_safetensors_into(model, {k: v for k, v in tensors.items() if k != key})
+    with pytest.raises(ValueError, match="shape"):
+        load_safetensors_into(model, {**tensors, key: tensors[key][:, :10]})
+    # "bert."-prefixed names (BertFor* checkpoints) load to the same weights.
+    prefixed = {"bert." + k: v for k, v in tensors.items()}
+    load_safetensors_into(model, prefixed)
+    loaded = np.asarray(model.layers[2].key.kernel.get_value())
+    np.testing.assert_array_equal(loaded, tensors[key].T)
