@@ -132,7 +132,20 @@ def dit_stage_config(
         caption_dropout=0.1,
         vae_workdir="",  # a trained VAE stage, e.g. from configs/vae.py or imported Wan weights
     )
-    c.flow = dict(logit_mean=0.0, logit_std=1.0, shift=5.0)  # Wan 2.1 T2V sampling shift
+    c.flow = dict(
+        logit_mean=0.0,
+        logit_std=1.0,
+        shift=5.0,  # Wan 2.1 T2V sampling shift
+        # One model for every mode: given frames are clean and excluded from the loss.
+        cond_mixture={
+            "t2v": 0.6,
+            "i2v_head": 0.15,
+            "extend_head": 0.1,
+            "i2v_tail": 0.05,
+            "connect": 0.05,
+            "infill": 0.05,
+        },
+    )
     c.sample = dict(
         num_prompts=8,
         prompts=(),

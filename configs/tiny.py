@@ -52,7 +52,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         ema_decay=0.99,
         log_every_steps=50,
         checkpoint_every_steps=300,
-        buckets=(("9x32x32", 8, 0.8), ("1x32x32", 16, 0.2)),
+        # Videos only: their first frame is encoded alone, which trains the image path too,
+        # and one bucket is one compile.
+        buckets=(("9x32x32", 8, 1.0),),
         kl_weight=1e-6,
         grad_loss_weight=0.5,  # L1 of spatial gradients keeps edges sharp
         eval_clips=16,
@@ -83,7 +85,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         caption_dropout=0.1,  # empty caption, for classifier-free guidance
         vae_workdir="",  # "" = <workdir>/vae
     )
-    c.flow = dict(logit_mean=0.0, logit_std=1.0, shift=1.0)
+    # Conditioning modes drawn in training (sora_jax/diffusion/conditioning.py); t2v only here.
+    c.flow = dict(logit_mean=0.0, logit_std=1.0, shift=1.0, cond_mixture={"t2v": 1.0})
 
     c.sample = dict(
         num_prompts=16,  # evaluation prompts from the world's vocabulary
@@ -101,7 +104,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if args.micro or args.runlocal:
         c.vae.base_channels = 8
         c.vae_train.steps = 4
-        c.vae_train.buckets = (("5x16x16", 2, 0.7), ("1x16x16", 2, 0.3))
+        c.vae_train.buckets = (("5x16x16", 2, 1.0),)
         c.vae_train.eval_clips = 2
         c.dit.update(common.DIT_PRESETS["micro"])
         c.dit_train.steps = 4

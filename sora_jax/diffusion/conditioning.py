@@ -154,9 +154,9 @@ def _mode_masks(rng: Array, batch: int, num_frames: int) -> dict[str, Array]:
     r_ext, r_con, r_inf = jax.random.split(rng, 3)
     idx = jnp.arange(num_frames)[None, :]
     last = num_frames - 1
-    # k in [1, T-1] for extensions and [1, T//2] for connect: at least one frame to generate.
+    # k in [1, T-1] for extensions and [1, (T-1)//2] for connect: at least one frame to generate.
     k_ext = jax.random.randint(r_ext, (batch, 1), 1, max(num_frames, 2))
-    k_con = jax.random.randint(r_con, (batch, 1), 1, max(num_frames // 2, 1) + 1)
+    k_con = jax.random.randint(r_con, (batch, 1), 1, max((num_frames - 1) // 2, 1) + 1)
     ends = (idx == 0) | (idx == last)
     full = (batch, num_frames)
     return {

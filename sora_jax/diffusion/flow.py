@@ -31,7 +31,7 @@ keeps the signal-to-noise ratio of a reference resolution: SNR_shifted(t) = SNR(
 Flux and SD3 pick s from the token count N: mu is linear in N through
 (base_tokens, base_shift) and (max_tokens, max_shift), and s = exp(mu) (Flux's
 ``time_shift(mu, 1, t) = e^mu / (e^mu + 1/t - 1)`` is exactly ``shift_t(t, e^mu)``).
-Wan 2.1 uses a fixed s (5.0 for 720p video, 3.0 for 480p) instead.
+Wan 2.1 uses a fixed s instead (5.0 by default; 3.0 suggested for 480p).
 """
 
 from __future__ import annotations

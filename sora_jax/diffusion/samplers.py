@@ -10,9 +10,11 @@ Flow time grid (Wan / diffusers convention): u = linspace(u0, 0, S + 1), t = shi
 u0 = inverse_shift_t(start_t) so that t_0 = start_t exactly. With start_t = 1 this is the grid
 diffusers' ``FlowMatchEulerDiscreteScheduler`` produces from ``set_timesteps(sigmas=
 linspace(1, 0, S + 1)[:-1])`` with ``shift`` in its config, and with start_t =
-shift_t(1 - 1/1000) it is the ``use_flow_sigmas`` grid of diffusers' ``UniPC`` / ``DPMSolver``
-schedulers that Wan 2.1 samples with. start_t < 1 is SDEdit: noise the input to start_t
-(``flow.add_noise(x0, eps, start_t)``) and pass it as ``noise``.
+shift_t(1 - 1/1000) it is the ``use_flow_sigmas`` grid of diffusers'
+``DPMSolverMultistepScheduler`` (sigma_max = 0.999, as in Wan 2.1's own flow solvers). Any
+other grid (e.g. diffusers' default ``set_timesteps(S)``) can be passed as ``schedule``.
+start_t < 1 is SDEdit: noise the input to start_t (``flow.add_noise(x0, eps, start_t)``)
+and pass it as ``noise``.
 
 Flow solvers on dx/dt = v(x, t), from t_i to t_{i+1} (dt < 0):
 

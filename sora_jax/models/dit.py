@@ -362,6 +362,7 @@ def load_wan_dit_state_dict(model: DiT, state_dict: dict[str, np.ndarray]) -> No
         elif not 0 <= layer < cfg.num_layers:
             raise ValueError(f"weight {key!r} is for block {layer}; model has {cfg.num_layers}.")
         elif cfg.scan_layers:
+            _param_at(model.blocks, path, key)  # fail early on weights we have no place for
             per_layer.setdefault(path, {})[layer] = arr
         else:
             done.add(_assign(model.blocks[layer], path, arr, key))
@@ -381,8 +382,7 @@ def load_wan_dit_state_dict(model: DiT, state_dict: dict[str, np.ndarray]) -> No
         raise ValueError(f"the state dict has no weights for parameters {missing}.")
 
 
-def _assign(root: nnx.Module, path: tuple[str, ...], arr: np.ndarray, key: str) -> int:
-    """Set the Param at `path` under `root` to `arr`; return the Param's id."""
+def _param_at(root: nnx.Module, path: tuple[str, ...], key: str) -> nnx.Param:
     obj = root
     for name in path:
         obj = getattr(obj, name, None)
@@ -390,7 +390,13 @@ def _assign(root: nnx.Module, path: tuple[str, ...], arr: np.ndarray, key: str) 
         raise ValueError(
             f"weight {key!r} has no counterpart in the model (I2V image weights are unsupported)."
         )
-    if obj.shape != arr.shape:
-        raise ValueError(f"weight {key!r} has shape {arr.shape}; the model expects {obj.shape}.")
-    obj.value = jnp.asarray(arr)
-    return id(obj)
+    return obj
+
+
+def _assign(root: nnx.Module, path: tuple[str, ...], arr: np.ndarray, key: str) -> int:
+    """Set the Param at `path` under `root` to `arr`; return the Param's id."""
+    param = _param_at(root, path, key)
+    if param.shape != arr.shape:
+        raise ValueError(f"weight {key!r} has shape {arr.shape}; the model expects {param.shape}.")
+    param.set_value(jnp.asarray(arr))
+    return id(param)

@@ -291,14 +291,14 @@ def _wan_key_to_path(key: str) -> tuple[str | int, ...]:
 
 def _to_ours(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Torch layout -> ours: conv3d OIDHW -> DHWIO, conv2d OIHW -> HWIO, 1x1 conv2d -> [I, O]."""
+    if len(shape) == 1:
+        return value.reshape(-1)  # biases; RMS gammas are stored as [C, 1, 1(, 1)]
     if value.ndim == 5:
         value = value.transpose(2, 3, 4, 1, 0)
     elif value.ndim == 4 and len(shape) == 2:
         value = value[:, :, 0, 0].T
     elif value.ndim == 4:
         value = value.transpose(2, 3, 1, 0)
-    elif len(shape) == 1:
-        value = value.reshape(-1)  # RMS gammas are stored as [C, 1, 1(, 1)]
     return value
 
 

@@ -87,14 +87,32 @@ class CausalConv3d(nnx.Module):
 
     def conv(self, x: Array, time_pad: tuple[int, int] = (0, 0), time_stride: int = 1) -> Array:
         """Plain conv with the given time padding/stride: [B, F, H, W, Ci] -> [B, F', H, W, Co]."""
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype),
-            self.kernel[...].astype(self.dtype),
-            window_strides=(time_stride, 1, 1),
-            padding=(time_pad, (self.ph, self.ph), (self.pw, self.pw)),
-            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
-        )
+        x, w = x.astype(self.dtype), self.kernel[...].astype(self.dtype)
+        if jax.default_backend() == "cpu":
+            y = self._conv_folded(x, w, time_pad, time_stride)
+        else:
+            y = jax.lax.conv_general_dilated(
+                x, w, window_strides=(time_stride, 1, 1),
+                padding=(time_pad, (self.ph, self.ph), (self.pw, self.pw)),
+                dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+            )
         return y + self.bias[...].astype(self.dtype)
+
+    def _conv_folded(self, x: Array, w: Array, time_pad, time_stride: int) -> Array:
+        # XLA:CPU runs 3D convs ~4x slower than 2D ones, so fold the kt taps into channels:
+        # frames (t, t+1, .., t+kt-1) stacked on C, one 2D conv with a [kh, kw, kt*Ci, Co] kernel.
+        x = jnp.pad(x, ((0, 0), time_pad, (0, 0), (0, 0), (0, 0)))
+        kt, (b, f, h, wd, c) = self.kt, x.shape
+        t_out = (f - kt) // time_stride + 1
+        span = time_stride * (t_out - 1) + 1
+        taps = [x[:, i : i + span : time_stride] for i in range(kt)]
+        xf = jnp.concatenate(taps, axis=-1).reshape(b * t_out, h, wd, kt * c)
+        wf = jnp.transpose(w, (1, 2, 0, 3, 4)).reshape(w.shape[1], w.shape[2], kt * c, -1)
+        y = jax.lax.conv_general_dilated(
+            xf, wf, window_strides=(1, 1), padding=((self.ph, self.ph), (self.pw, self.pw)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return y.reshape(b, t_out, *y.shape[1:])
 
     def __call__(self, x: Array, cache: TimeCache | None = None) -> Array:
         pt = self.kt - 1

@@ -20,7 +20,7 @@ from flax import nnx
 
 from sora_jax.data import buckets as buckets_lib
 from sora_jax.data import pipeline
-from sora_jax.diffusion import flow
+from sora_jax.diffusion import conditioning, flow
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import text as text_lib
 from sora_jax.models import vae as vae_lib
@@ -99,8 +99,19 @@ class DiTTask:
         t = flow.shift_t(t, fcfg.shift)
         t = jnp.broadcast_to(t[:, None], (b, t_frames))
         eps = jax.random.normal(rng_eps, x0.shape, jnp.float32)
-        pred = model(flow.add_noise(x0, eps, t), t, batch["text"], batch["text_mask"])
-        loss = flow.flow_loss(pred, flow.velocity_target(x0, eps))
+        xt = flow.add_noise(x0, eps, t)
+        weight = None
+        mixture = dict(fcfg.get("cond_mixture", {}) or {"t2v": 1.0})
+        if set(mixture) != {"t2v"}:
+            # Given frames are clean (t = 0) and excluded from the loss: one mechanism for
+            # image->video, extension, infill and connect (conditioning.py).
+            given = conditioning.sample_training_masks(
+                jax.random.fold_in(rng, 1), b, t_frames, mixture
+            )
+            xt, t = conditioning.apply_condition(xt, t, x0, given)
+            weight = (~given).astype(jnp.float32)
+        pred = model(xt, t, batch["text"], batch["text_mask"])
+        loss = flow.flow_loss(pred, flow.velocity_target(x0, eps), weight)
         return loss, {}
 
     def batches(self, start_step: int) -> Iterator[dict]:

@@ -12,6 +12,7 @@ progress. The step is a pure function of pytrees:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import queue
@@ -220,7 +221,7 @@ def train(
     progress = metrics_lib.Progress(total, start)
     history: list[dict] = []
     pending: list[tuple[int, dict]] = []
-    batches = _prefetch(task.batches(start)) if start < total else iter(())
+    batches = _prefetch(itertools.islice(task.batches(start), total - start))
     logging.info("%s: training steps %d -> %d", task.name, start, total)
     with jax.set_mesh(mesh):
         for step in range(start, total):

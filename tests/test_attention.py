@@ -1,0 +1,125 @@
+"""Attention registry: kernels against a naive reference, masking semantics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sora_jax.models.attention import (
+    attention,
+    available_attention,
+    resolve_implementation,
+)
+
+B, N, M, K, DH = 2, 5, 7, 3, 8
+
+
+def _qkv(seed: int, dtype=jnp.float32):
+    keys = jax.random.split(jax.random.key(seed), 3)
+    q = jax.random.normal(keys[0], (B, N, K, DH), dtype)
+    k = jax.random.normal(keys[1], (B, M, K, DH), dtype)
+    v = jax.random.normal(keys[2], (B, M, K, DH), dtype)
+    return q, k, v
+
+
+def _naive(q, k, v, allowed):
+    """Row-by-row softmax over the allowed keys only; rows with none allowed are zero.
+
+    allowed: bool [B, K, N, M].
+    """
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    out = np.zeros(q.shape)
+    for b in range(q.shape[0]):
+        for h in range(q.shape[2]):
+            for i in range(q.shape[1]):
+                idx = np.flatnonzero(allowed[b, h, i])
+                if idx.size == 0:
+                    continue
+                logits = k[b, idx, h] @ q[b, i, h] / np.sqrt(q.shape[-1])
+                w = np.exp(logits - logits.max())
+                out[b, i, h] = (w / w.sum()) @ v[b, idx, h]
+    return out
+
+
+# Right padding in sample 0, an interior hole in sample 1 (xla accepts any pattern).
+KV_MASK = np.array([[1, 1, 1, 1, 0, 0, 0], [1, 0, 1, 1, 1, 1, 0]], bool)
+Q_MASK = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+
+
+def test_xla_matches_naive_without_mask():
+    q, k, v = _qkv(0)
+    got = attention(q, k, v, implementation="xla")
+    want = _naive(q, k, v, np.ones((B, K, N, M), bool))
+    assert np.abs(np.asarray(got) - want).max() <= 1e-5
+
+
+def test_xla_matches_naive_with_kv_and_q_padding():
+    q, k, v = _qkv(1)
+    got = attention(q, k, v, kv_mask=jnp.asarray(KV_MASK), q_mask=jnp.asarray(Q_MASK))
+    allowed = KV_MASK[:, None, None, :] & Q_MASK[:, None, :, None]
+    want = _naive(q, k, v, np.broadcast_to(allowed, (B, K, N, M)))
+    assert np.abs(np.asarray(got) - want).max() <= 1e-5
+
+
+def test_xla_matches_naive_with_general_mask():
+    q, k, v = _qkv(2)
+    mask = np.array(jax.random.bernoulli(jax.random.key(3), 0.6, (B, K, N, M)))
+    mask[0, 1, 2] = False  # one query row of one head sees nothing
+    got = attention(q, k, v, mask=jnp.asarray(mask), implementation="xla")
+    assert np.abs(np.asarray(got) - _naive(q, k, v, mask)).max() <= 1e-5
+
+
+def test_masked_keys_have_exactly_zero_weight():
+    q, k, v = _qkv(4)
+    kv_mask = jnp.asarray(KV_MASK)
+    out = attention(q, k, v, kv_mask=kv_mask, implementation="xla")
+    junk = jnp.where(kv_mask[:, :, None, None], 0.0, 1e4)
+    out_junk = attention(q, k + junk, v - junk, kv_mask=kv_mask, implementation="xla")
+    assert np.array_equal(np.asarray(out), np.asarray(out_junk))
+
+
+def test_fully_masked_rows_are_zero_with_finite_gradients():
+    q, k, v = _qkv(5)
+    kv_mask = jnp.asarray(KV_MASK).at[1].set(False)  # sample 1 has no valid key
+
+    def loss(q, k, v):
+        return jnp.sum(attention(q, k, v, kv_mask=kv_mask, implementation="xla") ** 2)
+
+    out = attention(q, k, v, kv_mask=kv_mask, implementation="xla")
+    assert np.all(np.asarray(out[1]) == 0.0)
+    grads = jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+    assert all(np.isfinite(np.asarray(g)).all() for g in grads)
+
+
+def test_auto_resolves_to_xla_on_cpu_and_unknown_names_raise():
+    assert "xla" in available_attention() and "cudnn" in available_attention()
+    if jax.default_backend() == "cpu":
+        assert resolve_implementation("auto", jnp.bfloat16) == "xla"
+    assert resolve_implementation("auto", jnp.float32) == "xla"
+    with pytest.raises(ValueError, match="unknown"):
+        resolve_implementation("flash9000", jnp.float32)
+
+
+def test_bad_shapes_raise_value_error():
+    q, k, v = _qkv(6)
+    with pytest.raises(ValueError, match="attention expects"):
+        attention(q[..., :4], k, v)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")
+def test_cudnn_matches_xla_with_right_padding():
+    """cuDNN flash attention (bf16) against xla on the same bf16 inputs; padded keys/queries
+    and a sample without any valid key."""
+    b, n, m, k_, dh = 2, 256, 128, 4, 64
+    keys = jax.random.split(jax.random.key(7), 3)
+    q = jax.random.normal(keys[0], (b, n, k_, dh), jnp.bfloat16)
+    k = jax.random.normal(keys[1], (b, m, k_, dh), jnp.bfloat16)
+    v = jax.random.normal(keys[2], (b, m, k_, dh), jnp.bfloat16)
+    for lengths in ([77, 128], [5, 0]):
+        kv_mask = jnp.arange(m)[None, :] < jnp.asarray(lengths)[:, None]
+        got = attention(q, k, v, kv_mask=kv_mask, implementation="cudnn")
+        want = attention(q, k, v, kv_mask=kv_mask, implementation="xla")
+        err = jnp.abs(got.astype(jnp.float32) - want.astype(jnp.float32)).max()
+        assert float(err) <= 2e-2, (lengths, float(err))
+        assert bool(jnp.isfinite(got.astype(jnp.float32)).all())
