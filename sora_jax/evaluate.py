@@ -15,16 +15,21 @@ alone and compares them with the scene spec behind the prompt (``sora_jax.data.w
    mean IoU wins.
 3. **Motion.** From the centroid and area of the subject in the first and last frames (the world
    never occludes the subject there): area ratio ≥ 2 (linear ratio ≥ 1.4) → grow / shrink; a
-   path that leaves the start→end line by > 0.12 (and more than 0.6 × the net move) → bounce;
-   net move < 0.12 → still; otherwise one of 8 directions by the angle of the move in per-axis
-   normalised coordinates (matching how specs define motion).
+   path (frames showing ≥ 30 % of the end area: a bar cut moves a centroid ≤ 0.07) that leaves
+   the start→end line by > 0.12 and by more than 0.6 × the net move → bounce; net move < 0.12 →
+   still; otherwise one of 8 directions by the angle of the move in per-axis normalised
+   coordinates (matching how specs define motion).
 
 Well-posedness (``gradable``): motion is not graded for 1-frame inputs, nor under a camera pan —
 the grader measures screen motion, while the spec's motion is relative to the scene (a still object
-under a pan moves on screen). Colour and shape are always graded. Validated on ground-truth world
-clips (tests/test_grader.py): ≥ 95 % on all three at 64×64; at 32×32 colour stays ≥ 95 %, while
-shape is weaker for small subjects (a 5 px diameter) and is not required there. Later metrics
-(object permanence, PSNR/SSIM, validation loss) belong in this module too.
+under a pan moves on screen). Colour and shape are always graded.
+
+Validation on ground-truth world clips (default distribution; asserted in tests/test_grader.py):
+at 64×64 (any aspect, 5-33 frames) colour, shape and motion all scored 100 % on 200-clip samples;
+at 32×32 about 99 % each — but a small subject is 5 px across there, so shape (and colour when a
+small subject starts half-size) is fragile on generated videos; only colour is required at 32×32.
+After a σ ≈ 1 px blur plus noise (σ = 8 levels) colour stays ≥ 95 %, motion ≥ 90 %, shape ≥ 80 %.
+Later metrics (object permanence, PSNR/SSIM, validation loss) belong in this module too.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ _NEUTRALS = np.array(
     np.float32,
 )
 _ANCHORS = np.concatenate([np.array([world.PALETTE[c] for c in _COLORS], np.float32), _NEUTRALS])
-_MAX_PALETTE_DIST = 140.0  # farther than this from every anchor: not an object pixel
+_MAX_PALETTE_DIST = 140.0  # farther than this from its palette colour: not an object pixel
 _DIRECTIONS = ("right", "up-right", "up", "up-left", "left", "down-left", "down", "down-right")
 
 
@@ -146,7 +151,7 @@ def predict_motion(masks: np.ndarray) -> str | None:
         return "grow" if ratio > 1 else "shrink"
     path = np.stack([cx / w, cy / h], 1)  # [F, 2] per-axis normalised
     move = path[b] - path[a]
-    valid = np.nonzero(area >= 0.7 * min(area[a], area[b]))[0]  # not half hidden
+    valid = np.nonzero(area >= 0.3 * min(area[a], area[b]))[0]  # a bar cut moves it ≤ 0.07
     frac = ((valid - a) / max(b - a, 1))[:, None]
     deviation = np.abs(path[valid] - (path[a] + frac * move)).max() if len(valid) else 0.0
     dist = float(np.hypot(*move))

@@ -147,18 +147,21 @@ def constrain(x: jax.Array, names: Sequence[str | None], rules=None) -> jax.Arra
 def param_shardings(abstract_params: Any, mesh: Mesh, rules=None) -> Any:
     """Shardings for a pytree of (abstract) parameters.
 
-    A leaf carries its logical names in `.sharding_names` metadata when it is an `nnx.Variable`
-    (NNX `sharding_names=`); plain arrays without names are replicated.
+    A leaf carries its logical names in `.logical_axes` metadata when it is an `nnx.Variable`
+    (set by the model, e.g. `nnx.Param(x, logical_axes=("embed", "mlp"))`); leaves without
+    names are replicated.
     """
 
+    import flax.nnx as nnx
+
     def one(leaf):
-        names = getattr(leaf, "sharding_names", None) or getattr(leaf, "sharding", None)
-        shape = getattr(leaf, "shape", None) or getattr(getattr(leaf, "value", None), "shape", ())
+        if not isinstance(leaf, nnx.Variable):
+            return named_sharding(mesh, None)
+        names = getattr(leaf, "logical_axes", None) or getattr(leaf, "sharding_names", None)
         if not isinstance(names, (tuple, list)):
             names = None
-        return named_sharding(mesh, names, shape, rules)
-
-    import flax.nnx as nnx
+        # Same tree structure as the input: the Variable keeps its metadata, holds a sharding.
+        return leaf.replace(named_sharding(mesh, names, leaf.value.shape, rules))
 
     return jax.tree.map(one, abstract_params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 

@@ -40,7 +40,11 @@ def _model(cfg: DiTConfig = TINY, seed: int = 0) -> DiT:
     return _randomize(DiT(cfg, rngs=nnx.Rngs(seed)), seed)
 
 
-@jax.jit(static_argnums=0)
+# Compiles take seconds on a CPU; these numerics-neutral options halve that.
+_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+@jax.jit(static_argnums=0, compiler_options=_FAST_COMPILE)
 def _jit_apply(graphdef, state, x, t, ctx, mask):
     return nnx.merge(graphdef, state)(x, t, ctx, mask)
 
@@ -104,10 +108,6 @@ def test_scanned_equals_unscanned():
     args = _inputs()
     diff = jnp.abs(_fwd(scanned, *args) - _fwd(unscanned, *args)).max()
     assert float(diff) <= 1e-5
-
-
-# Gradient graphs take seconds to compile on a CPU; these numerics-neutral options halve that.
-_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def _out_and_grad(cfg: DiTConfig, args):

@@ -218,7 +218,10 @@ class CausalVAE(nnx.Module):
         return jnp.clip(x, -1.0, 1.0) if clip else x
 
     def __call__(self, x: Array, *, rng: Array | None = None) -> tuple[Array, Array, Array]:
-        """(recon, mean, logvar): z ~ N(mean, exp(logvar)) with `rng`, else z = mean; recon unclipped."""
+        """(recon, mean, logvar); z ~ N(mean, exp(logvar)) with `rng`, else z = mean.
+
+        recon is not clipped (the training path); all three are fp32.
+        """
         mean, logvar = self.encode(x)
         z = mean
         if rng is not None:
@@ -260,9 +263,7 @@ class CausalVAE(nnx.Module):
         net = lambda xc, cache: self.quant_conv(self.encoder(xc, cache))
         return self._moments(self._run_chunked(net, x, chunk))
 
-    def decode_chunked(
-        self, z: Array, *, latents_per_chunk: int = 1, clip: bool = True
-    ) -> Array:
+    def decode_chunked(self, z: Array, *, latents_per_chunk: int = 1, clip: bool = True) -> Array:
         """Same as `decode` (to fp32 rounding), latent frame 0 then `latents_per_chunk` each."""
         self._check_latent(z)
         if latents_per_chunk < 1 or (z.shape[1] - 1) % latents_per_chunk:
@@ -274,11 +275,64 @@ class CausalVAE(nnx.Module):
         x = self._run_chunked(net, z, latents_per_chunk).astype(jnp.float32)
         return jnp.clip(x, -1.0, 1.0) if clip else x
 
+    def decode_tiled(
+        self, z: Array, *, tile: int = 32, overlap: int = 8, clip: bool = True
+    ) -> Array:
+        """`decode_chunked` over overlapping spatial tiles of `tile` latent pixels, blended.
+
+        Bounds peak memory by the tile size for large frames. Tiles overlap by `overlap` latent
+        pixels; in the overlap, outputs are mixed with linear ramps, so seams fade instead of
+        stepping (the result is close to, not equal to, `decode`: receptive fields are cut).
+        """
+        self._check_latent(z)
+        if not 0 <= overlap < tile:
+            raise ValueError(f"overlap={overlap} is not supported; expected 0 <= overlap < {tile}.")
+        sf = self.spatial_factor
+        b, t, h, w, _ = z.shape
+        out = jnp.zeros((b, 1 + (t - 1) * self.temporal_factor, h * sf, w * sf, 3), jnp.float32)
+        total = jnp.zeros((h * sf, w * sf, 1), jnp.float32)
+        for i in _tile_starts(h, tile, overlap):
+            for j in _tile_starts(w, tile, overlap):
+                zt = z[:, :, i : i + tile, j : j + tile]
+                dec = self.decode_chunked(zt, clip=False)
+                wy = _ramp(zt.shape[2] * sf, overlap * sf, i > 0, i + tile < h)
+                wx = _ramp(zt.shape[3] * sf, overlap * sf, j > 0, j + tile < w)
+                weight = (wy[:, None] * wx[None, :])[:, :, None]
+                rows = slice(i * sf, i * sf + dec.shape[2])
+                cols = slice(j * sf, j * sf + dec.shape[3])
+                out = out.at[:, :, rows, cols].add(dec * weight)
+                total = total.at[rows, cols].add(weight)
+        out = out / total
+        return jnp.clip(out, -1.0, 1.0) if clip else out
+
+
+def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Tile offsets covering [0, size): stride tile - overlap, the last one flush with the end."""
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, tile - overlap))
+    return starts + [size - tile]
+
+
+def _ramp(length: int, width: int, lead: bool, trail: bool) -> Array:
+    """Blend weights along one tile axis: rising over `width` px where a neighbour precedes it,
+    falling where one follows; 1 elsewhere (image borders get full weight)."""
+    pos = jnp.arange(length, dtype=jnp.float32)
+    ramp = jnp.ones((length,), jnp.float32)
+    if width > 0 and lead:
+        ramp = jnp.minimum(ramp, (pos + 0.5) / width)
+    if width > 0 and trail:
+        ramp = jnp.minimum(ramp, (length - pos - 0.5) / width)
+    return ramp
+
 
 # ---- weights from diffusers' AutoencoderKLWan ----
 
-_WAN_RENAMES = (("resample.1.", "spatial."), ("upsamplers.0.", "upsampler."),
-                ("attentions.0.", "attention."))
+_WAN_RENAMES = (
+    ("resample.1.", "spatial."),
+    ("upsamplers.0.", "upsampler."),
+    ("attentions.0.", "attention."),
+)
 
 
 def _wan_key_to_path(key: str) -> tuple[str | int, ...]:
@@ -322,7 +376,7 @@ def load_wan_vae_state_dict(model: CausalVAE, state_dict: dict[str, np.ndarray])
                 f"weight {key} has shape {value.shape} after conversion; the model expects "
                 f"{target.shape} (does the VAEConfig match the checkpoint?)."
             )
-        target.value = jnp.asarray(value)
+        target[...] = jnp.asarray(value)
         loaded.add(path)
     missing = sorted(".".join(map(str, p)) for p in set(ours) - loaded)
     if unexpected or missing:

@@ -9,6 +9,7 @@ empty caption so the model also learns the unconditional velocity for classifier
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 
@@ -91,7 +92,10 @@ class DiTTask:
         return jax.lax.stop_gradient((mean - frozen["mean"]) / frozen["std"])
 
     def loss(self, model: dit_lib.DiT, frozen, batch: dict, rng: jax.Array):
-        x0 = self.encode_latents(frozen, batch["video"])
+        if "latents" in batch:  # from the latent cache
+            x0 = batch["latents"].astype(jnp.float32)
+        else:
+            x0 = self.encode_latents(frozen, batch["video"])
         b, t_frames = x0.shape[:2]
         rng_t, rng_eps = jax.random.split(rng)
         fcfg = self.config.flow
@@ -114,17 +118,54 @@ class DiTTask:
         loss = flow.flow_loss(pred, flow.velocity_target(x0, eps), weight)
         return loss, {}
 
-    def batches(self, start_step: int) -> Iterator[dict]:
-        data = pipeline.BucketedBatches(
+    def _stream(self) -> pipeline.BucketedBatches:
+        return pipeline.BucketedBatches(
             vae_task.make_world(self.config),
             self.buckets,
             seed=self.config.seed + 1,
             caption_probs=self.train_cfg.get("caption_probs", {"prompt": 1.0}),
         )
+
+    def _with_text(self, step: int, video_or_latents: dict, texts: list[str]) -> dict:
         drop = float(self.train_cfg.get("caption_dropout", 0.0))
-        for step, batch in enumerate(data.iterate(start_step), start=start_step):
-            texts = list(batch["text"])
-            u = buckets_lib.hash_uniform(self.config.seed, step * 4096 + np.arange(len(texts)), 7)
-            texts = ["" if ui < drop else t for ui, t in zip(u, texts)]
-            emb, mask = self.embedder(texts)
-            yield {"video": batch["video"], "text": emb, "text_mask": mask}
+        u = buckets_lib.hash_uniform(self.config.seed, step * 4096 + np.arange(len(texts)), 7)
+        texts = ["" if ui < drop else t for ui, t in zip(u, texts)]
+        emb, mask = self.embedder(texts)
+        return {**video_or_latents, "text": emb, "text_mask": mask}
+
+    def batches(self, start_step: int) -> Iterator[dict]:
+        if int(self.train_cfg.get("latent_cache_clips", 0)) > 0:
+            yield from self._cached_batches(start_step)
+            return
+        for step, batch in enumerate(self._stream().iterate(start_step), start=start_step):
+            yield self._with_text(step, {"video": batch["video"]}, list(batch["text"]))
+
+    def build_latent_cache(self) -> list[tuple[np.ndarray, list[str]]]:
+        """Encodes `latent_cache_clips` clips per bucket once: (latents [N,T,h,w,z], texts).
+
+        For small datasets (the CPU-sized world run) this takes the frozen VAE out of every
+        step; the k-th cached batch of a bucket is the stream's k-th batch of that bucket.
+        """
+        stream, frozen = self._stream(), self.frozen()
+        encode = jax.jit(self.encode_latents)
+        cache = []
+        for b_idx, bucket in enumerate(self.buckets):
+            n_batches = -(-int(self.train_cfg.latent_cache_clips) // bucket.batch_size)
+            latents, texts = [], []
+            for k in range(n_batches):
+                batch = stream.batch(b_idx, k)
+                latents.append(np.asarray(encode(frozen, batch["video"])))
+                texts.extend(batch["text"])
+            cache.append((np.concatenate(latents), texts))
+        stream.close()
+        return cache
+
+    def _cached_batches(self, start_step: int) -> Iterator[dict]:
+        cache = self.build_latent_cache()
+        for step in itertools.count(start_step):
+            b_idx = int(buckets_lib.bucket_of_steps(self.buckets, self.config.seed, [step])[0])
+            latents, texts = cache[b_idx]
+            n = self.buckets[b_idx].batch_size
+            u = buckets_lib.hash_uniform(self.config.seed, step * 4096 + np.arange(n), 11)
+            idx = (u * len(texts)).astype(np.int64)
+            yield self._with_text(step, {"latents": latents[idx]}, [texts[i] for i in idx])

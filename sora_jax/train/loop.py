@@ -174,9 +174,10 @@ def abstract_train_state(task: Task, cfg, mesh, seed: int):
     create = _create_fn(task, tx, seed)
     abstract_state, abstract_rest = jax.eval_shape(create)
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: task.create_model(nnx.Rngs(seed))))
-    shardings = jax.tree.map(
-        lambda x: parallel.named_sharding(mesh, None), (abstract_state, abstract_rest)
-    )
+    rules = cfg.get("sharding_rules", None) or parallel.DEFAULT_RULES
+    state_shardings = parallel.param_shardings(abstract_state, mesh, rules)
+    rest_shardings = jax.tree.map(lambda _: parallel.named_sharding(mesh, None), abstract_rest)
+    shardings = (state_shardings, rest_shardings)
     return graphdef, abstract_state, abstract_rest, tx, shardings, create
 
 

@@ -1,0 +1,65 @@
+"""Every config builds; the big ones by `jax.eval_shape` with their parameter counts asserted."""
+
+import importlib.util
+import pathlib
+
+import pytest
+from flax import nnx
+
+from sora_jax.models import dit as dit_lib
+from sora_jax.models import vae as vae_lib
+
+CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
+
+
+def load_config(name: str, arg: str | None = None):
+    spec = importlib.util.spec_from_file_location(f"cfg_{name}", CONFIGS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def abstract_params(model_fn) -> int:
+    model = nnx.eval_shape(lambda: model_fn(nnx.Rngs(0)))
+    return dit_lib.param_count(model)
+
+
+# Counts of diffusers' WanTransformer3DModel with the same shape (built on torch's meta device).
+@pytest.mark.parametrize("name,count", [("l", 1_418_996_800), ("xl", 14_288_491_584)])
+def test_big_configs_eval_shape_with_wan_parameter_counts(name, count):
+    c = load_config(name)
+    cfg = dit_lib.DiTConfig(**c.dit.to_dict())
+    assert abstract_params(lambda rngs: dit_lib.DiT(cfg, rngs=rngs)) == count
+
+
+@pytest.mark.parametrize("name,low,high", [("s", 80e6, 150e6), ("b", 250e6, 400e6)])
+def test_small_configs_have_their_advertised_size(name, low, high):
+    c = load_config(name)
+    cfg = dit_lib.DiTConfig(**c.dit.to_dict())
+    assert low < abstract_params(lambda rngs: dit_lib.DiT(cfg, rngs=rngs)) < high
+
+
+@pytest.mark.parametrize("name", ["tiny", "vae", "s", "b", "l", "xl"])
+@pytest.mark.parametrize("arg", [None, "runlocal"])
+def test_every_config_builds_its_models(name, arg):
+    c = load_config(name, arg)
+    assert set(c.stages.split(",")) <= {"vae", "dit", "sample"}
+    vae = nnx.eval_shape(
+        lambda: vae_lib.CausalVAE(vae_lib.VAEConfig(**c.vae.to_dict()), rngs=nnx.Rngs(0))
+    )
+    assert vae.spatial_factor in (4, 8) and vae.temporal_factor == 4
+    dit = dit_lib.DiTConfig(**c.dit.to_dict())
+    assert dit.in_channels == c.vae.z_channels
+
+
+def test_bad_config_argument_fails_with_a_sentence():
+    with pytest.raises(ValueError, match="unknown config argument"):
+        load_config("l", "resolution=480")
+
+
+def test_wan_vae_preset_compresses_4x8x8_to_16_channels():
+    c = load_config("vae")
+    vae = nnx.eval_shape(
+        lambda: vae_lib.CausalVAE(vae_lib.VAEConfig(**c.vae.to_dict()), rngs=nnx.Rngs(0))
+    )
+    assert vae.latent_shape(81, 480, 832) == (21, 60, 104, 16)
