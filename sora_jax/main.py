@@ -69,12 +69,19 @@ def main(argv) -> None:
         raise app.UsageError("--config and --workdir are required.")
     sys.path.insert(0, os.getcwd())
     logging.getLogger().setLevel(logging.INFO)
+    try:
+        _run(FLAGS.config, FLAGS.workdir)
+    except (ValueError, FileNotFoundError) as e:  # bad input: one sentence, no stack trace
+        sys.exit(f"error: {e}")
+
+
+def _run(config, workdir: str) -> None:
     if FLAGS.mode == "sample":
-        _sample(FLAGS.config, FLAGS.workdir)
+        _sample(config, workdir)
         return
     from sora_jax import recipe
 
-    summary = recipe.run(FLAGS.config, FLAGS.workdir, FLAGS.stages)
+    summary = recipe.run(config, workdir, FLAGS.stages)
     print(json.dumps({k: v for k, v in summary.items() if k != "sample"}, indent=1))
     if "sample" in summary:
         print(json.dumps({"grader": summary["sample"]["grader"]}, indent=1))

@@ -408,6 +408,8 @@ def _draw_object(canvas: np.ndarray, obj: dict, t: np.ndarray, pan_px: np.ndarra
     frames = np.arange(f_n)[:, None] if len(radii) == 1 else fs  # [F, 1] or [K]
     yy, xx = iy[frames] + ys, ix[frames] + xs
     flat = ((frames * h + yy) * w + xx).ravel()
+    if flat.size == 0:  # smaller than a pixel (only at toy resolutions like 16x16)
+        return
     if yy.min() < 0 or yy.max() >= h or xx.min() < 0 or xx.max() >= w:  # only by rounding
         flat = flat[((yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)).ravel()]
     # Write whole 3-byte pixels through a void view: ~2× faster than rows of a [N, 3] array.

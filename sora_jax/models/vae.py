@@ -13,6 +13,7 @@ a 1x1x1 `quant_conv`; decoder = 1x1x1 `post_quant_conv`, conv_in, mid block, per
 `encode`/`decode` run the whole sequence at once; `encode_chunked`/`decode_chunked` run the first
 frame, then fixed-size chunks with a per-conv cache of past frames in one `lax.scan`, computing
 the same numbers with memory that does not grow with length (this is how Wan runs, too).
+`decode_tiled` also splits space into overlapping tiles blended with linear ramps.
 """
 
 from __future__ import annotations
@@ -229,6 +230,7 @@ class CausalVAE(nnx.Module):
         return self.decode(z, clip=False), mean, logvar
 
     # ---- chunked passes: first frame alone, then equal chunks under one lax.scan ----
+    # Inference paths: with dropout > 0 call `model.eval()` first (no RNG updates inside scan).
 
     def _run_chunked(self, net, x: Array, chunk: int) -> Array:
         first = TimeCache(first=True)
