@@ -70,6 +70,30 @@ def world_config(**overrides) -> ml_collections.ConfigDict:
     return cfg
 
 
+def data_config(**overrides) -> ml_collections.ConfigDict:
+    """Where clips come from and how they are fitted to buckets (sora_jax/data/sources.py)."""
+    cfg = ml_collections.ConfigDict(
+        dict(
+            source="world",  # world | array_record | tfds
+            paths="",  # array_record: shard files, globs or a folder, comma-separated
+            tfds_name="sora_videos",  # tfds: dataset name (tools/prepare_dataset.py writes it)
+            data_dir="",  # tfds: data_dir holding <tfds_name>/<version>/
+            split="train",
+            target_fps=0.0,  # sample frames at this rate; 0 = every source frame
+            aspect_ratios=("1:1",),  # aspect classes of 'F@RESp' bucket rows, e.g. ("16:9", "9:16")
+            token_budget=0,  # derive the batch size of rows with batch 0 from this many tokens
+            max_crop_fraction=0.5,  # skip clips whose centre crop would lose more of the frame
+            max_upscale=1.0,  # skip clips smaller than a bucket by more than this factor
+            videos_as_images=True,  # video frames also fill 1-frame (image) buckets
+            num_threads=4,  # decode threads per process (or per prefetch worker)
+            num_workers=0,  # Grain mp_prefetch worker processes; 0 = decode in the trainer
+            max_retries=16,  # undecodable clips replaced in a row before the run stops
+        )
+    )
+    cfg.update(overrides)
+    return cfg
+
+
 def train_config(**overrides) -> ml_collections.ConfigDict:
     """Optimiser and loop settings of one training stage."""
     cfg = ml_collections.ConfigDict(
@@ -82,11 +106,17 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
             b1=0.9,
             b2=0.99,
             weight_decay=0.01,
-            grad_clip_norm=1.0,
+            weight_decay_min_ndim=2,  # no decay on biases, norm scales, modulation tables
+            weight_decay_exclude=(),  # regexes over dotted param paths, e.g. ("embed",)
+            adam_eps=1e-8,
+            grad_clip_norm=1.0,  # global norm; 0 = off
             ema_decay=0.999,
+            nonfinite_stop_steps=3,  # stop after this many non-finite steps in a row; 0 = never
             log_every_steps=50,
+            profile_steps=(),  # (a, b): jax.profiler trace of steps [a, b) into <workdir>/profile
             checkpoint_every_steps=500,
             keep_checkpoints=2,
+            keep_every_steps=0,  # also keep every checkpoint at a multiple of this; 0 = off
             # ('FRAMESxHEIGHTxWIDTH', global batch size, sampling weight)
             buckets=(("9x64x64", 8, 1.0),),
         )
@@ -108,6 +138,7 @@ def dit_stage_config(
     c.stages = "dit,sample"
     c.mesh = dict(data=1, fsdp=-1, context=1, tensor=1)
     c.world = world_config(resolutions=((height, width),), num_frames=(frames,), image_fraction=0.1)
+    c.data = data_config()
     c.vae = dict(WAN_VAE, dropout=0.0, dtype="bfloat16")
     c.vae_train = train_config()
     c.text = dict(encoder="umt5", path="", max_length=512, dtype="bfloat16")
@@ -131,6 +162,7 @@ def dit_stage_config(
         caption_probs={"prompt": 0.2, "caption": 0.8},
         caption_dropout=0.1,
         vae_workdir="",  # a trained VAE stage, e.g. from configs/vae.py or imported Wan weights
+        latent_cache_dir="",  # train from tools/cache_latents.py output instead of encoding
     )
     c.flow = dict(
         logit_mean=0.0,

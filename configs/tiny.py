@@ -31,8 +31,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         camera_pan_prob=0.0,
         occluder_prob=0.0,
         backgrounds=("flat",),
+        sizes=("medium", "large"),  # a 'small' object is ~3 px at 32x32
         holdout=(),
     )
+    c.data = common.data_config()  # the world; see common.data_config for real datasets
 
     c.vae = dict(
         base_channels=16,
@@ -52,10 +54,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         ema_decay=0.99,
         log_every_steps=50,
         checkpoint_every_steps=300,
-        # Short videos only: their first frame is encoded alone, which trains the image path
-        # too; the causal convs then run on 9-frame clips unchanged; one bucket is one compile.
-        buckets=(("5x32x32", 8, 1.0),),
+        # Videos only: their first frame is encoded alone, which trains the image path too,
+        # and one bucket is one compile. (Trained on 5 frames, the temporal upsampler never sees
+        # a third latent frame and 9-frame decodes break: train on the length you sample.)
+        buckets=(("9x32x32", 8, 1.0),),
         kl_weight=1e-6,
+        l2_weight=4.0,
         grad_loss_weight=0.5,  # L1 of spatial gradients keeps edges sharp
         eval_clips=16,
     )
@@ -87,6 +91,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Encode this many clips per bucket once and train on their latents (0 = encode every
         # batch on the fly): the frozen VAE would otherwise cost more than the tiny DiT's step.
         latent_cache_clips=2048,
+        latent_cache_dir="",  # or train from tools/cache_latents.py output (per-bucket records)
     )
     # Conditioning modes drawn in training (sora_jax/diffusion/conditioning.py); t2v only here.
     c.flow = dict(logit_mean=0.0, logit_std=1.0, shift=1.0, cond_mixture={"t2v": 1.0})

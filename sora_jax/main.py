@@ -25,6 +25,10 @@ flags.DEFINE_enum(
     "train: run the config's stages (vae,dit,sample); sample: generate from a workdir.",
 )
 flags.DEFINE_string("stages", None, "Comma-separated subset of stages to run (default: config).")
+# Multi-process runs (one process per host): all three, or none for a single process.
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
+flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
 flags.DEFINE_multi_string("prompt", [], "Prompt(s) for --mode=sample.")
 flags.DEFINE_integer("num_frames", None, "Frames to generate (1+4k; 1 = image).")
 flags.DEFINE_integer("height", None, "Output height in pixels.")
@@ -34,32 +38,93 @@ flags.DEFINE_float("guidance", None, "Classifier-free guidance scale.")
 flags.DEFINE_integer("seed", None, "Sampling seed.")
 flags.DEFINE_string("sampler", None, "Sampler name (euler, heun, dpmpp_2m).")
 flags.DEFINE_string("negative_prompt", "", "Negative prompt for guidance.")
+# Generation modes (sora_jax/modes.py): every one from the same model.
+flags.DEFINE_string("prompts_file", None, "A text file with one prompt per line.")
+flags.DEFINE_multi_string("image", [], "Image(s) to animate: first frame (two: first and last).")
+flags.DEFINE_string("image_position", None, "Where one --image goes: first | last (two: both).")
+flags.DEFINE_string("video", None, "Input video for --extend/--keep_frames/--connect_video/edit.")
+flags.DEFINE_string("extend", None, "Extend --video forward | backward by --seconds.")
+flags.DEFINE_float("seconds", None, "Seconds to generate for --extend / --connect_video.")
+flags.DEFINE_string("keep_frames", None, "Pixel-frame times to keep, e.g. 0,8,16 (infill).")
+flags.DEFINE_string("connect_video", None, "Connect --video to this video (--seconds between).")
+flags.DEFINE_bool("loop", False, "Generate a seamless loop (from --image or from text).")
+flags.DEFINE_float("edit_strength", None, "SDEdit --video with the prompt: noise level in [0, 1].")
+flags.DEFINE_float("fps", None, "Output frames per second (default: the input's or the world's).")
+flags.DEFINE_string("guidance_interval", None, "Guide only for t in lo,hi (default 0,1).")
+flags.DEFINE_float("shift", None, "Flow time shift for sampling (default: config.flow.shift).")
+flags.DEFINE_string("expand_prompt", None, "Expand prompts first: world | llm.")
+flags.DEFINE_string("expand_model", None, "Model folder for --expand_prompt=llm.")
 FLAGS = flags.FLAGS
 
 
+def _ints(text: str | None, flag: str) -> tuple[float, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(float(v) if flag == "guidance_interval" else int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--{flag}={text!r} must be comma-separated numbers.") from None
+
+
+def _prompts() -> tuple[str, ...]:
+    if not FLAGS.prompts_file:
+        return tuple(FLAGS.prompt)
+    if FLAGS.prompt:
+        raise ValueError("pass prompts with --prompt or --prompts_file, not both.")
+    with open(FLAGS.prompts_file) as f:  # a missing file: FileNotFoundError, one sentence
+        return tuple(ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#"))
+
+
 def _sample(config, workdir: str) -> None:
+    from sora_jax import modes
     from sora_jax import sample as sample_lib
 
-    if not FLAGS.prompt:
-        raise app.UsageError("--mode=sample needs at least one --prompt.")
+    req = modes.Request(
+        prompts=_prompts(),
+        image=tuple(FLAGS.image),
+        image_position=FLAGS.image_position or "",
+        video=FLAGS.video or "",
+        extend=FLAGS.extend or "",
+        seconds=FLAGS.seconds,
+        keep_frames=_ints(FLAGS.keep_frames, "keep_frames"),
+        connect_video=FLAGS.connect_video or "",
+        loop=FLAGS.loop,
+        edit_strength=FLAGS.edit_strength,
+        num_frames=FLAGS.num_frames,
+        height=FLAGS.height,
+        width=FLAGS.width,
+        fps=FLAGS.fps,
+    )
+    req.mode()  # conflicting flags fail here, before any weights load
+    interval = _ints(FLAGS.guidance_interval, "guidance_interval") or (0.0, 1.0)
+    if len(interval) != 2:
+        raise ValueError(f"--guidance_interval={FLAGS.guidance_interval!r} must be lo,hi.")
     s = config.sample
     settings = {
-        "num_frames": FLAGS.num_frames or s.num_frames,
-        "height": FLAGS.height or s.height,
-        "width": FLAGS.width or s.width,
         "steps": FLAGS.steps or s.steps,
         "guidance": s.guidance if FLAGS.guidance is None else FLAGS.guidance,
         "sampler": FLAGS.sampler or s.sampler,
         "seed": s.seed if FLAGS.seed is None else FLAGS.seed,
         "negative_prompt": FLAGS.negative_prompt,
+        "guidance_interval": interval,
+        "shift": FLAGS.shift,
     }
-    gen = sample_lib.Generator(config, workdir)
-    videos = gen.generate(FLAGS.prompt, **settings)
-    fps = config.world.fps
-    for i, (prompt, video) in enumerate(zip(FLAGS.prompt, videos)):
-        stem = os.path.join(workdir, "samples", f"prompt_{settings['seed']}_{i:02d}")
-        paths = sample_lib.save_video(stem, video, fps, {"prompt": prompt, **settings})
+    req = _expand(req)
+    config_args = [a for a in sys.argv[1:] if a.startswith("--config")]
+    for paths in sample_lib.run_request(config, workdir, req, settings, config_args=config_args):
         print(json.dumps(paths))
+
+
+def _expand(req):
+    """--expand_prompt: rewrite the prompts (sora_jax.prompt_expansion) before sampling."""
+    if not FLAGS.expand_prompt:
+        if FLAGS.expand_model:
+            raise ValueError("--expand_model applies to --expand_prompt=llm only.")
+        return req
+    raise ValueError(
+        f"--expand_prompt={FLAGS.expand_prompt!r} is not available: sora_jax.prompt_expansion "
+        "is not part of this build."
+    )
 
 
 def main(argv) -> None:
@@ -69,9 +134,12 @@ def main(argv) -> None:
         raise app.UsageError("--config and --workdir are required.")
     sys.path.insert(0, os.getcwd())
     logging.getLogger().setLevel(logging.INFO)
+    from sora_jax.train import loop
+
+    loop.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     try:
         _run(FLAGS.config, FLAGS.workdir)
-    except (ValueError, FileNotFoundError) as e:  # bad input: one sentence, no stack trace
+    except (ValueError, FileNotFoundError, loop.NonFiniteError) as e:  # one sentence, no trace
         sys.exit(f"error: {e}")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,6 +41,71 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("conv_in", None),
     ("conv_out", "fsdp"),
 )
+
+
+# Environment variables that mean "this process is one of several" when no coordinator is given:
+# jax.distributed.initialize() then detects the cluster itself (SLURM, Open MPI, TPU pods, GKE).
+_CLUSTER_ENV = (
+    ("SLURM_NTASKS", "SLURM"),
+    ("OMPI_COMM_WORLD_SIZE", "Open MPI"),
+    ("MEGASCALE_NUM_SLICES", "TPU multislice"),
+)
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} must be an integer.") from None
+
+
+def maybe_initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> bool:
+    """Calls `jax.distributed.initialize` once when this is a multi-host run; returns whether
+    the run is (now) distributed. Must run before anything touches a JAX backend.
+
+    Sources, first found wins: the arguments (e.g. from flags); the environment variables
+    `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`; otherwise, on a
+    multi-host TPU slice (`TPU_WORKER_HOSTNAMES` lists several hosts), under SLURM or Open MPI
+    with more than one task, or with `SORA_DISTRIBUTED=1`, JAX's own cluster detection. A
+    single process (`num_processes` 1, or none of the above) is left alone.
+    """
+    if jax.distributed.is_initialized():
+        return True
+    address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
+    n = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
+    pid = process_id if process_id is not None else _env_int("JAX_PROCESS_ID")
+    if n is not None and n < 1:
+        raise ValueError(f"num_processes={n} must be a positive number of processes.")
+    if n == 1:
+        return False
+    if address is not None or n is not None:
+        if address is None or n is None or pid is None:
+            raise ValueError(
+                f"a multi-host run needs coordinator_address, num_processes and process_id; "
+                f"got {address!r}, {n!r}, {pid!r}."
+            )
+        logging.info("jax.distributed: process %d of %d, coordinator %s", pid, n, address)
+        jax.distributed.initialize(address, n, pid)
+        return True
+    hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+    cluster = "TPU slice" if len(hosts) > 1 else None
+    for var, name in _CLUSTER_ENV:
+        if cluster is None and (_env_int(var) or 1) > 1:
+            cluster = name
+    if cluster is None and os.environ.get("SORA_DISTRIBUTED", "") in ("1", "true", "auto"):
+        cluster = "auto-detected cluster"
+    if cluster is None:
+        return False
+    logging.info("jax.distributed: initialising from the %s environment", cluster)
+    jax.distributed.initialize()
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +227,7 @@ def param_shardings(abstract_params: Any, mesh: Mesh, rules=None) -> Any:
         if not isinstance(names, (tuple, list)):
             names = None
         # Same tree structure as the input: the Variable keeps its metadata, holds a sharding.
-        return leaf.replace(named_sharding(mesh, names, leaf.value.shape, rules))
+        return leaf.replace(named_sharding(mesh, names, leaf.get_value().shape, rules))
 
     return jax.tree.map(one, abstract_params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 

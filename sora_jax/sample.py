@@ -1,91 +1,267 @@
-"""Generation: prompts in, videos out.
+"""Generation: prompts (+ images / videos) in, videos out.
+
+Legend: B batch (prompts), T latent frames, h w latent height/width, z latent channels,
+F H W pixel frames/height/width.
 
 `Generator` loads the frozen text encoder, the VAE (with its latent statistics) and the DiT's EMA
-weights from a workdir and runs one jitted function per output shape: noise grid of the
-requested size -> sampler (one `lax.scan`, classifier-free guidance batched into one forward) ->
-latents de-normalised -> VAE decode -> uint8 video.
+weights from a workdir. Every mode is a `modes.Plan`; `Generator.sample(prompts, plan)` encodes
+the plan's given frames (each run alone with the causal VAE, see `sora_jax/modes.py`), then runs
+one jitted function per output shape and sampler: noise (or the noised input, SDEdit) -> sampler
+(one `lax.scan`, classifier-free guidance batched into one forward, given frames restored after
+every step) -> latents de-normalised -> VAE decode -> uint8 video.
+
+Seeds: sample i of a call with ``seed`` draws its noise from ``jax.random.key(seed + i)``, so a
+sample is reproduced alone with ``seed + i`` (its sidecar records that seed).
+On a mesh with more than one device the batch is sharded over ('data', 'fsdp') (padded to a
+multiple of their size) and the parameters by their logical axes (`sora_jax.parallel`).
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import os
+import shlex
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
+from sora_jax import modes, parallel
 from sora_jax.data import video_io
-from sora_jax.diffusion import samplers
+from sora_jax.diffusion import flow, samplers
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import vae as vae_lib
 from sora_jax.train import dit_task, loop, vae_task
+
+Embedder = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]  # texts -> ([B,L,D], [B,L])
 
 
 def _creator(fn) -> types.SimpleNamespace:
     return types.SimpleNamespace(name="model", create_model=fn)
 
 
+@dataclasses.dataclass
+class Samples:
+    """The result of `Generator.sample`."""
+
+    videos: np.ndarray  # uint8 [B, F, H, W, 3], after the plan's trim
+    latents: np.ndarray  # fp32 [B, T, h, w, z], normalised, before decoding
+    given: np.ndarray  # fp32 [T, h, w, z] given latents (zeros where not given)
+    mask: np.ndarray  # bool [T], True = given
+    seeds: list[int]  # per-sample noise seeds
+
+
 class Generator:
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-        self.config = config
+    def __init__(
+        self, config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None
+    ):
+        """Loads the trained stages of ``workdir`` (EMA weights) onto ``mesh`` (default: all)."""
+        mesh = mesh or parallel.make_mesh()
         vae_dir = dit_task.vae_workdir(config, workdir)
         vae_cfg = vae_lib.VAEConfig(**config.vae.to_dict())
         dit_cfg = dit_lib.DiTConfig(**config.dit.to_dict())
-        self.vae = loop.load_model(
-            _creator(lambda rngs: vae_lib.CausalVAE(vae_cfg, rngs=rngs)), config.vae_train, vae_dir
+        vae = loop.load_model(
+            _creator(lambda rngs: vae_lib.CausalVAE(vae_cfg, rngs=rngs)),
+            config.vae_train,
+            vae_dir,
+            mesh=mesh,
         )
-        self.dit = loop.load_model(
+        dit = loop.load_model(
             _creator(lambda rngs: dit_lib.DiT(dit_cfg, rngs=rngs)),
             config.dit_train,
             os.path.join(workdir, "dit"),
+            mesh=mesh,
         )
         mean, std = vae_task.load_latent_stats(vae_dir)
-        self.latent_mean, self.latent_std = jnp.asarray(mean), jnp.asarray(std)
-        self.embedder = dit_task.CaptionEmbedder(config.text)
-        self._vae_def, self._vae_state = nnx.split(self.vae)
-        self._dit_def, self._dit_state = nnx.split(self.dit)
+        embedder = dit_task.CaptionEmbedder(config.text)
+        self._setup(config, vae, dit, mean, std, embedder, mesh)
 
-    @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("steps", "sampler"))
-    def _run(
-        self,
-        dit_state,
-        vae_state,
-        noise,
-        text,
-        mask,
-        neg_text,
-        neg_mask,
-        guidance,
-        shift,
+    @classmethod
+    def from_models(
+        cls,
+        config: ml_collections.ConfigDict,
+        vae: vae_lib.CausalVAE,
+        dit: dit_lib.DiT,
+        latent_mean: np.ndarray,
+        latent_std: np.ndarray,
+        embedder: Embedder,
         *,
-        steps: int,
-        sampler: str,
-    ):
-        dit = nnx.merge(self._dit_def, dit_state)
-        vae = nnx.merge(self._vae_def, vae_state)
+        mesh: Mesh | None = None,
+    ) -> Generator:
+        """A generator from models in memory (tests, notebooks); shards them when on a mesh."""
+        gen = cls.__new__(cls)
+        if mesh is not None and mesh.size > 1:
+            dit = _on_mesh(dit, mesh, parallel.param_shardings)
+            vae = _on_mesh(vae, mesh, lambda s, m: jax.tree.map(lambda _: _replicated(m), s))
+        gen._setup(config, vae, dit, latent_mean, latent_std, embedder, mesh)
+        return gen
 
-        def denoise(x, t, cond):
-            return dit(x, t, cond["text"], cond["mask"])
+    def _setup(self, config, vae, dit, mean, std, embedder, mesh) -> None:
+        self.config = config
+        self.vae, self.dit, self.embedder = vae, dit, embedder
+        self.mesh = mesh if mesh is not None and mesh.size > 1 else None
+        self.latent_mean = jnp.asarray(mean, jnp.float32)
+        self.latent_std = jnp.asarray(std, jnp.float32)
+        self._vae_def, self._vae_state = nnx.split(vae)
+        self._dit_def, self._dit_state = nnx.split(dit)
+        self.prediction = str(config.flow.get("prediction", "velocity"))
+        self._runs: dict[tuple, Callable] = {}
 
-        z = samplers.sample(
-            denoise,
-            noise,
-            {"text": text, "mask": mask},
-            uncond={"text": neg_text, "mask": neg_mask},
-            guidance=guidance,
-            steps=steps,
-            sampler=sampler,
-            shift=shift,
-        )
-        video = vae.decode(z * self.latent_std + self.latent_mean)
-        return vae_task.to_uint8(video)
+        @jax.jit
+        def encode(vae_state, video):
+            mean, _ = nnx.merge(self._vae_def, vae_state).encode(vae_task.to_pixels(video))
+            return (mean - self.latent_mean) / self.latent_std
+
+        @jax.jit
+        def decode(vae_state, z):
+            vae = nnx.merge(self._vae_def, vae_state)
+            return vae_task.to_uint8(vae.decode(z * self.latent_std + self.latent_mean))
+
+        self._encode, self._decode = encode, decode
+
+    # ---- shapes, encode, decode ----
+
+    @property
+    def temporal_factor(self) -> int:
+        return self.vae.temporal_factor
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """(T, h, w, z) of a num_frames x height x width output."""
+        return self.vae.latent_shape(num_frames, height, width)
+
+    def encode(self, video: np.ndarray) -> np.ndarray:
+        """uint8 [B, F, H, W, 3] -> normalised latents [B, T, h, w, z] (posterior mean)."""
+        self.vae.latent_shape(*np.shape(video)[1:4])  # one sentence for a bad size
+        return np.asarray(self._encode(self._vae_state, jnp.asarray(video, jnp.uint8)))
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """Normalised latents [B, T, h, w, z] -> uint8 [B, F, H, W, 3]."""
+        return np.asarray(self._decode(self._vae_state, jnp.asarray(latents, jnp.float32)))
+
+    # ---- sampling ----
+
+    def _run_fn(self, steps: int, sampler: str, interval: tuple, cfg: bool):
+        # start_t is traced (SDEdit strengths share one compile); t2v passes init = 0, start_t
+        # = 1, and (1 - 1) * 0 + 1 * noise is the noise bit for bit.
+        key = (steps, sampler, interval, cfg)
+        if key in self._runs:
+            return self._runs[key]
+        prediction = self.prediction
+
+        def run(dit_state, vae_state, noise, text, neg, given, given_mask, init, start_t, guidance,
+                shift):  # fmt: skip
+            dit = nnx.merge(self._dit_def, dit_state)
+            vae = nnx.merge(self._vae_def, vae_state)
+            denoise = lambda x, t, c: dit(x, t, c["text"], c["mask"])
+            x = flow.add_noise(init, noise, start_t)
+            z = samplers.sample(
+                denoise,
+                x,
+                text,
+                uncond=neg if cfg else None,
+                guidance=guidance,
+                steps=steps,
+                sampler=sampler,
+                shift=shift,
+                given=given,
+                given_mask=given_mask,
+                guidance_interval=interval,
+                start_t=start_t,
+                prediction=prediction,
+            )
+            video = vae.decode(z * self.latent_std + self.latent_mean)
+            return z, vae_task.to_uint8(video)
+
+        self._runs[key] = jax.jit(run)
+        return self._runs[key]
+
+    def _batch(self, arrays: dict, batch: int) -> dict:
+        """Pads the batch to a multiple of the mesh's batch axes and shards it over them."""
+        if self.mesh is None:
+            return jax.tree.map(jnp.asarray, arrays)
+        dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        pad = -batch % dp
+
+        def put(x):
+            x = np.asarray(x)
+            if pad:
+                x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+            return jax.device_put(x, parallel.batch_sharding(self.mesh, x.ndim))
+
+        return jax.tree.map(put, arrays)
+
+    def noise(self, seeds: Sequence[int], latent_shape: tuple[int, ...]) -> jax.Array:
+        """[B, T, h, w, z] standard normal noise, sample i from ``jax.random.key(seeds[i])``."""
+        draw = lambda s: jax.random.normal(jax.random.key(s), latent_shape, jnp.float32)
+        return jnp.stack([draw(int(s)) for s in seeds])
+
+    def sample(
+        self,
+        prompts: Sequence[str],
+        plan: modes.Plan,
+        *,
+        steps: int = 30,
+        guidance: float = 4.0,
+        sampler: str = "euler",
+        seed: int = 0,
+        negative_prompt: str = "",
+        guidance_interval: tuple[float, float] = (0.0, 1.0),
+        shift: float | None = None,
+    ) -> Samples:
+        """Samples ``plan`` once per prompt; deterministic for ``seed``.
+
+        Given latent frames come back bit-identical in ``Samples.latents``; a different seed
+        changes only the generated frames.
+        """
+        prompts = _check_prompts(prompts)
+        if sampler not in samplers.FLOW_SAMPLERS:
+            raise ValueError(
+                f"sampler must be one of {samplers.FLOW_SAMPLERS} for this rectified-flow model, "
+                f"got {sampler!r}."
+            )
+        lo, hi = (float(v) for v in guidance_interval)
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"guidance_interval must be 0 <= lo <= hi <= 1, got {(lo, hi)}.")
+        shape = self.latent_shape(plan.num_frames, plan.height, plan.width)
+        b = len(prompts)
+        given, mask = modes.given_latents(plan, self.encode, shape, self.temporal_factor)
+        text, text_mask = self.embedder(prompts)
+        neg, neg_mask = self.embedder([negative_prompt] * b)
+        seeds = [int(seed) + i for i in range(b)]
+        args = {
+            "noise": self.noise(seeds, shape),
+            "text": {"text": text, "mask": text_mask},
+            "neg": {"text": neg, "mask": neg_mask},
+            "given": np.broadcast_to(given, (b, *shape)),
+            "given_mask": np.broadcast_to(mask, (b, shape[0])),
+        }
+        x0 = np.zeros(shape, np.float32) if plan.init is None else self.encode(plan.init[None])[0]
+        args["init"] = np.broadcast_to(x0, (b, *shape))
+        args = self._batch(args, b)
+        run = self._run_fn(steps, sampler, (lo, hi), float(guidance) != 1.0)
+        shift = self.config.flow.shift if shift is None else shift
+        with contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh):
+            z, video = run(
+                self._dit_state,
+                self._vae_state,
+                **args,
+                start_t=jnp.float32(plan.start_t),
+                guidance=jnp.float32(guidance),
+                shift=jnp.float32(shift),
+            )
+        video = np.asarray(video)[:b]
+        if plan.trim_frames:
+            video = video[:, : video.shape[1] - plan.trim_frames]
+        return Samples(video, np.asarray(z)[:b], given, mask, seeds)
 
     def generate(
         self,
@@ -100,34 +276,145 @@ class Generator:
         seed: int = 0,
         negative_prompt: str = "",
         shift: float | None = None,
+        guidance_interval: tuple[float, float] = (0.0, 1.0),
     ) -> np.ndarray:
-        """uint8 videos [B, F, H, W, 3] for `prompts`; deterministic for `seed`."""
-        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
-            raise ValueError("prompts must be a list of strings.")
-        t_lat, h_lat, w_lat, z = self.vae.latent_shape(num_frames, height, width)
-        noise = jax.random.normal(
-            jax.random.key(seed), (len(prompts), t_lat, h_lat, w_lat, z), jnp.float32
-        )
-        text, mask = self.embedder(list(prompts))
-        neg_text, neg_mask = self.embedder([negative_prompt] * len(prompts))
-        shift = self.config.flow.shift if shift is None else shift
-        out = self._run(
-            self._dit_state,
-            self._vae_state,
-            noise,
-            text,
-            mask,
-            neg_text,
-            neg_mask,
-            jnp.float32(guidance),
-            jnp.float32(shift),
+        """Text -> uint8 videos [B, F, H, W, 3] (F = 1: images); deterministic for `seed`."""
+        plan = modes.text_to_video(num_frames, height, width, tf=self.temporal_factor)
+        return self.sample(
+            prompts,
+            plan,
             steps=steps,
+            guidance=guidance,
             sampler=sampler,
-        )
-        return np.asarray(out)
+            seed=seed,
+            negative_prompt=negative_prompt,
+            shift=shift,
+            guidance_interval=guidance_interval,
+        ).videos
 
 
-def save_video(path_stem: str, video: np.ndarray, fps: int, meta: dict | None = None) -> dict:
+def _check_prompts(prompts: Sequence[str]) -> list[str]:
+    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompts must be a non-empty list of strings.")
+    return list(prompts)
+
+
+def _replicated(mesh: Mesh):
+    return parallel.named_sharding(mesh, None)
+
+
+def _on_mesh(model: nnx.Module, mesh: Mesh, shardings_fn) -> nnx.Module:
+    graphdef, state = nnx.split(model)
+    shardings = shardings_fn(state, mesh)
+    with jax.set_mesh(mesh):
+        state = jax.jit(lambda s: s, out_shardings=shardings)(state)
+    return nnx.merge(graphdef, state)
+
+
+def temporal_factor(config: ml_collections.ConfigDict) -> int:
+    """The VAE's temporal compression from the config alone (before loading any weights)."""
+    return 2 ** sum(bool(t) for t in config.vae.temporal_downsample)
+
+
+def _file_record(path: str) -> dict:
+    with open(path, "rb") as f:
+        return {"path": os.path.abspath(path), "sha256": hashlib.sha256(f.read()).hexdigest()}
+
+
+def _command(req: modes.Request, prompt: str, seed: int, settings: dict, plan_frames: int,
+             config_args: Sequence[str], workdir: str) -> str:  # fmt: skip
+    """The command line that reproduces one sample alone (its own prompt and seed)."""
+    args = ["python", "-m", "sora_jax.main", *config_args, f"--workdir={workdir}"]
+    args += ["--mode=sample", f"--prompt={prompt}", f"--seed={seed}"]
+    for k in ("steps", "guidance", "sampler", "negative_prompt", "shift"):
+        args.append(f"--{k}={settings[k]}")
+    args.append("--guidance_interval={},{}".format(*settings["guidance_interval"]))
+    args += [f"--image={p}" for p in req.image]
+    for k in ("image_position", "video", "extend", "seconds", "connect_video", "edit_strength"):
+        if getattr(req, k) not in ("", None):
+            args.append(f"--{k}={getattr(req, k)}")
+    if req.keep_frames:
+        args.append("--keep_frames=" + ",".join(map(str, req.keep_frames)))
+    if req.loop:
+        args.append("--loop")
+    if not req.video:
+        args.append(f"--num_frames={plan_frames}")
+    args += [f"--height={req.height}"] if req.height else []
+    args += [f"--width={req.width}"] if req.width else []
+    args += [f"--fps={req.fps}"] if req.fps else []
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def run_request(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    req: modes.Request,
+    settings: dict,
+    *,
+    out_dir: str | None = None,
+    config_args: Sequence[str] = (),
+    generator: Generator | None = None,
+) -> list[dict]:
+    """Generates what ``req`` asks for (one video per prompt) and writes files + JSON sidecars.
+
+    ``settings``: steps, guidance, sampler, seed, negative_prompt, guidance_interval, shift
+    (None = the config's). Inputs are checked and read before any weights are loaded. Returns
+    the written paths per sample.
+    """
+    s = config.sample
+    tf = temporal_factor(config)
+    plan, fps = modes.build_plan(
+        req, tf=tf, size=(s.height, s.width), num_frames=s.num_frames, fps=config.world.fps
+    )
+    gen = generator or Generator(config, workdir)
+    settings = {**settings, "shift": config.flow.shift if settings.get("shift") is None else
+                settings["shift"]}  # fmt: skip
+    settings["guidance_interval"] = tuple(float(v) for v in settings["guidance_interval"])
+    prompts, seed = list(req.prompts), int(settings["seed"])
+    if plan.mode == "loop" and plan.canvas is None:  # loop from text: its first frame from t2i
+        image_plan = modes.text_to_video(1, plan.height, plan.width, tf=tf)
+        images = gen.sample(prompts, image_plan, **settings).videos[:, 0]
+        jobs = [([p], modes.loop(img, plan.num_frames, tf=tf), seed + i)
+                for i, (p, img) in enumerate(zip(prompts, images))]  # fmt: skip
+    else:
+        jobs = [(prompts, plan, seed)]
+    inputs = {"image": [_file_record(p) for p in req.image]}
+    for k in ("video", "connect_video"):
+        if getattr(req, k):
+            inputs[k] = _file_record(getattr(req, k))
+    out_dir = out_dir or os.path.join(workdir, "samples")
+    written = []
+    for job_prompts, job_plan, job_seed in jobs:
+        out = gen.sample(job_prompts, job_plan, **{**settings, "seed": job_seed})
+        for prompt, video, sample_seed in zip(job_prompts, out.videos, out.seeds):
+            meta = {
+                "prompt": prompt,
+                "seed": sample_seed,
+                "mode": job_plan.mode,
+                "num_frames": int(video.shape[0]),
+                "height": int(video.shape[1]),
+                "width": int(video.shape[2]),
+                "fps": float(fps),
+                **{k: v for k, v in settings.items() if k != "seed"},
+                "latent_frames": int(out.mask.shape[0]),
+                "given_latent_frames": [int(i) for i in np.flatnonzero(out.mask)],
+                "start_t": job_plan.start_t,
+                "plan": job_plan.info,
+                "inputs": inputs,
+                "request": {k: v for k, v in dataclasses.asdict(req).items() if k != "prompts"},
+                "workdir": os.path.abspath(workdir),
+                "config": list(config_args),
+                "command": _command(
+                    req, prompt, sample_seed, settings, int(video.shape[0]), config_args, workdir
+                ),  # fmt: skip
+            }
+            digest = hashlib.sha1(prompt.encode()).hexdigest()[:6]
+            stem = os.path.join(out_dir, f"{job_plan.mode}_{sample_seed}_{digest}")
+            written.append(save_video(stem, video, fps, meta))
+    return written
+
+
+def save_video(path_stem: str, video: np.ndarray, fps: float, meta: dict | None = None) -> dict:
     """Writes `<stem>.mp4`, `<stem>.gif` (and `<stem>.png` for 1 frame) plus a JSON sidecar."""
     os.makedirs(os.path.dirname(path_stem) or ".", exist_ok=True)
     paths = {"mp4": path_stem + ".mp4", "gif": path_stem + ".gif"}

@@ -9,6 +9,7 @@ from sora_jax.models.attention import (
     attention,
     available_attention,
     resolve_implementation,
+    seq_len_attention,
 )
 
 B, N, M, K, DH = 2, 5, 7, 3, 8
@@ -123,3 +124,86 @@ def test_cudnn_matches_xla_with_right_padding():
         err = jnp.abs(got.astype(jnp.float32) - want.astype(jnp.float32)).max()
         assert float(err) <= 2e-2, (lengths, float(err))
         assert bool(jnp.isfinite(got.astype(jnp.float32)).all())
+
+
+# Right padding in both samples, and a sample without any valid key (cuDNN's length masks
+# and splash's segment ids must both give exactly the xla result there).
+RIGHT_KV_MASK = np.array([[1, 1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0]], bool)
+
+
+def _rel_err(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+@pytest.mark.parametrize("kv_mask", [KV_MASK, RIGHT_KV_MASK], ids=["holes", "empty_sample"])
+def test_splash_interpret_matches_xla_on_padded_inputs(kv_mask):
+    """Splash (Pallas, interpret mode on CPU): padded keys as segment ids, padded queries
+    zeroed; forward and gradients agree with xla to 1e-5."""
+    q, k, v = _qkv(8)
+    masks = dict(kv_mask=jnp.asarray(kv_mask), q_mask=jnp.asarray(Q_MASK))
+
+    def loss(impl):
+        return lambda q, k, v: jnp.sum(jnp.sin(attention(q, k, v, **masks, implementation=impl)))
+
+    got = attention(q, k, v, **masks, implementation="splash")
+    want = attention(q, k, v, **masks, implementation="xla")
+    assert _rel_err(got, want) <= 1e-5
+    g_got = jax.grad(loss("splash"), argnums=(0, 1, 2))(q, k, v)
+    g_want = jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(g_got, g_want):
+        assert np.isfinite(np.asarray(a)).all() and _rel_err(a, b) <= 1e-5
+
+
+def test_sequence_length_masking_matches_xla_on_right_padding():
+    """cuDNN's masking path (padding as sequence lengths, empty samples zeroed) run through
+    `jax.nn.dot_product_attention(implementation='xla')` so it is checked on a CPU."""
+    q, k, v = _qkv(9)
+    masks = dict(kv_mask=jnp.asarray(RIGHT_KV_MASK), q_mask=jnp.asarray(Q_MASK))
+    got = seq_len_attention(q, k, v, **masks, implementation="xla")
+    want = attention(q, k, v, **masks, implementation="xla")
+    assert np.all(np.asarray(got[1]) == 0.0)
+    assert _rel_err(got, want) <= 1e-5
+
+
+def test_splash_rejects_general_mask():
+    q, k, v = _qkv(10)
+    with pytest.raises(ValueError, match="padding masks"):
+        attention(q, k, v, mask=jnp.ones((B, K, N, M), bool), implementation="splash")
+
+
+def test_ulysses_without_context_axis_is_its_inner_kernel():
+    q, k, v = _qkv(11)
+    kv_mask = jnp.asarray(KV_MASK)
+    got = attention(q, k, v, kv_mask=kv_mask, implementation="ulysses:xla")
+    want = attention(q, k, v, kv_mask=kv_mask, implementation="xla")
+    assert np.array_equal(np.asarray(got), np.asarray(want))
+    assert {"splash", "ulysses", "ulysses:xla", "ulysses:cudnn"} <= set(available_attention())
+
+
+def _count_eqns(jaxpr, name: str) -> int:
+    n = 0
+    for eqn in jaxpr.eqns:
+        n += eqn.primitive.name == name
+        for p in eqn.params.values():
+            inner = p if isinstance(p, jax.extend.core.Jaxpr) else getattr(p, "jaxpr", None)
+            if isinstance(inner, jax.extend.core.Jaxpr):
+                n += _count_eqns(inner, name)
+    return n
+
+
+@pytest.mark.parametrize(
+    "policy,kernels", [("save_dots", 4), ("full", 4), ("save_attn", 3), ("save_dots_attn", 3)]
+)
+def test_attention_saving_remat_keeps_the_kernels_forward(policy, kernels):
+    """Splash under remat: forward + dq + dkv kernels (3), plus a forward rerun in the
+    backward pass (4) unless the policy keeps the kernel's outputs and residuals."""
+    from sora_jax.models.dit import remat_policy
+
+    def block(x, w):
+        q = (x @ w).reshape(1, 8, 2, 4)
+        return jnp.sum(jnp.sin(attention(q, q, q, implementation="splash")))
+
+    grad = jax.grad(jax.checkpoint(block, policy=remat_policy(policy)), argnums=1)
+    jaxpr = jax.make_jaxpr(grad)(jnp.ones((8, 8)), jnp.full((8, 8), 0.1)).jaxpr
+    assert _count_eqns(jaxpr, "pallas_call") == kernels

@@ -195,3 +195,64 @@ def test_weight_mapping_rejects_missing_and_misshaped(enc):
     load_safetensors_into(model, prefixed)
     loaded = np.asarray(model.layers[2].key.kernel.get_value())
     np.testing.assert_array_equal(loaded, tensors[key].T)
+
+
+# ----------------------------------------------------------------------------- embedding cache
+
+
+def _embedder_config(**text):
+    import ml_collections
+
+    return ml_collections.ConfigDict(
+        dict(encoder="minilm", path="", max_length=MAX_LEN, dtype="float32", **text)
+    )
+
+
+def test_embedding_cache_second_run_reads_identical_arrays(tmp_path):
+    from sora_jax.train.dit_task import CaptionEmbedder
+
+    texts = PROMPTS[:5] + [PROMPTS[0]]  # a repeat within the batch
+    first = CaptionEmbedder(_embedder_config(cache_dir=str(tmp_path)))
+    emb1, mask1 = first(texts)
+    first.disk.close()
+    assert len(list(tmp_path.glob("*.keys.npy"))) == 1
+    second = CaptionEmbedder(_embedder_config(cache_dir=str(tmp_path)))
+    emb2, mask2 = second(texts)
+    assert second._encoder is None  # everything came from the disk cache
+    np.testing.assert_array_equal(emb1, emb2)
+    np.testing.assert_array_equal(mask1, mask2)
+    assert emb2.dtype == np.float32 and emb2.shape == (6, MAX_LEN, 384)
+    # A new caption is a miss: encoded, returned alongside the cached ones, and stored.
+    emb3, _ = second([PROMPTS[0], "a brand new caption"])
+    assert second._encoder is not None
+    np.testing.assert_array_equal(emb3[0], emb1[0])
+    assert len(second.disk) == 6
+
+
+@pytest.mark.parametrize("backend", ["array_record", "npy"])
+def test_cache_shards_round_trip_and_ignore_unfinished_writes(tmp_path, backend):
+    from sora_jax.data import text_cache
+
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((3, 4, 8), np.float32)
+    mask = rng.random((3, 4)) > 0.5
+    cache = text_cache.TextEmbeddingCache(tmp_path, ("enc", "/w", 4), backend=backend)
+    cache.put_many(["a", "b", "c"], emb, mask)
+    (tmp_path / ".tmp-killed.keys.npy").write_bytes(b"torn")  # a writer killed mid-flush
+    cache.close()
+    reread = text_cache.TextEmbeddingCache(tmp_path, ("enc", "/w", 4), backend=backend)
+    got = reread.get_many(["c", "missing", "a"])
+    assert sorted(got) == ["a", "c"]
+    np.testing.assert_array_equal(got["c"][0], emb[2])
+    np.testing.assert_array_equal(got["a"][1], mask[0])
+    other = text_cache.TextEmbeddingCache(tmp_path, ("enc", "/w", 8), backend=backend)
+    assert other.get_many(["a"]) == {}  # another max_length is another key
+
+
+def test_caption_key_separates_fields():
+    from sora_jax.data.text_cache import caption_key
+
+    assert caption_key("t5", "/p", 8, "ab") != caption_key("t5", "/p", 8, "ab ")
+    assert caption_key("t5", "/pa", 8, "b") != caption_key("t5", "/p", 8, "ab")
+    assert caption_key("t5", "/p", 8, "x") != caption_key("umt5", "/p", 8, "x")
+    assert len(caption_key("t5", "/p", 8, "x")) == 20

@@ -1,25 +1,38 @@
 """Host batches for training: bucketed, host-sharded, a pure function of (seed, step).
 
-For bucket b, a Grain `MapDataset` shuffles and repeats the source's indices with a per-bucket
-seed; the k-th batch drawn from bucket b takes elements [k*B, (k+1)*B) of it, and this host
-takes its contiguous 1/num_processes slice. Because the bucket of each step and k are pure
-functions of the step (see `buckets.py`), restarting at step s reproduces the exact batches an
-uninterrupted run would have seen, on any number of hosts.
+Assembly (Grain Dataset API):
 
-Items are rendered/decoded in a thread pool; a source must offer
-`clip(index, height, width, num_frames) -> {"video": uint8 [F,H,W,3], "prompt", "caption", ...}`
-and `__len__`.
+  per bucket b:  MapDataset.range(#clips fitting b).shuffle(seed_b).repeat()   (an epoch order)
+  per step s:    bucket b, k = StepSchedule.position(s)      (same on every host)
+                 global batch = elements [k*B, (k+1)*B) of b's order; this host decodes its
+                 contiguous 1/num_processes slice (disjoint across hosts), in a thread pool
+  all steps:     MapDataset.range(start, ∞).map(step -> host batch).to_iter_dataset()
+                 [.mp_prefetch(num_workers)]  ->  parallel.host_to_global on device
+
+Because every batch is a pure function of the step, restarting at step s reproduces exactly
+the batches an uninterrupted run would have seen, on any number of hosts and with any number of
+prefetch workers; the iterator state is just the next step (`StepIterator.get_state`).
+
+Bad data: a clip the source cannot decode (`ClipError` or any exception from `source.clip`) is
+replaced by a deterministic fallback draw from the same bucket, up to `max_retries` times; each
+batch reports how many draws it skipped in `skipped` (int32 [B]), which the tasks log.
+
+Changing the bucket table between runs (documented behaviour): the schedule is recomputed from
+(seed, new table, step) as if the new table had been used from step 0 — no crash, no state to
+migrate. Each bucket's epoch order is seeded by its *name* ("33x256x448"), so buckets that stay
+keep their order; their stream position k(s) follows the new weights, so some clips of a kept
+bucket may be seen again or skipped once around the change (at most a fraction of an epoch).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
-import jax
 import numpy as np
 
 from sora_jax.data import buckets as buckets_lib
@@ -27,8 +40,16 @@ from sora_jax.data import buckets as buckets_lib
 CAPTION_KEYS = ("prompt", "caption")
 
 
+def _ensure_absl_flags() -> None:
+    """Grain's multiprocessing reads absl flags; outside an absl app they are unparsed."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
 class BucketedBatches:
-    """Deterministic bucketed batches of rendered clips with chosen captions."""
+    """Deterministic bucketed batches of decoded clips with chosen captions."""
 
     def __init__(
         self,
@@ -38,12 +59,21 @@ class BucketedBatches:
         seed: int,
         caption_probs: Mapping[str, float] | None = None,
         num_threads: int = 4,
+        num_workers: int = 0,
         process_index: int | None = None,
         process_count: int | None = None,
+        max_retries: int = 16,
+        max_crop_fraction: float = 0.5,
+        max_upscale: float = 1.0,
+        videos_as_images: bool = True,
     ):
+        import jax
+
         self.source = source
         self.buckets = list(buckets)
         self.seed = int(seed)
+        self.num_threads, self.num_workers = int(num_threads), int(num_workers)
+        self.max_retries = int(max_retries)
         self.process_index = jax.process_index() if process_index is None else process_index
         self.process_count = jax.process_count() if process_count is None else process_count
         for b in self.buckets:
@@ -58,54 +88,211 @@ class BucketedBatches:
         total = sum(probs.values())
         self._caption_keys = list(probs)
         self._caption_cdf = np.cumsum([probs[k] / total for k in self._caption_keys])
-        self._orders = [
-            grain.MapDataset.range(len(source)).shuffle(seed=self.seed * 7919 + i).repeat()
-            for i in range(len(self.buckets))
-        ]
-        self._pool = concurrent.futures.ThreadPoolExecutor(num_threads)
-        self.skipped = 0
+        if hasattr(source, "eligible"):  # a source that knows its buckets (latent cache)
+            self.eligible = source.eligible(self.buckets)
+        else:
+            self.eligible = buckets_lib.eligible_indices(
+                self.buckets, source.meta() if hasattr(source, "meta") else None,
+                target_fps=float(getattr(source, "target_fps", 0.0)),
+                max_crop_fraction=max_crop_fraction, max_upscale=max_upscale,
+                videos_as_images=videos_as_images,
+            )  # fmt: skip
+        sizes = (
+            [len(source)] * len(self.buckets) if self.eligible is None else map(len, self.eligible)
+        )
+        self._orders, self._sizes = [], []
+        for b, n in zip(self.buckets, sizes):
+            if n == 0:
+                raise ValueError(
+                    f"no clip of the dataset fits bucket {b.name} (frames, aspect ratio or size); "
+                    "remove it from the bucket table or relax data.max_crop_fraction/max_upscale."
+                )
+            bseed = self.seed * 7919 + buckets_lib.name_seed(b.name)
+            self._orders.append(grain.MapDataset.range(n).shuffle(seed=bseed).repeat())
+            self._sizes.append(int(n))
+        self.schedule = buckets_lib.StepSchedule(self.buckets, self.seed)
+        self._pool = None
+        self.skipped = 0  # draws skipped in batches consumed through iterate()
 
-    def _element(self, bucket: buckets_lib.Bucket, order_idx: int, pos: int) -> dict:
-        index = int(self._orders[order_idx][pos])
-        item = self.source.clip(index, bucket.height, bucket.width, bucket.num_frames)
-        u = buckets_lib.hash_uniform(self.seed, [pos], stream=100 + order_idx)[0]
-        choice = int(np.searchsorted(self._caption_cdf, u, side="right"))
-        key = self._caption_keys[min(choice, len(self._caption_keys) - 1)]
-        item = dict(item)
-        item["text"] = item[key]
-        return item
+    def __getstate__(self):  # pickled into prefetch workers: no thread pool
+        return {**self.__dict__, "_pool": None}
+
+    def _index(self, bucket_idx: int, pos: int) -> int:
+        i = int(self._orders[bucket_idx][pos])
+        return i if self.eligible is None else int(self.eligible[bucket_idx][i])
+
+    def _element(self, bucket_idx: int, pos: int) -> dict:
+        """The clip at position `pos` of the bucket's order, or its fallbacks if undecodable."""
+        bucket = self.buckets[bucket_idx]
+        stream = buckets_lib.name_seed(bucket.name)
+        n = self._sizes[bucket_idx]  # clips in one epoch
+        draw, errors = pos, []
+        for attempt in range(self.max_retries + 1):
+            if attempt:  # deterministic fallback: a hashed position of the first epoch
+                u = buckets_lib.hash_uniform(self.seed, [pos], stream=stream + attempt)[0]
+                draw = int(u * n)
+            index = self._index(bucket_idx, draw)
+            try:
+                item = dict(self.source.clip(index, bucket.height, bucket.width, bucket.num_frames))
+            except Exception as e:  # noqa: BLE001 - bad data is skipped and counted.
+                errors.append(f"clip {index}: {e}")
+                continue
+            u = buckets_lib.hash_uniform(self.seed, [pos], stream=100 + stream)[0]
+            choice = int(np.searchsorted(self._caption_cdf, u, side="right"))
+            key = self._caption_keys[min(choice, len(self._caption_keys) - 1)]
+            item["text"], item["skipped"] = item[key], attempt
+            item["caption_key"] = key
+            if f"emb_{key}" in item:  # a latent cache stores each caption's embedding
+                item["text_emb"], item["text_mask"] = item[f"emb_{key}"], item[f"mask_{key}"]
+            if errors:
+                logging.warning("skipped %d undecodable draw(s): %s", len(errors), errors[0])
+            return item
+        raise RuntimeError(
+            f"{self.max_retries + 1} draws in a row from bucket {bucket.name} failed to decode; "
+            f"is the dataset corrupt? Last error: {errors[-1]}"
+        )
+
+    def num_clips(self, bucket_idx: int) -> int:
+        """Clips that fit bucket `bucket_idx` (one epoch of its order)."""
+        return self._sizes[bucket_idx]
+
+    def element(self, bucket_idx: int, pos: int) -> dict:
+        """The item at position `pos` of the bucket's order (decoded, caption chosen)."""
+        return self._element(bucket_idx, pos)
 
     def batch(self, bucket_idx: int, k: int) -> dict[str, Any]:
         """The k-th batch of bucket `bucket_idx`, this host's slice."""
         bucket = self.buckets[bucket_idx]
         per_host = bucket.batch_size // self.process_count
         start = k * bucket.batch_size + self.process_index * per_host
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(self.num_threads)
         items = list(
-            self._pool.map(lambda p: self._element(bucket, bucket_idx, p),
-                           range(start, start + per_host))
+            self._pool.map(lambda p: self._element(bucket_idx, p), range(start, start + per_host))
         )
-        return {
-            "video": np.stack([it["video"] for it in items]),
+        batch = {
             "text": [it["text"] for it in items],
+            "caption_key": [it["caption_key"] for it in items],
             "index": np.array([it.get("index", -1) for it in items], np.int64),
+            "skipped": np.array([it["skipped"] for it in items], np.int32),
             "bucket": bucket.name,
         }
+        for key in ("video", "latents"):  # decoded clips, or cached latents
+            if key in items[0]:
+                batch[key] = np.stack([it[key] for it in items])
+        for key in ("text_emb", "text_mask"):  # cached caption embeddings, if the source has them
+            if key in items[0]:
+                batch[key] = np.stack([it[key] for it in items])
+        return batch
+
+    def step_batch(self, step: int) -> dict[str, Any]:
+        """This host's batch of `step` (a pure function of the step)."""
+        bucket_idx, k = self.schedule.position(int(step))
+        return {**self.batch(bucket_idx, k), "step": int(step)}
+
+    def dataset(self, start_step: int = 0) -> grain.IterDataset:
+        """Grain dataset of the host batches of steps start_step, start_step + 1, ..."""
+        ds = grain.MapDataset.range(int(start_step), sys.maxsize).map(self.step_batch)
+        ds = ds.to_iter_dataset()
+        if self.num_workers > 0:
+            _ensure_absl_flags()
+            ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers))
+        return ds
+
+    def iterator(self, start_step: int = 0) -> StepIterator:
+        return StepIterator(self, start_step)
 
     def iterate(self, start_step: int, end_step: int | None = None) -> Iterator[dict[str, Any]]:
         """Batches for steps start_step, start_step+1, ... (the same on every restart)."""
-        history = buckets_lib.bucket_of_steps(self.buckets, self.seed, np.arange(start_step))
-        counts = np.bincount(history, minlength=len(self.buckets)).astype(np.int64)
-        step = start_step
-        while end_step is None or step < end_step:
-            bidx = int(buckets_lib.bucket_of_steps(self.buckets, self.seed, np.array([step]))[0])
-            yield self.batch(bidx, int(counts[bidx]))
-            counts[bidx] += 1
-            step += 1
+        it = self.iterator(start_step)
+        try:
+            while end_step is None or it.next_step < end_step:
+                batch = next(it)
+                self.skipped += int(batch["skipped"].sum())
+                yield batch
+        finally:
+            it.close()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
 
-def log_buckets(buckets: Sequence[buckets_lib.Bucket]) -> None:
-    for b in buckets:
-        logging.info("bucket %s: batch %d weight %.3g", b.name, b.batch_size, b.weight)
+class StepIterator:
+    """Iterator over host batches whose whole state is the next step (JSON, checkpointable).
+
+    `get_state()` -> {"next_step": s}; `set_state` restarts the Grain iterator at s, which
+    reproduces the same batches whatever the number of prefetch workers.
+    """
+
+    def __init__(self, data: BucketedBatches, start_step: int = 0):
+        self.data = data
+        self.next_step = int(start_step)
+        self._it = iter(data.dataset(self.next_step))
+
+    def __iter__(self) -> StepIterator:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        batch = next(self._it)
+        if batch["step"] != self.next_step:  # the design's invariant; fail loudly if broken
+            raise RuntimeError(f"expected the batch of step {self.next_step}, got {batch['step']}.")
+        self.next_step += 1
+        return batch
+
+    def get_state(self) -> dict[str, int]:
+        return {"next_step": self.next_step}
+
+    def set_state(self, state: Mapping[str, int]) -> None:
+        self.close()
+        self.next_step = int(state["next_step"])
+        self._it = iter(self.data.dataset(self.next_step))
+
+    def close(self) -> None:
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
+        # Drop it now: Grain's __del__ would close it again at interpreter exit, after its
+        # modules are torn down (noisy AttributeErrors).
+        self._it = iter(())
+
+
+def to_global(batch: Mapping[str, Any], mesh) -> dict:
+    """The numeric arrays of a host batch as global jax arrays sharded over the batch axes.
+
+    Multi-host: each process passes its own slice; `jax.make_array_from_process_local_data`
+    assembles the global batch (via `sora_jax.parallel.host_to_global`).
+    """
+    from sora_jax import parallel
+
+    arrays = {k: v for k, v in batch.items() if isinstance(v, np.ndarray) and v.dtype != object}
+    return parallel.host_to_global(arrays, mesh)
+
+
+def log_buckets(data_or_buckets) -> None:
+    """Logs each bucket's shape, batch, weight and (for a pipeline) how many clips fit it."""
+    data = data_or_buckets if isinstance(data_or_buckets, BucketedBatches) else None
+    buckets = data.buckets if data else data_or_buckets
+    for i, b in enumerate(buckets):
+        fits = "all" if data is None or data.eligible is None else len(data.eligible[i])
+        logging.info(
+            "bucket %s: batch %d weight %.3g clips %s", b.name, b.batch_size, b.weight, fits
+        )
+
+
+def from_config(config, source: Any, buckets: Sequence[buckets_lib.Bucket], *, seed: int,
+                caption_probs: Mapping[str, float] | None = None) -> BucketedBatches:  # fmt: skip
+    """A BucketedBatches with the decode and assignment options of the config's `data` section."""
+    data = dict(config.get("data", None) or {})
+    return BucketedBatches(
+        source,
+        buckets,
+        seed=seed,
+        caption_probs=caption_probs,
+        num_threads=int(data.get("num_threads", 4)),
+        num_workers=int(data.get("num_workers", 0)),
+        max_retries=int(data.get("max_retries", 16)),
+        max_crop_fraction=float(data.get("max_crop_fraction", 0.5)),
+        max_upscale=float(data.get("max_upscale", 1.0)),
+        videos_as_images=bool(data.get("videos_as_images", True)),
+    )

