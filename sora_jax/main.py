@@ -71,7 +71,9 @@ def _prompts() -> tuple[str, ...]:
         return tuple(FLAGS.prompt)
     if FLAGS.prompt:
         raise ValueError("pass prompts with --prompt or --prompts_file, not both.")
-    with open(FLAGS.prompts_file) as f:  # a missing file: FileNotFoundError, one sentence
+    if not os.path.isfile(FLAGS.prompts_file):
+        raise ValueError(f"--prompts_file={FLAGS.prompts_file} does not exist.")
+    with open(FLAGS.prompts_file) as f:  # one prompt a line; blank lines and # comments skipped
         return tuple(ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#"))
 
 
@@ -109,22 +111,37 @@ def _sample(config, workdir: str) -> None:
         "guidance_interval": interval,
         "shift": FLAGS.shift,
     }
-    req = _expand(req)
+    req, notes = _expand(config, req)
     config_args = [a for a in sys.argv[1:] if a.startswith("--config")]
-    for paths in sample_lib.run_request(config, workdir, req, settings, config_args=config_args):
+    for paths in sample_lib.run_request(
+        config, workdir, req, settings, config_args=config_args, prompt_notes=notes
+    ):
         print(json.dumps(paths))
 
 
-def _expand(req):
-    """--expand_prompt: rewrite the prompts (sora_jax.prompt_expansion) before sampling."""
+def _expand(config, req):
+    """--expand_prompt: the model sees expanded prompts; the sidecar keeps both."""
+    if FLAGS.expand_model and FLAGS.expand_prompt != "llm":
+        raise ValueError("--expand_model applies to --expand_prompt=llm only.")
     if not FLAGS.expand_prompt:
-        if FLAGS.expand_model:
-            raise ValueError("--expand_model applies to --expand_prompt=llm only.")
-        return req
-    raise ValueError(
-        f"--expand_prompt={FLAGS.expand_prompt!r} is not available: sora_jax.prompt_expansion "
-        "is not part of this build."
+        return req, None
+    import dataclasses
+
+    from sora_jax import prompt_expansion
+    from sora_jax.train import vae_task
+
+    expander = prompt_expansion.PromptExpander(
+        FLAGS.expand_prompt,
+        model_dir=FLAGS.expand_model or "",
+        world_cfg=vae_task.make_world(config).cfg,
     )
+    expanded = expander(list(req.prompts))
+    notes = [
+        {"prompt": p, "expanded_prompt": e, "expand_prompt": FLAGS.expand_prompt,
+         "expand_model": FLAGS.expand_model or ""}
+        for p, e in zip(req.prompts, expanded)
+    ]  # fmt: skip
+    return dataclasses.replace(req, prompts=tuple(expanded)), notes
 
 
 def main(argv) -> None:

@@ -10,6 +10,23 @@ one jitted function per output shape and sampler: noise (or the noised input, SD
 (one `lax.scan`, classifier-free guidance batched into one forward, given frames restored after
 every step) -> latents de-normalised -> VAE decode -> uint8 video.
 
+Command line (every flag: ``python -m sora_jax.main --helpfull``; conflicting flags fail with one
+sentence), e.g. with ``--config=configs/tiny.py --workdir=DIR --mode=sample`` and:
+
+  --prompt="a red circle moving left" [--prompt=...] | --prompts_file=FILE   text -> video
+  --num_frames=1                                     text -> image (png too)
+  --image=first.png [--image=last.png] [--image_position=last]   image -> video
+  --image=a.png --image=b.png --keep_frames=0,16     images at pixel-frame times
+  --video=in.mp4 --extend=forward|backward --seconds=2   extend a video
+  --video=in.mp4 --keep_frames=0,8,16                keep those frames, generate the rest
+  --video=a.mp4 --connect_video=b.mp4 --seconds=1    connect two videos
+  --loop [--image=first.png]                         a seamless loop
+  --video=in.mp4 --edit_strength=0.6                 SDEdit with the (new) prompt
+  --expand_prompt=world|llm [--expand_model=DIR]     expand short prompts first
+
+Each sample writes ``<mode>_<seed>_<hash>.mp4/.gif(/.png)`` and a JSON sidecar with every
+setting, the inputs' sha256, the checkpoint steps and the ``command`` that reproduces it alone.
+
 Seeds: sample i of a call with ``seed`` draws its noise from ``jax.random.key(seed + i)``, so a
 sample is reproduced alone with ``seed + i`` (its sidecar records that seed).
 On a mesh with more than one device the batch is sharded over ('data', 'fsdp') (padded to a
@@ -65,8 +82,16 @@ class Generator:
         self, config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None
     ):
         """Loads the trained stages of ``workdir`` (EMA weights) onto ``mesh`` (default: all)."""
-        mesh = mesh or parallel.make_mesh()
         vae_dir = dit_task.vae_workdir(config, workdir)
+        dit_dir = os.path.join(workdir, "dit")
+        # Checked here: the checkpoint manager would create the folders it looks into.
+        steps = {"vae": _latest_step(vae_dir), "dit": _latest_step(dit_dir)}
+        for stage, stage_dir in (("vae", vae_dir), ("dit", dit_dir)):
+            if steps[stage] is None:
+                raise FileNotFoundError(
+                    f"no checkpoint in {stage_dir}/checkpoints; train the {stage} stage first."
+                )
+        mesh = mesh or parallel.make_mesh(config.get("mesh", None) and config.mesh.to_dict())
         vae_cfg = vae_lib.VAEConfig(**config.vae.to_dict())
         dit_cfg = dit_lib.DiTConfig(**config.dit.to_dict())
         vae = loop.load_model(
@@ -78,12 +103,13 @@ class Generator:
         dit = loop.load_model(
             _creator(lambda rngs: dit_lib.DiT(dit_cfg, rngs=rngs)),
             config.dit_train,
-            os.path.join(workdir, "dit"),
+            dit_dir,
             mesh=mesh,
         )
         mean, std = vae_task.load_latent_stats(vae_dir)
         embedder = dit_task.CaptionEmbedder(config.text)
         self._setup(config, vae, dit, mean, std, embedder, mesh)
+        self.checkpoint_steps = steps
 
     @classmethod
     def from_models(
@@ -223,14 +249,7 @@ class Generator:
         changes only the generated frames.
         """
         prompts = _check_prompts(prompts)
-        if sampler not in samplers.FLOW_SAMPLERS:
-            raise ValueError(
-                f"sampler must be one of {samplers.FLOW_SAMPLERS} for this rectified-flow model, "
-                f"got {sampler!r}."
-            )
-        lo, hi = (float(v) for v in guidance_interval)
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"guidance_interval must be 0 <= lo <= hi <= 1, got {(lo, hi)}.")
+        lo, hi = check_settings(steps=steps, sampler=sampler, guidance_interval=guidance_interval)
         shape = self.latent_shape(plan.num_frames, plan.height, plan.width)
         b = len(prompts)
         given, mask = modes.given_latents(plan, self.encode, shape, self.temporal_factor)
@@ -291,6 +310,30 @@ class Generator:
             shift=shift,
             guidance_interval=guidance_interval,
         ).videos
+
+
+def check_settings(
+    *, steps: int, sampler: str, guidance_interval: Sequence[float], **_
+) -> tuple[float, float]:
+    """Sampler settings checked before any weights load; returns the interval as floats."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}.")
+    if sampler not in samplers.FLOW_SAMPLERS:
+        raise ValueError(
+            f"sampler must be one of {samplers.FLOW_SAMPLERS} for this rectified-flow model, "
+            f"got {sampler!r}."
+        )
+    lo, hi = (float(v) for v in guidance_interval)
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"guidance_interval must be 0 <= lo <= hi <= 1, got {(lo, hi)}.")
+    return lo, hi
+
+
+def _latest_step(stage_dir: str) -> int | None:
+    """The newest checkpoint step of a stage (Orbax names step folders by number)."""
+    path = os.path.join(stage_dir, "checkpoints")
+    steps = [int(d) for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
+    return max(steps, default=None)
 
 
 def _check_prompts(prompts: Sequence[str]) -> list[str]:
@@ -354,18 +397,26 @@ def run_request(
     out_dir: str | None = None,
     config_args: Sequence[str] = (),
     generator: Generator | None = None,
+    prompt_notes: Sequence[dict] | None = None,
 ) -> list[dict]:
     """Generates what ``req`` asks for (one video per prompt) and writes files + JSON sidecars.
 
     ``settings``: steps, guidance, sampler, seed, negative_prompt, guidance_interval, shift
-    (None = the config's). Inputs are checked and read before any weights are loaded. Returns
-    the written paths per sample.
+    (None = the config's). Inputs are checked and read before any weights are loaded.
+    ``prompt_notes``: per prompt, entries that override the sidecar's (e.g. the user's prompt
+    and its expansion, when ``req.prompts`` are expanded ones). Returns the written paths.
     """
     s = config.sample
     tf = temporal_factor(config)
     plan, fps = modes.build_plan(
         req, tf=tf, size=(s.height, s.width), num_frames=s.num_frames, fps=config.world.fps
     )
+    check_settings(**settings)
+    sf = 2 ** (len(config.vae.channel_mults) - 1)
+    if plan.height % sf or plan.width % sf:
+        raise ValueError(
+            f"frame size {plan.height}x{plan.width} is not supported; expected multiples of {sf}."
+        )
     gen = generator or Generator(config, workdir)
     settings = {**settings, "shift": config.flow.shift if settings.get("shift") is None else
                 settings["shift"]}  # fmt: skip
@@ -383,7 +434,7 @@ def run_request(
         if getattr(req, k):
             inputs[k] = _file_record(getattr(req, k))
     out_dir = out_dir or os.path.join(workdir, "samples")
-    written = []
+    written, notes = [], list(prompt_notes or [{}] * len(prompts))
     for job_prompts, job_plan, job_seed in jobs:
         out = gen.sample(job_prompts, job_plan, **{**settings, "seed": job_seed})
         for prompt, video, sample_seed in zip(job_prompts, out.videos, out.seeds):
@@ -404,9 +455,12 @@ def run_request(
                 "request": {k: v for k, v in dataclasses.asdict(req).items() if k != "prompts"},
                 "workdir": os.path.abspath(workdir),
                 "config": list(config_args),
+                "checkpoint_steps": getattr(gen, "checkpoint_steps", {}),
                 "command": _command(
                     req, prompt, sample_seed, settings, int(video.shape[0]), config_args, workdir
-                ),  # fmt: skip
+                ),
+                "cwd": os.getcwd(),
+                **notes[len(written)],
             }
             digest = hashlib.sha1(prompt.encode()).hexdigest()[:6]
             stem = os.path.join(out_dir, f"{job_plan.mode}_{sample_seed}_{digest}")

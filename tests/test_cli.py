@@ -2,9 +2,11 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,3 +66,72 @@ def test_bad_flags_fail_with_a_sentence(tmp_path):
     assert "unknown stage" in proc.stderr
     proc = _run("--config=configs/tiny.py:micro", f"--workdir={tmp_path}", "--mode=sample")
     assert proc.returncode != 0 and "--prompt" in proc.stderr
+
+
+# ---------------------------------------------------------------- generation modes (issue 5)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--prompt=a", "--bogus=1"], "Unknown command line flag 'bogus'"),
+        (["--prompt=a", "--image=x.png", "--video=v.mp4", "--extend=forward"], "--image and"),
+        (["--prompt=a", "--video=v.mp4", "--extend=forward"], "needs --seconds"),
+        (["--prompt=a", "--prompts_file=none.txt"], "not both"),
+    ],
+)
+def test_bad_sample_flags_fail_with_one_sentence_and_no_traceback(tmp_path, args, words):
+    proc = _run("--config=configs/tiny.py:micro", f"--workdir={tmp_path}", "--mode=sample", *args)
+    assert proc.returncode != 0
+    assert words in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def world_inputs(tmp_path_factory):
+    """A world clip (mp4) and its first frame (png) at the micro size, 16x16."""
+    from sora_jax.data import video_io, world
+
+    folder = tmp_path_factory.mktemp("inputs")
+    spec = world.make_spec("red", "circle", "right")
+    clip = world.render(spec, 16, 16, 9)
+    video_io.write_png(str(folder / "first.png"), clip[0])
+    video_io.write_mp4(str(folder / "clip.mp4"), clip, 8)
+    (folder / "prompts.txt").write_text("a red circle moving right\n\na blue ring\n")
+    return folder
+
+
+def test_image_to_video_sidecar_command_reproduces_the_sample(micro_workdir, world_inputs):
+    from sora_jax.data import video_io
+
+    proc = _run("--config=configs/tiny.py:micro", f"--workdir={micro_workdir}", "--mode=sample",
+                f"--prompts_file={world_inputs / 'prompts.txt'}", "--num_frames=5", "--seed=11",
+                f"--image={world_inputs / 'first.png'}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    paths = [json.loads(line) for line in proc.stdout.strip().splitlines()[-2:]]
+    with open(paths[1]["mp4"][:-4] + ".json") as f:
+        meta = json.load(f)
+    assert (meta["mode"], meta["prompt"], meta["seed"], meta["num_frames"]) == (
+        "i2v", "a blue ring", 12, 5)  # fmt: skip
+    assert meta["given_latent_frames"] == [0] and len(meta["inputs"]["image"][0]["sha256"]) == 64
+    first, _ = video_io.read_video(paths[1]["mp4"])
+    os.rename(paths[1]["mp4"], str(world_inputs / "first_run.mp4"))
+    argv = shlex.split(meta["command"])
+    assert argv[:3] == ["python", "-m", "sora_jax.main"]
+    again = _run(*argv[3:])  # the second prompt alone, from its own seed
+    assert again.returncode == 0, again.stderr[-3000:]
+    second, _ = video_io.read_video(paths[1]["mp4"])
+    np.testing.assert_array_equal(first, second)
+
+
+def test_extend_forward_keeps_the_video_and_adds_frames(micro_workdir, world_inputs):
+    proc = _run("--config=configs/tiny.py:micro", f"--workdir={micro_workdir}", "--mode=sample",
+                "--prompt=a red circle moving right", f"--video={world_inputs / 'clip.mp4'}",
+                "--extend=forward", "--seconds=0.5")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    paths = json.loads(proc.stdout.strip().splitlines()[-1])
+    with open(paths["mp4"][:-4] + ".json") as f:
+        meta = json.load(f)
+    # 9 frames (3 latents) + 0.5 s at 8 fps = 4 frames (1 latent chunk).
+    assert (meta["num_frames"], meta["latent_frames"], meta["given_latent_frames"]) == (
+        13, 4, [0, 1, 2])  # fmt: skip
+    assert meta["fps"] == 8.0 and meta["plan"]["new_frames"] == 4

@@ -33,7 +33,7 @@ STD = [1.5, 2.0, 0.5, 1.0]
 def _perturb(model, scale: float = 0.1):
     torch.manual_seed(0)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             p.add_(scale * torch.randn_like(p))
     return model.eval()
 
@@ -146,7 +146,9 @@ def test_imported_dit_matches_torch(wan_dit_dir, tmp_path):
     with open(os.path.join(dst, "dit_config.json")) as f:
         fields = json.load(f)
     fields.update(dtype="float32", attention="xla")
-    cfg = dit_lib.DiTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    cfg = dit_lib.DiTConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    )
     assert (cfg.dim, cfg.num_heads, cfg.num_layers, cfg.text_dim) == (32, 2, 2, 24)
     model = loop.load_model(
         _creator(lambda rngs: dit_lib.DiT(cfg, rngs=rngs)), import_weights.optimizer_config(), dst
@@ -158,8 +160,9 @@ def test_imported_dit_matches_torch(wan_dit_dir, tmp_path):
     with torch.no_grad():
         want = ref(_to_torch(x), torch.from_numpy(t * 1000.0), torch.from_numpy(ctx),
                    return_dict=False)[0]  # fmt: skip
-    got = nnx.jit(lambda m, *a: m(*a))(model, jnp.asarray(x), jnp.broadcast_to(jnp.asarray(t)[:, None], (2, 3)),
-                jnp.asarray(ctx), jnp.ones((2, 5), bool))  # fmt: skip
+    t_frames = jnp.broadcast_to(jnp.asarray(t)[:, None], (2, 3))
+    args = (jnp.asarray(x), t_frames, jnp.asarray(ctx), jnp.ones((2, 5), bool))
+    got = nnx.jit(lambda m, *a: m(*a))(model, *args)
     np.testing.assert_allclose(np.asarray(got), _from_torch(want), rtol=0, atol=1e-4)
 
 

@@ -17,21 +17,27 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sora_jax import modes
+from sora_jax import evaluate, modes
 from sora_jax import sample as sample_lib
+from sora_jax.data import world
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import vae as vae_lib
+from sora_jax.train import vae_task
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TF = 4  # the micro VAE's temporal factor
 H = W = 16
 
 
-def micro_config():
+def tiny_config(arg: str | None = None):
     spec = importlib.util.spec_from_file_location("cfg_tiny", ROOT / "configs" / "tiny.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config("micro")
+    return module.get_config(arg)
+
+
+def micro_config():
+    return tiny_config("micro")
 
 
 def fake_embedder(texts):
@@ -186,6 +192,14 @@ def test_same_seed_is_deterministic_and_sample_i_uses_seed_plus_i(gen):
     np.testing.assert_array_equal(gen.noise([4], shape)[0], gen.noise([3, 4], shape)[1])
 
 
+def test_i2v_first_frame_is_the_vae_round_trip_of_the_image_alone(gen, clip):
+    """The sampler keeps the image exactly: frame 0 is decode(encode(image)), nothing else."""
+    out = gen.sample(PROMPTS, PLANS["i2v_first"](clip), seed=0, **KW)
+    round_trip = gen.decode(gen.encode(clip[None, :1]))[0, 0]
+    for video in out.videos:  # one jit vs another: equal up to a rounding level
+        assert np.abs(video[0].astype(int) - round_trip.astype(int)).max() <= 1
+
+
 def test_sdedit_at_strength_zero_returns_the_input_latents(gen, clip):
     out = gen.sample(PROMPTS, modes.edit(clip, 0.0, tf=TF), seed=1, **KW)
     np.testing.assert_array_equal(out.latents[1], gen.encode(clip[None])[0])
@@ -302,3 +316,44 @@ def test_sampling_on_a_2_device_mesh_matches_one_device():
     assert proc.returncode == 0, proc.stderr[-3000:]
     diff = float(proc.stdout.split("maxdiff")[-1])
     assert diff < 1e-4
+
+
+# ---------------------------------------------------------------- the world (trained tiny model)
+
+
+def world_i2v_scores(gen, config, n: int = 8, *, steps: int = 30, seed: int = 1) -> list[dict]:
+    """Per world prompt: PSNR of the kept first frame after decoding, and the last frame's colour.
+
+    The image is the first frame of the prompt's own world clip; its sample uses seed i.
+    """
+    s = config.sample
+    rows = []
+    for i, spec in enumerate(world.prompt_suite(vae_task.make_world(config).cfg, n, seed=seed)):
+        clip = world.render(spec, s.height, s.width, s.num_frames)
+        plan = modes.image_to_video([clip[0]], s.num_frames, tf=gen.temporal_factor)
+        prompt = world.describe(spec, "short")
+        video = gen.sample([prompt], plan, steps=steps, guidance=s.guidance, seed=i).videos[0]
+        to_px = vae_task.to_pixels
+        k = evaluate.predict_color(evaluate.palette_labels(video[-1:]))
+        rows.append({
+            "prompt": prompt,
+            "psnr_first": float(vae_task.psnr(to_px(video[0]), to_px(clip[0]))),
+            "psnr_vae_image": float(vae_task.psnr(
+                to_px(gen.decode(gen.encode(clip[None, :1]))[0, 0]), to_px(clip[0]))),
+            "last_color": None if k is None else world.ALL_COLORS[k],
+            "color": spec["objects"][0]["color"],
+        })  # fmt: skip
+    return rows
+
+
+@pytest.mark.slow  # trains the tiny model (~12 min of CPU) unless SORA_TINY_WORKDIR points at one
+def test_world_image_to_video_keeps_the_frame_and_the_object_colour(tmp_path):
+    from sora_jax import recipe
+
+    config = tiny_config()
+    workdir = os.environ.get("SORA_TINY_WORKDIR") or str(tmp_path)
+    if not os.environ.get("SORA_TINY_WORKDIR"):
+        recipe.run(config, workdir, "vae,dit")
+    rows = world_i2v_scores(sample_lib.Generator(config, workdir), config)
+    assert min(r["psnr_first"] for r in rows) >= 30.0, rows
+    assert np.mean([r["last_color"] == r["color"] for r in rows]) >= 0.75, rows

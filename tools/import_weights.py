@@ -34,8 +34,7 @@ from flax import nnx
 
 from sora_jax.interop import wan
 from sora_jax.train import checkpoint as ckpt_lib
-from sora_jax.train import loop
-from sora_jax.train import vae_task
+from sora_jax.train import loop, vae_task
 
 KINDS = ("vae", "dit")
 
@@ -85,7 +84,9 @@ def import_weights(kind: str, src: str, dst: str, *, seed: int = 0) -> dict:
     _write_json(os.path.join(dst, f"{kind}_config.json"), model_cfg)
     source = os.path.abspath(src)
     checkpointer = ckpt_lib.Checkpointer(ckpt_dir, async_save=False)
-    checkpointer.save(0, train_state(model, seed), {kind: model_cfg}, {"task": kind, "source": source})
+    checkpointer.save(
+        0, train_state(model, seed), {kind: model_cfg}, {"task": kind, "source": source}
+    )
     checkpointer.close()
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     return {"kind": kind, "source": source, "dst": os.path.abspath(dst), "params": n_params}

@@ -201,6 +201,8 @@ def seq_len_attention(
         key_value_seq_lengths=None if kv_len is None else jnp.maximum(kv_len, 1),
         implementation=implementation,
     )
+    if kv_len is None and q_mask is None and mask is None:
+        return out
     keep = jnp.ones((b, n, 1), bool)  # [B, N, K|1]
     if kv_len is not None:
         keep = keep & (kv_len > 0)[:, None, None]

@@ -1,8 +1,19 @@
-"""Stage "vae": train the causal video VAE on bucketed clips and images.
+"""Stage "vae": train the causal video VAE on bucketed clips and images; evaluate it.
 
-Loss: L1 reconstruction + an L1 on spatial image gradients (keeps edges sharp) + a small KL to a
-unit Gaussian. After training the stage writes `latent_stats.json` (per-channel mean and std of
-the latent means), which the DiT stage uses to bring latents to unit scale, and held-out PSNR.
+Loss (weights in `config.vae_train`, see configs/vae.py): `l1_weight` * L1 + `l2_weight` * MSE
+(L1 alone behaves like a median and drops small objects) + `grad_loss_weight` * L1 of spatial
+gradients + `ssim_weight` * (1 - SSIM) + `perceptual_weight` * LPIPS-style distance with a
+VGG-style network from the local file `perceptual_path` (off by default: nothing is downloaded)
++ `kl_weight` * KL, and, with `disc_weight` > 0, a 3D patch discriminator trained in the same
+step from `disc_start_step` on, its loss scaled by VQGAN's adaptive weight (how both players
+share one step and one optimizer: `sora_jax.train.vae_losses`). Batches carry their step, so
+the switch-on is exact.
+
+Evaluation: PSNR and SSIM of the EMA model on held-out clips (the world with another seed),
+logged every `eval_every_steps` to `metrics.jsonl` as `eval_*`; `evaluate_vae(config, workdir)`
+does the same for a finished run (`--mode=eval`). After training, `evaluate_and_stats` writes
+`latent_stats.json` (per-channel mean/std of the latent means), which the DiT stage normalises
+latents with.
 """
 
 from __future__ import annotations
@@ -18,12 +29,19 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from sora_jax import evaluate
 from sora_jax.data import buckets as buckets_lib
 from sora_jax.data import pipeline
 from sora_jax.data import world as world_lib
 from sora_jax.models import vae as vae_lib
+from sora_jax.models.perceptual import FeatureNet
+from sora_jax.train import checkpoint as ckpt_lib
+from sora_jax.train import loop
+from sora_jax.train import metrics as metrics_lib
+from sora_jax.train import vae_losses as losses
 
 LATENT_STATS = "latent_stats.json"
+EVAL_FILE = "eval.json"
 
 
 def make_world(config: ml_collections.ConfigDict, **overrides) -> world_lib.World:
@@ -44,47 +62,130 @@ def to_uint8(x: jax.Array) -> jax.Array:
 
 
 def psnr(a: jax.Array, b: jax.Array) -> jax.Array:
-    """PSNR in dB of two videos in [-1, 1] (peak-to-peak 2)."""
-    mse = jnp.mean(jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32)))
-    return 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-12))
+    """PSNR in dB of two videos in [-1, 1] (peak-to-peak 2), over all their pixels."""
+    return evaluate.psnr(a, b)
 
 
 class VAETask:
     name = "vae"
+    model_sections = ("vae",)
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
-        self.train_cfg = config.vae_train
+        self.train_cfg = tc = config.vae_train
         self.model_cfg = vae_lib.VAEConfig(**config.vae.to_dict())
-        self.buckets = buckets_lib.parse_buckets(self.train_cfg.buckets)
+        self.buckets = buckets_lib.parse_buckets(tc.buckets)
+        for b in self.buckets:  # one sentence now, not a trace-time error inside the first step
+            try:
+                self.model_cfg.latent_shape(b.num_frames, b.height, b.width)
+            except ValueError as e:
+                raise ValueError(f"vae_train.buckets entry {b.name!r}: {e}") from None
+        self.gan = float(tc.get("disc_weight", 0.0)) > 0  # the model carries a discriminator
+        self.gan_kind = str(tc.get("disc_loss", "hinge"))
+        if self.gan_kind not in losses.GAN_LOSSES:
+            raise ValueError(
+                f"vae_train.disc_loss={self.gan_kind!r} is unknown; expected one of "
+                f"{losses.GAN_LOSSES}."
+            )
+        self.perceptual = None
+        if float(tc.get("perceptual_weight", 0.0)) > 0:
+            path = str(tc.get("perceptual_path", ""))
+            if not path:
+                raise ValueError(
+                    "vae_train.perceptual_weight > 0 needs vae_train.perceptual_path, a local "
+                    ".safetensors VGG-style feature network (nothing is downloaded)."
+                )
+            self.perceptual = nnx.split(FeatureNet.from_safetensors(path))
+        self._heldout: dict[str, np.ndarray] = {}
+        self._writer = None
 
     def create_model(self, rngs: nnx.Rngs) -> vae_lib.CausalVAE:
-        return vae_lib.CausalVAE(self.model_cfg, rngs=rngs)
+        if not self.gan:
+            return vae_lib.CausalVAE(self.model_cfg, rngs=rngs)
+        return losses.VAEWithDiscriminator(
+            self.model_cfg,
+            disc_channels=int(self.train_cfg.get("disc_channels", 64)),
+            disc_layers=int(self.train_cfg.get("disc_layers", 3)),
+            rngs=rngs,
+        )
 
     def frozen(self):
-        return None
+        return None if self.perceptual is None else {"perceptual": self.perceptual[1]}
+
+    # ---- the loss ----
+
+    def reconstruction(self, recon: jax.Array, x: jax.Array, frozen) -> tuple[jax.Array, dict]:
+        """Weighted reconstruction terms of fp32 videos in [-1, 1]; (total, per-term metrics)."""
+        tc = self.train_cfg
+        terms = {"l1": jnp.mean(jnp.abs(recon - x)), "l2": jnp.mean(jnp.square(recon - x))}
+        if tc.get("grad_loss_weight", 0.0):
+            terms["grad"] = losses.gradient_l1(recon, x)
+        if tc.get("ssim_weight", 0.0):
+            terms["ssim"] = 1.0 - evaluate.ssim(recon, x)
+        if self.perceptual is not None:
+            net = nnx.merge(self.perceptual[0], frozen["perceptual"])
+            flat = lambda v: v.reshape(-1, *v.shape[2:])  # noqa: E731 - frames as images
+            terms["perceptual"] = jnp.mean(net.distance(flat(recon), flat(x)))
+        weights = {"l1": tc.get("l1_weight", 1.0), "l2": tc.get("l2_weight", 0.0),
+                   "grad": tc.get("grad_loss_weight", 0.0), "ssim": tc.get("ssim_weight", 0.0),
+                   "perceptual": tc.get("perceptual_weight", 0.0)}  # fmt: skip
+        total = sum(float(weights[k]) * v for k, v in terms.items())
+        return total, terms
 
     def loss(self, model: vae_lib.CausalVAE, frozen, batch: dict, rng: jax.Array):
         x = to_pixels(batch["video"])
-        recon, mean, logvar = model(x, rng=rng)
-        recon = recon.astype(jnp.float32)
-        l1 = jnp.mean(jnp.abs(recon - x))
-        grad = sum(jnp.mean(jnp.abs(jnp.diff(recon, axis=a) - jnp.diff(x, axis=a))) for a in (2, 3))
-        kl = 0.5 * jnp.mean(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
-        # An L2 term: L1 alone behaves like a median and ignores small objects (measured on the
-        # world: 19 dB with L1 for 3000 steps, 23 dB with L1 + 4*L2 in 1000 steps).
-        mse = jnp.mean(jnp.square(recon - x))
-        loss = l1 + self.train_cfg.get("l2_weight", 0.0) * mse
-        loss = loss + self.train_cfg.get("grad_loss_weight", 0.0) * grad
-        loss = loss + self.train_cfg.get("kl_weight", 1e-6) * kl
-        return loss, {"l1": l1, "kl": kl, "psnr": psnr(recon, x)}
+        mean, logvar = model.encode(x)  # bad shapes fail here, at trace time, in one sentence
+        z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
+        feats = model.decoder.features(model.post_quant_conv(z))
+        recon = model.decoder.conv_out(feats).astype(jnp.float32)  # unclipped: keeps gradients
+        rec, metrics = self.reconstruction(recon, x, frozen)
+        kl = losses.kl_divergence(mean, logvar)
+        total = rec + float(self.train_cfg.get("kl_weight", 1e-6)) * kl
+        metrics.update(kl=kl, rec=rec, psnr=psnr(recon, x))
+        if self.gan:
+            tc = self.train_cfg
+            on = (batch["step"] >= int(tc.get("disc_start_step", 0))).astype(jnp.float32)
+            adv, adv_metrics = losses.adversarial(
+                model,
+                feats,
+                recon,
+                x,
+                lambda r: self.reconstruction(r, x, frozen)[0],
+                kind=self.gan_kind,
+                on=on,
+                disc_weight=float(tc.disc_weight),
+                max_weight=float(tc.get("adaptive_weight_max", 1e4)),
+            )
+            total = total + adv
+            metrics.update(adv_metrics)
+        return total, metrics
 
     def batches(self, start_step: int) -> Iterator[dict]:
         data = pipeline.BucketedBatches(
             make_world(self.config), self.buckets, seed=self.config.seed
         )
-        for batch in data.iterate(start_step):
-            yield {"video": batch["video"]}
+        for step, batch in enumerate(data.iterate(start_step), start=start_step):
+            # The step the loop is about to take (its state's step): the GAN switch reads it.
+            yield {"video": batch["video"], "step": np.asarray(step, np.int32)}
+
+    # ---- evaluation during training ----
+
+    def periodic(self, step: int, ctx: loop.PeriodicContext) -> None:
+        every = int(self.train_cfg.get("eval_every_steps", 0) or 0)
+        if not every or step % every:
+            return
+        scalars = evaluate_model(ctx.model(), self.config, cache=self._heldout)
+        if self._writer is None:
+            self._writer = metrics_lib.create_writer(ctx.workdir, prefix="vae eval ")
+        self._writer.write_scalars(step, {f"eval_{k}": v for k, v in scalars.items()})
+        self._writer.flush()
+
+
+# ---- loading and evaluation ----
+
+# vae_train fields that shape the checkpoint: the discriminator, and whether the optimizer state
+# has a clipping stage in front of AdamW.
+_CHECKPOINT_FIELDS = ("disc_weight", "disc_channels", "disc_layers", "grad_clip_norm")
 
 
 def heldout_clips(config: ml_collections.ConfigDict, n: int, bucket: buckets_lib.Bucket):
@@ -95,32 +196,99 @@ def heldout_clips(config: ml_collections.ConfigDict, n: int, bucket: buckets_lib
     )
 
 
-def evaluate_and_stats(
-    model: vae_lib.CausalVAE, config: ml_collections.ConfigDict, workdir: str
-) -> dict:
-    """Held-out PSNR per bucket and the latent statistics the DiT stage normalises with."""
+_EVAL_FNS: dict = {}
+
+
+def _eval_fn(graphdef):
+    """Jitted (state, uint8 video) -> (per-clip PSNR, per-clip SSIM, latent means)."""
+    if graphdef not in _EVAL_FNS:
+
+        @jax.jit
+        def run(state, video):
+            vae = nnx.merge(graphdef, state)
+            x = to_pixels(video)
+            mean, _ = vae.encode(x)
+            recon = vae.decode(mean)
+            return (evaluate.psnr(recon, x, per_item=True),
+                    evaluate.ssim(recon, x, per_item=True), mean)  # fmt: skip
+
+        _EVAL_FNS[graphdef] = run
+    return _EVAL_FNS[graphdef]
+
+
+def evaluate_model(
+    model: vae_lib.CausalVAE,
+    config: ml_collections.ConfigDict,
+    *,
+    cache: dict | None = None,
+    with_latents: bool = False,
+):
+    """Held-out PSNR and SSIM per bucket (`psnr_<bucket>`, `ssim_<bucket>`) and their means
+    over buckets (`psnr`, `ssim`); with `with_latents`, also the latent means per bucket."""
     buckets = buckets_lib.parse_buckets(config.vae_train.buckets)
     n = int(config.vae_train.get("eval_clips", 16))
     graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def run(state, video):
-        m = nnx.merge(graphdef, state)
-        x = to_pixels(video)
-        mean, _ = m.encode(x)
-        return psnr(m.decode(mean), x), mean
-
+    run = _eval_fn(graphdef)
     result, latents = {}, []
     for b in buckets:
-        video = heldout_clips(config, n, b)
-        value, mean = run(state, video)
-        result[f"psnr_{b.name}"] = float(value)
-        latents.append(np.asarray(mean).reshape(-1, mean.shape[-1]))
-    flat = np.concatenate(latents)
+        if cache is None or b.name not in cache:
+            clips = heldout_clips(config, n, b)
+            if cache is not None:
+                cache[b.name] = clips
+        clips = cache[b.name] if cache is not None else clips
+        outs = [run(state, clips[i : i + b.batch_size]) for i in range(0, n, b.batch_size)]
+        result[f"psnr_{b.name}"] = float(np.mean(np.concatenate([np.asarray(o[0]) for o in outs])))
+        result[f"ssim_{b.name}"] = float(np.mean(np.concatenate([np.asarray(o[1]) for o in outs])))
+        if with_latents:
+            latents.append(np.concatenate([np.asarray(o[2]) for o in outs]))
+    for metric in ("psnr", "ssim"):
+        result[metric] = float(np.mean([result[f"{metric}_{b.name}"] for b in buckets]))
+    return (result, latents) if with_latents else result
+
+
+def evaluate_and_stats(
+    model: vae_lib.CausalVAE, config: ml_collections.ConfigDict, workdir: str
+) -> dict:
+    """Held-out PSNR/SSIM per bucket and the latent statistics the DiT stage normalises with."""
+    result, latents = evaluate_model(model, config, with_latents=True)
+    flat = np.concatenate([m.reshape(-1, m.shape[-1]) for m in latents])
     stats = {"mean": flat.mean(0).tolist(), "std": np.maximum(flat.std(0), 1e-3).tolist()}
     with open(os.path.join(workdir, LATENT_STATS), "w") as f:
         json.dump(stats, f)
     logging.info("vae eval: %s", result)
+    return result
+
+
+def load_vae(config: ml_collections.ConfigDict, workdir: str, *, mesh=None) -> vae_lib.CausalVAE:
+    """The EMA VAE of the run in `workdir` (trained, or imported by tools/import_weights.py).
+
+    Whether the checkpoint also holds a discriminator (and its size) is read from the run's
+    saved config, so a VAE trained with a GAN loads under any config whose `vae` matches.
+    """
+    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+    if checkpointer.latest_step() is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train this stage first.")
+    saved = checkpointer.read_config().get("vae_train", {})
+    checkpointer.close()
+    config = ml_collections.ConfigDict(config.to_dict())  # a copy we may add fields to
+    config.vae_train.perceptual_weight = 0.0  # a loss-only network
+    for key in _CHECKPOINT_FIELDS:
+        if key in saved:
+            config.vae_train[key] = saved[key]
+        elif key.startswith("disc_"):
+            config.vae_train[key] = 0 if key == "disc_weight" else config.vae_train.get(key, 0)
+    return loop.load_model(VAETask(config), config.vae_train, workdir, mesh=mesh)
+
+
+def evaluate_vae(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """`--mode=eval`: held-out PSNR/SSIM of the VAE in `workdir` (a stage dir with
+    checkpoints/); also written to `<workdir>/eval.json`."""
+    model = load_vae(config, workdir)
+    result = evaluate_model(model, config)
+    result["clips_per_bucket"] = int(config.vae_train.get("eval_clips", 16))
+    with open(os.path.join(workdir, EVAL_FILE), "w") as f:
+        json.dump(result, f, indent=1)
+    logging.info("vae eval of %s: %s", workdir, result)
     return result
 
 

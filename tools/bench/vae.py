@@ -10,6 +10,9 @@ reused (4 frames per encode chunk, 1 latent frame per decode chunk), decoded fra
 the host as they come, which the timing includes (diffusers' output stays on the GPU).
 Diffusers is `AutoencoderKLWan().to("cuda", torch.bfloat16)` as its docs use it.
 
+On the lent H100 only the diffusers wheel needs to travel (`pip download diffusers --no-deps`;
+its dependencies are there); the machine's own flax matches its jax (a carried flax did not).
+
 Every measurement runs in its own process so that its peak device memory is its own (JAX has
 no peak reset): first a warm-up process compiles every program into the persistent compilation
 cache (conv autotuning included), then each measurement loads them from there. Times are the
@@ -175,8 +178,9 @@ def _flops(stream, op: str, x) -> float | None:
     xc = jax.ShapeDtypeStruct((x.shape[0], chunk, *x.shape[2:]), x.dtype)
     try:
         cache = jax.eval_shape(first, stream.state, x0, *extra)[1]
-        f0 = first.lower(stream.state, x0, *extra).cost_analysis()["flops"]
-        f1 = step.lower(stream.state, cache, xc, *extra).cost_analysis()["flops"]
+        costs = [first.lower(stream.state, x0, *extra).cost_analysis(),
+                 step.lower(stream.state, cache, xc, *extra).cost_analysis()]  # fmt: skip
+        f0, f1 = (c[0]["flops"] if isinstance(c, list | tuple) else c["flops"] for c in costs)
     except Exception:  # noqa: BLE001 - cost analysis is informative only
         return None
     return float(f0 + f1 * ((x.shape[1] - 1) // chunk))
@@ -242,7 +246,7 @@ def _single_conv(setup: dict, dtype: str) -> dict:
             x, w, (1, 1, 1), ((0, 0), *pad), dimension_numbers=("NDHWC", "DHWIO", "NDHWC")
         ),
         "three_2d_summed": lambda x, w: sum(
-            conv2d(x[:, i : i + 4], w[i], ).astype(jnp.float32) for i in range(3)
+            conv2d(x[:, i : i + 4], w[i]).astype(jnp.float32) for i in range(3)
         ).astype(x.dtype),
     }
     out = {}
@@ -282,13 +286,17 @@ def part_torch(args) -> dict:
     m = setup["model"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    vae = diffusers.AutoencoderKLWan(
-        base_dim=m["base_channels"],
-        z_dim=m["z_channels"],
-        dim_mult=list(m["channel_mults"]),
-        num_res_blocks=m["num_res_blocks"],
-        temperal_downsample=list(m["temporal_downsample"]),
-    ).to(device, dtype).eval()
+    vae = (
+        diffusers.AutoencoderKLWan(
+            base_dim=m["base_channels"],
+            z_dim=m["z_channels"],
+            dim_mult=list(m["channel_mults"]),
+            num_res_blocks=m["num_res_blocks"],
+            temperal_downsample=list(m["temporal_downsample"]),
+        )
+        .to(device, dtype)
+        .eval()
+    )
     sf = 2 ** (len(m["channel_mults"]) - 1)
     tf = 2 ** sum(m["temporal_downsample"])
     h, w = setup["height"], setup["width"]
