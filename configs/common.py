@@ -141,7 +141,7 @@ def dit_stage_config(
     c.data = data_config()
     c.vae = dict(WAN_VAE, dropout=0.0, dtype="bfloat16")
     c.vae_train = train_config()
-    c.text = dict(encoder="umt5", path="", max_length=512, dtype="bfloat16")
+    c.text = dict(encoder="umt5", path="", max_length=512, dtype="bfloat16", cache_dir="")
     c.dit = dict(
         **DIT_PRESETS[preset],
         in_channels=16,
@@ -204,7 +204,7 @@ def dit_stage_config(
             dtype="float32",
         )
         c.vae_train = train_config(steps=4, buckets=(("9x32x32", 2, 1.0),), log_every_steps=2)
-        c.text = dict(encoder="minilm", path="", max_length=8, dtype="float32")
+        c.text = dict(encoder="minilm", path="", max_length=8, dtype="float32", cache_dir="")
         c.dit.update(DIT_PRESETS["micro"])
         c.dit.update(in_channels=8, out_channels=8, text_dim=384, dtype="float32", remat="none")
         c.dit_train.update(steps=4, log_every_steps=2, buckets=(("9x32x32", 2, 1.0),))

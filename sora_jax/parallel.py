@@ -8,6 +8,9 @@ One vocabulary of logical axis names is used across the code base (after MaxText
 `DEFAULT_RULES` maps each name to mesh axes ('data', 'fsdp', 'context', 'tensor'); a name that is
 not in the table, or is mapped to None, is replicated. FSDP is the default: parameters are split
 along their `embed` axis over 'fsdp', activations along the batch over ('data', 'fsdp').
+Tensor parallelism splits heads / MLP units over 'tensor'; context parallelism splits the
+token sequence over 'context' (Ulysses attention, sora_jax.models.attention).
+`maybe_initialize_distributed()` joins a multi-host run from flags or the environment.
 """
 
 from __future__ import annotations
@@ -223,7 +226,9 @@ def param_shardings(abstract_params: Any, mesh: Mesh, rules=None) -> Any:
     def one(leaf):
         if not isinstance(leaf, nnx.Variable):
             return named_sharding(mesh, None)
-        names = getattr(leaf, "logical_axes", None) or getattr(leaf, "sharding_names", None)
+        meta = leaf.get_metadata()
+        # Ours first; flax's own annotation (`out_sharding`, formerly `sharding_names`) next.
+        names = meta.get("logical_axes") or meta.get("out_sharding") or meta.get("sharding_names")
         if not isinstance(names, (tuple, list)):
             names = None
         # Same tree structure as the input: the Variable keeps its metadata, holds a sharding.

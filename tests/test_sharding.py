@@ -28,7 +28,7 @@ MICRO = dict(
 
 WORKER = textwrap.dedent(
     """
-    import json, os, sys
+    import functools, json, os, sys
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax, jax.numpy as jnp, ml_collections, numpy as np
@@ -120,6 +120,13 @@ WORKER = textwrap.dedent(
         report["all_to_all_self"] = f.lower(q, k, v, self_mask).as_text().count("all_to_all")
         report["all_to_all_cross"] = f.lower(q, kt, vt, text_mask).as_text().count("all_to_all")
         report["auto_fp32"] = resolve_implementation("auto", jnp.float32)
+        g = jax.jit(functools.partial(attention, implementation="ulysses:splash"))
+        got = g(q, k, v, kv_mask=self_mask)
+        report["ulysses_splash_err"] = float(jnp.abs(got - want_self).max())
+    mesh = parallel.make_mesh({"fsdp": 2, "tensor": 2, "context": 2})
+    with jax.set_mesh(mesh):  # splash alone: shard_map over batch and heads
+        h = jax.jit(lambda q, k, v, m: attention(q, k, v, kv_mask=m, implementation="splash"))
+        report["splash_mesh_err"] = float(jnp.abs(h(q, kt, vt, text_mask) - want_cross).max())
     print("REPORT " + json.dumps(report))
     """
 )
@@ -160,6 +167,12 @@ def test_ulysses_exchanges_heads_all_to_all_and_auto_picks_it(report):
 
 def test_ulysses_attention_matches_xla_with_padded_keys(report):
     assert report["ulysses_self_err"] <= 1e-5 and report["ulysses_cross_err"] <= 1e-5
+
+
+def test_splash_on_a_mesh_matches_xla(report):
+    """Splash (interpret) inside shard_map: alone on data x tensor shards, and as Ulysses'
+    inner kernel on context=4."""
+    assert report["splash_mesh_err"] <= 1e-5 and report["ulysses_splash_err"] <= 1e-5
 
 
 # Golden table: every parameter of the micro DiT on fsdp=8. FSDP splits the model dim

@@ -134,6 +134,12 @@ def compile_step(config, mesh, batch: int):
     state = jax.tree.map(sds, abstract, shardings[0])
     rest = jax.tree.map(sds, abstract_rest, shardings[1])
     shapes = latent_batch_shapes(config, batch)
+    b, shards = shapes["latents"][0][0], mesh.shape["data"] * mesh.shape["fsdp"]
+    if b % shards:
+        raise ValueError(
+            f"global batch {b} does not split over data x fsdp = {shards} devices; "
+            f"pass --batch as a multiple of {shards}."
+        )
     batch_in = {
         k: jax.ShapeDtypeStruct(shape, dtype, sharding=parallel.batch_sharding(mesh, len(shape)))
         for k, (shape, dtype) in shapes.items()

@@ -254,13 +254,32 @@ def splash_attention(
     Padding becomes segment ids: queries are segment 1, valid keys segment 1, padded keys (and
     the block-alignment padding) segment 0, so they get exactly zero weight. A sample without
     any valid key attends to all its keys (splash must not see an empty row) and its output is
-    zeroed, like the other kernels.
+    zeroed, like the other kernels. A Pallas call has no automatic partitioning rule, so under
+    a multi-device mesh it runs inside `jax.shard_map`, split over batch and heads.
     """
     if mask is not None:
         raise ValueError(
             "splash attention takes padding masks (kv_mask, q_mask) only; "
             "use implementation='xla' for a general mask."
         )
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty or math.prod(mesh.shape.values()) == 1:
+        return _splash_local(q, k, v, kv_mask=kv_mask, q_mask=q_mask)
+    seq, _, _ = _ulysses_specs(q, mesh)
+    spec, mask_spec = P(seq[0], None, seq[2], None), P(seq[0], None)
+    masks = {n_: x for n_, x in (("kv_mask", kv_mask), ("q_mask", q_mask)) if x is not None}
+    in_specs = (spec, spec, spec, dict.fromkeys(masks, mask_spec))
+    local = lambda q, k, v, masks: _splash_local(q, k, v, **masks)  # noqa: E731
+    # Pallas outputs carry no varying-axes annotation, so shard_map's check must be off.
+    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=spec, check_vma=False)(
+        q, k, v, masks
+    )
+
+
+def _splash_local(
+    q: Array, k: Array, v: Array, *, kv_mask: Array | None = None, q_mask: Array | None = None
+) -> Array:
+    """Splash on arrays local to one device (see `splash_attention`)."""
     b, n, heads, dh = q.shape
     m = k.shape[1]
     bq, bkv = _splash_block(n), _splash_block(m)
@@ -344,6 +363,9 @@ def _ulysses(inner: str) -> AttentionFn:
         masks = {n_: x for n_, x in (("kv_mask", kv_mask), ("q_mask", q_mask)) if x is not None}
         mask_specs = {"kv_mask": kvm_spec, "q_mask": seq_mask}
 
+        if name == "splash":  # already inside a shard_map: call the per-device kernel
+            kernel = _splash_local
+
         def local(q, k, v, masks):
             if not self_attn:  # keys are not sequence-sharded: local queries see all of them
                 return kernel(q, k, v, **masks)
@@ -359,7 +381,9 @@ def _ulysses(inner: str) -> AttentionFn:
             return jax.lax.all_to_all(out, "context", split_axis=1, concat_axis=2, tiled=True)
 
         in_specs = (seq, kv_spec, kv_spec, {n_: mask_specs[n_] for n_ in masks})
-        return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=seq)(q, k, v, masks)
+        return jax.shard_map(
+            local, mesh=mesh, in_specs=in_specs, out_specs=seq, check_vma=name != "splash"
+        )(q, k, v, masks)
 
     fn.__doc__ = f"Ulysses context parallelism around the {inner!r} kernel."
     return fn

@@ -55,8 +55,10 @@ class PatchDiscriminator3D(nnx.Module):
         widths = [channels * min(2**i, 8) for i in range(num_layers + 1)]
         self.convs = nnx.List(
             [Conv3d(3, widths[0], (3, 4, 4), (1, 2, 2), **kw)]
-            + [Conv3d(widths[i - 1], widths[i], (3, 4, 4), (1, 2, 2), **kw)
-               for i in range(1, num_layers)]  # fmt: skip
+            + [
+                Conv3d(widths[i - 1], widths[i], (3, 4, 4), (1, 2, 2), **kw)
+                for i in range(1, num_layers)
+            ]  # fmt: skip
             + [Conv3d(widths[num_layers - 1], widths[num_layers], (3, 3, 3), (1, 1, 1), **kw)]
         )
         self.norms = nnx.List([nnx.LayerNorm(w, rngs=rngs) for w in widths[1:]])

@@ -64,8 +64,10 @@ class DiTConfig:
     eps: float = 1e-6
     rope_theta: float = 10000.0
     dtype: str = "bfloat16"  # compute dtype; params fp32; norms/modulation/residuals fp32
-    remat: str = "none"  # none | full | save_dots | save_qkv_out | offload
-    attention: str = "auto"  # registry name, see sora_jax.models.attention
+    remat: str = "none"  # REMAT_POLICIES; see remat_policy()
+    # xla | cudnn | splash | ulysses:<kernel> (context parallel) | auto: per backend, and
+    # Ulysses when the mesh has a context axis > 1 (sora_jax.models.attention)
+    attention: str = "auto"
     scan_layers: bool = True  # blocks' params stacked on a leading 'layers' axis
 
     def __post_init__(self):

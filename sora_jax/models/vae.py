@@ -14,6 +14,13 @@ a 1x1x1 `quant_conv`; decoder = 1x1x1 `post_quant_conv`, conv_in, mid block, per
 frame, then fixed-size chunks with a per-conv cache of past frames in one `lax.scan`, computing
 the same numbers with memory that does not grow with length (this is how Wan runs, too).
 `decode_tiled` also splits space into overlapping tiles blended with linear ramps.
+`sora_jax.models.vae_stream.StreamingVAE` runs the same chunks with one compiled chunk step
+reused for any length, outputs streamed to the host (measured on an H100 at 480x832, bf16:
+0.36x diffusers' encode time and 0.38x its decode time, 321-frame decode in the memory of an
+81-frame one; tools/bench/vae.py).
+
+Under a mesh every activation is constrained to batch over ('data', 'fsdp') and height over
+'context' (`shard_video`), so a clip too large for one device spreads its rows over several.
 """
 
 from __future__ import annotations
@@ -188,8 +195,14 @@ def _is_concrete(x) -> bool:
 
 
 def _check_finite(x, what: str) -> None:
-    # Host-side only when the values exist (eager calls); under jit the check would cost a sync.
-    if _is_concrete(x) and not bool(jnp.isfinite(jnp.asarray(x)).all()):
+    # Only when the values exist (eager calls); under jit the check would cost a sync.
+    if not _is_concrete(x):
+        return
+    try:
+        finite = bool(np.isfinite(x).all() if isinstance(x, np.ndarray) else jnp.isfinite(x).all())
+    except jax.errors.ConcretizationTypeError:  # a constant inside a trace: values unknown yet
+        return
+    if not finite:
         raise ValueError(f"{what} contains NaN or Inf values; expected finite numbers.")
 
 

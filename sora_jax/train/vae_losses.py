@@ -6,7 +6,8 @@ Legend: B batch, F frames, H W height/width, C channels; videos `[B, F, H, W, 3]
 The generic loop trains one parameter tree with one optimizer, so the discriminator lives inside
 the model (`VAEWithDiscriminator`) and both players are updated by one gradient step of
 
-    loss = rec + kl_weight * KL + on * (disc_weight * lambda * L_G(D_sg(x_hat)) + L_D(D(x), D(sg x_hat)))
+    loss = rec + kl_weight * KL
+           + on * (disc_weight * lambda * L_G(D_sg(x_hat)) + L_D(D(x), D(sg(x_hat))))
 
 `sg` is stop-gradient: L_G reaches the VAE only (the discriminator's parameters are stopped), L_D
 reaches the discriminator only (the reconstruction is stopped), so the single step makes the

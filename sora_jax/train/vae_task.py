@@ -31,7 +31,7 @@ from flax import nnx
 
 from sora_jax import evaluate
 from sora_jax.data import buckets as buckets_lib
-from sora_jax.data import pipeline
+from sora_jax.data import pipeline, sources
 from sora_jax.data import world as world_lib
 from sora_jax.models import vae as vae_lib
 from sora_jax.models.perceptual import FeatureNet
@@ -121,14 +121,18 @@ class VAETask:
         if tc.get("grad_loss_weight", 0.0):
             terms["grad"] = losses.gradient_l1(recon, x)
         if tc.get("ssim_weight", 0.0):
-            terms["ssim"] = 1.0 - evaluate.ssim(recon, x)
+            terms["one_minus_ssim"] = 1.0 - evaluate.ssim(recon, x)
         if self.perceptual is not None:
             net = nnx.merge(self.perceptual[0], frozen["perceptual"])
             flat = lambda v: v.reshape(-1, *v.shape[2:])  # noqa: E731 - frames as images
             terms["perceptual"] = jnp.mean(net.distance(flat(recon), flat(x)))
-        weights = {"l1": tc.get("l1_weight", 1.0), "l2": tc.get("l2_weight", 0.0),
-                   "grad": tc.get("grad_loss_weight", 0.0), "ssim": tc.get("ssim_weight", 0.0),
-                   "perceptual": tc.get("perceptual_weight", 0.0)}  # fmt: skip
+        weights = {
+            "l1": tc.get("l1_weight", 1.0),
+            "l2": tc.get("l2_weight", 0.0),
+            "grad": tc.get("grad_loss_weight", 0.0),
+            "one_minus_ssim": tc.get("ssim_weight", 0.0),
+            "perceptual": tc.get("perceptual_weight", 0.0),
+        }
         total = sum(float(weights[k]) * v for k, v in terms.items())
         return total, terms
 
@@ -161,9 +165,9 @@ class VAETask:
         return total, metrics
 
     def batches(self, start_step: int) -> Iterator[dict]:
-        data = pipeline.BucketedBatches(
-            make_world(self.config), self.buckets, seed=self.config.seed
-        )
+        # The clips of `config.data` (the synthetic world by default, or a prepared dataset).
+        source = sources.make_source(self.config, lambda: make_world(self.config))
+        data = pipeline.from_config(self.config, source, self.buckets, seed=self.config.seed)
         for step, batch in enumerate(data.iterate(start_step), start=start_step):
             # The step the loop is about to take (its state's step): the GAN switch reads it.
             yield {"video": batch["video"], "step": np.asarray(step, np.int32)}
@@ -190,7 +194,7 @@ _CHECKPOINT_FIELDS = ("disc_weight", "disc_channels", "disc_layers", "grad_clip_
 
 def heldout_clips(config: ml_collections.ConfigDict, n: int, bucket: buckets_lib.Bucket):
     """Clips the VAE never trained on: the world with another seed."""
-    world = make_world(config, seed=config.world.seed + 10_007)
+    world = make_world(config, seed=make_world(config).cfg.seed + 10_007)
     return np.stack(
         [world.clip(i, bucket.height, bucket.width, bucket.num_frames)["video"] for i in range(n)]
     )
@@ -272,11 +276,10 @@ def load_vae(config: ml_collections.ConfigDict, workdir: str, *, mesh=None) -> v
     checkpointer.close()
     config = ml_collections.ConfigDict(config.to_dict())  # a copy we may add fields to
     config.vae_train.perceptual_weight = 0.0  # a loss-only network
-    for key in _CHECKPOINT_FIELDS:
+    config.vae_train.disc_weight = float(saved.get("disc_weight", 0.0) or 0.0)
+    for key in _CHECKPOINT_FIELDS[1:]:
         if key in saved:
             config.vae_train[key] = saved[key]
-        elif key.startswith("disc_"):
-            config.vae_train[key] = 0 if key == "disc_weight" else config.vae_train.get(key, 0)
     return loop.load_model(VAETask(config), config.vae_train, workdir, mesh=mesh)
 
 

@@ -15,6 +15,9 @@ forward + backward with gradient checkpointing and no optimizer (as the issue's 
 "Largest tokens" per remat policy is estimated from XLA's compile-time memory analysis at two
 sizes (activation memory is linear in tokens with flash attention), not run.
 
+On the lent GPU machine use its own jax/flax (a flax 0.12.8 wheel does not import under its
+jax 0.11.2); carry diffusers, ml_collections and importlib_metadata as wheels.
+
 Each part runs in its own subprocess (JAX and PyTorch each keep what they allocate); a part
 that fails or runs out of memory is recorded and the rest continue.
 """
@@ -50,6 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
     p.add_argument("--budget_s", type=float, default=500.0, help="skip parts after this")
     p.add_argument("--skip_torch", action="store_true")
+    p.add_argument("--diffusers_from", default="",
+                   help="with --skip_torch: take 'diffusers' from an earlier JSON of this "
+                        "script on the same machine (its weights stay in --workdir)")  # fmt: skip
     p.add_argument("--workdir", default="/tmp/dit_bench")
     p.add_argument("--out", default=os.path.join(ROOT, "tools/bench/results/dit_h100.json"))
     p.add_argument("--part", default="", help=argparse.SUPPRESS)  # internal: run one part
@@ -360,6 +366,9 @@ def orchestrate(args) -> dict:
            "peak_flops": PEAK, "train": {}, "memory": {}}  # fmt: skip
     if not args.skip_torch:
         res["diffusers"] = _spawn(args, "torch", left())
+    elif args.diffusers_from:
+        with open(args.diffusers_from) as f:
+            res["diffusers"] = json.load(f)["diffusers"] | {"from": args.diffusers_from}
     res["forward"] = _spawn(args, "forward", left())
     _save(args, res)
     for remat in filter(None, args.remats.split(",")):
@@ -410,7 +419,7 @@ def _row(what: str, sec: float | None, rate: str = "", gib: float | None = None)
 def _table(res: dict) -> str:
     d, fwd = res.get("diffusers", {}), res["forward"]
     rows = [f"device: {res['device']}", f"versions: {res['versions']}",
-            _row("what", None, "MFU|TF/s", None).replace("     ", " sec ", 1)]  # fmt: skip
+            f"{'what':<36}{'sec':>9}{'MFU|TF/s':>12}{'GiB':>8}"]  # fmt: skip
     if "forward_s" in fwd:
         rows.append(_row(f"forward, ours ({fwd['attention']})", fwd["forward_s"],
                          f"{fwd['forward_tflops']:.0f} TF"))  # fmt: skip

@@ -5,8 +5,9 @@ from flax import nnx
 from sora_jax.models import vae as v
 from sora_jax.data import world as world_lib
 
+SIZES = ("medium", "large")
 w = world_lib.World(world_lib.WorldConfig(resolutions=((32, 32),), num_frames=(9,), max_objects=1,
-                    camera_pan_prob=0.0, occluder_prob=0.0, backgrounds=("flat",)))
+                    camera_pan_prob=0.0, occluder_prob=0.0, backgrounds=("flat",), sizes=SIZES))
 def batch(s, B, F):
     return jnp.asarray(np.stack([w.clip(s * B + i, 32, 32, F)["video"] for i in range(B)]), jnp.float32) / 127.5 - 1
 test = batch(30000, 32, 9)
@@ -27,7 +28,9 @@ def run(lr, bc, mults, nres, F, steps, loss="l1", B=16, z=8, use_rng=True, lv_in
             r, mu, lv = nnx.merge(g, p)(x, rng=key if use_rng else None)
             e = r - x
             kl = 0.5 * jnp.mean(mu**2 + jnp.exp(lv) - 1 - lv)
-            rec = jnp.mean(jnp.abs(e)) if loss == "l1" else jnp.mean(jnp.abs(e)) + jnp.mean(e ** 2) * 4
+            rec = {"l1": jnp.mean(jnp.abs(e)), "l1l2": jnp.mean(jnp.abs(e)) + jnp.mean(e ** 2) * 4,
+                   "l2": 10 * jnp.mean(e ** 2), "l1l2g": jnp.mean(jnp.abs(e)) + 4 * jnp.mean(e ** 2)
+                   + 0.5 * sum(jnp.mean(jnp.abs(jnp.diff(r, axis=a) - jnp.diff(x, axis=a))) for a in (2, 3))}[loss]
             return rec + 1e-6 * kl
         L, gr = jax.value_and_grad(l)(p)
         u, o = tx.update(gr, o, p); return optax.apply_updates(p, u), o, L
@@ -38,9 +41,10 @@ def run(lr, bc, mults, nres, F, steps, loss="l1", B=16, z=8, use_rng=True, lv_in
     out = dict(lr=lr, bc=bc, mults=mults, nres=nres, F=F, steps=steps, loss=loss, z=z,
                use_rng=use_rng, lv_init=lv_init, psnr=psnr(mm.decode(mm.encode(test)[0]), test), s=round(time.time() - t, 1))
     print(json.dumps(out), flush=True)
-for args in [(1e-3, 16, (1, 2, 4), 1, 9, 1000, "l1", 16, 8, False),
-             (1e-3, 16, (1, 2, 4), 1, 9, 1000, "l1", 16, 8, True, -8.0),
-             (1e-3, 16, (1, 2, 4), 1, 9, 1000, "l1l2", 16, 8, True, -8.0),
-             (1e-3, 16, (1, 2, 4), 1, 1, 1000, "l1", 16, 8, False),
-             (1e-3, 16, (1, 2, 4), 1, 9, 3000, "l1", 16, 8, False)]:
+for args in [(1e-3, 16, (1, 2, 4), 1, 9, 600, "l1l2g", 8, 8, True, -8.0),
+             (1e-3, 16, (1, 2, 4), 1, 9, 600, "l2", 8, 8, True, -8.0),
+             (2e-3, 16, (1, 2, 4), 1, 9, 600, "l2", 8, 8, True, -8.0),
+             (1e-3, 16, (1, 2, 4), 1, 9, 600, "l2", 8, 8, False),
+             (1e-3, 32, (1, 2, 2), 1, 9, 600, "l2", 8, 8, True, -8.0),
+             (1e-3, 16, (1, 2, 4), 1, 9, 1500, "l2", 8, 8, True, -8.0)]:
     run(*args)

@@ -1,0 +1,228 @@
+"""Stage "vae": the loss trains, the GAN joins at its step with VQGAN's adaptive weight, PSNR/SSIM
+are right, evaluation runs during training and on a workdir, bad input fails in one sentence."""
+
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from sora_jax import evaluate
+from sora_jax.models.perceptual import FeatureNet
+from sora_jax.train import loop, vae_losses, vae_task
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
+
+START = 3  # disc_start_step
+
+
+def make_config(**train) -> ml_collections.ConfigDict:
+    vae_train = dict(
+        steps=2, lr=3e-3, lr_warmup_steps=0, lr_schedule="constant", weight_decay=0.0,
+        grad_clip_norm=1.0, ema_decay=0.0, log_every_steps=1, checkpoint_every_steps=2,
+        buckets=(("5x16x16", 2, 1.0),), l1_weight=1.0, l2_weight=1.0, ssim_weight=0.2,
+        kl_weight=1e-6, disc_weight=0.5, disc_start_step=START, disc_channels=4, disc_layers=2,
+        eval_every_steps=2, eval_clips=2,
+    )  # fmt: skip
+    vae_train.update(train)
+    return ml_collections.ConfigDict(
+        dict(
+            seed=0,
+            mesh=dict(data=1, fsdp=-1, context=1, tensor=1),
+            world=dict(resolutions=((16, 16),), num_frames=(5,), max_objects=1, holdout=()),
+            vae=dict(base_channels=4, channel_mults=(1, 2), num_res_blocks=1,
+                     temporal_downsample=(True,), z_channels=4, mid_attention=False),
+            vae_train=vae_train,
+        )
+    )  # fmt: skip
+
+
+VIDEO = np.stack([vae_task.make_world(make_config()).clip(i, 16, 16, 5)["video"] for i in (0, 1)])
+
+
+@pytest.fixture(scope="module")
+def setup():
+    task = vae_task.VAETask(make_config())
+    model = task.create_model(nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss_fn(p, step):
+        batch = {"video": jnp.asarray(VIDEO), "step": jnp.int32(step)}
+        return task.loss(nnx.merge(graphdef, p, rest), None, batch, jax.random.key(0))
+
+    grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+    return task, graphdef, params, rest, grad_fn, loss_fn
+
+
+def _disc_norm(grads) -> float:
+    disc = nnx.state(grads, lambda path, _: "discriminator" in path)
+    return float(optax.tree.norm(disc))
+
+
+def test_loss_falls_on_a_fixed_batch(setup):
+    _, _, params, _, grad_fn, _ = setup
+    tx = optax.adam(1e-2)
+    opt = tx.init(params)
+    recs = []
+    for step in range(10):  # the GAN is on from step START
+        (_, aux), grads = grad_fn(params, step)
+        updates, opt = tx.update(grads, opt, params)
+        params = optax.apply_updates(params, updates)
+        recs.append(float(aux["rec"]))
+    assert recs[-1] < 0.6 * recs[0], recs
+
+
+def test_gan_switches_on_at_the_configured_step(setup):
+    _, _, params, _, grad_fn, _ = setup
+    (loss_off, aux_off), g_off = grad_fn(params, START - 1)
+    (loss_on, aux_on), g_on = grad_fn(params, START)
+    assert float(aux_off["gan_on"]) == 0.0 and float(aux_on["gan_on"]) == 1.0
+    assert _disc_norm(g_off) == 0.0 and _disc_norm(g_on) > 1e-3
+    adv = 0.5 * aux_on["adaptive_weight"] * aux_on["g_loss"] + aux_on["d_loss"]
+    np.testing.assert_allclose(float(loss_on - loss_off), float(adv), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(float(loss_off), float(aux_off["rec"] + 1e-6 * aux_off["kl"]),
+                               rtol=1e-5)  # fmt: skip
+
+
+def test_adaptive_weight_is_the_ratio_of_last_layer_gradient_norms(setup):
+    task, graphdef, params, rest, grad_fn, _ = setup
+    (_, aux), _ = grad_fn(params, START)
+    x = vae_task.to_pixels(jnp.asarray(VIDEO))
+
+    def parts(p):  # the same forward as the loss, with the two terms apart
+        m = nnx.merge(graphdef, p, rest)
+        mean, logvar = m.encode(x)
+        z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(jax.random.key(0), mean.shape)
+        recon = m.decode(z, clip=False)
+        critic = vae_losses.stopped(m.discriminator)
+        return task.reconstruction(recon, x, None)[0], vae_losses.generator_loss(
+            "hinge", critic(recon)
+        )
+
+    kernel = lambda g: g["decoder"]["conv_out"]["kernel"][...]  # noqa: E731
+    both = jax.jit(lambda p: [kernel(jax.grad(lambda q, i=i: parts(q)[i])(p)) for i in (0, 1)])
+    g_rec, g_gan = both(params)
+    want = jnp.linalg.norm(g_rec) / (jnp.linalg.norm(g_gan) + 1e-4)
+    np.testing.assert_allclose(float(aux["adaptive_weight"]), float(want), rtol=1e-4)
+
+
+def _ssim_reference(a: np.ndarray, b: np.ndarray) -> float:
+    """Wang et al.'s SSIM with scipy: 11x11 Gaussian (sigma 1.5), 'valid', per channel."""
+    from scipy.signal import convolve2d
+
+    t = np.arange(11) - 5.0
+    g = np.exp(-0.5 * (t / 1.5) ** 2)
+    win = np.outer(g, g) / np.outer(g, g).sum()
+    f = lambda v: convolve2d(v, win, mode="valid")  # noqa: E731
+    c1, c2 = (0.01 * 2) ** 2, (0.03 * 2) ** 2
+    maps = []
+    for ch in range(a.shape[-1]):
+        x, y = a[..., ch].astype(np.float64), b[..., ch].astype(np.float64)
+        mx, my = f(x), f(y)
+        sxx, syy, sxy = f(x * x) - mx**2, f(y * y) - my**2, f(x * y) - mx * my
+        maps.append(((2 * mx * my + c1) * (2 * sxy + c2))
+                    / ((mx**2 + my**2 + c1) * (sxx + syy + c2)))  # fmt: skip
+    return float(np.mean(maps))
+
+
+def test_ssim_psnr_values():
+    rng = np.random.default_rng(1)
+    a = rng.uniform(-1, 1, (24, 20, 3)).astype(np.float32)
+    b = np.clip(a + 0.2 * rng.standard_normal(a.shape), -1, 1).astype(np.float32)
+    assert float(evaluate.ssim(a, a)) == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(float(evaluate.ssim(a, b)), _ssim_reference(a, b), rtol=1e-4)
+    assert float(evaluate.psnr(a, a + 0.1)) == pytest.approx(10 * np.log10(4 / 0.01), abs=1e-3)
+    per = evaluate.psnr(np.stack([a, a]), np.stack([a + 0.1, a + 0.2]), per_item=True)
+    np.testing.assert_allclose(per, [26.0206, 19.9999], atol=1e-3)
+
+
+def _write_run(config, workdir: str):
+    """A checkpoint of a freshly initialised model of `config` (as training would leave it)."""
+    import import_weights  # tools/: a step-0 TrainState around a model's parameters
+
+    from sora_jax.train import checkpoint as ckpt_lib
+
+    task = vae_task.VAETask(config)
+    model = task.create_model(nnx.Rngs(0))
+    state = import_weights.train_state(model)
+    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+    ckpt.save(0, state, config.to_dict(), {"task": "vae"})
+    ckpt.close()
+    return task, model, state
+
+
+def test_eval_every_n_steps_and_on_a_workdir(tmp_path):
+    config = make_config()
+    workdir = str(tmp_path / "vae")
+    task, model, state = _write_run(config, workdir)
+    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+    for step in (1, 2, 3, 4):  # the loop calls this after every step; eval_every_steps=2
+        task.periodic(step, loop.PeriodicContext(step, state, graphdef, rest, workdir, None))
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert np.isfinite(rows[0]["eval_psnr"]) and -1 <= rows[0]["eval_ssim"] <= 1
+    # A config without a GAN (e.g. a DiT run's) loads the GAN-trained run: the layout comes
+    # from the run's saved config.
+    result = vae_task.evaluate_vae(make_config(disc_weight=0.0), workdir)
+    assert set(result) >= {"psnr", "ssim", "psnr_5x16x16", "ssim_5x16x16"}
+    assert json.load(open(os.path.join(workdir, vae_task.EVAL_FILE)))["psnr"] == result["psnr"]
+    np.testing.assert_allclose(result["psnr"], rows[0]["eval_psnr"], rtol=1e-5)
+    np.testing.assert_allclose(result["ssim"], rows[0]["eval_ssim"], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_training_runs_the_gan_and_logs_eval(tmp_path):
+    config = make_config(disc_start_step=1)
+    workdir = str(tmp_path / "vae")
+    result = loop.train(vae_task.VAETask(config), config, config.vae_train, workdir)
+    assert [h["gan_on"] for h in result.history] == [0.0, 1.0]
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in rows if "eval_psnr" in r] == [2]
+
+
+def test_bad_input_fails_in_one_sentence(setup, tmp_path):
+    with pytest.raises(ValueError, match=r"buckets entry '4x16x16': num_frames=4 .* 1 \+ 2\*k"):
+        vae_task.VAETask(make_config(buckets=(("4x16x16", 2, 1.0),)))
+    with pytest.raises(ValueError, match="disc_loss='wgan' is unknown"):
+        vae_task.VAETask(make_config(disc_loss="wgan"))
+    with pytest.raises(ValueError, match="needs vae_train.perceptual_path"):
+        vae_task.VAETask(make_config(perceptual_weight=1.0))
+    with pytest.raises(FileNotFoundError, match="does not exist; expected a local .safetensors"):
+        vae_task.VAETask(make_config(perceptual_weight=1.0, perceptual_path=str(tmp_path / "x")))
+    *_, loss_fn = setup
+    task, graphdef, params, rest = setup[:4]
+    four_channels = {"video": jnp.zeros((2, 5, 16, 16, 4), jnp.uint8), "step": jnp.int32(0)}
+    with pytest.raises(ValueError, match=r"expected \[B, F, H, W, 3\]"):
+        jax.jit(lambda p: task.loss(nnx.merge(graphdef, p, rest), None, four_channels,
+                                    jax.random.key(0)))(params)  # fmt: skip
+
+
+def test_perceptual_features_match_torch(tmp_path):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    conv = lambda i, o: nn.Conv2d(i, o, 3, padding=1)  # noqa: E731
+    features = nn.Sequential(conv(3, 4), nn.ReLU(), conv(4, 4), nn.ReLU(), nn.MaxPool2d(2),
+                             conv(4, 6), nn.ReLU())  # fmt: skip
+    path = str(tmp_path / "vgg.safetensors")
+    save_file({f"features.{k}": v.contiguous() for k, v in features.state_dict().items()}, path)
+    net = FeatureNet.from_safetensors(path)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)
+    scaled = (x - np.array([-0.030, -0.088, -0.188])) / np.array([0.458, 0.448, 0.450])
+    with torch.no_grad():
+        t = torch.from_numpy(scaled.astype(np.float32)).permute(0, 3, 1, 2)
+        want = [features[:4](t), features(t)]
+    got = net.features(jnp.asarray(x))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.asarray(g), w.permute(0, 2, 3, 1).numpy(), atol=1e-5)
+    y = x[::-1].copy()
+    assert float(jnp.max(jnp.abs(net.distance(x, x)))) == 0.0
+    assert float(jnp.min(net.distance(x, y))) > 0.0
