@@ -82,7 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         remat="none",
     )
     c.dit_train = common.train_config(
-        steps=1500,
+        steps=3000,
         lr=1e-3,
         lr_warmup_steps=100,
         weight_decay=0.0,
@@ -109,7 +109,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         width=32,
         steps=30,
         sampler="euler",
-        guidance=4.0,
+        guidance=8.0,  # measured on 64 prompts: colour 0.23 at 1, 0.45 at 4, 0.50 at 8
         seed=0,
         batch_size=16,
     )
