@@ -26,6 +26,7 @@ from sora_jax.diffusion import conditioning, flow
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import text as text_lib
 from sora_jax.models import vae as vae_lib
+from sora_jax.train import metrics as metrics_lib
 from sora_jax.train import vae_task
 
 
@@ -151,6 +152,7 @@ class DiTTask:
         fcfg = self.config.flow
         t = flow.sample_t(rng_t, (b,), logit_mean=fcfg.logit_mean, logit_std=fcfg.logit_std)
         t = flow.shift_t(t, fcfg.shift)
+        t_sample = t
         t = jnp.broadcast_to(t[:, None], (b, t_frames))
         eps = jax.random.normal(rng_eps, x0.shape, jnp.float32)
         xt = flow.add_noise(x0, eps, t)
@@ -165,8 +167,13 @@ class DiTTask:
             xt, t = conditioning.apply_condition(xt, t, x0, given)
             weight = (~given).astype(jnp.float32)
         pred = model(xt, t, batch["text"], batch["text_mask"])
-        loss = flow.flow_loss(pred, flow.velocity_target(x0, eps), weight)
-        aux = {}
+        target = flow.velocity_target(x0, eps)
+        loss = flow.flow_loss(pred, target, weight)
+        # Loss per timestep bin: which noise levels the model has (not) learned yet.
+        per_frame = jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=(2, 3, 4))
+        w = jnp.ones_like(per_frame) if weight is None else weight
+        per_sample = jnp.sum(per_frame * w, 1) / jnp.maximum(jnp.sum(w, 1), 1e-6)
+        aux = metrics_lib.timestep_binned(per_sample, t_sample)
         if "data_skipped" in batch:  # undecodable clips replaced in this batch (pipeline.py)
             aux["data_skipped"] = jnp.sum(batch["data_skipped"]).astype(jnp.float32)
         return loss, aux
