@@ -218,7 +218,7 @@ class CausalVAE(nnx.Module):
         # swamps the young encoder's means and the decoder learns to ignore z (measured on the
         # world: stuck at 19 dB vs 23 dB after 1000 steps). Imported weights overwrite this.
         bias = self.quant_conv.bias[...]
-        self.quant_conv.bias.value = bias.at[z:].set(LOGVAR_INIT)
+        self.quant_conv.bias.set_value(bias.at[z:].set(LOGVAR_INIT))
         self.post_quant_conv = CausalConv3d(z, z, (1, 1, 1), dtype=cfg.dtype, rngs=rngs)
         self.decoder = Decoder(cfg, rngs=rngs)
         self.spatial_factor: int = cfg.spatial_factor
