@@ -63,7 +63,7 @@ def run(lr, bc, mults, nres, F, steps, loss="l1", B=16, z=8, use_rng=True, lv_in
 
     @jax.jit
     def step(p, o, x, key):
-        def l(p):
+        def loss_fn(p):
             r, mu, lv = nnx.merge(g, p)(x, rng=key if use_rng else None)
             e = r - x
             kl = 0.5 * jnp.mean(mu**2 + jnp.exp(lv) - 1 - lv)
@@ -78,7 +78,7 @@ def run(lr, bc, mults, nres, F, steps, loss="l1", B=16, z=8, use_rng=True, lv_in
             }[loss]
             return rec + 1e-6 * kl
 
-        L, gr = jax.value_and_grad(l)(p)
+        L, gr = jax.value_and_grad(loss_fn)(p)
         u, o = tx.update(gr, o, p)
         return optax.apply_updates(p, u), o, L
 
