@@ -15,6 +15,7 @@ import time
 
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from sora_jax import evaluate
 from sora_jax.data import world as world_lib
@@ -43,12 +44,12 @@ def run_vae(config: ml_collections.ConfigDict, workdir: str) -> dict:
     stage_dir = os.path.join(workdir, "vae")
     task = vae_task.VAETask(config)
     result = loop.train(task, config, config.vae_train, stage_dir)
-    vae = loop.load_model(task, config.vae_train, stage_dir)
-    out = {
+    # The trained EMA weights are in memory: no need to read back the checkpoint just saved.
+    vae = nnx.merge(result.graphdef, result.state.ema, result.rest)
+    return {
         "final_loss": _last(result.history, "loss"),
         **vae_task.evaluate_and_stats(vae, config, stage_dir),
     }
-    return out
 
 
 def run_dit(config: ml_collections.ConfigDict, workdir: str) -> dict:
