@@ -163,6 +163,13 @@ def dit_stage_config(
         caption_dropout=0.1,
         vae_workdir="",  # a trained VAE stage, e.g. from configs/vae.py or imported Wan weights
         latent_cache_dir="",  # train from tools/cache_latents.py output instead of encoding
+        # Videos of fixed world prompts at config.sample's size from the EMA weights, written to
+        # <workdir>/dit/samples/step_<N>/ and graded (sample_color_acc etc. in metrics.jsonl).
+        sample_every_steps=0,  # 0 = off (a full-size sample of a large model takes minutes)
+        sample_num_prompts=4,
+        sample_steps=50,
+        sample_guidance=5.0,
+        sample_use_ema=True,  # False: the raw parameters
     )
     c.flow = dict(
         logit_mean=0.0,

@@ -29,7 +29,10 @@ at 64×64 (any aspect, 5-33 frames) colour, shape and motion all scored 100 % on
 at 32×32 about 99 % each — but a small subject is 5 px across there, so shape (and colour when a
 small subject starts half-size) is fragile on generated videos; only colour is required at 32×32.
 After a σ ≈ 1 px blur plus noise (σ = 8 levels) colour stays ≥ 95 %, motion ≥ 90 %, shape ≥ 80 %.
-Later metrics (object permanence, PSNR/SSIM, validation loss) belong in this module too.
+
+Object permanence (``object_permanence``, occlusion scenes; the definition is in its docstring)
+and continuity across a conditioning boundary (``continuity``) are pixel statistics too; the flow
+validation loss at fixed timesteps (``flow_validation_loss``) takes any denoise function.
 """
 
 from __future__ import annotations
@@ -209,6 +212,98 @@ def grade_many(videos: Sequence[np.ndarray], specs: Sequence[dict], **kwargs) ->
     }
 
 
+# ---- object permanence and continuity (occlusion scenes, conditioned modes) ----
+
+_CLEAR_T = 0.12  # the world's occluder never touches the subject at t < 0.12 or t > 0.88
+
+
+def _subject_area(spec: dict, height: int, width: int, t: float) -> float:
+    """Pixels the spec's subject covers at time t (every shape has its circle's area)."""
+    subject = spec["objects"][0]
+    s0, s1 = subject["scale"]
+    radius = subject["diameter"] / 2 * min(height, width) * (s0 + (s1 - s0) * t)
+    return math.pi * radius * radius
+
+
+def object_permanence(
+    video: np.ndarray,
+    spec: dict,
+    *,
+    min_visible: float = 0.2,
+    size_tolerance: float = 2.0,
+    shapes: Sequence[str] = world.ALL_SHAPES,
+) -> dict:
+    """Whether the object seen before an occluder is the same object seen after it.
+
+    The frames before (t < 0.12) and after (t > 0.88) the occluder window of a world occlusion
+    scene (the bar never touches the subject there) are compared, t = f / (F - 1):
+
+      colour   k, the palette colour with the most pixels over those frames together (the
+               largest object of the scene: the subject);
+      visible  colour k covers >= max(4 px, ``min_visible`` x the spec's subject area at that
+               time) in the first frame (``seen_before``) and in the last (``seen_after``);
+      size     the last / first area ratio is within ``size_tolerance``x of the spec's
+               (scale_end / scale_start)^2 (grow and shrink change the area on purpose);
+      shape    the grader's shape of colour k on the frames before equals that after.
+
+    ``permanent`` = visible before and after, same size, same shape. ``hidden`` reports whether
+    an occluder did pass: the middle frame shows < 50 % of the subject's area there. Needs at
+    least 3 frames; video is uint8 [F, H, W, 3] or float in [0, 1].
+    """
+    labels = palette_labels(video)
+    f_n, h, w = labels.shape
+    if f_n < 3:
+        raise ValueError(f"object permanence needs a video of >= 3 frames, got {f_n}.")
+    t = np.linspace(0.0, 1.0, f_n)
+    before, after = np.flatnonzero(t < _CLEAR_T), np.flatnonzero(t > 1.0 - _CLEAR_T)
+    ends = labels[np.concatenate([before, after])]
+    counts = np.array([(ends == k).sum() for k in range(len(_COLORS))])
+    k = int(counts.argmax())
+    masks = labels == k
+    area = masks.sum((1, 2)).astype(np.float64)
+    expected = [_subject_area(spec, h, w, x) for x in (0.0, 0.5, 1.0)]
+    seen_before = area[0] >= max(4.0, min_visible * expected[0])
+    seen_after = area[-1] >= max(4.0, min_visible * expected[2])
+    ratio = (area[-1] / max(area[0], 1.0)) / (expected[2] / expected[0])
+    same_size = bool(seen_before and seen_after and 1 / size_tolerance <= ratio <= size_tolerance)
+    same_shape = bool(
+        seen_before
+        and seen_after
+        and predict_shape(masks[before], shapes) == predict_shape(masks[after], shapes)
+    )
+    return {
+        "permanent": bool(seen_before and seen_after and same_size and same_shape),
+        "seen_before": bool(seen_before),
+        "seen_after": bool(seen_after),
+        "same_size": same_size,
+        "same_shape": same_shape,
+        "hidden": bool(area[(f_n - 1) // 2] < 0.5 * expected[1]),
+        "color": _COLORS[k] if counts[k] else None,
+    }
+
+
+def frame_differences(video: np.ndarray) -> np.ndarray:
+    """float [F - 1]: mean absolute difference (0-255 levels) of each pair of consecutive frames."""
+    v = _as_uint8(video).astype(np.int16)
+    return np.abs(np.diff(v, axis=0)).mean((1, 2, 3))
+
+
+def boundaries(given: Sequence[bool]) -> list[int]:
+    """Frames f whose given-ness differs from frame f - 1's (where generation meets a condition)."""
+    g = np.asarray(given, bool)
+    return [int(f) for f in np.flatnonzero(g[1:] != g[:-1]) + 1]
+
+
+def continuity(video: np.ndarray, at: Sequence[int]) -> float:
+    """Mean absolute difference (0-255 levels) between frames f - 1 and f over the frames ``at``
+    (e.g. ``boundaries(given)``); NaN when ``at`` is empty. Compare it with the mean of
+    ``frame_differences`` over real clips: a seamless boundary is no larger."""
+    if not len(at):
+        return float("nan")
+    diffs = frame_differences(video)
+    return float(np.mean([diffs[f - 1] for f in at]))
+
+
 # ---- reconstruction quality: PSNR and SSIM (jax.numpy, jittable; videos in [-1, 1]) ----
 
 
@@ -270,3 +365,27 @@ def ssim(a, b, *, data_range: float = 2.0, window: int = 11, sigma: float = 1.5,
     if not per_item:
         return jnp.mean(per_frame)
     return per_frame.reshape(per_frame.shape[0], -1).mean(-1)
+
+
+# ---- validation loss of a rectified-flow model at fixed timesteps ----
+
+
+def flow_validation_loss(denoise, x0, noise, timesteps: Sequence[float]):
+    """Rectified-flow loss at each fixed t: mean (denoise(x_t, t) - (eps - x0))^2 -> [len(t)].
+
+    ``denoise(x_t [B, T, h, w, z], t [B, T]) -> velocity``; x0 and noise [B, T, h, w, z]. The same
+    noise at every t, so the curve over t compares noise levels, not draws. Jittable (timesteps
+    are static).
+    """
+    import jax.numpy as jnp
+
+    from sora_jax.diffusion import flow
+
+    x0 = jnp.asarray(x0, jnp.float32)
+    target = flow.velocity_target(x0, noise)
+    losses = []
+    for t in timesteps:
+        tt = jnp.full(x0.shape[:2], t, jnp.float32)
+        pred = denoise(flow.add_noise(x0, noise, tt), tt)
+        losses.append(jnp.mean(jnp.square(pred.astype(jnp.float32) - target)))
+    return jnp.stack(losses)

@@ -1,9 +1,10 @@
-"""sora_jax entry point. Intentionally short: the logic lives in libraries (sora_jax.recipe,
+r"""sora_jax entry point. Intentionally short: the logic lives in libraries (sora_jax.recipe,
 sora_jax.sample) that can be imported and tested, e.g. from a notebook.
 
   python -m sora_jax.main --config=configs/tiny.py --workdir=/tmp/sora_tiny
   python -m sora_jax.main --config=configs/tiny.py --workdir=/tmp/sora_tiny --mode=sample \
       --prompt="a red circle moving left"
+  python -m sora_jax.main --config=configs/world.py --workdir=/tmp/world --mode=eval
 """
 
 from __future__ import annotations
@@ -16,31 +17,35 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/tiny.py[:args].")
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, samples.")
+config_flags.DEFINE_config_file(
+    "config", None, "Config file and arguments, e.g. configs/tiny.py or configs/world.py:micro."
+)
+flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, samples, eval files.")
 flags.DEFINE_enum(
     "mode",
     "train",
-    ["train", "sample"],
-    "train: run the config's stages (vae,dit,sample); sample: generate from a workdir.",
+    ["train", "sample", "eval"],
+    "train: run the config's stages; sample: generate from a trained workdir; "
+    "eval: grade every generation mode (sora_jax/eval_suite.py).",
 )
-flags.DEFINE_string("stages", None, "Comma-separated subset of stages to run (default: config).")
+flags.DEFINE_string("stages", None, "Stages to run, e.g. vae,dit or eval (default: the config's).")
 # Multi-process runs (one process per host): all three, or none for a single process.
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
-flags.DEFINE_multi_string("prompt", [], "Prompt(s) for --mode=sample.")
-flags.DEFINE_integer("num_frames", None, "Frames to generate (1+4k; 1 = image).")
-flags.DEFINE_integer("height", None, "Output height in pixels.")
-flags.DEFINE_integer("width", None, "Output width in pixels.")
+# --mode=sample (sora_jax/sample.py); unset values come from the config's `sample` section.
+flags.DEFINE_multi_string("prompt", [], "A prompt to generate from")
+flags.DEFINE_integer("num_frames", None, "Frames to generate: 1 + 4k (1 = an image).")
+flags.DEFINE_integer("height", None, "Output height in pixels (a multiple of the VAE's factor).")
+flags.DEFINE_integer("width", None, "Output width in pixels (a multiple of the VAE's factor).")
 flags.DEFINE_integer("steps", None, "Sampler steps.")
-flags.DEFINE_float("guidance", None, "Classifier-free guidance scale.")
-flags.DEFINE_integer("seed", None, "Sampling seed.")
-flags.DEFINE_string("sampler", None, "Sampler name (euler, heun, dpmpp_2m).")
-flags.DEFINE_string("negative_prompt", "", "Negative prompt for guidance.")
+flags.DEFINE_float("guidance", None, "Classifier-free guidance scale (1 = no guidance).")
+flags.DEFINE_integer("seed", None, "Sampling seed; sample i of a call uses seed + i.")
+flags.DEFINE_string("sampler", None, "Sampler: euler, heun or dpmpp_2m.")
+flags.DEFINE_string("negative_prompt", "", "Prompt guided away from (the unconditional branch).")
 # Generation modes (sora_jax/modes.py): every one from the same model.
-flags.DEFINE_string("prompts_file", None, "A text file with one prompt per line.")
-flags.DEFINE_multi_string("image", [], "Image(s) to animate: first frame (two: first and last).")
+flags.DEFINE_string("prompts_file", None, "A text file with one prompt per line (# comments).")
+flags.DEFINE_multi_string("image", [], "Image(s) to animate: the first frame (two: first and last)")
 flags.DEFINE_string("image_position", None, "Where one --image goes: first | last (two: both).")
 flags.DEFINE_string("video", None, "Input video for --extend/--keep_frames/--connect_video/edit.")
 flags.DEFINE_string("extend", None, "Extend --video forward | backward by --seconds.")
@@ -53,7 +58,7 @@ flags.DEFINE_float("fps", None, "Output frames per second (default: the input's 
 flags.DEFINE_string("guidance_interval", None, "Guide only for t in lo,hi (default 0,1).")
 flags.DEFINE_float("shift", None, "Flow time shift for sampling (default: config.flow.shift).")
 flags.DEFINE_string("expand_prompt", None, "Expand prompts first: world | llm.")
-flags.DEFINE_string("expand_model", None, "Model folder for --expand_prompt=llm.")
+flags.DEFINE_string("expand_model", None, "Local model folder for --expand_prompt=llm.")
 FLAGS = flags.FLAGS
 
 
@@ -163,6 +168,13 @@ def main(argv) -> None:
 def _run(config, workdir: str) -> None:
     if FLAGS.mode == "sample":
         _sample(config, workdir)
+        return
+    if FLAGS.mode == "eval":
+        from sora_jax import eval_suite
+
+        summary = eval_suite.run(config, workdir)
+        keys = ("sets", "val_loss", "vae", "targets")
+        print(json.dumps({k: v for k, v in summary.items() if k in keys}, indent=1))
         return
     from sora_jax import recipe
 

@@ -3,7 +3,10 @@
 <workdir>/vae/      checkpoints/, metrics.jsonl, latent_stats.json
 <workdir>/dit/      checkpoints/, metrics.jsonl
 <workdir>/samples/  <name>.mp4 / .gif / .json per prompt
-<workdir>/summary.json  losses, VAE PSNR, grader accuracies, sample paths, wall times
+<workdir>/eval/     the evaluation suite (sora_jax/eval_suite.py): <set>.json / .png / .gif,
+                    summary.json
+<workdir>/summary.json  losses, VAE PSNR, grader accuracies, sample paths, eval metrics,
+                    wall times
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from sora_jax import evaluate
 from sora_jax.data import world as world_lib
 from sora_jax.train import dit_task, loop, vae_task
 
-STAGES = ("vae", "dit", "sample")
+STAGES = ("vae", "dit", "sample", "eval")
 
 
 def _summary_path(workdir: str) -> str:
@@ -105,17 +108,24 @@ def run_sample(config: ml_collections.ConfigDict, workdir: str) -> dict:
         }
         if i < len(specs):
             meta["spec"] = specs[i]
-        files.append(
-            sample_lib.save_video(
-                os.path.join(workdir, "samples", f"{i:03d}"), video, world_cfg.fps, meta
-            )["mp4"]
+        paths = sample_lib.save_video(
+            os.path.join(workdir, "samples", f"{i:03d}"), video, world_cfg.fps, meta
         )
+        files.append(paths.get("mp4", paths["gif"]))  # no mp4 encoder: the gif
     grades = evaluate.grade_many(list(videos[: len(specs)]), specs) if specs else {}
     logging.info("grader on %d samples: %s", len(specs), grades)
     return {"grader": grades, "samples": files, "prompts": prompts}
 
 
-RUNNERS = {"vae": run_vae, "dit": run_dit, "sample": run_sample}
+def run_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """The evaluation suite: every generation mode graded, files in <workdir>/eval/."""
+    from sora_jax import eval_suite
+
+    summary = eval_suite.run(config, workdir)
+    return {k: v for k, v in summary.items() if k in ("sets", "val_loss", "vae", "targets")}
+
+
+RUNNERS = {"vae": run_vae, "dit": run_dit, "sample": run_sample, "eval": run_eval}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, stages: str | None = None) -> dict:

@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from sora_jax import modes, parallel
@@ -153,6 +154,14 @@ class Generator:
             return vae_task.to_uint8(vae.decode(z * self.latent_std + self.latent_mean))
 
         self._encode, self._decode = encode, decode
+
+    def set_dit(self, dit: dit_lib.DiT) -> None:
+        """Swaps in new DiT weights of the same shapes (e.g. the EMA during training); the
+        compiled sampling functions are reused."""
+        if self.mesh is not None:
+            dit = _on_mesh(dit, self.mesh, parallel.param_shardings)
+        self.dit = dit
+        self._dit_state = nnx.state(dit)
 
     # ---- shapes, encode, decode ----
 
@@ -277,10 +286,10 @@ class Generator:
                 guidance=jnp.float32(guidance),
                 shift=jnp.float32(shift),
             )
-        video = np.asarray(video)[:b]
+        video = _to_host(video)[:b]
         if plan.trim_frames:
             video = video[:, : video.shape[1] - plan.trim_frames]
-        return Samples(video, np.asarray(z)[:b], given, mask, seeds)
+        return Samples(video, _to_host(z)[:b], given, mask, seeds)
 
     def generate(
         self,
@@ -340,6 +349,13 @@ def _check_prompts(prompts: Sequence[str]) -> list[str]:
     if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise ValueError("prompts must be a non-empty list of strings.")
     return list(prompts)
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    """The whole array on this host, also when its shards live on other processes."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _replicated(mesh: Mesh):
@@ -471,8 +487,10 @@ def run_request(
 def save_video(path_stem: str, video: np.ndarray, fps: float, meta: dict | None = None) -> dict:
     """Writes `<stem>.mp4`, `<stem>.gif` (and `<stem>.png` for 1 frame) plus a JSON sidecar."""
     os.makedirs(os.path.dirname(path_stem) or ".", exist_ok=True)
-    paths = {"mp4": path_stem + ".mp4", "gif": path_stem + ".gif"}
-    video_io.write_mp4(paths["mp4"], video, fps)
+    paths = {"gif": path_stem + ".gif"}
+    if video_io.has_mp4():
+        paths["mp4"] = path_stem + ".mp4"
+        video_io.write_mp4(paths["mp4"], video, fps)
     video_io.write_gif(paths["gif"], video, fps)
     if video.shape[0] == 1:
         paths["png"] = path_stem + ".png"
@@ -480,5 +498,5 @@ def save_video(path_stem: str, video: np.ndarray, fps: float, meta: dict | None 
     if meta is not None:
         with open(path_stem + ".json", "w") as f:
             json.dump({**meta, "files": paths}, f, indent=1)
-    logging.info("wrote %s", paths["mp4"])
+    logging.info("wrote %s", paths.get("mp4", paths["gif"]))
     return paths

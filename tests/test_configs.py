@@ -32,18 +32,20 @@ def test_big_configs_eval_shape_with_wan_parameter_counts(name, count):
     assert abstract_params(lambda rngs: dit_lib.DiT(cfg, rngs=rngs)) == count
 
 
-@pytest.mark.parametrize("name,low,high", [("s", 80e6, 150e6), ("b", 250e6, 400e6)])
+@pytest.mark.parametrize(
+    "name,low,high", [("s", 80e6, 150e6), ("b", 250e6, 400e6), ("world", 20e6, 40e6)]
+)
 def test_small_configs_have_their_advertised_size(name, low, high):
     c = load_config(name)
     cfg = dit_lib.DiTConfig(**c.dit.to_dict())
     assert low < abstract_params(lambda rngs: dit_lib.DiT(cfg, rngs=rngs)) < high
 
 
-@pytest.mark.parametrize("name", ["tiny", "vae", "s", "b", "l", "xl"])
+@pytest.mark.parametrize("name", ["tiny", "vae", "s", "b", "l", "xl", "world"])
 @pytest.mark.parametrize("arg", [None, "runlocal"])
 def test_every_config_builds_its_models(name, arg):
     c = load_config(name, arg)
-    assert set(c.stages.split(",")) <= {"vae", "dit", "sample"}
+    assert set(c.stages.split(",")) <= {"vae", "dit", "sample", "eval"}
     vae = nnx.eval_shape(
         lambda: vae_lib.CausalVAE(vae_lib.VAEConfig(**c.vae.to_dict()), rngs=nnx.Rngs(0))
     )
@@ -63,3 +65,19 @@ def test_wan_vae_preset_compresses_4x8x8_to_16_channels():
         lambda: vae_lib.CausalVAE(vae_lib.VAEConfig(**c.vae.to_dict()), rngs=nnx.Rngs(0))
     )
     assert vae.latent_shape(81, 480, 832) == (21, 60, 104, 16)
+
+
+@pytest.mark.parametrize("arg", [None, "micro"])
+def test_world_config_compresses_4x8x8_and_has_a_bucket_for_every_eval_shape(arg):
+    from sora_jax import eval_suite
+    from sora_jax.data import buckets
+
+    c = load_config("world", arg)
+    vae = nnx.eval_shape(
+        lambda: vae_lib.CausalVAE(vae_lib.VAEConfig(**c.vae.to_dict()), rngs=nnx.Rngs(0))
+    )
+    if arg is None:  # the DiT trained on every shape the suite samples
+        assert vae.latent_shape(17, 64, 64) == (5, 8, 8, 16)
+        trained = {b.name for b in buckets.parse_buckets(c.dit_train.buckets)}
+        assert {c.eval.shape, *c.eval.sweep_shapes} <= trained
+    assert eval_suite.build_suite(c)  # every eval set builds from the config alone

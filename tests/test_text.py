@@ -13,6 +13,7 @@ import pytest  # noqa: E402
 from flax import nnx  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
+from sora_jax.models import text as text_lib  # noqa: E402
 from sora_jax.models.text import (  # noqa: E402
     BertEncoder,
     TextConfig,
@@ -112,6 +113,21 @@ def test_jitted_forward_compiled_once_for_fixed_length(enc):
     before = enc._forward._cache_size()
     enc.encode(["different words here", "and a much longer second prompt than before"])
     assert enc._forward._cache_size() == before
+
+
+def test_batch_sizes_share_padded_compiles_and_match_unbatched(enc):
+    assert [text_lib.padded_batch_size(n) for n in (1, 2, 3, 5, 64, 65, 130)] == [
+        1, 2, 4, 8, 64, 128, 192,
+    ]  # fmt: skip
+    texts = ["a red circle", "a blue square moving left", "green"]
+    three = np.asarray(enc.encode(texts)[0])
+    enc.encode(texts + ["four"])  # 3 and 4 texts run the same compiled batch of 4
+    before = enc._forward._cache_size()
+    enc.encode(["x", "y", "z"])
+    assert enc._forward._cache_size() == before
+    assert three.shape[0] == 3
+    for i, t in enumerate(texts):
+        np.testing.assert_allclose(three[i], np.asarray(enc.encode([t])[0][0]), atol=1e-4)
 
 
 def test_long_prompt_truncated_with_warning(enc, caplog):

@@ -36,12 +36,11 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import av
 import numpy as np
 from PIL import Image
 
 from sora_jax.data import buckets as buckets_lib
-from sora_jax.data import transforms
+from sora_jax.data import transforms, video_io
 
 FIELDS: dict[str, Any] = {
     "video": np.object_,
@@ -111,6 +110,8 @@ def _decode_video(data: bytes, height: int, width: int, indices: np.ndarray) -> 
     wanted = {int(i): n for n, i in enumerate(indices)}
     out: list[np.ndarray | None] = [None] * len(indices)
     last = int(indices[-1])
+    video_io._require_av()
+    av = video_io.av
     with av.open(io.BytesIO(data), "r") as container:
         if not container.streams.video:
             raise ClipError("the record has no video stream.")
@@ -141,6 +142,10 @@ def _decode_image(data: bytes, height: int, width: int) -> np.ndarray:
     return transforms.resize_crop(frame[None], height, width)
 
 
+def _av_errors() -> tuple[type[Exception], ...]:
+    return (video_io.av.FFmpegError,) if video_io.has_mp4() else ()
+
+
 def decode_clip(
     record: Mapping[str, Any],
     height: int,
@@ -168,7 +173,7 @@ def decode_clip(
         return _decode_video(record["video"], height, width, indices)
     except ClipError:
         raise
-    except (av.FFmpegError, OSError, ValueError, EOFError) as e:
+    except (*_av_errors(), OSError, ValueError, EOFError) as e:
         raise ClipError(f"cannot decode {record.get('source_id', '?')!r}: {e}") from e
 
 

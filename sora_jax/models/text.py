@@ -406,12 +406,26 @@ class TextEncoder:
     def encode(self, texts: Sequence[str]) -> tuple[jax.Array, jax.Array]:
         """texts (B strings) -> hidden fp32 [B, L, D] (last layer, per token), mask bool [B, L]."""
         ids, mask = self.tokenize(texts)
+        # Pad the batch to a few fixed sizes: callers (the caption cache) encode however many
+        # captions are new, and every new batch size would otherwise be a new compile.
+        n = len(texts)
+        padded = padded_batch_size(n)
+        ids = np.pad(ids, ((0, padded - n), (0, 0)), mode="edge")  # copies: no all-masked rows
+        pmask = np.pad(mask, ((0, padded - n), (0, 0)), mode="edge")
         if self.mesh is None:
-            hidden = self._forward(self._state, jnp.asarray(ids), jnp.asarray(mask))
+            hidden = self._forward(self._state, jnp.asarray(ids), jnp.asarray(pmask))
         else:
             with jax.set_mesh(self.mesh):
-                hidden = self._forward(self._state, jnp.asarray(ids), jnp.asarray(mask))
-        return hidden, jnp.asarray(mask)
+                hidden = self._forward(self._state, jnp.asarray(ids), jnp.asarray(pmask))
+        return hidden[:n], jnp.asarray(mask)
+
+
+def padded_batch_size(n: int, chunk: int = 64) -> int:
+    """The compiled batch size for `n` texts: the next power of two up to `chunk`, then the
+    next multiple of `chunk` (at most ~7 shapes below `chunk`, and 2x padding at worst)."""
+    if n <= chunk:
+        return 1 << max(0, (n - 1).bit_length())
+    return -(-n // chunk) * chunk
 
 
 def mean_pool(hidden: jax.Array, mask: jax.Array, normalize: bool = True) -> jax.Array:

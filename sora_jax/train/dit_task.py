@@ -5,11 +5,16 @@ the VAE stage's per-channel statistics -> per-sample t (logit-normal, shifted) b
 latent frame -> x_t = (1 - t) x0 + t eps -> DiT predicts eps - x0. Captions are encoded by the
 frozen text encoder on the host (cached per caption); a configured fraction is replaced by the
 empty caption so the model also learns the unconditional velocity for classifier-free guidance.
+
+Every `dit_train.sample_every_steps` steps (`periodic`), the current EMA weights sample a fixed
+set of world prompts through the frozen VAE (`TrainingSamples`): videos in
+`<stage_dir>/samples/step_<N>/`, the grader's accuracies in metrics.jsonl as `sample_*_acc`.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from collections.abc import Iterator
 
@@ -19,9 +24,11 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from sora_jax import evaluate
 from sora_jax import flops as flops_lib
 from sora_jax.data import buckets as buckets_lib
 from sora_jax.data import latent_cache, pipeline, sources, text_cache
+from sora_jax.data import world as world_lib
 from sora_jax.diffusion import conditioning, flow
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import text as text_lib
@@ -101,6 +108,7 @@ class DiTTask:
                 f"dit.text_dim={self.model_cfg.text_dim} but the text encoder "
                 f"{config.text.encoder!r} produces {self.embedder.dim}-dim embeddings."
             )
+        self.samples: TrainingSamples | None = None  # built at the first sampling step
 
     @classmethod
     def for_latents(cls, config: ml_collections.ConfigDict) -> DiTTask:
@@ -109,7 +117,7 @@ class DiTTask:
         task = cls.__new__(cls)
         task.config, task.train_cfg = config, config.dit_train
         task.model_cfg = dit_lib.DiTConfig(**config.dit.to_dict())
-        task.vae_graphdef = task.vae_state = task.embedder = None
+        task.vae_graphdef = task.vae_state = task.embedder = task.samples = None
         return task
 
     def create_model(self, rngs: nnx.Rngs) -> dit_lib.DiT:
@@ -177,6 +185,19 @@ class DiTTask:
         if "data_skipped" in batch:  # undecodable clips replaced in this batch (pipeline.py)
             aux["data_skipped"] = jnp.sum(batch["data_skipped"]).astype(jnp.float32)
         return loss, aux
+
+    def periodic(self, step: int, ctx) -> dict | None:
+        """After step `step` (1-based): sample videos when `dit_train.sample_every_steps` says so.
+
+        Every process samples (the weights may be sharded over all of them); only process 0
+        writes. Returns the grader's accuracies, or None when no sampling was due.
+        """
+        every = int(self.train_cfg.get("sample_every_steps", 0))
+        if not sample_due(step, every) or self.vae_state is None:  # latents-only: no decoder
+            return None
+        if self.samples is None:
+            self.samples = TrainingSamples(self)
+        return self.samples(step, ctx)
 
     def source(self):
         """The clip source of `config.data` (the synthetic world by default)."""
@@ -273,3 +294,79 @@ class DiTTask:
             u = buckets_lib.hash_uniform(self.config.seed, step * 4096 + np.arange(n), 11)
             idx = (u * len(texts)).astype(np.int64)
             yield self._with_text(step, {"latents": latents[idx]}, [texts[i] for i in idx])
+
+
+# ----------------------------------------------------------------------------- training samples
+
+
+def sample_due(step: int, every_steps: int) -> bool:
+    """Whether samples are due after (1-based) step `step`; `every_steps` 0 = never."""
+    return every_steps > 0 and step % every_steps == 0
+
+
+class TrainingSamples:
+    """Videos of fixed world prompts from the weights being trained, graded against the prompts.
+
+    The prompts are `dit_train.sample_num_prompts` specs of `world.prompt_suite` (the suite the
+    sample stage grades), sampled at `config.sample`'s size and sampler with
+    `dit_train.sample_steps` steps, guidance `dit_train.sample_guidance` and the same noise
+    (`config.sample.seed`) every time, so successive steps show what training changed. Sampling
+    goes through one `sora_jax.sample.Generator` that gets the new weights each time, so it
+    compiles once. Process 0 writes `<stage_dir>/samples/step_<N>/<i>.gif/.mp4/.json` and a
+    metrics.jsonl row with `sample_color_acc`, `sample_shape_acc` (and `sample_motion_acc`).
+    """
+
+    def __init__(self, task: DiTTask):
+        self.task = task
+        cfg, scfg = task.train_cfg, task.config.sample
+        world_cfg = vae_task.make_world(task.config).cfg
+        n = int(cfg.get("sample_num_prompts", 4))
+        self.specs = world_lib.prompt_suite(world_cfg, n, seed=int(scfg.seed))
+        self.prompts = [world_lib.describe(s, "short") for s in self.specs]
+        self.fps = float(world_cfg.fps)
+        self.use_ema = bool(cfg.get("sample_use_ema", True))
+        self.settings = dict(
+            num_frames=int(scfg.num_frames),
+            height=int(scfg.height),
+            width=int(scfg.width),
+            steps=int(cfg.get("sample_steps", scfg.steps)),
+            guidance=float(cfg.get("sample_guidance", scfg.guidance)),
+            sampler=str(scfg.sampler),
+            seed=int(scfg.seed),
+        )
+        self.generator = None
+
+    def _generator(self, dit: dit_lib.DiT, mesh):
+        if self.generator is None:
+            from sora_jax import sample as sample_lib  # sample.py builds on this module
+
+            t = self.task
+            vae = nnx.merge(t.vae_graphdef, t.vae_state)
+            self.generator = sample_lib.Generator.from_models(
+                t.config, vae, dit, t.latent_mean, t.latent_std, t.embedder, mesh=mesh
+            )
+        else:
+            self.generator.set_dit(dit)
+        return self.generator
+
+    def __call__(self, step: int, ctx) -> dict:
+        gen = self._generator(ctx.model(use_ema=self.use_ema), ctx.mesh)
+        videos = gen.generate(self.prompts, **self.settings)
+        grades = evaluate.grade_many(list(videos), self.specs)
+        if ctx.is_main_process:
+            self.write(os.path.join(ctx.workdir, "samples", f"step_{step}"), videos, step)
+            scalars = {f"sample_{k}": v for k, v in grades.items() if k.endswith("_acc")}
+            writer = metrics_lib.create_writer(ctx.workdir, prefix="dit samples ")
+            writer.write_scalars(step, {k: v for k, v in scalars.items() if np.isfinite(v)})
+            writer.close()
+        return grades
+
+    def write(self, folder: str, videos: np.ndarray, step: int) -> None:
+        from sora_jax import sample as sample_lib
+
+        weights = "ema" if self.use_ema else "params"
+        for i, (prompt, spec, video) in enumerate(zip(self.prompts, self.specs, videos)):
+            meta = {"prompt": prompt, "spec": spec, "step": step, "weights": weights,
+                    **self.settings}  # fmt: skip
+            sample_lib.save_video(os.path.join(folder, f"{i:03d}"), video, self.fps, meta)
+        logging.info("dit: %d training samples of step %d in %s", len(videos), step, folder)

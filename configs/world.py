@@ -1,0 +1,253 @@
+"""The world model of issue 9: VAE + DiT on the synthetic world, sized for one H100/H200.
+
+One command trains the VAE (~3 GPU-minutes), caches latents, trains the DiT (~5 GPU-minutes)
+and runs the evaluation suite (sora_jax/eval_suite.py: every generation mode, graded):
+
+  python -m sora_jax.main --config=configs/world.py --workdir=/tmp/world
+
+Stages one at a time (a stage resumes from its newest checkpoint, so a call that ran out of
+time continues where it stopped):
+
+  python -m sora_jax.main --config=configs/world.py --workdir=/tmp/world --stages=vae
+  python -m sora_jax.main --config=configs/world.py --workdir=/tmp/world --stages=dit
+  python -m sora_jax.main --config=configs/world.py --workdir=/tmp/world --mode=eval
+  python -m sora_jax.main --config=configs/world.py --workdir=/tmp/world --mode=sample \
+      --prompt="a red triangle moving left"      # a held-out colour x shape pair
+
+Results land in <workdir>/summary.json (losses, VAE PSNR, wall times) and <workdir>/eval/
+(<set>.json, <set>.png contact sheets, GIFs, summary.json with the issue's targets checked).
+
+The world: 1-3 objects (a subject and up to two smaller distractors), camera pans, occluding
+bars, flat / gradient / textured backgrounds and still images; three colour x shape pairs are
+held out of training entirely (`world.holdout`) to measure generalisation. Frames are 64x64,
+64x96 and 96x64 (aspect buckets) with 1, 9, 17 and 33 frames (each bucket is one compile of
+the train step, so there are six; 128x128 would add tokens and compiles, not learning). The
+VAE compresses 4x8x8 to 16 channels (a 17x64x64 clip -> 5x8x8x16 latents); the DiT (~30M
+parameters) patches 1x2x2, so a 17x64x64 clip is 80 tokens and batches are large.
+
+Time estimates are from FLOP counts (VAE ~1.2e13 FLOP per step, DiT ~2e12), not yet measured;
+`--config.vae_train.steps=N` and `--config.dit_train.steps=N` change them. Arguments: `micro`
+(CPU, 2 steps per stage and 1-2 samples per eval set, for tests) and `runlocal` (CPU, 50 steps
+per stage: the whole recipe in a few minutes, learning little).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+import ml_collections  # noqa: E402
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    args = common.parse_arg(arg, micro=False, runlocal=False)
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.stages = "vae,dit,eval"  # eval: sora_jax/eval_suite.py (also --mode=eval)
+    c.mesh = dict(data=1, fsdp=-1, context=1, tensor=1)  # one GPU: everything on 'fsdp'
+
+    # The synthetic world (sora_jax/data/world.py). Training clips are rendered at each
+    # bucket's size, so `resolutions` and `num_frames` only shape `world[i]` items.
+    c.world = common.world_config(
+        resolutions=((64, 64), (64, 96), (96, 64)),
+        num_frames=(1, 9, 17, 33),
+        image_fraction=0.1,  # specs that are stills: static scenes captioned "an image of ..."
+        max_objects=3,  # the subject + up to 2 distractors (0.45x its size, other colours)
+        camera_pan_prob=0.2,  # the whole scene slides (background, objects, occluder)
+        occluder_prob=0.25,  # a bar hides the subject at mid-clip (object permanence)
+        holdout=("red:triangle", "blue:circle", "green:square"),  # never seen in training
+    )
+    c.data = common.data_config(num_threads=16)  # the world; 16 host threads render clips
+
+    # Causal 3D VAE, 4x8x8 compression to 16 channels (issue 3: >= 34 dB at this shape).
+    c.vae = dict(
+        base_channels=64,
+        channel_mults=(1, 2, 4, 4),  # 3 spatial downsamples: 8x
+        num_res_blocks=1,
+        temporal_downsample=(False, True, True),  # 4x in time, as Wan 2.1
+        z_channels=16,
+        mid_attention=False,  # 8x8 latents: convolutions already see the whole frame
+        dropout=0.0,
+        dtype="bfloat16",  # convolutions in bf16; parameters and loss in fp32
+    )
+    c.vae_train = common.train_config(
+        steps=3000,
+        lr=5e-4,
+        lr_warmup_steps=200,
+        weight_decay=0.0,
+        ema_decay=0.998,
+        log_every_steps=100,
+        checkpoint_every_steps=1000,
+        # Videos of the length the DiT uses most (the causal VAE generalises poorly to more
+        # latent frames than it trained on, see configs/tiny.py) plus 33 frames and images.
+        buckets=(("17x64x64", 16, 0.6), ("33x64x64", 8, 0.2), ("1x64x64", 64, 0.2)),
+        # MSE dominates (PSNR is MSE; L1 drops small objects, configs/tiny.py), SSIM for edges.
+        l1_weight=0.0,
+        l2_weight=10.0,
+        ssim_weight=0.2,
+        grad_loss_weight=0.0,
+        kl_weight=1e-6,
+        disc_weight=0.0,  # no GAN: the world has no texture a GAN would need to invent
+        eval_every_steps=1000,  # held-out PSNR/SSIM of the EMA weights during training
+        eval_clips=16,  # per bucket
+    )
+
+    # Frozen text encoder: the packaged MiniLM (384-dim, no download). 96 tokens hold the
+    # longest world recaption (~85 tokens), so the occluder sentence at its end survives.
+    c.text = dict(encoder="minilm", path="", max_length=96, dtype="float32", cache_dir="")
+
+    c.dit = dict(
+        dim=384,
+        ffn_dim=1536,
+        num_heads=6,
+        num_layers=12,  # ~30M parameters
+        in_channels=c.vae.z_channels,
+        out_channels=c.vae.z_channels,
+        patch_size=(1, 2, 2),
+        text_dim=384,
+        dtype="bfloat16",  # matmuls and attention in bf16; norms, modulation, residuals fp32
+        attention="auto",  # cudnn on GPU, splash on TPU, xla on CPU
+        remat="none",  # ~100-300 tokens per clip: activations are small
+    )
+    c.dit_train = common.train_config(
+        steps=6000,
+        lr=3e-4,
+        lr_warmup_steps=300,
+        weight_decay=0.0,
+        ema_decay=0.999,
+        log_every_steps=200,
+        checkpoint_every_steps=1000,
+        # ('FRAMESxHEIGHTxWIDTH', batch, weight): tokens per clip in brackets. Each bucket is
+        # one compile, so there are few; every eval shape has one.
+        buckets=(
+            ("17x64x64", 128, 0.4),  # [80] the main shape: every conditioned eval mode
+            ("17x64x96", 96, 0.1),  # [120] landscape
+            ("17x96x64", 96, 0.1),  # [120] portrait
+            ("9x64x64", 192, 0.1),  # [48] short clips
+            ("33x64x64", 64, 0.15),  # [144] long clips
+            ("1x64x64", 512, 0.15),  # [16] images (joint image + video training)
+        ),
+        # Short prompts ("a red circle moving left") and long recaptions (every object, the
+        # background, pans and occluders), as the report trains on both.
+        caption_probs={"prompt": 0.5, "caption": 0.5},
+        caption_dropout=0.1,  # empty caption: the unconditional branch of CFG
+        vae_workdir="",  # "" = <workdir>/vae
+        # Encode this many clips per bucket once (frozen VAE) and train on their latents.
+        latent_cache_clips=8192,
+        latent_cache_dir="",  # or tools/cache_latents.py output
+        # Graded samples of the EMA weights every N steps (<workdir>/dit/samples/); 0 = off:
+        # the eval stage grades every mode at the end, and each round costs GPU seconds.
+        sample_every_steps=0,
+        sample_num_prompts=8,
+        sample_steps=20,
+        sample_guidance=5.0,
+        sample_use_ema=True,
+    )
+    c.flow = dict(
+        logit_mean=0.0,
+        logit_std=1.0,
+        shift=1.0,  # ~100 tokens: no resolution shift needed (Wan's 5.0 is for 480p+)
+        # Conditioning modes drawn per training sample (sora_jax/diffusion/conditioning.py):
+        # one model for text->video, image->video, extension, connection, infill and loops.
+        cond_mixture={
+            "t2v": 0.4,
+            "i2v_head": 0.15,
+            "i2v_tail": 0.05,
+            "extend_head": 0.12,
+            "extend_tail": 0.08,
+            "connect": 0.08,
+            "infill": 0.07,
+            "loop": 0.05,
+        },
+    )
+    c.sample = dict(  # --mode=sample defaults (and the optional "sample" stage)
+        num_prompts=16,
+        prompts=(),
+        num_frames=17,
+        height=64,
+        width=64,
+        steps=30,
+        sampler="euler",
+        guidance=5.0,
+        seed=0,
+        batch_size=16,
+    )
+    c.eval = eval_config()
+
+    if args.micro or args.runlocal:
+        _shrink(c, steps=50 if args.runlocal else 2)
+    return c
+
+
+def eval_config(**overrides) -> ml_collections.ConfigDict:
+    """The evaluation suite (sora_jax/eval_suite.py): ~300 samples, ~2 GPU-minutes (estimated;
+    mostly compiles: one per sampled shape and batch size, 7 here)."""
+    cfg = ml_collections.ConfigDict(
+        dict(
+            seed=0,  # prompts, truths and sampling noise are all functions of this seed
+            num_prompts=48,  # in-distribution text->video prompts at `shape`
+            num_per_set=16,  # prompts of every other set (held-out pairs, occlusion, modes...)
+            shape="17x64x64",  # FRAMESxHEIGHTxWIDTH of t2v and of every conditioned mode
+            # The resolution / aspect / duration sweep: num_per_set prompts at each of these.
+            sweep_shapes=("17x64x96", "17x96x64", "9x64x64", "33x64x64"),
+            steps=30,
+            sampler="euler",
+            guidance=5.0,
+            shift=0.0,  # flow time shift for sampling; 0 = config.flow.shift
+            batch_size=16,  # text-only sets; conditioned modes sample one clip per call
+            edit_strength=0.7,  # SDEdit noise level of the v2v edit set (recolours a clip)
+            val_clips=64,  # held-out clips for the DiT validation loss at fixed timesteps
+            val_timesteps=(0.1, 0.3, 0.5, 0.7, 0.9),
+            sheet_rows=8,  # samples per contact sheet
+            sheet_cols=9,  # frames per contact-sheet row (evenly spaced, first and last kept)
+            gifs=2,  # GIFs written per set
+            vae=True,  # also held-out VAE PSNR/SSIM (sora_jax/train/vae_task.py)
+        )
+    )
+    cfg.update(overrides)
+    return cfg
+
+
+def _shrink(c: ml_collections.ConfigDict, steps: int) -> None:
+    """CPU sizes: 32x32 frames, a micro VAE and DiT, one bucket per stage, 1-2 sample eval sets."""
+    c.world.resolutions = ((32, 32),)
+    c.world.num_frames = (9,)
+    c.data.num_threads = 2
+    c.vae.update(  # 4x4x4 here: one level fewer compiles faster
+        base_channels=8,
+        channel_mults=(1, 2, 2),
+        temporal_downsample=(True, True),
+        z_channels=4,
+        dtype="float32",
+    )
+    c.vae_train.update(
+        steps=steps,
+        buckets=(("9x32x32", 2, 1.0),),
+        log_every_steps=max(1, steps // 2),
+        checkpoint_every_steps=steps,
+        eval_every_steps=0,
+        eval_clips=2,
+        ssim_weight=0.0,
+    )
+    c.text.max_length = 16
+    c.dit.update(common.DIT_PRESETS["micro"])
+    c.dit.update(in_channels=4, out_channels=4, dtype="float32", attention="xla")
+    c.dit_train.update(
+        steps=steps,
+        buckets=(("9x32x32", 2, 1.0),),
+        latent_cache_clips=4 if steps < 10 else 64,
+        log_every_steps=max(1, steps // 2),
+        checkpoint_every_steps=steps,
+    )
+    c.sample.update(num_prompts=2, num_frames=9, height=32, width=32, steps=2, batch_size=2)
+    c.eval.update(
+        num_prompts=2,
+        num_per_set=1,
+        shape="9x32x32",
+        sweep_shapes=("9x32x48",),
+        steps=2,
+        batch_size=2,
+        val_clips=2,
+        sheet_rows=2,
+        gifs=1,
+    )

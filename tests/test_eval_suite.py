@@ -1,0 +1,207 @@
+"""The evaluation suite: metrics validated on real world clips, every set run at micro size."""
+
+import copy
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sora_jax import eval_suite, evaluate
+from sora_jax.data import world
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def load_world_config(arg: str | None = "micro"):
+    spec = importlib.util.spec_from_file_location("cfg_world", ROOT / "configs" / "world.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def occlusion_clips(n: int, size=(64, 64, 17)):
+    """Real occlusion clips of the default world (pans, distractors, every motion)."""
+    w = world.World(world.WorldConfig(seed=5, occluder_prob=1.0))
+    clips = [w.clip(i, *size) for i in range(n)]
+    return [c for c in clips if c["spec"]["occluder"]]
+
+
+def without_subject_after_occluder(clip: dict) -> np.ndarray:
+    """The clip with its subject gone from the middle frame on (it never comes back)."""
+    spec = copy.deepcopy(clip["spec"])
+    spec["objects"] = spec["objects"][1:]
+    f, h, w = clip["video"].shape[:3]
+    video = clip["video"].copy()
+    video[(f - 1) // 2 :] = world.render(spec, h, w, f)[(f - 1) // 2 :]
+    return video
+
+
+@pytest.mark.parametrize("size", [(64, 64, 17), (64, 96, 9)])
+def test_object_permanence_is_one_on_real_occlusion_clips(size):
+    clips = occlusion_clips(60, (size[0], size[1], size[2]))
+    results = [evaluate.object_permanence(c["video"], c["spec"]) for c in clips]
+    assert len(results) == 60
+    assert np.mean([r["permanent"] for r in results]) >= 0.98
+    assert np.mean([r["hidden"] for r in results]) >= 0.98  # the bar does cover the subject
+
+
+def test_object_permanence_is_zero_when_the_subject_does_not_come_back():
+    clips = occlusion_clips(60)
+    gone = [without_subject_after_occluder(c) for c in clips]
+    results = [evaluate.object_permanence(v, c["spec"]) for v, c in zip(gone, clips)]
+    assert np.mean([r["permanent"] for r in results]) <= 0.02
+    assert np.mean([r["seen_before"] for r in results]) >= 0.98
+
+
+def test_object_permanence_fails_when_the_object_changes_colour():
+    spec = world.make_spec("red", "circle", "right", occluder=True)
+    blue = copy.deepcopy(spec)
+    blue["objects"][0].update(color="blue", rgb=list(world.PALETTE["blue"]))
+    video = world.render(spec, 64, 64, 17)
+    video[9:] = world.render(blue, 64, 64, 17)[9:]
+    assert evaluate.object_permanence(world.render(spec, 64, 64, 17), spec)["permanent"]
+    assert not evaluate.object_permanence(video, spec)["permanent"]
+
+
+def test_continuity_of_real_clips_matches_their_frame_differences():
+    w = world.World(world.WorldConfig(seed=3))
+    clips = [w.clip(i, 64, 64, 17)["video"] for i in range(80)]
+    real = np.mean([evaluate.frame_differences(v).mean() for v in clips])
+    at = evaluate.boundaries([True] * 9 + [False] * 8)  # extend forward of 9 frames
+    assert at == [9]
+    boundary = np.mean([evaluate.continuity(v, at) for v in clips])
+    assert 0.7 <= boundary / real <= 1.4  # a real clip is as smooth at frame 9 as anywhere
+    # A cut to another clip at the boundary: far above real motion.
+    spliced = [np.concatenate([a[:9], b[9:]]) for a, b in zip(clips, clips[1:])]
+    assert np.mean([evaluate.continuity(v, at) for v in spliced]) / real > 5
+
+
+def test_conditioned_plans_keep_the_real_clip_at_its_frame_positions():
+    suite = eval_suite.build_suite(load_world_config(None))
+    for mode in eval_suite.CONDITIONED:
+        for case in suite[mode][:4]:
+            given = eval_suite.given_frames(case.plan, 4)
+            assert case.plan.num_frames == len(case.truth) == 17
+            assert 0 < given.sum() < 17
+            np.testing.assert_array_equal(case.plan.canvas[given], case.truth[given])
+    assert [c.plan.slots for c in suite["connect"][:1]] == [(0, 1, 4)]
+    assert suite["edit"][0].plan.start_t == 0.7
+    for case in suite["edit"]:  # the edit prompt recolours the real clip's subject
+        truth_color = evaluate.grade(case.truth, case.spec)["pred_color"]
+        assert truth_color != case.spec["objects"][0]["color"]
+
+
+def test_suite_covers_every_set_and_the_holdout_pairs():
+    c = load_world_config(None)
+    suite = eval_suite.build_suite(c)
+    assert set(suite) == {"t2v", "t2v_holdout", "t2v_occlusion", "t2v_multi", "t2v_sweep", "t2i",
+                          *eval_suite.CONDITIONED, "edit"}  # fmt: skip
+    held = set(c.world.holdout)
+    assert all(f"{s['color']}:{s['shape']}" in held
+               for s in (x.spec["objects"][0] for x in suite["t2v_holdout"]))  # fmt: skip
+    assert not any(f"{s['color']}:{s['shape']}" in held
+                   for s in (x.spec["objects"][0] for x in suite["t2v"]))  # fmt: skip
+    assert all(x.spec["occluder"] for x in suite["t2v_occlusion"])
+    assert all("bar sweeps" in x.prompt for x in suite["t2v_occlusion"])
+    assert all(len(x.spec["objects"]) > 1 for x in suite["t2v_multi"])
+    assert {x.plan.num_frames for x in suite["t2i"]} == {1}
+    sweep = {(x.plan.num_frames, x.plan.height, x.plan.width) for x in suite["t2v_sweep"]}
+    assert sweep == {(17, 64, 96), (17, 96, 64), (9, 64, 64), (33, 64, 64)}
+    seeds = [x.seed for cases in suite.values() for x in cases]
+    assert len(seeds) == len(set(seeds))
+
+
+def test_scoring_real_clips_gives_perfect_marks():
+    """The truths themselves as 'generated' videos: the metrics' ceiling."""
+    suite = eval_suite.build_suite(load_world_config(None))
+    for mode in ("extend_forward", "extend_backward", "i2v"):
+        cases = suite[mode][:8]
+        metrics, records = eval_suite.score(mode, cases, [c.truth for c in cases], 4)
+        assert metrics["color_acc"] == metrics["shape_acc"] == 1.0
+        assert metrics["motion_acc"] == 1.0 and metrics["last_color_acc"] == 1.0
+        assert metrics["given_psnr"] > 100  # identical pixels
+        assert 0.3 <= metrics["continuity_ratio"] <= 2.0
+        assert json.dumps(records)  # JSON-serialisable
+    cases = suite["t2v_occlusion"][:8]
+    videos = [world.render(c.spec, 64, 64, 17) for c in cases]
+    metrics, _ = eval_suite.score("t2v_occlusion", cases, videos, 4)
+    assert metrics["permanence"] == 1.0 and metrics["color_acc"] == 1.0
+
+
+def _jit_init(create):
+    """nnx module from `create()`, initialised in one compiled call (eager init is slow)."""
+    import jax
+    from flax import nnx
+
+    graphdef = nnx.graphdef(nnx.eval_shape(create))
+    return nnx.merge(graphdef, jax.jit(lambda: nnx.state(create()))())
+
+
+def _micro_generator(config):
+    """Untrained micro models in memory: the suite's mechanics, not its numbers."""
+    from flax import nnx
+
+    from sora_jax import sample
+    from sora_jax.models import dit, vae
+    from sora_jax.train import dit_task
+
+    v = _jit_init(lambda: vae.CausalVAE(vae.VAEConfig(**config.vae.to_dict()), rngs=nnx.Rngs(0)))
+    d = _jit_init(lambda: dit.DiT(dit.DiTConfig(**config.dit.to_dict()), rngs=nnx.Rngs(1)))
+    z = config.vae.z_channels
+    return sample.Generator.from_models(
+        config, v, d, np.zeros(z), np.ones(z), dit_task.CaptionEmbedder(config.text)
+    )
+
+
+def test_eval_suite_runs_every_set_at_micro_size(tmp_path):
+    c = load_world_config("micro")
+    # Fewer compiles: every set at batch 1 and one video shape (the CLI test below runs the
+    # micro config as it is); the VAE's evaluation is tested in test_vae_task.py.
+    c.eval.update(num_prompts=1, batch_size=1, val_clips=1, sweep_shapes=("9x32x32",), vae=False)
+    summary = eval_suite.run(c, str(tmp_path), generator=_micro_generator(c))
+    out = tmp_path / "eval"
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["sets"].keys() == summary["sets"].keys()
+    for name, metrics in summary["sets"].items():
+        assert (out / f"{name}.png").exists() and (out / f"{name}_0.gif").exists()
+        detail = json.loads((out / f"{name}.json").read_text())
+        assert detail["metrics"]["n"] == len(detail["samples"]) >= 1
+        for key in ("color_acc", "shape_acc", "last_color_acc", "permanence"):
+            if key in metrics:
+                assert 0.0 <= metrics[key] <= 1.0, (name, key)
+    assert summary["sets"]["i2v"]["given_psnr"] > 0
+    assert np.isfinite(summary["sets"]["extend_forward"]["continuity_ratio"])
+    assert "9x32x32" in summary["sets"]["t2v_sweep"]
+    assert len(summary["val_loss"]) == 5 and all(v > 0 for v in summary["val_loss"].values())
+    assert "vae" not in summary
+    assert {t["set"] for t in summary["targets"]} >= {"t2v", "i2v", "extend_forward"}
+
+
+def test_contact_sheet_pads_cells_and_frames_given_frames():
+    videos = [np.full((5, 8, 12, 3), 200, np.uint8), np.full((9, 16, 8, 3), 100, np.uint8)]
+    given = [np.array([True, False, False, False, False]), None]
+    sheet = eval_suite.contact_sheet(videos, given, cols=4)
+    assert sheet.shape == (2 * (16 + 4), 4 * (12 + 4), 3)
+    assert tuple(sheet[0, 0]) == (40, 200, 60) and tuple(sheet[0, 20]) == (16, 16, 16)
+
+
+@pytest.mark.slow  # trains the micro VAE and DiT, then evaluates twice: ~3 min of CPU
+def test_world_micro_trains_and_evaluates_from_the_command_line(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    args = [sys.executable, "-m", "sora_jax.main", "--config=configs/world.py:micro",
+            f"--workdir={tmp_path}"]  # fmt: skip
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary) >= {"vae", "dit", "eval"}
+    assert summary["eval"]["sets"]["t2v"]["n"] == 2 and summary["eval"]["vae"]["psnr"] > 0
+    assert "9x32x48" in summary["eval"]["sets"]["t2v_sweep"]
+    proc = subprocess.run([*args, "--mode=eval"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "eval" / "summary.json").exists()
