@@ -46,9 +46,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         mid_attention=False,
         dropout=0.0,
         dtype="float32",
+        # No normalisation: per clip seen, the tiny VAE learns colours ~2x faster without it
+        # (tools/bench/results/vae_sweep_h200.json: the grader finds the object's colour in 94%
+        # of reconstructions after 1,200 steps, 70% with Wan's RMS norm).
+        norm="none",
     )
     c.vae_train = common.train_config(
-        steps=1200,
+        steps=800,
         lr=1e-3,
         lr_warmup_steps=50,
         weight_decay=0.0,
@@ -82,7 +86,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         remat="none",
     )
     c.dit_train = common.train_config(
-        steps=3000,
+        steps=2600,
         lr=1e-3,
         lr_warmup_steps=100,
         weight_decay=0.0,

@@ -179,3 +179,22 @@ def test_tiled_decode_blending_bounds_seam_error():
         )(local, z)
         err[overlap] = float(jnp.abs(tiled - full).mean())
     assert err[4] < 0.7 * err[0]  # measured ratio 0.52 at this seed, 0.25-0.44 at others
+
+
+def test_unnormalised_variant_is_causal_and_chunks_exactly():
+    vae = CausalVAE(dataclasses.replace(TINY, norm="none"), rngs=nnx.Rngs(0))
+    assert not vae.encoder.norm_out.normalize
+    n_params = lambda m: sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
+    assert n_params(vae) == n_params(CausalVAE(TINY, rngs=nnx.Rngs(0)))  # same checkpoint layout
+    x = video(9)
+    full = vae.encode(x)[0]
+    np.testing.assert_allclose(vae.encode_chunked(x)[0], full, atol=1e-5)
+    later = x.at[:, 5:].set(0.0)  # frames 5.. feed latent 2 only
+    np.testing.assert_allclose(vae.encode(later)[0][:, :2], full[:, :2], atol=1e-6)
+    z = latent(3)
+    np.testing.assert_allclose(vae.decode_chunked(z), vae.decode(z), atol=1e-5)
+
+
+def test_unknown_norm_rejected():
+    with pytest.raises(ValueError, match="norm='batch'"):
+        dataclasses.replace(TINY, norm="batch")

@@ -34,6 +34,7 @@ from flax import nnx
 
 from sora_jax import parallel  # the sharding vocabulary only
 from sora_jax.models.vae_blocks import (
+    NORMS,
     CausalConv3d,
     Downsample,
     MidBlock,
@@ -59,8 +60,11 @@ class VAEConfig:
     mid_attention: bool = True
     dropout: float = 0.0
     dtype: str = "float32"
+    norm: str = "rms"  # "rms" (Wan) | "none": learned channel scale only (vae_blocks.RMSNorm)
 
     def __post_init__(self):
+        if self.norm not in NORMS:
+            raise ValueError(f"vae.norm={self.norm!r} must be one of {NORMS}.")
         if len(self.temporal_downsample) != len(self.channel_mults) - 1:
             raise ValueError(
                 f"temporal_downsample={self.temporal_downsample} must have one entry per down "
@@ -121,13 +125,15 @@ class Encoder(nnx.Module):
         last = len(cfg.channel_mults) - 1
         for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
             for _ in range(cfg.num_res_blocks):
-                blocks.append(ResBlock(cin, cout, dropout=cfg.dropout, **kw))
+                blocks.append(ResBlock(cin, cout, dropout=cfg.dropout, norm=cfg.norm, **kw))
                 cin = cout
             if i != last:
                 blocks.append(Downsample(cout, time=cfg.temporal_downsample[i], **kw))
         self.down_blocks = nnx.List(blocks)
-        self.mid_block = MidBlock(dims[-1], attention=cfg.mid_attention, dropout=cfg.dropout, **kw)
-        self.norm_out = RMSNorm(dims[-1])
+        self.mid_block = MidBlock(
+            dims[-1], attention=cfg.mid_attention, dropout=cfg.dropout, norm=cfg.norm, **kw
+        )
+        self.norm_out = RMSNorm(dims[-1], cfg.norm)
         self.conv_out = CausalConv3d(dims[-1], 2 * cfg.z_channels, (3, 3, 3), **kw)
 
     def __call__(self, x: Array, cache: TimeCache | None = None) -> Array:
@@ -145,7 +151,7 @@ class UpBlock(nnx.Module):
         kw = dict(dtype=cfg.dtype, rngs=rngs)
         self.resnets = nnx.List(
             [
-                ResBlock(cin if j == 0 else cout, cout, dropout=cfg.dropout, **kw)
+                ResBlock(cin if j == 0 else cout, cout, dropout=cfg.dropout, norm=cfg.norm, **kw)
                 for j in range(cfg.num_res_blocks + 1)
             ]
         )
@@ -166,7 +172,9 @@ class Decoder(nnx.Module):
         dims = [cfg.base_channels * m for m in (mults[-1], *mults[::-1])]
         time_up = cfg.temporal_downsample[::-1]
         self.conv_in = CausalConv3d(cfg.z_channels, dims[0], (3, 3, 3), **kw)
-        self.mid_block = MidBlock(dims[0], attention=cfg.mid_attention, dropout=cfg.dropout, **kw)
+        self.mid_block = MidBlock(
+            dims[0], attention=cfg.mid_attention, dropout=cfg.dropout, norm=cfg.norm, **kw
+        )
         blocks = []
         last = len(mults) - 1
         for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
@@ -175,7 +183,7 @@ class Decoder(nnx.Module):
             up = None if i == last else ("3d" if time_up[i] else "2d")
             blocks.append(UpBlock(cin, cout, cfg, up, rngs=rngs))
         self.up_blocks = nnx.List(blocks)
-        self.norm_out = RMSNorm(dims[-1])
+        self.norm_out = RMSNorm(dims[-1], cfg.norm)
         self.conv_out = CausalConv3d(dims[-1], 3, (3, 3, 3), **kw)
 
     def features(self, z: Array, cache: TimeCache | None = None) -> Array:

@@ -1,0 +1,132 @@
+"""How fast does the tiny VAE learn? One variant per process, on the 32x32 one-object world.
+
+  python tools/experiments/vae_learning_sweep.py NAME '{"steps": 4800, "B": 32, "lr": 0.002}'
+  NORM=none python tools/experiments/vae_learning_sweep.py nonorm '{"steps": 4800}'
+
+Prints held-out PSNR and the grader's colour/shape accuracy on reconstructions at 300, 600,
+1200, 2400 and 4800 steps, and writes $OUT/vs_NAME.json. NORM=none|ln|gn swaps the VAE's RMS
+norm (diagnostic only). Results of the 2026-12-02 H200 run: tools/bench/results/vae_sweep_h200.json.
+"""
+
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from sora_jax import evaluate
+from sora_jax.data import world as world_lib
+from sora_jax.models import vae as v
+from sora_jax.models import vae_blocks
+
+NORM = os.environ.get("NORM", "rms")
+if NORM == "none":
+    vae_blocks.RMSNorm.__call__ = lambda self, x: x.astype(jnp.float32) * self.gamma[...]
+elif NORM == "ln":
+
+    def ln(self, x):
+        x = x.astype(jnp.float32)
+        x = x - x.mean(-1, keepdims=True)
+        return x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-6) * self.gamma[...]
+
+    vae_blocks.RMSNorm.__call__ = ln
+elif NORM == "gn":  # group norm over (F,H,W, channels/groups) as in SD's VAE, 8 groups
+
+    def gn(self, x):
+        x = x.astype(jnp.float32)
+        b, f, h, w, c = x.shape
+        g = min(8, c)
+        y = x.reshape(b, f, h, w, g, c // g)
+        m = y.mean((1, 2, 3, 5), keepdims=True)
+        s = jnp.mean((y - m) ** 2, (1, 2, 3, 5), keepdims=True)
+        return ((y - m) * jax.lax.rsqrt(s + 1e-6)).reshape(x.shape) * self.gamma[...]
+
+    vae_blocks.RMSNorm.__call__ = gn
+A = json.loads(sys.argv[2])
+name = sys.argv[1]
+res = A.get("res", 32)
+w = world_lib.World(
+    world_lib.WorldConfig(
+        resolutions=((res, res),),
+        num_frames=(9,),
+        max_objects=1,
+        camera_pan_prob=0.0,
+        occluder_prob=0.0,
+        backgrounds=("flat",),
+        sizes=("medium", "large"),
+    )
+)
+
+
+def clips(s, B, F):
+    return [w.clip(s * B + i, res, res, F) for i in range(B)]
+
+
+def batch(s, B, F):
+    return jnp.asarray(np.stack([c["video"] for c in clips(s, B, F)]), jnp.float32) / 127.5 - 1
+
+
+test_clips = [w.clip(900000 + i, res, res, 5) for i in range(64)]
+test5 = jnp.asarray(np.stack([c["video"] for c in test_clips]), jnp.float32) / 127.5 - 1
+psnr = lambda a, b: float(10 * jnp.log10(4.0 / jnp.mean((a - b) ** 2)))
+steps, lr, B = A.get("steps", 1200), A.get("lr", 1e-3), A.get("B", 8)
+z = A.get("z", 8)
+cfg = v.VAEConfig(
+    base_channels=A.get("bc", 16),
+    channel_mults=tuple(A.get("mults", (1, 2, 4))),
+    num_res_blocks=A.get("nres", 1),
+    temporal_downsample=tuple(A.get("td", (True, True))),
+    z_channels=z,
+    mid_attention=False,
+)
+m = v.CausalVAE(cfg, rngs=nnx.Rngs(0))
+m.quant_conv.bias.value = m.quant_conv.bias[...].at[z:].set(-8.0)
+g, p = nnx.split(m)
+chain = [optax.clip_by_global_norm(1.0)] if A.get("clip", True) else []
+tx = optax.chain(
+    *chain,
+    optax.adam(
+        optax.warmup_cosine_decay_schedule(0, lr, 50, steps, lr * 0.1), b2=A.get("b2", 0.999)
+    ),
+)
+o = tx.init(p)
+use_rng = A.get("rng", True)
+loss_kind = A.get("loss", "l2")
+
+
+@jax.jit
+def step(p, o, x, key):
+    def lf(p):
+        r, mu, lv = nnx.merge(g, p)(x, rng=key if use_rng else None)
+        e = r - x
+        rec = (
+            10 * jnp.mean(e**2) if loss_kind == "l2" else jnp.mean(jnp.abs(e)) + 10 * jnp.mean(e**2)
+        )
+        return rec + 1e-6 * 0.5 * jnp.mean(mu**2 + jnp.exp(lv) - 1 - lv)
+
+    L, gr = jax.value_and_grad(lf)(p)
+    u, o = tx.update(gr, o, p)
+    return optax.apply_updates(p, u), o, L
+
+
+t = time.time()
+hist = {}
+for s in range(steps):
+    p, o, L = step(p, o, batch(s, B, 5), jax.random.key(s))
+    if (s + 1) in (300, 600, 1200, 2400, 4800):
+        mm = nnx.merge(g, p)
+        rec = mm.decode(mm.encode(test5)[0])
+        r8 = np.asarray(jnp.clip((rec + 1) * 127.5, 0, 255)).astype(np.uint8)
+        gr = evaluate.grade_many(list(r8), [c["spec"] for c in test_clips])
+        hist[s + 1] = dict(
+            psnr=round(psnr(rec, test5), 2), color=gr["color_acc"], shape=gr["shape_acc"]
+        )
+        print(name, s + 1, hist[s + 1], round(time.time() - t, 1), flush=True)
+os.makedirs(os.environ.get("OUT", "/tmp"), exist_ok=True)
+with open(os.path.join(os.environ.get("OUT", "/tmp"), f"vs_{name}.json"), "w") as f:
+    json.dump(dict(name=name, args=A, norm=NORM, hist=hist, s=time.time() - t), f)
