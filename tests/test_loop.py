@@ -4,6 +4,7 @@ profiling and the model-shape check on resume."""
 
 import glob
 import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -244,6 +245,22 @@ def test_periodic_hook_runs_after_every_step_with_the_model(tmp_path):
 
     loop.train(Hooked(), _config(), _cfg(3), str(tmp_path))
     assert seen == [(1, 1, (1, 2)), (2, 2, (1, 2)), (3, 3, (1, 2))]
+
+
+def test_preemption_saves_before_running_hooks(tmp_path):
+    seen = []
+
+    class Hooked(ToyTask):
+        def periodic(self, step, ctx):
+            seen.append(step)
+            if step == 2:  # the notice arrives now: step 3 runs, then saves and stops
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(loop.Preempted):
+        loop.train(Hooked(), _config(), _cfg(10), str(tmp_path))
+    assert seen == [1, 2]  # no hooks at the step that stops: the save does not wait for them
+    saved = os.listdir(tmp_path / "checkpoints")
+    assert sorted(int(d) for d in saved if d.isdigit()) == [3]
 
 
 def test_resume_with_changed_model_shape_names_the_fields(tmp_path):

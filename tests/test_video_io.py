@@ -44,9 +44,12 @@ def test_odd_sizes_round_trip_at_their_size():
 
 def test_float_input_matches_uint8(videos):
     video = videos[0]
-    a = video_io.read_video(video_io.encode_mp4(video, 8))[0]
-    b = video_io.read_video(video_io.encode_mp4(video.astype(np.float32) / 255.0, 8))[0]
-    np.testing.assert_array_equal(a, b)
+    as_float = video.astype(np.float32) / 255.0
+    np.testing.assert_array_equal(video_io._as_video(as_float), video)  # the exact conversion
+    # x264 output is not byte-deterministic across calls, so decoded videos are compared loosely.
+    a = video_io.read_video(video_io.encode_mp4(video, 8))[0].astype(np.float64)
+    b = video_io.read_video(video_io.encode_mp4(as_float, 8))[0].astype(np.float64)
+    assert 10 * np.log10(255.0**2 / np.mean((a - b) ** 2 + 1e-12)) > 30.0
 
 
 def test_gif_and_png_written(videos, tmp_path):

@@ -422,7 +422,8 @@ class _Trainer:
                     self.save(number)
                     self.checkpointer.wait()
                     raise NonFiniteError(self.guard.message())
-                self.hooks(number)
+                if not stop:  # a pending preemption saves first; hooks (sampling) can wait
+                    self.hooks(number)
                 if number % self.ckpt_every == 0 or number == self.total or stop:
                     self.save(number)
                 if stop:
