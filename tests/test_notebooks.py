@@ -43,6 +43,8 @@ def quickstart(tmp_path_factory):
     return _execute("quickstart.ipynb", f'CONFIG_ARG = "micro"\nWORKDIR = "{workdir}"\n'), workdir
 
 
+# One xdist worker runs both (pyproject: --dist loadgroup), so the quickstart runs once.
+@pytest.mark.xdist_group("notebooks")
 def test_quickstart_runs_top_to_bottom(quickstart):
     nb, _ = quickstart
     text = _text(nb)
@@ -54,6 +56,7 @@ def test_quickstart_runs_top_to_bottom(quickstart):
     assert _images(nb) >= 1 + 2 + 2 + 1 + 1  # world clip, t2v, i2v, input clip, extension
 
 
+@pytest.mark.xdist_group("notebooks")
 def test_train_on_your_videos_runs_top_to_bottom(quickstart, tmp_path):
     _, base = quickstart
     params = (f'CONFIG_ARG = "micro"\nBASE_WORKDIR = "{base}"\nWORKDIR = "{tmp_path}"\n'

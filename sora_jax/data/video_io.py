@@ -68,16 +68,12 @@ def encode_mp4(video: np.ndarray, fps: float, *, crf: int = 18, chroma: str = "4
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height = w, h
         stream.pix_fmt = "yuv420p" if chroma == "420" and h % 2 == 0 and w % 2 == 0 else "yuv444p"
-        # Frames carry explicit timestamps (one tick per frame). Note: the same frames do not
-        # always encode to the same bytes in different processes (seen with PyAV 18 / x264, up
-        # to 18 levels apart after decoding), so compare decoded videos with a tolerance.
-        stream.time_base = Fraction(rate.denominator, rate.numerator)
+        # The same frames do not always encode to the same bytes in different processes (seen
+        # with PyAV 18 / x264, up to 18 levels apart after decoding): compare decoded videos
+        # with a tolerance.
         stream.options = {"crf": str(crf), "preset": "medium"}
-        for i, frame in enumerate(video):
-            rgb = av.VideoFrame.from_ndarray(frame, format="rgb24")
-            yuv = rgb.reformat(format=stream.pix_fmt, interpolation="BILINEAR")
-            yuv.pts, yuv.time_base = i, stream.time_base
-            container.mux(stream.encode(yuv))
+        for frame in video:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
     return buf.getvalue()
 
