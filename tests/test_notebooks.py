@@ -54,21 +54,17 @@ def test_quickstart_runs_top_to_bottom(quickstart):
     assert _images(nb) >= 1 + 2 + 2 + 1 + 1  # world clip, t2v, i2v, input clip, extension
 
 
-def test_train_on_your_videos_runs_top_to_bottom(tmp_path):
-    # Its own base run (the notebook trains one when BASE_WORKDIR has none): no dependency on
-    # the quickstart test, which may run on another xdist worker.
-    base, run = tmp_path / "base", tmp_path / "run"
-    params = (f'CONFIG_ARG = "micro"\nBASE_WORKDIR = "{base}"\nWORKDIR = "{run}"\n'
+def test_train_on_your_videos_runs_top_to_bottom(quickstart, tmp_path):
+    _, base = quickstart
+    params = (f'CONFIG_ARG = "micro"\nBASE_WORKDIR = "{base}"\nWORKDIR = "{tmp_path}"\n'
               "NUM_DEMO_CLIPS = 6\nFINETUNE_STEPS = 2\n")  # fmt: skip
     nb = _execute("train_on_your_videos.ipynb", params)
     text = _text(nb)
     assert '"files": 6, "records": 6' in text and '"bad": {}' in text  # prepared
     assert "'records': 6, 'captioned': 6" in text  # recaptioned
     assert '"clips": {"5x16x16": 6}' in text  # cached
-    steps = sorted(
-        int(d) for d in os.listdir(tmp_path / "run" / "dit" / "checkpoints") if d.isdigit()
-    )
+    steps = sorted(int(d) for d in os.listdir(tmp_path / "dit" / "checkpoints") if d.isdigit())
     base_steps = [int(d) for d in os.listdir(base / "dit" / "checkpoints") if d.isdigit()]
     assert steps[-1] == max(base_steps) + 2  # fine-tuned from the base's last step
-    samples = [f for f in os.listdir(run / "samples") if f.endswith(".gif")]
+    samples = [f for f in os.listdir(tmp_path / "samples") if f.endswith(".gif")]
     assert len(samples) == 2 and _images(nb) == 1 + 2  # a clip of the folder, two samples
