@@ -71,6 +71,26 @@ def _last(history: list[dict], key: str):
     return history[-1][key] if history else None
 
 
+def generate_batched(gen, scfg: ml_collections.ConfigDict, prompts: list[str]) -> np.ndarray:
+    """Videos uint8 [N, F, H, W, 3] of `prompts` at `config.sample`'s settings, in batches of
+    `scfg.batch_size`; batch i (prompts from index k) samples with seed `scfg.seed + k`."""
+    batch, videos = int(scfg.batch_size), []
+    for i in range(0, len(prompts), batch):
+        videos.append(
+            gen.generate(
+                prompts[i : i + batch],
+                num_frames=scfg.num_frames,
+                height=scfg.height,
+                width=scfg.width,
+                steps=scfg.steps,
+                guidance=scfg.guidance,
+                sampler=scfg.sampler,
+                seed=int(scfg.seed) + i,
+            )
+        )
+    return np.concatenate(videos)
+
+
 def run_sample(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Samples the world prompt suite (+ any configured prompts) and grades them."""
     from sora_jax import sample as sample_lib
@@ -81,21 +101,7 @@ def run_sample(config: ml_collections.ConfigDict, workdir: str) -> dict:
     specs = world_lib.prompt_suite(world_cfg, int(scfg.num_prompts), seed=int(scfg.seed))
     world = world_lib.World(world_cfg)
     prompts = [world.captions(s)["short"] for s in specs] + list(scfg.get("prompts", ()))
-    videos = []
-    for i in range(0, len(prompts), int(scfg.batch_size)):
-        videos.append(
-            gen.generate(
-                prompts[i : i + int(scfg.batch_size)],
-                num_frames=scfg.num_frames,
-                height=scfg.height,
-                width=scfg.width,
-                steps=scfg.steps,
-                guidance=scfg.guidance,
-                sampler=scfg.sampler,
-                seed=int(scfg.seed) + i,
-            )
-        )
-    videos = np.concatenate(videos)
+    videos = generate_batched(gen, scfg, prompts)
     files = []
     for i, (prompt, video) in enumerate(zip(prompts, videos)):
         meta = {

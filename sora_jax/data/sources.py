@@ -110,9 +110,7 @@ def _decode_video(data: bytes, height: int, width: int, indices: np.ndarray) -> 
     wanted = {int(i): n for n, i in enumerate(indices)}
     out: list[np.ndarray | None] = [None] * len(indices)
     last = int(indices[-1])
-    video_io._require_av()
-    av = video_io.av
-    with av.open(io.BytesIO(data), "r") as container:
+    with video_io.require_av().open(io.BytesIO(data), "r") as container:
         if not container.streams.video:
             raise ClipError("the record has no video stream.")
         stream = container.streams.video[0]
@@ -142,10 +140,6 @@ def _decode_image(data: bytes, height: int, width: int) -> np.ndarray:
     return transforms.resize_crop(frame[None], height, width)
 
 
-def _av_errors() -> tuple[type[Exception], ...]:
-    return (video_io.av.FFmpegError,) if video_io.has_mp4() else ()
-
-
 def decode_clip(
     record: Mapping[str, Any],
     height: int,
@@ -173,7 +167,7 @@ def decode_clip(
         return _decode_video(record["video"], height, width, indices)
     except ClipError:
         raise
-    except (*_av_errors(), OSError, ValueError, EOFError) as e:
+    except (*video_io.AV_ERRORS, OSError, ValueError, EOFError) as e:
         raise ClipError(f"cannot decode {record.get('source_id', '?')!r}: {e}") from e
 
 

@@ -23,14 +23,20 @@ except ImportError:  # pragma: no cover - exercised only where av is missing
 PathOrFile = str | os.PathLike | io.IOBase
 
 
+# Decode errors of PyAV, for callers that turn them into skipped clips (none without PyAV).
+AV_ERRORS: tuple[type[Exception], ...] = (av.FFmpegError,) if av is not None else ()
+
+
 def has_mp4() -> bool:
     """Whether PyAV is importable, i.e. mp4/webm can be encoded and decoded here."""
     return av is not None
 
 
-def _require_av() -> None:
+def require_av():
+    """The PyAV module; raises one sentence when it is not installed."""
     if av is None:
         raise ImportError("reading or writing mp4 needs PyAV: `pip install av`.")
+    return av
 
 
 def _as_video(video: np.ndarray) -> np.ndarray:
@@ -58,7 +64,7 @@ def encode_mp4(video: np.ndarray, fps: float, *, crf: int = 18, chroma: str = "4
     colour resolution (world clips: ≈ 28-34 dB PSNR at 64 px, 31-37 dB at 128 px); "444" keeps
     it (≈ 40-48 dB at 64 px), for stored datasets.
     """
-    _require_av()
+    require_av()
     video, rate = _as_video(video), _check_fps(fps)
     if chroma not in ("420", "444"):
         raise ValueError(f"chroma={chroma!r} must be '420' or '444'.")
@@ -106,7 +112,7 @@ def write_png(path: PathOrFile, frame: np.ndarray) -> None:
 
 def read_video(source: str | os.PathLike | bytes) -> tuple[np.ndarray, float]:
     """Decode a video file or its bytes (mp4, gif, webm, …) to (uint8 [F, H, W, 3], fps)."""
-    _require_av()
+    require_av()
     name = "<bytes>" if isinstance(source, (bytes, bytearray)) else os.fspath(source)
     target = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else name
     try:

@@ -229,20 +229,6 @@ def ensure_vae(config, opts: Options) -> dict:
         return info
 
 
-def _generate(gen, scfg, prompts: list[str]):
-    """Like recipe.run_sample: batches of the config's size, seed + first index per batch."""
-    import numpy as np
-
-    batch, videos = int(scfg.batch_size), []
-    for i in range(0, len(prompts), batch):
-        videos.append(gen.generate(
-            prompts[i : i + batch], num_frames=scfg.num_frames, height=scfg.height,
-            width=scfg.width, steps=scfg.steps, guidance=scfg.guidance, sampler=scfg.sampler,
-            seed=int(scfg.seed) + i,
-        ))  # fmt: skip
-    return np.concatenate(videos)
-
-
 def grade(videos, specs: list[dict], texts: list[str]) -> dict:
     """grade_many's accuracies plus each prompt's verdicts (for paired comparisons)."""
     from sora_jax import evaluate
@@ -254,6 +240,7 @@ def grade(videos, specs: list[dict], texts: list[str]) -> dict:
 def evaluate_arm(config, arm: str, arm_dir: str, opts: Options) -> dict:
     """Samples and grades the suite: short prompts ('as_typed'), or for the descriptive arm the
     expanded ones ('expanded', its result) and optionally the short ones too."""
+    from sora_jax import recipe
     from sora_jax import sample as sample_lib
 
     scfg = config.sample
@@ -265,7 +252,7 @@ def evaluate_arm(config, arm: str, arm_dir: str, opts: Options) -> dict:
     evals = {}
     for name, texts in variants.items():
         start = time.time()
-        videos = _generate(gen, scfg, texts)
+        videos = recipe.generate_batched(gen, scfg, texts)
         evals[name] = {**grade(videos, specs, texts), "wall_s": round(time.time() - start, 1)}
         if name == next(iter(variants)):  # the arm's own condition
             for i in range(min(opts.save_samples, len(texts))):
