@@ -1,9 +1,25 @@
-"""Shared pytest setup: CPU, fp32 matmuls, quiet logs."""
+"""Shared pytest setup: CPU, fp32 matmuls, quiet logs, one compilation cache per test session."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# Compiling dominates the suite on a CPU, and many tests compile the same programs: the micro
+# train steps in the CLI job, the notebooks and their subprocesses; a sampler in every sample
+# command. A persistent cache in a fresh directory per session (never a warm one from an earlier
+# run) is shared by the xdist workers and every subprocess and notebook kernel they start, which
+# inherit these variables. The controller (or a run without xdist) sets them up before any
+# worker starts; the workers find them set.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="sora_jax_test_xla_cache_")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # cache every compile
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")  # of any size
 
 import jax  # noqa: E402
 
