@@ -113,6 +113,9 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
             ema_decay=0.999,
             nonfinite_stop_steps=3,  # stop after this many non-finite steps in a row; 0 = never
             log_every_steps=50,
+            # Wall-time budget of one invocation, compiles included (0 = none): at the first log
+            # step past it the stage saves and ends; running the stage again resumes it.
+            max_train_seconds=0,
             profile_steps=(),  # (a, b): jax.profiler trace of steps [a, b) into <workdir>/profile
             checkpoint_every_steps=500,
             keep_checkpoints=2,
@@ -162,6 +165,9 @@ def dit_stage_config(
         caption_probs={"prompt": 0.2, "caption": 0.8},
         caption_dropout=0.1,
         vae_workdir="",  # a trained VAE stage, e.g. from configs/vae.py or imported Wan weights
+        # Encode clips in the step 1 + 4 + 4 ... frames at a time (flat memory: 32 clips of
+        # 33x256x448 at once would hold ~23 GB per full-resolution activation); 0 = all at once.
+        vae_encode_chunk_frames=4,
         latent_cache_dir="",  # train from tools/cache_latents.py output instead of encoding
         # Videos of fixed world prompts at config.sample's size from the EMA weights, written to
         # <workdir>/dit/samples/step_<N>/ and graded (sample_color_acc etc. in metrics.jsonl).

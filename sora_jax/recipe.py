@@ -51,6 +51,8 @@ def run_vae(config: ml_collections.ConfigDict, workdir: str) -> dict:
     vae = nnx.merge(result.graphdef, result.state.ema, result.rest)
     return {
         "final_loss": _last(result.history, "loss"),
+        "steps": int(result.state.step),
+        "stopped_early": result.stopped_early,
         **vae_task.evaluate_and_stats(vae, config, stage_dir),
     }
 
@@ -64,6 +66,8 @@ def run_dit(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return {
         "first_loss": losses[0] if losses else None,
         "final_loss": _last(result.history, "loss"),
+        "steps": int(result.state.step),
+        "stopped_early": result.stopped_early,
     }
 
 

@@ -113,3 +113,16 @@ def test_dit_task_batches_read_the_cache_when_configured(cached):
     assert set(batch) == {"latents", "text", "text_mask", "data_skipped"}
     assert batch["latents"].dtype == np.float32 and batch["latents"].shape[0] == 2
     assert batch["text"].shape[:2] == batch["text_mask"].shape
+
+
+def test_chunked_encode_in_the_step_equals_the_full_pass(cached):
+    """dit_train.vae_encode_chunk_frames: the step's latents equal the one-pass encode."""
+    task, _, _ = cached
+    video = np.random.default_rng(3).integers(0, 256, (2, 5, 16, 16, 3), dtype=np.uint8)
+    full = jax.jit(task.encode_latents)(task.frozen(), video)
+    task.train_cfg.vae_encode_chunk_frames = 4
+    try:
+        chunked = jax.jit(task.encode_latents)(task.frozen(), video)
+    finally:
+        task.train_cfg.vae_encode_chunk_frames = 0
+    np.testing.assert_allclose(np.asarray(chunked), np.asarray(full), atol=1e-5)

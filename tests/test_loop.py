@@ -5,6 +5,7 @@ profiling and the model-shape check on resume."""
 import glob
 import os
 import signal
+import time
 
 import jax
 import jax.numpy as jnp
@@ -131,6 +132,29 @@ def test_interrupted_resume_is_bit_identical(tmp_path):
     rows_a = metrics_lib.read_jsonl(str(tmp_path / "a" / "metrics.jsonl"))
     rows_b = metrics_lib.read_jsonl(str(tmp_path / "b" / "metrics.jsonl"))
     assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
+
+
+def test_time_budget_stops_at_a_log_step_and_a_rerun_finishes_identically(tmp_path):
+    """max_train_seconds: the stage saves and ends at the first log step past the budget; the
+    next invocation resumes, so budgeted pieces add up to the uninterrupted run."""
+    cfg = _cfg(20, log_every_steps=4, checkpoint_every_steps=100)
+    straight = loop.train(ToyTask(), _config(), cfg, str(tmp_path / "a"))
+
+    class Slow(ToyTask):
+        def batches(self, start_step):
+            for b in super().batches(start_step):
+                time.sleep(0.02)
+                yield b
+
+    budget = _cfg(20, log_every_steps=4, checkpoint_every_steps=100, max_train_seconds=1e-9)
+    first = loop.train(Slow(), _config(), budget, str(tmp_path / "b"))
+    assert first.stopped_early and int(first.state.step) == 4  # the first log step
+    assert ckpt_lib.Checkpointer(str(tmp_path / "b" / "checkpoints")).latest_step() == 4
+    rest = loop.train(ToyTask(), _config(), cfg, str(tmp_path / "b"))
+    assert not rest.stopped_early and int(rest.state.step) == 20
+    _assert_trees_equal(straight.state, rest.state)
+    with pytest.raises(ValueError, match="max_train_seconds"):
+        loop.TimeBudget(-1.0)
 
 
 def test_nan_at_step_5_is_skipped_and_counted(tmp_path):

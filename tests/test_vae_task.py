@@ -174,6 +174,20 @@ def test_eval_every_n_steps_and_on_a_workdir(tmp_path):
     assert json.load(open(os.path.join(workdir, vae_task.EVAL_FILE)))["psnr"] == result["psnr"]
     np.testing.assert_allclose(result["psnr"], rows[0]["eval_psnr"], rtol=1e-5)
     np.testing.assert_allclose(result["ssim"], rows[0]["eval_ssim"], rtol=1e-5)
+    # Footage the VAE never saw (tools/eval_vae.py): a centre crop, PSNR of the round trip.
+    import eval_vae
+
+    video = np.random.default_rng(0).integers(0, 256, (7, 20, 30, 3), dtype=np.uint8)
+    crop = eval_vae.centre_crop(video, 5, 16, 4)
+    np.testing.assert_array_equal(crop, video[:5, 2:18, 7:23])
+    with pytest.raises(ValueError, match="has 7 frames"):
+        eval_vae.centre_crop(video, 9, 16, 4)
+    loaded = vae_task.load_vae(make_config(disc_weight=0.0), workdir)
+    got = vae_task.evaluate_videos(loaded, {"clip": crop})["clip"]
+    x = vae_task.to_pixels(crop[None])
+    want = evaluate.psnr(loaded.decode(loaded.encode(x)[0]), x)
+    np.testing.assert_allclose(got["psnr"], float(want), rtol=1e-5)
+    assert got["shape"] == [5, 16, 16, 3] and -1 <= got["ssim"] <= 1
 
 
 @pytest.mark.slow

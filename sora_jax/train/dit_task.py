@@ -147,7 +147,14 @@ class DiTTask:
     def encode_latents(self, frozen, video: jax.Array) -> jax.Array:
         """uint8 [B,F,H,W,3] -> unit-scale latents [B,T,h,w,z] (frozen VAE, posterior mean)."""
         vae = nnx.merge(self.vae_graphdef, frozen["vae"])
-        mean, _ = vae.encode(vae_task.to_pixels(video))
+        pixels = vae_task.to_pixels(video)
+        # vae_encode_chunk_frames > 0: first frame, then chunks of that many frames under one
+        # scan (encode_chunked: equal to the full pass to rounding, memory flat in length).
+        chunk = int(self.train_cfg.get("vae_encode_chunk_frames", 0) or 0)
+        if chunk and pixels.shape[1] > 1 and (pixels.shape[1] - 1) % chunk == 0:
+            mean, _ = vae.encode_chunked(pixels, frames_per_chunk=chunk)
+        else:
+            mean, _ = vae.encode(pixels)
         return jax.lax.stop_gradient((mean - frozen["mean"]) / frozen["std"])
 
     def loss(self, model: dit_lib.DiT, frozen, batch: dict, rng: jax.Array):

@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from sora_jax import flops as flops_lib
 from sora_jax import parallel
@@ -211,6 +212,7 @@ class TrainResult:
     state: TrainState
     rest: Any
     history: list[dict]
+    stopped_early: bool = False  # max_train_seconds ended the stage before cfg.steps
 
 
 @dataclasses.dataclass
@@ -230,6 +232,28 @@ class PeriodicContext:
 
     def model(self, use_ema: bool = True) -> nnx.Module:
         return nnx.merge(self.graphdef, self.state.ema if use_ema else self.state.params, self.rest)
+
+
+class TimeBudget:
+    """Wall seconds a stage may train per invocation (`max_train_seconds`; compiles count).
+
+    Checked at log steps only. Every process takes process 0's answer, so all of them stop at
+    the same step (multi-host); 0 = no limit.
+    """
+
+    def __init__(self, seconds: float):
+        if seconds < 0:
+            raise ValueError(f"max_train_seconds must be >= 0 (0 = no limit), not {seconds}.")
+        self.seconds = seconds
+        self.start = time.perf_counter()
+
+    def spent(self) -> bool:
+        if not self.seconds:
+            return False
+        over = np.int32(time.perf_counter() - self.start > self.seconds)
+        if jax.process_count() > 1:
+            over = multihost_utils.broadcast_one_to_all(over)
+        return bool(over)
 
 
 def _prefetch(it: Iterator, size: int = 2) -> Iterator:
@@ -332,9 +356,11 @@ class _Trainer:
             task, metrics_lib.peak_flops(), jax.device_count()
         )
         self.profiler = metrics_lib.Profiler(workdir, cfg.get("profile_steps", ()))
+        self.budget = TimeBudget(float(cfg.get("max_train_seconds", 0) or 0))
         self.writer = metrics_lib.create_writer(workdir, prefix=f"{task.name} ")
         self.rows: list[dict] = []
         self.history: list[dict] = []
+        self.stopped_early = False  # the time budget ended the stage before cfg.steps
 
     def _resume(self) -> bool:
         if self.checkpointer.latest_step() is None:
@@ -424,8 +450,18 @@ class _Trainer:
                     raise NonFiniteError(self.guard.message())
                 if not stop:  # a pending preemption saves first; hooks (sampling) can wait
                     self.hooks(number)
-                if number % self.ckpt_every == 0 or number == self.total or stop:
+                out_of_time = number % self.log_every == 0 and self.budget.spent()
+                if out_of_time and number < self.total:
+                    logging.warning(
+                        "%s: max_train_seconds=%g spent; stopping at step %d of %d "
+                        "(rerun the stage to resume)", self.task.name, self.budget.seconds,
+                        number, self.total,
+                    )  # fmt: skip
+                if number % self.ckpt_every == 0 or number == self.total or stop or out_of_time:
                     self.save(number)
+                if out_of_time:
+                    self.stopped_early = number < self.total
+                    break
                 if stop:
                     self.checkpointer.wait()
                     logging.warning("%s: preempted; checkpoint at step %d", self.task.name, number)
@@ -454,7 +490,9 @@ def train(
     trainer = _Trainer(task, config, cfg, workdir, mesh)
     with jax.set_mesh(mesh):
         trainer.run()
-    return TrainResult(trainer.graphdef, trainer.state, trainer.rest, trainer.history)
+    return TrainResult(
+        trainer.graphdef, trainer.state, trainer.rest, trainer.history, trainer.stopped_early
+    )
 
 
 def load_model(

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The world model on one GPU (issue 9), stage by stage, each under its time budget:
+#   VAE (max 450 s, configs/world.py) -> VAE on real footage -> DiT (max 400 s) -> eval suite.
+#
+#   tools/experiments/world_gpu.sh WORKDIR [FOOTAGE.npz|mp4,...] [extra main.py flags...]
+#
+# Each stage resumes from its newest checkpoint, so running the script again continues
+# training where the budgets stopped it. Logs: WORKDIR/<stage>.log; results: WORKDIR/summary.json,
+# WORKDIR/eval/, WORKDIR/vae/footage_eval.json.
+set -uo pipefail
+workdir=${1:?usage: world_gpu.sh WORKDIR [FOOTAGE] [flags...]}
+footage=${2:-}
+shift $(( $# >= 2 ? 2 : $# ))
+mkdir -p "$workdir"
+config=${CONFIG:-configs/world.py}  # e.g. CONFIG=configs/world.py:micro for a CPU check
+main() { python -m sora_jax.main --config="$config" --workdir="$workdir" "$@"; }
+stamp() { echo "[$(date +%T)] $*" | tee -a "$workdir/timeline.log"; }
+
+stamp "vae start"
+main --stages=vae "$@" >"$workdir/vae.log" 2>&1 || stamp "vae failed ($?)"
+stamp "vae done"
+if [[ -n "$footage" ]]; then
+  python tools/eval_vae.py --config="$config" --workdir="$workdir/vae" \
+    --videos="$footage" >"$workdir/footage.log" 2>&1 || stamp "footage eval failed ($?)"
+  stamp "footage done"
+fi
+main --stages=dit "$@" >"$workdir/dit.log" 2>&1 || stamp "dit failed ($?)"
+stamp "dit done"
+main --stages=eval "$@" >"$workdir/eval.log" 2>&1 || stamp "eval failed ($?)"
+stamp "eval done"
