@@ -157,6 +157,30 @@ def test_time_budget_stops_at_a_log_step_and_a_rerun_finishes_identically(tmp_pa
         loop.TimeBudget(-1.0)
 
 
+def test_training_closes_the_batch_generator(tmp_path):
+    """The pipeline's cleanup (prefetch worker processes) runs when training ends, also when
+    a step raises."""
+    events = []
+
+    class Tracked(ToyTask):
+        def batches(self, start_step):
+            try:
+                yield from super().batches(start_step)
+            finally:
+                events.append("closed")
+
+    loop.train(Tracked(), _config(), _cfg(3), str(tmp_path / "a"))
+    assert events == ["closed"]
+
+    class Failing(Tracked):
+        def loss(self, model, frozen, batch, rng):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        loop.train(Failing(), _config(), _cfg(3), str(tmp_path / "b"))
+    assert events == ["closed", "closed"]
+
+
 def test_nan_at_step_5_is_skipped_and_counted(tmp_path):
     result = loop.train(ToyTask(nan_steps={4}), _config(), _cfg(8), str(tmp_path))
     assert int(result.state.skipped) == 1

@@ -212,10 +212,13 @@ class BucketedBatches:
                 yield batch
         finally:
             it.close()
+            self.close()
 
     def close(self) -> None:
+        """Stops the decode threads (a later batch starts new ones)."""
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+            self._pool = None
 
 
 class StepIterator:

@@ -256,27 +256,58 @@ class TimeBudget:
         return bool(over)
 
 
-def _prefetch(it: Iterator, size: int = 2) -> Iterator:
-    """Runs the host data iterator one or two batches ahead in a thread."""
-    q: queue.Queue = queue.Queue(maxsize=size)
-    sentinel = object()
+class _Prefetch:
+    """Runs the host data iterator one or two batches ahead in a thread.
 
-    def work():
+    `close()` stops the thread and closes the task's batch generator in it, so the pipeline's
+    own cleanup (Grain prefetch worker processes, decode threads) runs when training ends
+    instead of leaving processes that keep the interpreter from exiting.
+    """
+
+    _DONE = object()
+
+    def __init__(self, gen: Iterator, limit: int, size: int = 2):
+        self.queue: queue.Queue = queue.Queue(maxsize=size)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._work, args=(gen, limit), daemon=True)
+        self.thread.start()
+
+    def _put(self, item) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self, gen: Iterator, limit: int) -> None:
         try:
-            for item in it:
-                q.put(item)
+            for item in itertools.islice(gen, limit):
+                if not self._put(item):
+                    break
+            self._put(self._DONE)
         except BaseException as e:  # noqa: BLE001 - re-raised in the consumer.
-            q.put(e)
-        q.put(sentinel)
+            self._put(e)
+        finally:
+            close = getattr(gen, "close", None)
+            if close is not None:
+                close()
 
-    threading.Thread(target=work, daemon=True).start()
-    while True:
-        item = q.get()
-        if item is sentinel:
-            return
+    def __iter__(self) -> _Prefetch:
+        return self
+
+    def __next__(self):
+        item = self.queue.get()
+        if item is self._DONE:
+            raise StopIteration
         if isinstance(item, BaseException):
             raise item
-        yield item
+        return item
+
+    def close(self, timeout: float = 60.0) -> None:
+        self.stop.set()
+        self.thread.join(timeout)
 
 
 class NonFiniteGuard:
@@ -419,8 +450,7 @@ class _Trainer:
 
     def run(self) -> None:
         frozen = self.task.frozen()
-        stream = itertools.islice(self.task.batches(self.start), self.total - self.start)
-        batches = _prefetch(stream)
+        batches = _Prefetch(self.task.batches(self.start), self.total - self.start)
         watcher = ckpt_lib.PreemptionWatcher(self.checkpointer)
         pending = None
         logging.info("%s: training steps %d -> %d", self.task.name, self.start, self.total)
@@ -467,6 +497,7 @@ class _Trainer:
                     logging.warning("%s: preempted; checkpoint at step %d", self.task.name, number)
                     raise Preempted(number)
         finally:
+            batches.close()
             watcher.close()
             self.profiler.stop()
             self.checkpointer.close()

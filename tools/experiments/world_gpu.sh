@@ -4,6 +4,8 @@
 #
 #   tools/experiments/world_gpu.sh WORKDIR [FOOTAGE.npz|mp4,...] [extra main.py flags...]
 #
+# Pass the text encoder folder as an extra flag (--config.text.path=DIR); keep DIR (and the
+# workdir) outside a checkout that may be re-synced while the script runs in the background.
 # Each stage resumes from its newest checkpoint, so running the script again continues
 # training where the budgets stopped it. Logs: WORKDIR/<stage>.log; results: WORKDIR/summary.json,
 # WORKDIR/eval/, WORKDIR/vae/footage_eval.json.
