@@ -116,9 +116,9 @@ def test_jitted_forward_compiled_once_for_fixed_length(enc):
 
 
 def test_batch_sizes_share_padded_compiles_and_match_unbatched(enc):
-    assert [text_lib.padded_batch_size(n) for n in (1, 2, 3, 5, 64, 65, 130)] == [
-        1, 2, 4, 8, 64, 128, 192,
-    ]  # fmt: skip
+    assert [text_lib.padded_batch_size(n) for n in (1, 2, 3, 5, 33, 64)] == [1, 2, 4, 8, 64, 64]
+    with pytest.raises(ValueError, match="1 to 64 texts"):
+        text_lib.padded_batch_size(65)
     texts = ["a red circle", "a blue square moving left", "green"]
     three = np.asarray(enc.encode(texts)[0])
     enc.encode(texts + ["four"])  # 3 and 4 texts run the same compiled batch of 4
@@ -128,6 +128,15 @@ def test_batch_sizes_share_padded_compiles_and_match_unbatched(enc):
     assert three.shape[0] == 3
     for i, t in enumerate(texts):
         np.testing.assert_allclose(three[i], np.asarray(enc.encode([t])[0][0]), atol=1e-4)
+    # More than a chunk: 64 + 4 texts reuse the compiled batches of 64 and 4, in order.
+    many = [f"a red circle number {i}" for i in range(68)]
+    enc.encode(many[:64])
+    before = enc._forward._cache_size()
+    hidden, mask = enc.encode(many)
+    assert enc._forward._cache_size() == before and hidden.shape[0] == mask.shape[0] == 68
+    np.testing.assert_allclose(
+        np.asarray(hidden[66]), np.asarray(enc.encode([many[66]])[0][0]), atol=1e-4
+    )
 
 
 def test_long_prompt_truncated_with_warning(enc, caplog):

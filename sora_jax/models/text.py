@@ -406,26 +406,38 @@ class TextEncoder:
     def encode(self, texts: Sequence[str]) -> tuple[jax.Array, jax.Array]:
         """texts (B strings) -> hidden fp32 [B, L, D] (last layer, per token), mask bool [B, L]."""
         ids, mask = self.tokenize(texts)
-        # Pad the batch to a few fixed sizes: callers (the caption cache) encode however many
-        # captions are new, and every new batch size would otherwise be a new compile.
-        n = len(texts)
+        # Callers (the caption cache) encode however many captions are new, and every new batch
+        # size would be a new compile: run chunks of ENCODE_CHUNK texts, the last one padded to
+        # a power of two, so at most 7 batch shapes are ever compiled.
+        parts = [
+            self._encode_padded(ids[i : i + ENCODE_CHUNK], mask[i : i + ENCODE_CHUNK])
+            for i in range(0, len(texts), ENCODE_CHUNK)
+        ]
+        hidden = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+        return hidden, jnp.asarray(mask)
+
+    def _encode_padded(self, ids: np.ndarray, mask: np.ndarray) -> jax.Array:
+        n = ids.shape[0]
         padded = padded_batch_size(n)
         ids = np.pad(ids, ((0, padded - n), (0, 0)), mode="edge")  # copies: no all-masked rows
-        pmask = np.pad(mask, ((0, padded - n), (0, 0)), mode="edge")
+        mask = np.pad(mask, ((0, padded - n), (0, 0)), mode="edge")
         if self.mesh is None:
-            hidden = self._forward(self._state, jnp.asarray(ids), jnp.asarray(pmask))
+            hidden = self._forward(self._state, jnp.asarray(ids), jnp.asarray(mask))
         else:
             with jax.set_mesh(self.mesh):
-                hidden = self._forward(self._state, jnp.asarray(ids), jnp.asarray(pmask))
-        return hidden[:n], jnp.asarray(mask)
+                hidden = self._forward(self._state, jnp.asarray(ids), jnp.asarray(mask))
+        return hidden[:n]
 
 
-def padded_batch_size(n: int, chunk: int = 64) -> int:
-    """The compiled batch size for `n` texts: the next power of two up to `chunk`, then the
-    next multiple of `chunk` (at most ~7 shapes below `chunk`, and 2x padding at worst)."""
-    if n <= chunk:
-        return 1 << max(0, (n - 1).bit_length())
-    return -(-n // chunk) * chunk
+ENCODE_CHUNK = 64  # texts per encoder call (a power of two)
+
+
+def padded_batch_size(n: int) -> int:
+    """The compiled batch size for a chunk of `n` <= ENCODE_CHUNK texts: the next power of two
+    (1, 2, 4, ..., 64: seven shapes, 2x padding at worst)."""
+    if not 1 <= n <= ENCODE_CHUNK:
+        raise ValueError(f"a chunk holds 1 to {ENCODE_CHUNK} texts, not {n}.")
+    return 1 << (n - 1).bit_length()
 
 
 def mean_pool(hidden: jax.Array, mask: jax.Array, normalize: bool = True) -> jax.Array:

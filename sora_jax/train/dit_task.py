@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 from collections.abc import Iterator
 
 import jax
@@ -284,11 +285,18 @@ class DiTTask:
         for b_idx, bucket in enumerate(self.buckets):
             n_batches = -(-int(self.train_cfg.latent_cache_clips) // bucket.batch_size)
             latents, texts = [], []
+            t0, render_s = time.perf_counter(), 0.0
             for k in range(n_batches):
+                t = time.perf_counter()
                 batch = stream.batch(b_idx, k)
+                render_s += time.perf_counter() - t
                 latents.append(np.asarray(encode(frozen, batch["video"])))
                 texts.extend(batch["text"])
             cache.append((np.concatenate(latents), texts))
+            logging.info(
+                "dit: latent cache of bucket %s: %d clips in %.1f s (%.1f s decoding/rendering)",
+                bucket.name, len(texts), time.perf_counter() - t0, render_s,
+            )  # fmt: skip
         stream.close()
         return cache
 

@@ -392,6 +392,7 @@ class _Trainer:
         self.rows: list[dict] = []
         self.history: list[dict] = []
         self.stopped_early = False  # the time budget ended the stage before cfg.steps
+        self.seen_shapes: set = set()  # batch shapes stepped so far (one compile each)
 
     def _resume(self) -> bool:
         if self.checkpointer.latest_step() is None:
@@ -462,7 +463,16 @@ class _Trainer:
                 batch = parallel.host_to_global(host_batch, self.mesh)
                 self.progress.add("data_s", time.perf_counter() - t0)
                 self.profiler.before(number)
+                shapes = tuple((k, np.shape(v)) for k, v in sorted(host_batch.items()))
+                t1 = time.perf_counter()
                 self.state, metrics, diag = self.step_fn(self.state, frozen, batch)
+                if shapes not in self.seen_shapes:  # a new bucket: compiles; say how long
+                    self.seen_shapes.add(shapes)
+                    jax.block_until_ready(metrics)
+                    logging.info(
+                        "%s: step %d: first batch of shapes %s compiled and ran in %.1f s",
+                        self.task.name, number, dict(shapes), time.perf_counter() - t1,
+                    )  # fmt: skip
                 if pending is not None:  # the previous step; this one is queued behind it
                     self.observe(*pending)
                 pending = (number, metrics, diag)

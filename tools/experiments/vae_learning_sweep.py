@@ -3,9 +3,19 @@
   python tools/experiments/vae_learning_sweep.py NAME '{"steps": 4800, "B": 32, "lr": 0.002}'
   NORM=none python tools/experiments/vae_learning_sweep.py nonorm '{"steps": 4800}'
 
-Prints held-out PSNR and the grader's colour/shape accuracy on reconstructions at 300, 600,
-1200, 2400 and 4800 steps, and writes $OUT/vs_NAME.json. NORM=none|ln|gn swaps the VAE's RMS
-norm (diagnostic only). Results of the 2026-12-02 H200 run: tools/bench/results/vae_sweep_h200.json.
+Prints held-out PSNR (all frames, and frame 0 alone: the image path that image->video keeps)
+and the grader's colour/shape accuracy on reconstructions at 300, 600, 800, 1200, 2400 and 4800
+steps, and writes $OUT/vs_NAME.json. NORM=none|ln|gn swaps the VAE's RMS norm (diagnostic only).
+Arguments (JSON): steps, B (batch), lr, b2, clip, rng, loss (l2 | l1l2), w0 (loss weight of
+frame 0), and the VAE: bc (base channels), mults, nres, td (temporal downsampling per level),
+z; the data: res, frames, full_world (configs/world.py's world instead of the one-object one).
+The world VAE of configs/world.py, for example:
+
+  python tools/experiments/vae_learning_sweep.py world '{"full_world": true, "res": 64,
+      "frames": 33, "B": 16, "bc": 64, "mults": [1, 2, 4, 4], "td": [false, true, true],
+      "z": 16, "lr": 0.0015, "steps": 4800}'
+
+Results of the 2026-12-02 H200 run: tools/bench/results/vae_sweep_h200.json.
 """
 
 import json
@@ -50,8 +60,12 @@ elif NORM == "gn":  # group norm over (F,H,W, channels/groups) as in SD's VAE, 8
 A = json.loads(sys.argv[2])
 name = sys.argv[1]
 res = A.get("res", 32)
-w = world_lib.World(
-    world_lib.WorldConfig(
+F = A.get("frames", 5)  # clip length (1 + 4k)
+if A.get("full_world", False):  # configs/world.py's world: distractors, pans, occluders, textures
+    wcfg = world_lib.WorldConfig(resolutions=((res, res),), num_frames=(F,), max_objects=3,
+                                 camera_pan_prob=0.2, occluder_prob=0.25)  # fmt: skip
+else:  # configs/tiny.py's world: one object on a flat background
+    wcfg = world_lib.WorldConfig(
         resolutions=((res, res),),
         num_frames=(9,),
         max_objects=1,
@@ -60,7 +74,7 @@ w = world_lib.World(
         backgrounds=("flat",),
         sizes=("medium", "large"),
     )
-)
+w = world_lib.World(wcfg)
 
 
 def clips(s, B, F):
@@ -71,7 +85,7 @@ def batch(s, B, F):
     return jnp.asarray(np.stack([c["video"] for c in clips(s, B, F)]), jnp.float32) / 127.5 - 1
 
 
-test_clips = [w.clip(900000 + i, res, res, 5) for i in range(64)]
+test_clips = [w.clip(900000 + i, res, res, F) for i in range(64)]
 test5 = jnp.asarray(np.stack([c["video"] for c in test_clips]), jnp.float32) / 127.5 - 1
 psnr = lambda a, b: float(10 * jnp.log10(4.0 / jnp.mean((a - b) ** 2)))
 steps, lr, B = A.get("steps", 1200), A.get("lr", 1e-3), A.get("B", 8)
@@ -104,6 +118,7 @@ def step(p, o, x, key):
     def lf(p):
         r, mu, lv = nnx.merge(g, p)(x, rng=key if use_rng else None)
         e = r - x
+        e = e.at[:, 0].multiply(A.get("w0", 1.0) ** 0.5)  # extra weight on the image frame
         rec = (
             10 * jnp.mean(e**2) if loss_kind == "l2" else jnp.mean(jnp.abs(e)) + 10 * jnp.mean(e**2)
         )
@@ -117,14 +132,20 @@ def step(p, o, x, key):
 t = time.time()
 hist = {}
 for s in range(steps):
-    p, o, L = step(p, o, batch(s, B, 5), jax.random.key(s))
-    if (s + 1) in (300, 600, 1200, 2400, 4800):
+    p, o, L = step(p, o, batch(s, B, F), jax.random.key(s))
+    if (s + 1) in (300, 600, 800, 1200, 2400, 4800):
         mm = nnx.merge(g, p)
-        rec = mm.decode(mm.encode(test5)[0])
+        rec = jnp.concatenate(  # in chunks of 16 clips: 64 full-world clips at once is a lot
+            [mm.decode(mm.encode(test5[i : i + 16])[0]) for i in range(0, 64, 16)]
+        )
         r8 = np.asarray(jnp.clip((rec + 1) * 127.5, 0, 255)).astype(np.uint8)
         gr = evaluate.grade_many(list(r8), [c["spec"] for c in test_clips])
         hist[s + 1] = dict(
-            psnr=round(psnr(rec, test5), 2), color=gr["color_acc"], shape=gr["shape_acc"]
+            psnr=round(psnr(rec, test5), 2),
+            # frame 0 is encoded alone: the image path (what image->video keeps)
+            psnr_first=round(psnr(rec[:, :1], test5[:, :1]), 2),
+            color=gr["color_acc"],
+            shape=gr["shape_acc"],
         )
         print(name, s + 1, hist[s + 1], round(time.time() - t, 1), flush=True)
 os.makedirs(os.environ.get("OUT", "/tmp"), exist_ok=True)
