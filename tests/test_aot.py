@@ -23,7 +23,7 @@ WORKER = textwrap.dedent(
 
 
 def _run(*argv: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
     proc = subprocess.run(
         [sys.executable, "-c", WORKER, *argv],
         capture_output=True, text=True, timeout=600, env=env, cwd=ROOT,

@@ -160,7 +160,7 @@ def test_saved_on_fsdp8_restores_on_one_device_and_fsdp2_tensor2(tmp_path):
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8",
     }
     proc = subprocess.run(
         [sys.executable, "-c", RESHARD, str(tmp_path / "ckpt")],

@@ -308,7 +308,7 @@ def test_sampling_on_a_2_device_mesh_matches_one_device():
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2",
         PYTHONPATH=str(ROOT),
     )
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,

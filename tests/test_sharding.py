@@ -29,7 +29,8 @@ MICRO = dict(
 WORKER = textwrap.dedent(
     """
     import functools, json, os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8")
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax, jax.numpy as jnp, ml_collections, numpy as np
     jax.config.update("jax_default_matmul_precision", "highest")
@@ -135,7 +136,6 @@ WORKER = textwrap.dedent(
 @pytest.fixture(scope="module")
 def report() -> dict:
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
     proc = subprocess.run(
         [sys.executable, "-c", WORKER, json.dumps(MICRO)],
         capture_output=True, text=True, timeout=600, env=env,
