@@ -305,7 +305,7 @@ class _Prefetch:
             raise item
         return item
 
-    def close(self, timeout: float = 60.0) -> None:
+    def close(self, timeout: float = 10.0) -> None:
         self.stop.set()
         self.thread.join(timeout)
 
