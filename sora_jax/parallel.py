@@ -96,6 +96,7 @@ def maybe_initialize_distributed(
             )
         logging.info("jax.distributed: process %d of %d, coordinator %s", pid, n, address)
         jax.distributed.initialize(address, n, pid)
+        no_cache_for_cpu_collectives()
         return True
     hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
     cluster = "TPU slice" if len(hosts) > 1 else None
@@ -108,7 +109,26 @@ def maybe_initialize_distributed(
         return False
     logging.info("jax.distributed: initialising from the %s environment", cluster)
     jax.distributed.initialize()
+    no_cache_for_cpu_collectives()
     return True
+
+
+def no_cache_for_cpu_collectives() -> None:
+    """Turns JAX's persistent compilation cache off in a multi-process CPU run.
+
+    Executables of CPU multi-process (gloo) programs loaded back from the cache fail in their
+    collectives (seen with jax 0.10.2: a two-process `process_allgather` raised in one process
+    and left the other waiting), so such runs (laptops, tests) compile afresh. GPU and TPU runs
+    keep the cache.
+    """
+    if (
+        jax.process_count() > 1
+        and jax.default_backend() == "cpu"
+        and jax.config.jax_enable_compilation_cache
+        and jax.config.jax_compilation_cache_dir
+    ):
+        logging.warning("multi-process CPU run: the persistent compilation cache is off")
+        jax.config.update("jax_enable_compilation_cache", False)
 
 
 @dataclasses.dataclass(frozen=True)

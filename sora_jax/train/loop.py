@@ -200,6 +200,7 @@ def initialize_distributed(
         return
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    parallel.no_cache_for_cpu_collectives()
     logging.info("process %d of %d joined", jax.process_index(), jax.process_count())
 
 
