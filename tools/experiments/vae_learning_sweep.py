@@ -129,6 +129,12 @@ def step(p, o, x, key):
     return optax.apply_updates(p, u), o, L
 
 
+def save(hist: dict, seconds: float) -> None:
+    os.makedirs(os.environ.get("OUT", "/tmp"), exist_ok=True)
+    with open(os.path.join(os.environ.get("OUT", "/tmp"), f"vs_{name}.json"), "w") as f:
+        json.dump(dict(name=name, args=A, norm=NORM, hist=hist, s=seconds), f)
+
+
 t = time.time()
 hist = {}
 for s in range(steps):
@@ -148,6 +154,4 @@ for s in range(steps):
             shape=gr["shape_acc"],
         )
         print(name, s + 1, hist[s + 1], round(time.time() - t, 1), flush=True)
-os.makedirs(os.environ.get("OUT", "/tmp"), exist_ok=True)
-with open(os.path.join(os.environ.get("OUT", "/tmp"), f"vs_{name}.json"), "w") as f:
-    json.dump(dict(name=name, args=A, norm=NORM, hist=hist, s=time.time() - t), f)
+        save(hist, time.time() - t)  # after every evaluation: a timeout keeps what was measured
