@@ -26,6 +26,7 @@ def loss_config(**overrides) -> dict:
     cfg = dict(
         l1_weight=1.0,
         l2_weight=1.0,  # L1 alone acts like a median and drops small objects
+        first_frame_weight=1.0,  # >1: frame 0 (the image path image->video keeps) counts more
         grad_loss_weight=0.0,  # L1 of spatial gradients (an alternative to SSIM)
         ssim_weight=0.2,  # weight of (1 - SSIM)
         kl_weight=1e-6,

@@ -78,6 +78,23 @@ def test_loss_falls_on_a_fixed_batch(setup):
     assert recs[-1] < 0.6 * recs[0], recs
 
 
+def test_first_frame_weight_scales_frame_zero_in_the_total_only():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.uniform(-1, 1, (2, 5, 8, 8, 3)), jnp.float32)
+    recon = x + jnp.asarray(rng.normal(0, 0.1, x.shape), jnp.float32)
+    weights = dict(l1_weight=1.0, l2_weight=10.0, ssim_weight=0.0, disc_weight=0.0)
+    plain = vae_task.VAETask(make_config(**weights))
+    heavy = vae_task.VAETask(make_config(**weights, first_frame_weight=4.0))
+    total, terms = plain.reconstruction(recon, x, None)
+    total4, terms4 = heavy.reconstruction(recon, x, None)
+    err = np.asarray(recon - x)
+    w = np.array([4.0, 1, 1, 1, 1])[None, :, None, None, None]
+    want = np.mean(w * np.abs(err)) + 10.0 * np.mean(w * err**2)
+    np.testing.assert_allclose(float(total4), want, rtol=1e-5)
+    np.testing.assert_allclose(float(total), np.mean(np.abs(err)) + 10 * np.mean(err**2), rtol=1e-5)
+    assert float(terms4["l2"]) == float(terms["l2"])  # the logged terms stay unweighted
+
+
 def test_gan_switches_on_at_the_configured_step(setup):
     _, _, params, _, grad_fn, _ = setup
     (loss_off, aux_off), g_off = grad_fn(params, START - 1)
