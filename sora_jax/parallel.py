@@ -95,8 +95,7 @@ def maybe_initialize_distributed(
                 f"got {address!r}, {n!r}, {pid!r}."
             )
         logging.info("jax.distributed: process %d of %d, coordinator %s", pid, n, address)
-        jax.distributed.initialize(address, n, pid)
-        no_cache_for_cpu_collectives()
+        _initialize(address, n, pid)
         return True
     hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
     cluster = "TPU slice" if len(hosts) > 1 else None
@@ -108,12 +107,16 @@ def maybe_initialize_distributed(
     if cluster is None:
         return False
     logging.info("jax.distributed: initialising from the %s environment", cluster)
-    jax.distributed.initialize()
-    no_cache_for_cpu_collectives()
+    _initialize()
     return True
 
 
-def no_cache_for_cpu_collectives() -> None:
+def _initialize(*args) -> None:
+    jax.distributed.initialize(*args)
+    _no_cache_for_cpu_collectives()
+
+
+def _no_cache_for_cpu_collectives() -> None:
     """Turns JAX's persistent compilation cache off in a multi-process CPU run.
 
     Executables of CPU multi-process (gloo) programs loaded back from the cache fail in their

@@ -96,7 +96,7 @@ def two_hosts(data_dir, tmp_path_factory):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
     env.pop("XLA_FLAGS", None)
     # The workers call jax.distributed.initialize themselves, so nothing turns the session's
-    # persistent compilation cache off for them (parallel.no_cache_for_cpu_collectives): cached
+    # persistent compilation cache off for them (parallel._no_cache_for_cpu_collectives): cached
     # two-process CPU executables fail in their collectives.
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     procs = [

@@ -194,14 +194,14 @@ def initialize_distributed(
     """Joins a multi-process run (one process per host; or several on one machine, on CPU).
 
     A no-op when no argument is given. CPU collectives go through gloo so the multi-process
-    path is testable on a laptop. Must run before any other JAX call.
+    path is testable on a laptop. Must run before any other JAX call. The joining itself (and
+    its checks) is `parallel.maybe_initialize_distributed`.
     """
     if coordinator_address is None and num_processes is None and process_id is None:
         return
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
-    parallel.no_cache_for_cpu_collectives()
-    logging.info("process %d of %d joined", jax.process_index(), jax.process_count())
+    if parallel.maybe_initialize_distributed(coordinator_address, num_processes, process_id):
+        logging.info("process %d of %d joined", jax.process_index(), jax.process_count())
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -392,7 +392,6 @@ class _Trainer:
         self.writer = metrics_lib.create_writer(workdir, prefix=f"{task.name} ")
         self.rows: list[dict] = []
         self.history: list[dict] = []
-        self.stopped_early = False  # the time budget ended the stage before cfg.steps
         self.seen_shapes: set = set()  # batch shapes stepped so far (one compile each)
 
     def _resume(self) -> bool:
@@ -491,8 +490,10 @@ class _Trainer:
                     raise NonFiniteError(self.guard.message())
                 if not stop:  # a pending preemption saves first; hooks (sampling) can wait
                     self.hooks(number)
-                out_of_time = number % self.log_every == 0 and self.budget.spent()
-                if out_of_time and number < self.total:
+                out_of_time = (
+                    number < self.total and number % self.log_every == 0 and self.budget.spent()
+                )
+                if out_of_time:
                     logging.warning(
                         "%s: max_train_seconds=%g spent; stopping at step %d of %d "
                         "(rerun the stage to resume)", self.task.name, self.budget.seconds,
@@ -501,7 +502,6 @@ class _Trainer:
                 if number % self.ckpt_every == 0 or number == self.total or stop or out_of_time:
                     self.save(number)
                 if out_of_time:
-                    self.stopped_early = number < self.total
                     break
                 if stop:
                     self.checkpointer.wait()
@@ -532,8 +532,9 @@ def train(
     trainer = _Trainer(task, config, cfg, workdir, mesh)
     with jax.set_mesh(mesh):
         trainer.run()
+    stopped_early = int(trainer.state.step) < trainer.total  # only the time budget returns early
     return TrainResult(
-        trainer.graphdef, trainer.state, trainer.rest, trainer.history, trainer.stopped_early
+        trainer.graphdef, trainer.state, trainer.rest, trainer.history, stopped_early
     )
 
 

@@ -124,10 +124,10 @@ class VAETask:
         # first_frame_weight: frame 0 is encoded alone (the image path that image->video keeps),
         # so its L1/L2 can count more; the logged l1/l2 stay unweighted means.
         fw = float(tc.get("first_frame_weight", 1.0))
-        pixel = dict(terms)
+        weighted = {}
         if fw != 1.0 and x.shape[1] > 1:
             w = jnp.ones((x.shape[1],), jnp.float32).at[0].set(fw)[None, :, None, None, None]
-            pixel = {"l1": jnp.mean(w * jnp.abs(err)), "l2": jnp.mean(w * jnp.square(err))}
+            weighted = {"l1": jnp.mean(w * jnp.abs(err)), "l2": jnp.mean(w * jnp.square(err))}
         if tc.get("grad_loss_weight", 0.0):
             terms["grad"] = losses.gradient_l1(recon, x)
         if tc.get("ssim_weight", 0.0):
@@ -143,7 +143,7 @@ class VAETask:
             "one_minus_ssim": tc.get("ssim_weight", 0.0),
             "perceptual": tc.get("perceptual_weight", 0.0),
         }
-        total = sum(float(weights[k]) * pixel.get(k, v) for k, v in terms.items())
+        total = sum(float(weights[k]) * weighted.get(k, v) for k, v in terms.items())
         return total, terms
 
     def loss(self, model: vae_lib.CausalVAE, frozen, batch: dict, rng: jax.Array):
