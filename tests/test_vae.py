@@ -198,3 +198,68 @@ def test_unnormalised_variant_is_causal_and_chunks_exactly():
 def test_unknown_norm_rejected():
     with pytest.raises(ValueError, match="norm='batch'"):
         dataclasses.replace(TINY, norm="batch")
+
+
+def test_shortcut_variant_is_causal_and_chunks_exactly():
+    cfg = dataclasses.replace(TINY, shortcuts=True)
+    vae = CausalVAE(cfg, rngs=nnx.Rngs(0))
+    n_params = lambda m: sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
+    assert n_params(vae) == n_params(CausalVAE(TINY, rngs=nnx.Rngs(0)))  # parameter-free paths
+    x = video(9)
+    full = vae.encode(x)[0]
+    assert float(jnp.abs(full - CausalVAE(TINY, rngs=nnx.Rngs(0)).encode(x)[0]).max()) > 1e-2
+    np.testing.assert_allclose(vae.encode_chunked(x)[0], full, atol=1e-5)
+    later = x.at[:, 5:].set(0.0)  # frames 5.. feed latent 2 only
+    np.testing.assert_allclose(vae.encode(later)[0][:, :2], full[:, :2], atol=1e-6)
+    np.testing.assert_allclose(vae.encode(x[:, :1])[0], full[:, :1], atol=1e-6)  # image first
+    z = latent(3)
+    np.testing.assert_allclose(vae.decode_chunked(z), vae.decode(z), atol=1e-5)
+    with pytest.raises(ValueError, match="multiple of z_channels=3"):
+        dataclasses.replace(cfg, z_channels=3)
+
+
+def test_shortcut_paths_match_a_loop_reference():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 5, 4, 6, 8)).astype(np.float32)  # [B, F, H, W, C]
+    pooled = np.asarray(vae_blocks.pool_shortcut(jnp.asarray(x), first=True, time=True))
+    want = np.zeros((1, 3, 2, 3, 8), np.float32)
+    for t, frames in enumerate([[0], [1, 2], [3, 4]]):
+        for i in range(2):
+            for j in range(3):
+                want[0, t, i, j] = x[0, frames, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean(
+                    (0, 1, 2)
+                )
+    np.testing.assert_allclose(pooled, want, atol=1e-6)
+    later = np.asarray(vae_blocks.pool_shortcut(jnp.asarray(x[:, 1:]), first=False, time=True))
+    np.testing.assert_allclose(later, want[:, 1:], atol=1e-6)  # a later chunk pairs its own
+
+    up = np.asarray(vae_blocks.unshuffle_shortcut(jnp.asarray(x), 4, first=True, time=True))
+    assert up.shape == (1, 9, 8, 12, 4)
+    src = [0, 1, 1, 2, 2, 3, 3, 4, 4]  # frame 0 once, the others twice
+    for t in range(9):
+        for i in range(8):
+            for j in range(12):
+                children = x[0, src[t], i // 2, j // 2].reshape(2, 2, 2)  # [C/4, dy, dx]
+                np.testing.assert_allclose(
+                    up[0, t, i, j], np.repeat(children[:, i % 2, j % 2], 2), atol=1e-6
+                )
+
+
+def test_patched_variant_compresses_the_same_and_chunks_exactly():
+    cfg = dataclasses.replace(TINY, channel_mults=(1, 2), temporal_downsample=(True,),
+                              patch_size=2)  # fmt: skip
+    assert cfg.spatial_factor == 4 and cfg.temporal_factor == 2
+    vae = CausalVAE(cfg, rngs=nnx.Rngs(0))
+    x = video(9)
+    full = vae.encode(x)[0]
+    assert full.shape == (1, 5, 4, 4, TINY.z_channels)
+    np.testing.assert_allclose(vae.encode_chunked(x, frames_per_chunk=2)[0], full, atol=1e-5)
+    np.testing.assert_allclose(vae.encode(x[:, :1])[0], full[:, :1], atol=1e-6)  # image first
+    z = latent(3)
+    assert vae.decode(z).shape == (1, 5, SIZE, SIZE, 3)
+    np.testing.assert_allclose(vae.decode_chunked(z), vae.decode(z), atol=1e-5)
+    y = jnp.arange(2 * 3 * 4 * 6 * 3, dtype=jnp.float32).reshape(2, 3, 4, 6, 3)
+    np.testing.assert_array_equal(vae_blocks.unpatchify(vae_blocks.patchify(y, 2), 2), y)
+    assert vae_blocks.patchify(y, 2)[0, 0, 0, 0, :6].tolist() == y[0, 0, 0, :2].ravel().tolist()
+    with pytest.raises(ValueError, match="patch_size=0"):
+        dataclasses.replace(TINY, patch_size=0)

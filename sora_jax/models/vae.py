@@ -42,7 +42,9 @@ from sora_jax.models.vae_blocks import (
     RMSNorm,
     TimeCache,
     Upsample,
+    patchify,
     silu,
+    unpatchify,
 )
 
 Array = jax.Array
@@ -61,14 +63,30 @@ class VAEConfig:
     dropout: float = 0.0
     dtype: str = "float32"
     norm: str = "rms"  # "rms" (Wan) | "none": learned channel scale only (vae_blocks.RMSNorm)
+    # Parameter-free residual paths around every resampler and the latent bottleneck (as DC-AE
+    # and the Wan 2.2 VAE have; Wan 2.1 has none, so its weights need False).
+    shortcuts: bool = False
+    # Pixels per side folded into channels before the first conv (and unfolded after the last):
+    # 2 runs every level at half the resolution, so the VAE costs ~1/4 of the FLOPs per pixel
+    # for the same total compression (spatial_factor = patch_size * 2^(levels - 1); as the Wan
+    # 2.2 VAE does). 1 for Wan 2.1.
+    patch_size: int = 1
 
     def __post_init__(self):
+        if self.patch_size < 1:
+            raise ValueError(f"vae.patch_size={self.patch_size} must be a positive integer.")
         if self.norm not in NORMS:
             raise ValueError(f"vae.norm={self.norm!r} must be one of {NORMS}.")
         if len(self.temporal_downsample) != len(self.channel_mults) - 1:
             raise ValueError(
                 f"temporal_downsample={self.temporal_downsample} must have one entry per down "
                 f"level, i.e. len(channel_mults) - 1 = {len(self.channel_mults) - 1} entries."
+            )
+        top = self.base_channels * self.channel_mults[-1]
+        if self.shortcuts and top % self.z_channels:
+            raise ValueError(
+                f"vae.shortcuts needs the deepest width {top} to be a multiple of "
+                f"z_channels={self.z_channels} (channels are averaged / repeated in groups)."
             )
         for m in self.channel_mults[1:]:
             if (self.base_channels * m) % 2:
@@ -79,7 +97,7 @@ class VAEConfig:
 
     @property
     def spatial_factor(self) -> int:
-        return 2 ** (len(self.channel_mults) - 1)
+        return self.patch_size * 2 ** (len(self.channel_mults) - 1)
 
     @property
     def temporal_factor(self) -> int:
@@ -120,7 +138,8 @@ class Encoder(nnx.Module):
     def __init__(self, cfg: VAEConfig, *, rngs: nnx.Rngs):
         kw = dict(dtype=cfg.dtype, rngs=rngs)
         dims = [cfg.base_channels * m for m in (1, *cfg.channel_mults)]
-        self.conv_in = CausalConv3d(3, dims[0], (3, 3, 3), **kw)
+        self.patch = cfg.patch_size
+        self.conv_in = CausalConv3d(3 * self.patch**2, dims[0], (3, 3, 3), **kw)
         blocks = []
         last = len(cfg.channel_mults) - 1
         for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
@@ -128,20 +147,31 @@ class Encoder(nnx.Module):
                 blocks.append(ResBlock(cin, cout, dropout=cfg.dropout, norm=cfg.norm, **kw))
                 cin = cout
             if i != last:
-                blocks.append(Downsample(cout, time=cfg.temporal_downsample[i], **kw))
+                blocks.append(
+                    Downsample(cout, time=cfg.temporal_downsample[i], shortcut=cfg.shortcuts, **kw)
+                )
         self.down_blocks = nnx.List(blocks)
         self.mid_block = MidBlock(
             dims[-1], attention=cfg.mid_attention, dropout=cfg.dropout, norm=cfg.norm, **kw
         )
         self.norm_out = RMSNorm(dims[-1], cfg.norm)
         self.conv_out = CausalConv3d(dims[-1], 2 * cfg.z_channels, (3, 3, 3), **kw)
+        self.z_channels = cfg.z_channels
+        self.shortcut = cfg.shortcuts
 
     def __call__(self, x: Array, cache: TimeCache | None = None) -> Array:
-        x = shard_video(self.conv_in(shard_video(x), cache))
+        x = shard_video(self.conv_in(shard_video(patchify(x, self.patch)), cache))
         for block in self.down_blocks:
             x = shard_video(block(x, cache))
         x = self.mid_block(x, cache)
-        return self.conv_out(silu(self.norm_out(x)), cache)
+        h = self.conv_out(silu(self.norm_out(x)), cache)
+        if not self.shortcut:
+            return h
+        # Bottleneck shortcut: the means get the features averaged in groups of C / z channels.
+        b, f, hh, ww, c = x.shape
+        z = self.z_channels
+        mean = x.astype(jnp.float32).reshape(b, f, hh, ww, z, c // z).mean(-1)
+        return h.astype(jnp.float32).at[..., :z].add(mean).astype(h.dtype)
 
 
 class UpBlock(nnx.Module):
@@ -155,7 +185,11 @@ class UpBlock(nnx.Module):
                 for j in range(cfg.num_res_blocks + 1)
             ]
         )
-        self.upsampler = None if up is None else Upsample(cout, cout // 2, time=up == "3d", **kw)
+        self.upsampler = (
+            None
+            if up is None
+            else Upsample(cout, cout // 2, time=up == "3d", shortcut=cfg.shortcuts, **kw)
+        )
 
     def __call__(self, x: Array, cache: TimeCache | None = None) -> Array:
         for block in self.resnets:
@@ -184,18 +218,28 @@ class Decoder(nnx.Module):
             blocks.append(UpBlock(cin, cout, cfg, up, rngs=rngs))
         self.up_blocks = nnx.List(blocks)
         self.norm_out = RMSNorm(dims[-1], cfg.norm)
-        self.conv_out = CausalConv3d(dims[-1], 3, (3, 3, 3), **kw)
+        self.patch = cfg.patch_size
+        self.conv_out = CausalConv3d(dims[-1], 3 * self.patch**2, (3, 3, 3), **kw)
+        self.repeat = dims[0] // cfg.z_channels if cfg.shortcuts else 0
 
     def features(self, z: Array, cache: TimeCache | None = None) -> Array:
         """Everything but `conv_out`: [B, T, h, w, z] -> [B, F, H, W, base_channels]."""
-        x = shard_video(self.conv_in(shard_video(z), cache))
+        x = self.conv_in(shard_video(z), cache)
+        if self.repeat:  # bottleneck shortcut: each latent channel repeated C / z times
+            skip = jnp.repeat(z.astype(jnp.float32), self.repeat, axis=-1)
+            x = (x.astype(jnp.float32) + skip).astype(x.dtype)
+        x = shard_video(x)
         x = self.mid_block(x, cache)
         for block in self.up_blocks:
             x = shard_video(block(x, cache))
         return silu(self.norm_out(x))
 
+    def to_pixels(self, feats: Array, cache: TimeCache | None = None) -> Array:
+        """`conv_out` and the patch unfolding: features -> [B, F, H, W, 3]."""
+        return unpatchify(self.conv_out(feats, cache), self.patch)
+
     def __call__(self, z: Array, cache: TimeCache | None = None) -> Array:
-        return self.conv_out(self.features(z, cache), cache)
+        return self.to_pixels(self.features(z, cache), cache)
 
 
 def _is_concrete(x) -> bool:

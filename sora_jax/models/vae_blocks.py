@@ -283,18 +283,84 @@ class MidBlock(nnx.Module):
         return self.resnets[1](x, cache)
 
 
+def patchify(x: Array, p: int) -> Array:
+    """[B, F, H, W, C] -> [B, F, H/p, W/p, C*p*p] (each pixel's p x p block as channels)."""
+    if p == 1:
+        return x
+    b, f, h, w, c = x.shape
+    x = x.reshape(b, f, h // p, p, w // p, p, c)
+    return jnp.moveaxis(x, 3, 4).reshape(b, f, h // p, w // p, p * p * c)
+
+
+def unpatchify(x: Array, p: int) -> Array:
+    """Inverse of `patchify`: [B, F, h, w, C*p*p] -> [B, F, h*p, w*p, C]."""
+    if p == 1:
+        return x
+    b, f, h, w, cpp = x.shape
+    x = jnp.moveaxis(x.reshape(b, f, h, w, p, p, cpp // (p * p)), 4, 3)
+    return x.reshape(b, f, h * p, w * p, cpp // (p * p))
+
+
+def _add_f32(x: Array, skip: Array) -> Array:
+    return (x.astype(jnp.float32) + skip.astype(jnp.float32)).astype(x.dtype)
+
+
+def pool_shortcut(x: Array, first: bool, time: bool) -> Array:
+    """Parameter-free path of a `Downsample` with shortcuts: 2x2 (x2 in time) average pooling.
+
+    Time pairs frames (1, 2), (3, 4), ... after passing frame 0 of the sequence through, the same
+    frames the learned time conv of output j reads last; a later chunk pairs its own frames
+    (chunks after the first have an even length), so chunked and full passes agree.
+    """
+    b, f, h, w, c = x.shape
+    x = x.astype(jnp.float32).reshape(b, f, h // 2, 2, w // 2, 2, c).mean((3, 5))
+    if not time:
+        return x
+    head = x[:, :1] if first else x[:, :0]
+    body = x[:, 1:] if first else x
+    body = body.reshape(b, body.shape[1] // 2, 2, h // 2, w // 2, c).mean(2)
+    return jnp.concatenate([head, body], axis=1)
+
+
+def unshuffle_shortcut(x: Array, cout: int, first: bool, time: bool) -> Array:
+    """Parameter-free path of an `Upsample` with shortcuts (DC-AE's channel-to-space shortcut).
+
+    Each frame is repeated twice in time (frame 0 of the sequence once), each pixel's channels
+    spread over its 2x2 children (C -> C/4), then the channels are duplicated up to `cout`.
+    """
+    b, f, h, w, c = x.shape
+    x = x.astype(jnp.float32)
+    if time:
+        head = x[:, :1] if first else x[:, :0]
+        body = jnp.repeat(x[:, 1:] if first else x, 2, axis=1)
+        x = jnp.concatenate([head, body], axis=1)
+        f = x.shape[1]
+    x = x.reshape(b, f, h, w, c // 4, 2, 2)
+    x = jnp.moveaxis(x, 5, 3).reshape(b, f, 2 * h, w, c // 4, 2)
+    x = jnp.moveaxis(x, 5, 4).reshape(b, f, 2 * h, 2 * w, c // 4)
+    return jnp.repeat(x, cout // (c // 4), axis=-1)
+
+
 class Downsample(nnx.Module):
     """Halves H and W (pad bottom/right by 1, 3x3 stride-2 conv); with `time`, also halves F.
 
     Time: a 3-tap stride-2 conv without padding over [x0, x1, ...] after passing x0 through, so
     1 + 2m frames become 1 + m and output j >= 1 sees input frames 2j-2 .. 2j (Wan's downsample3d).
+    `shortcut` adds the average-pooled input (`pool_shortcut`; not in Wan 2.1).
     """
 
-    def __init__(self, dim: int, *, time: bool, dtype: str, rngs: nnx.Rngs):
+    def __init__(self, dim: int, *, time: bool, dtype: str, rngs: nnx.Rngs, shortcut=False):
         self.spatial = Conv2d(dim, dim, stride=2, padding=((0, 1), (0, 1)), dtype=dtype, rngs=rngs)
         self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), dtype=dtype, rngs=rngs) if time else None
+        self.shortcut = shortcut
 
     def __call__(self, x: Array, cache: TimeCache | None = None) -> Array:
+        y = self._learned(x, cache)
+        if not self.shortcut:
+            return y
+        return _add_f32(y, pool_shortcut(x, is_first(cache), self.time_conv is not None))
+
+    def _learned(self, x: Array, cache: TimeCache | None) -> Array:
         x = self.spatial(x)
         if self.time_conv is None:
             return x
@@ -317,14 +383,23 @@ class Upsample(nnx.Module):
 
     Time: a causal 3-tap conv to 2*dim channels over frames 1.. (frame 0 excluded, zeros before
     frame 1, as Wan's 'Rep' cache does), each output frame split into two frames; 1 + m frames
-    become 1 + 2m.
+    become 1 + 2m. `shortcut` adds `unshuffle_shortcut` of the input (not in Wan 2.1).
     """
 
-    def __init__(self, dim: int, cout: int, *, time: bool, dtype: str, rngs: nnx.Rngs):
+    def __init__(
+        self, dim: int, cout: int, *, time: bool, dtype: str, rngs: nnx.Rngs, shortcut=False
+    ):
+        if shortcut and (dim % 4 or cout % (dim // 4)):
+            raise ValueError(
+                f"an upsampler shortcut from {dim} to {cout} channels needs {dim} divisible by 4 "
+                f"and {cout} by {dim} / 4."
+            )
         self.time_conv = (
             CausalConv3d(dim, 2 * dim, (3, 1, 1), dtype=dtype, rngs=rngs) if time else None
         )
         self.spatial = Conv2d(dim, cout, stride=1, padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs)
+        self.shortcut = shortcut
+        self.cout = cout
 
     def _time(self, x: Array, cache: TimeCache | None) -> Array:
         head = None
@@ -336,7 +411,9 @@ class Upsample(nnx.Module):
         return y if head is None else jnp.concatenate([head, y], axis=1)
 
     def __call__(self, x: Array, cache: TimeCache | None = None) -> Array:
-        if self.time_conv is not None:
+        time = self.time_conv is not None
+        skip = unshuffle_shortcut(x, self.cout, is_first(cache), time) if self.shortcut else None
+        if time:
             x = self._time(x, cache)
-        x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
-        return self.spatial(x)
+        x = self.spatial(jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3))
+        return x if skip is None else _add_f32(x, skip)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sora_jax.models import vae as vae_lib
+from sora_jax.models import vae_blocks
 from sora_jax.models.discriminator import PatchDiscriminator3D
 
 Array = jax.Array
@@ -67,15 +68,19 @@ def generator_loss(kind: str, fake: Array) -> Array:
     return jnp.mean(jax.nn.softplus(-fake))
 
 
-def adaptive_weight(head: nnx.Module, feats: Array, rec_fn, gan_fn, max_weight: float) -> Array:
+def adaptive_weight(
+    head: nnx.Module, feats: Array, rec_fn, gan_fn, max_weight: float, post=lambda y: y
+) -> Array:
     """VQGAN's lambda: ratio of the gradient norms of `rec_fn` and `gan_fn` (each a function of
-    the reconstruction) with respect to the kernel of `head`, the decoder's last conv, applied to
-    its input `feats`. Only `head` is differentiated, so this costs one small extra backward."""
+    the reconstruction `post(head(feats))`) with respect to the kernel of `head`, the decoder's
+    last conv, applied to its input `feats` (`post`: the patch unfolding, if any). Only `head` is
+    differentiated, so this costs one small extra backward."""
     graphdef, state = nnx.split(head)
     state, feats = jax.lax.stop_gradient((state, feats))
 
     def kernel_grad_norm(fn) -> Array:
-        grads = jax.grad(lambda s: fn(nnx.merge(graphdef, s)(feats).astype(jnp.float32)))(state)
+        recon = lambda s: post(nnx.merge(graphdef, s)(feats)).astype(jnp.float32)  # noqa: E731
+        grads = jax.grad(lambda s: fn(recon(s)))(state)
         return jnp.sqrt(jnp.sum(jnp.square(grads["kernel"][...])))
 
     ratio = kernel_grad_norm(rec_fn) / (kernel_grad_norm(gan_fn) + 1e-4)
@@ -107,7 +112,8 @@ def adversarial(
     critic = stopped(disc)
     gan_fn = lambda r: generator_loss(kind, critic(r))  # noqa: E731
     g_loss = gan_fn(recon)
-    lam = adaptive_weight(model.decoder.conv_out, feats, rec_fn, gan_fn, max_weight)
+    unpatch = lambda y: vae_blocks.unpatchify(y, model.decoder.patch)  # noqa: E731
+    lam = adaptive_weight(model.decoder.conv_out, feats, rec_fn, gan_fn, max_weight, unpatch)
     loss = on * (disc_weight * lam * g_loss + d_loss)
     metrics = {
         "d_loss": d_loss,

@@ -151,7 +151,7 @@ class VAETask:
         mean, logvar = model.encode(x)  # bad shapes fail here, at trace time, in one sentence
         z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
         feats = model.decoder.features(model.post_quant_conv(z))
-        recon = model.decoder.conv_out(feats).astype(jnp.float32)  # unclipped: keeps gradients
+        recon = model.decoder.to_pixels(feats).astype(jnp.float32)  # unclipped: keeps gradients
         rec, metrics = self.reconstruction(recon, x, frozen)
         kl = losses.kl_divergence(mean, logvar)
         total = rec + float(self.train_cfg.get("kl_weight", 1e-6)) * kl

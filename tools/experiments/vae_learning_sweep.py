@@ -8,7 +8,8 @@ and the grader's colour/shape accuracy on reconstructions at 300, 600, 800, 1200
 steps, and writes $OUT/vs_NAME.json. NORM=none|ln|gn swaps the VAE's RMS norm (diagnostic only).
 Arguments (JSON): steps, B (batch), lr, b2, clip, rng, loss (l2 | l1l2), w0 (loss weight of
 frame 0), and the VAE: bc (base channels), mults, nres, td (temporal downsampling per level),
-z; the data: res, frames, full_world (configs/world.py's world instead of the one-object one).
+z, sc (shortcuts), patch (patch_size), dtype; the data: res, frames, full_world
+(configs/world.py's world instead of the one-object one); evals (steps to evaluate at).
 The world VAE of configs/world.py, for example:
 
   python tools/experiments/vae_learning_sweep.py world '{"full_world": true, "res": 64,
@@ -97,6 +98,9 @@ cfg = v.VAEConfig(
     temporal_downsample=tuple(A.get("td", (True, True))),
     z_channels=z,
     mid_attention=False,
+    shortcuts=A.get("sc", False),
+    patch_size=A.get("patch", 1),
+    dtype=A.get("dtype", "float32"),
 )
 m = v.CausalVAE(cfg, rngs=nnx.Rngs(0))
 m.quant_conv.bias.value = m.quant_conv.bias[...].at[z:].set(-8.0)
@@ -139,7 +143,7 @@ t = time.time()
 hist = {}
 for s in range(steps):
     p, o, L = step(p, o, batch(s, B, F), jax.random.key(s))
-    if (s + 1) in (300, 600, 800, 1200, 2400, 4800):
+    if (s + 1) in tuple(A.get("evals", (300, 600, 800, 1200, 2400, 4800))):
         mm = nnx.merge(g, p)
         rec = jnp.concatenate(  # in chunks of 16 clips: 64 full-world clips at once is a lot
             [mm.decode(mm.encode(test5[i : i + 16])[0]) for i in range(0, 64, 16)]
