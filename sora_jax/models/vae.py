@@ -10,6 +10,11 @@ Layout (Wan 2.1, diffusers `AutoencoderKLWan`): encoder = causal conv_in, per le
 a 1x1x1 `quant_conv`; decoder = 1x1x1 `post_quant_conv`, conv_in, mid block, per level
 `num_res_blocks + 1` ResBlocks and an upsampler that halves channels, norm, SiLU, conv_out.
 
+Options beyond Wan 2.1 (off by default): `patch_size` folds p x p pixels into channels before
+conv_in and unfolds them after conv_out (every level runs at 1/p the resolution); `shortcuts`
+adds parameter-free paths around every resampler and the latent bottleneck (average pooling /
+channel-to-space with channel averaging / duplication, as DC-AE and the Wan 2.2 VAE do).
+
 `encode`/`decode` run the whole sequence at once; `encode_chunked`/`decode_chunked` run the first
 frame, then fixed-size chunks with a per-conv cache of past frames in one `lax.scan`, computing
 the same numbers with memory that does not grow with length (this is how Wan runs, too).

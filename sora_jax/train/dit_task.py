@@ -280,42 +280,64 @@ class DiTTask:
         For small datasets (the CPU-sized world run) this takes the frozen VAE out of every
         step; the k-th cached batch of a bucket is the stream's k-th batch of that bucket.
         """
-        stream, frozen = self._stream(), self.frozen()
-        encode = jax.jit(self.encode_latents)
-        cache = []
-        # One thread renders batch k + 1 while the device encodes batch k (dispatch is async).
-        with concurrent.futures.ThreadPoolExecutor(1) as ahead:
-            for b_idx, bucket in enumerate(self.buckets):
-                n_batches = -(-int(self.train_cfg.latent_cache_clips) // bucket.batch_size)
-                latents, texts = [], []
-                t0, wait_s = time.perf_counter(), 0.0
-                pending = ahead.submit(stream.batch, b_idx, 0)
-                for k in range(n_batches):
-                    t = time.perf_counter()
-                    batch = pending.result()
-                    wait_s += time.perf_counter() - t
-                    if k + 1 < n_batches:
-                        pending = ahead.submit(stream.batch, b_idx, k + 1)
-                    latents.append(encode(frozen, batch["video"]))
-                    texts.extend(batch["text"])
-                cache.append((np.concatenate([np.asarray(x) for x in latents]), texts))
-                logging.info(
-                    "dit: latent cache of bucket %s: %d clips in %.1f s (%.1f s waiting for "
-                    "decoded/rendered clips)", bucket.name, len(texts), time.perf_counter() - t0,
-                    wait_s,
-                )  # fmt: skip
-        stream.close()
-        return cache
+        builder = _LatentCacheBuilder(self)
+        try:
+            return [builder.bucket(b_idx) for b_idx in range(len(self.buckets))]
+        finally:
+            builder.close()
 
     def _cached_batches(self, start_step: int) -> Iterator[dict]:
-        cache = self.build_latent_cache()
-        for step in itertools.count(start_step):
-            b_idx = int(buckets_lib.bucket_of_steps(self.buckets, self.config.seed, [step])[0])
-            latents, texts = cache[b_idx]
-            n = self.buckets[b_idx].batch_size
-            u = buckets_lib.hash_uniform(self.config.seed, step * 4096 + np.arange(n), 11)
-            idx = (u * len(texts)).astype(np.int64)
-            yield self._with_text(step, {"latents": latents[idx]}, [texts[i] for i in idx])
+        # Each bucket's cache is built when a step first needs it, so the first train-step
+        # compile (main thread) overlaps the encoding of the other buckets (this thread).
+        # A bucket's cache depends on the bucket alone: the build order changes no number.
+        builder, cache = _LatentCacheBuilder(self), {}
+        try:
+            for step in itertools.count(start_step):
+                b_idx = int(buckets_lib.bucket_of_steps(self.buckets, self.config.seed, [step])[0])
+                if b_idx not in cache:
+                    cache[b_idx] = builder.bucket(b_idx)
+                latents, texts = cache[b_idx]
+                n = self.buckets[b_idx].batch_size
+                u = buckets_lib.hash_uniform(self.config.seed, step * 4096 + np.arange(n), 11)
+                idx = (u * len(texts)).astype(np.int64)
+                yield self._with_text(step, {"latents": latents[idx]}, [texts[i] for i in idx])
+        finally:
+            builder.close()
+
+
+class _LatentCacheBuilder:
+    """Encodes one bucket's `latent_cache_clips` clips with the frozen VAE (DiTTask's cache)."""
+
+    def __init__(self, task: DiTTask):
+        self.task = task
+        self.stream, self.frozen = task._stream(), task.frozen()
+        self.encode = jax.jit(task.encode_latents)
+
+    def bucket(self, b_idx: int) -> tuple[np.ndarray, list[str]]:
+        bucket = self.task.buckets[b_idx]
+        n_batches = -(-int(self.task.train_cfg.latent_cache_clips) // bucket.batch_size)
+        latents, texts = [], []
+        t0, wait_s = time.perf_counter(), 0.0
+        # One thread renders batch k + 1 while the device encodes batch k (dispatch is async).
+        with concurrent.futures.ThreadPoolExecutor(1) as ahead:
+            pending = ahead.submit(self.stream.batch, b_idx, 0)
+            for k in range(n_batches):
+                t = time.perf_counter()
+                batch = pending.result()
+                wait_s += time.perf_counter() - t
+                if k + 1 < n_batches:
+                    pending = ahead.submit(self.stream.batch, b_idx, k + 1)
+                latents.append(self.encode(self.frozen, batch["video"]))
+                texts.extend(batch["text"])
+        out = np.concatenate([np.asarray(x) for x in latents])
+        logging.info(
+            "dit: latent cache of bucket %s: %d clips in %.1f s (%.1f s waiting for "
+            "decoded/rendered clips)", bucket.name, len(texts), time.perf_counter() - t0, wait_s,
+        )  # fmt: skip
+        return out, texts
+
+    def close(self) -> None:
+        self.stream.close()
 
 
 # ----------------------------------------------------------------------------- training samples
