@@ -1,6 +1,6 @@
 """The world model of issue 9: VAE + DiT on the synthetic world, sized for one H100/H200.
 
-One command trains the VAE (at most 420 s, `vae_train.max_train_seconds`), caches latents, trains
+One command trains the VAE (at most 540 s, `vae_train.max_train_seconds`), caches latents, trains
 the DiT (at most 400 s) and runs the evaluation suite (sora_jax/eval_suite.py: every generation
 mode, graded):
 
@@ -51,6 +51,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.stages = "vae,dit,eval"  # eval: sora_jax/eval_suite.py (also --mode=eval)
+    c.compile_cache = not (
+        args.micro or args.runlocal
+    )  # <workdir>/xla_cache: resumes skip compiles
     c.mesh = dict(data=1, fsdp=-1, context=1, tensor=1)  # one GPU: everything on 'fsdp'
 
     # The synthetic world (sora_jax/data/world.py). Training clips are rendered at each
@@ -82,7 +85,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         patch_size=2,
     )
     c.vae_train = common.train_config(
-        steps=8000,  # ~ what the time budget allows, so the cosine decays before it ends
+        # ~ what the budget allows at the measured 21 steps/s, so the cosine decays before the
+        # budget ends (the measured run had steps=8000 and max_train_seconds=420: it stopped at
+        # 6,700 with the learning rate still at 16%; these two values are not yet run on a GPU).
+        steps=9500,
         lr=2e-3,  # the sweep (tools/bench/results/vae_sweep_h200.json): larger batch + lr
         lr_warmup_steps=200,
         b2=0.999,
@@ -90,7 +96,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         ema_decay=0.998,
         log_every_steps=100,
         checkpoint_every_steps=1000,
-        max_train_seconds=420,  # issue 3: trained within 10 GPU-minutes, compiles included
+        max_train_seconds=540,  # issue 3: within 10 GPU-minutes, start-up and compiles included
         # One bucket, one compile: the VAE is causal and its convolutions are the same at every
         # time step after the first frame (encoded alone, as an image), so 17-frame clips train
         # the 1-, 17- and 33-frame paths the DiT uses.
