@@ -138,6 +138,7 @@ def dit_stage_config(
     """
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.compile_cache = False  # True: compiled programs kept in <workdir>/xla_cache (sora_jax.main)
     c.stages = "dit,sample"
     c.mesh = dict(data=1, fsdp=-1, context=1, tensor=1)
     c.world = world_config(resolutions=((height, width),), num_frames=(frames,), image_fraction=0.1)

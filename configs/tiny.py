@@ -23,6 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = common.parse_arg(arg, micro=False, runlocal=False)
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.compile_cache = False  # True: compiled programs kept in <workdir>/xla_cache (sora_jax.main)
     c.stages = "vae,dit,sample"
     c.mesh = dict(data=1, fsdp=-1, context=1, tensor=1)
     c.world = common.world_config(
