@@ -46,9 +46,8 @@ def make_config(**train) -> ml_collections.ConfigDict:
 VIDEO = np.stack([vae_task.make_world(make_config()).clip(i, 16, 16, 5)["video"] for i in (0, 1)])
 
 
-@pytest.fixture(scope="module")
-def setup():
-    task = vae_task.VAETask(make_config())
+def _setup(config: ml_collections.ConfigDict):
+    task = vae_task.VAETask(config)
     model = task.create_model(nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
@@ -58,6 +57,11 @@ def setup():
 
     grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
     return task, graphdef, params, rest, grad_fn, loss_fn
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return _setup(make_config())
 
 
 def _disc_norm(grads) -> float:
@@ -108,7 +112,16 @@ def test_gan_switches_on_at_the_configured_step(setup):
 
 
 def test_adaptive_weight_is_the_ratio_of_last_layer_gradient_norms(setup):
-    task, graphdef, params, rest, grad_fn, _ = setup
+    _check_adaptive_weight(*setup[:5])
+
+
+def test_adaptive_weight_with_patched_vae():  # conv_out emits 2x2 patches, unfolded after it
+    config = make_config()
+    config.vae.patch_size = 2  # 16x16 frames -> 4x4 latents (8x8 without patches)
+    _check_adaptive_weight(*_setup(config)[:5])
+
+
+def _check_adaptive_weight(task, graphdef, params, rest, grad_fn):
     (_, aux), _ = grad_fn(params, START)
     x = vae_task.to_pixels(jnp.asarray(VIDEO))
 
