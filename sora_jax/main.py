@@ -149,25 +149,6 @@ def _expand(config, req):
     return dataclasses.replace(req, prompts=tuple(expanded)), notes
 
 
-COMPILE_CACHE_MIN_SECONDS = 1.0  # programs that compile faster than this are not worth a file
-
-
-def use_compile_cache(config, workdir: str) -> None:
-    """With `config.compile_cache`, keep compiled XLA programs under <workdir>/xla_cache.
-
-    A stage resumed in a new process (a new call on a lent GPU, a restarted job) then loads its
-    train steps instead of compiling them again (the world DiT's first step took 67 s to compile
-    on an H200). Multi-process CPU runs turn it back off (parallel.py explains why).
-    """
-    if not config.get("compile_cache", False):
-        return
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", COMPILE_CACHE_MIN_SECONDS)
-    jax.config.update("jax_enable_compilation_cache", True)
-
-
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -177,7 +158,7 @@ def main(argv) -> None:
     logging.getLogger().setLevel(logging.INFO)
     from sora_jax.train import loop
 
-    use_compile_cache(FLAGS.config, FLAGS.workdir)  # before the first compile
+    loop.use_compile_cache(FLAGS.config, FLAGS.workdir)  # before the first compile
     loop.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     try:
         _run(FLAGS.config, FLAGS.workdir)
