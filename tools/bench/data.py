@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
-import json
 import os
 import pathlib
 import platform
@@ -35,6 +34,8 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+import report  # noqa: E402  (tools/bench/report.py: this script's folder is on sys.path)
+
 from sora_jax.data import latent_cache, sources, tfds_builder, video_io  # noqa: E402
 from sora_jax.data import world as world_lib  # noqa: E402
 
@@ -167,10 +168,7 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "rows": rows,
     }
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {a.out}")
+    report.write_json(a.out, result)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ import glob
 import json
 import os
 import pathlib
-import platform
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "configs"))
 sys.path.insert(0, str(ROOT / "tools"))
+import report  # noqa: E402  (tools/bench/report.py: this script's folder is on sys.path)
 
 
 def _captions(clips_dir: str) -> list[str]:
@@ -159,18 +159,6 @@ def _mean_batch(config) -> float:
     return sum(n * w for _, n, w in b) / sum(w for _, _, w in b)
 
 
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for name in ("jax", "jaxlib", "flax", "grain", "av"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clips_dir", required=True, help="videos + sidecar .txt captions")
@@ -195,17 +183,15 @@ def main(argv=None) -> None:
     res = run(args)
     res = {"benchmark": "data wait share of the DiT step, configs/s.py on 256p clips",
            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-           "versions": _versions(), "setup": __doc__.split("\n\n")[2:4], **res}  # fmt: skip
+           "versions": report.versions("jax", "jaxlib", "flax", "grain", "av"),
+           "setup": __doc__.split("\n\n")[2:4], **res}  # fmt: skip
     print(f"{'device':>10}: {res['device']}  workers={res['workers']}  "
           f"steady steps={res['steady_steps']}")  # fmt: skip
     print(f"{'step':>10}: {res['step_s'] * 1e3:8.1f} ms")
     print(f"{'data wait':>10}: {res['data_wait_s'] * 1e3:8.1f} ms  "
           f"({100 * res['data_wait_fraction']:.2f}% of the step; target < 5%)")  # fmt: skip
     print(f"{'clips/s':>10}: {res['clips_per_s']:8.1f}  skipped={res['skipped_clips']}")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(res, f, indent=1)
-    print(f"wrote {args.out}")
+    report.write_json(args.out, res)
 
 
 if __name__ == "__main__":

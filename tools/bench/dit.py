@@ -35,6 +35,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+import report  # noqa: E402  (tools/bench/report.py: this script's folder is on sys.path)
+
 PEAK = 989e12  # H100 / H200 SXM dense bf16 datasheet
 L_DIT = dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30)  # configs/common.py "l"
 FULL = dict(grid=(21, 60, 104), text_len=512, model=dict(L_DIT, in_channels=16, text_dim=4096))
@@ -337,18 +339,6 @@ def _spawn(args, part: str, timeout: float, **extra) -> dict:
     return json.loads(lines[-1][7:]) | {"wall_s": time.perf_counter() - t0}
 
 
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for name in ("jax", "jaxlib", "flax", "torch", "diffusers"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def _device() -> str:
     try:
         q = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
@@ -362,7 +352,8 @@ def orchestrate(args) -> dict:
     start = time.perf_counter()
     left = lambda: args.budget_s - (time.perf_counter() - start)  # noqa: E731
     res = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-           "device": _device(), "versions": _versions(), "shape": _shape(args),
+           "device": _device(), "shape": _shape(args),
+           "versions": report.versions("jax", "jaxlib", "flax", "torch", "diffusers"),
            "peak_flops": PEAK, "train": {}, "memory": {}}  # fmt: skip
     if not args.skip_torch:
         res["diffusers"] = _spawn(args, "torch", left())

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import json
 import os
 import platform
@@ -35,6 +34,7 @@ import time
 import traceback
 
 import numpy as np
+import report  # noqa: E402  (tools/bench/report.py: this script's folder is on sys.path)
 
 GIB = 2**30
 WAN = dict(
@@ -356,12 +356,7 @@ def _run_part(argv: list[str], env: dict) -> dict:
 
 
 def _versions() -> dict:
-    out = {"python": platform.python_version()}
-    for name in ("jax", "jaxlib", "flax", "torch", "diffusers", "numpy"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
+    out: dict = report.versions("jax", "jaxlib", "flax", "torch", "diffusers", "numpy")
     try:
         import torch
 
