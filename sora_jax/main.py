@@ -156,10 +156,10 @@ def main(argv) -> None:
         raise app.UsageError("--config and --workdir are required.")
     sys.path.insert(0, os.getcwd())
     logging.getLogger().setLevel(logging.INFO)
-    from sora_jax.train import loop
+    from sora_jax.train import loop, runtime
 
-    loop.use_compile_cache(FLAGS.config, FLAGS.workdir)  # before the first compile
-    loop.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    runtime.use_compile_cache(FLAGS.config, FLAGS.workdir)  # before the first compile
+    runtime.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     try:
         _run(FLAGS.config, FLAGS.workdir)
     except (ValueError, FileNotFoundError, loop.NonFiniteError) as e:  # one sentence, no trace

@@ -7,10 +7,10 @@ import sys
 PROGRAM = """
 import sys
 import jax, jax.numpy as jnp, ml_collections
-from sora_jax.train import loop
-loop.COMPILE_CACHE_MIN_SECONDS = 0.0
+from sora_jax.train import runtime
+runtime.COMPILE_CACHE_MIN_SECONDS = 0.0
 config = ml_collections.ConfigDict({"compile_cache": sys.argv[2] == "on"})
-loop.use_compile_cache(config, sys.argv[1])
+runtime.use_compile_cache(config, sys.argv[1])
 jax.jit(lambda x: jnp.cumsum(jnp.sin(x) @ x.T, axis=0)).lower(jnp.ones((64, 64))).compile()
 print(jax.config.jax_compilation_cache_dir)
 """

@@ -91,9 +91,9 @@ def worker(argv=None) -> None:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
 
-    from sora_jax.train import loop
+    from sora_jax.train import loop, runtime
 
-    loop.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+    runtime.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
     jax.config.update("jax_default_matmul_precision", "highest")
     import ml_collections
     from jax.experimental import multihost_utils

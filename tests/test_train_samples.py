@@ -20,7 +20,7 @@ from flax import nnx
 
 from sora_jax import parallel
 from sora_jax.models import vae as vae_lib
-from sora_jax.train import dit_task, loop, vae_task
+from sora_jax.train import dit_task, loop, runtime, vae_task
 from sora_jax.train import metrics as metrics_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ def test_a_non_zero_process_samples_but_writes_nothing(trained, tmp_path, monkey
 
 
 def worker(port: str, process_id: str, workdir: str) -> None:
-    loop.initialize_distributed(f"localhost:{port}", 2, int(process_id))
+    runtime.initialize_distributed(f"localhost:{port}", 2, int(process_id))
     config = _micro_config()
     config.dit_train.update(steps=2, sample_num_prompts=3)  # 3 prompts: padded to 4 for fsdp=2
     task = _task(config, workdir)
