@@ -47,6 +47,7 @@ from sora_jax.models.vae_blocks import (
     RMSNorm,
     TimeCache,
     Upsample,
+    add_f32,
     patchify,
     silu,
     unpatchify,
@@ -231,8 +232,7 @@ class Decoder(nnx.Module):
         """Everything but `conv_out`: [B, T, h, w, z] -> [B, F, H, W, base_channels]."""
         x = self.conv_in(shard_video(z), cache)
         if self.repeat:  # bottleneck shortcut: each latent channel repeated C / z times
-            skip = jnp.repeat(z.astype(jnp.float32), self.repeat, axis=-1)
-            x = (x.astype(jnp.float32) + skip).astype(x.dtype)
+            x = add_f32(x, jnp.repeat(z, self.repeat, axis=-1))
         x = shard_video(x)
         x = self.mid_block(x, cache)
         for block in self.up_blocks:

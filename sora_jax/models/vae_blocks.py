@@ -301,7 +301,8 @@ def unpatchify(x: Array, p: int) -> Array:
     return x.reshape(b, f, h * p, w * p, cpp // (p * p))
 
 
-def _add_f32(x: Array, skip: Array) -> Array:
+def add_f32(x: Array, skip: Array) -> Array:
+    """x + skip computed in fp32, stored in x's dtype (residual adds of the bf16 VAE)."""
     return (x.astype(jnp.float32) + skip.astype(jnp.float32)).astype(x.dtype)
 
 
@@ -358,7 +359,7 @@ class Downsample(nnx.Module):
         y = self._learned(x, cache)
         if not self.shortcut:
             return y
-        return _add_f32(y, pool_shortcut(x, is_first(cache), self.time_conv is not None))
+        return add_f32(y, pool_shortcut(x, is_first(cache), self.time_conv is not None))
 
     def _learned(self, x: Array, cache: TimeCache | None) -> Array:
         x = self.spatial(x)
@@ -416,4 +417,4 @@ class Upsample(nnx.Module):
         if time:
             x = self._time(x, cache)
         x = self.spatial(jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3))
-        return x if skip is None else _add_f32(x, skip)
+        return x if skip is None else add_f32(x, skip)
