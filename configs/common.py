@@ -116,6 +116,9 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
             # Wall-time budget of one invocation, compiles included (0 = none): at the first log
             # step past it the stage saves and ends; running the stage again resumes it.
             max_train_seconds=0,
+            # Compile the step for every bucket at once before the first step (tasks that list
+            # their batch shapes: the DiT latent cache); False = at each bucket's first step.
+            precompile=True,
             profile_steps=(),  # (a, b): jax.profiler trace of steps [a, b) into <workdir>/profile
             checkpoint_every_steps=500,
             keep_checkpoints=2,

@@ -26,13 +26,13 @@ train step, so there are five; 128x128 would add tokens and compiles, not learni
 VAE compresses 4x8x8 to 16 channels (a 17x64x64 clip -> 5x8x8x16 latents); the DiT (~30M
 parameters) patches 1x2x2, so a 17x64x64 clip is 80 tokens and batches are large.
 
-Measured on an H200 (tools/bench/results/world_vae_h200.json): the VAE (2x2 patches, one
-17x64x64 bucket at batch 32) ran 21 steps/s, 6,700 steps in its 420 s budget, and reached 31.8 dB
-(SSIM 0.956) on 64 held-out clips; the stage took 7.8 minutes of GPU time, start-up included. The
-DiT stage's start-up, measured on the same GPU: latent caches ~25 s per bucket (8,192 clips),
-the first train step 67 s to compile and the other four shapes ~17 s each. The caches are now
-built when a step first needs their bucket, so the first compile overlaps the other buckets'
-encoding (not re-measured on the GPU). The budgets end a stage early (it resumes when
+Measured on an H200 (tools/bench/results/world_h200.json): the VAE (2x2 patches, one 17x64x64
+bucket at batch 32) ran 21-23 steps/s, all 9,500 steps in 554 s, and reached 33.5 dB (SSIM 0.968)
+on 64 held-out clips. The DiT stage then spent 327 s of its 400 s compiling its five buckets one
+after another (73-81 s per video shape) and trained 1,000 steps at 37-40 steps/s; the loop now
+compiles all buckets at once before the first step (`dit_train.precompile`) and encodes the
+latent caches (~25 s per bucket of 8,192 clips) in the order the steps first need them, from the
+start (not yet re-measured on the GPU). The budgets end a stage early (it resumes when
 run again); `--config.*_train.max_train_seconds=0` removes them. Arguments: `micro`
 (CPU, 2 steps per stage and 1-2 samples per eval set, for tests) and `runlocal` (CPU, 50 steps
 per stage: the whole recipe in a few minutes, learning little).
@@ -85,9 +85,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         patch_size=2,
     )
     c.vae_train = common.train_config(
-        # ~ what the budget allows at the measured 21 steps/s, so the cosine decays before the
-        # budget ends (the measured run had steps=8000 and max_train_seconds=420: it stopped at
-        # 6,700 with the learning rate still at 16%; these two values are not yet run on a GPU).
+        # ~ what the budget allows at the measured 21-23 steps/s, so the cosine decays before
+        # the budget ends: on the H200 all 9,500 steps ran in 554 s (33.5 dB held out).
         steps=9500,
         lr=2e-3,  # the sweep (tools/bench/results/vae_sweep_h200.json): larger batch + lr
         lr_warmup_steps=200,
@@ -130,7 +129,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         remat="none",  # ~100-300 tokens per clip: activations are small
     )
     c.dit_train = common.train_config(
-        steps=6000,
+        # 37-40 steps/s on the H200 once compiled: 9,000 steps ~ 240 s of the 400 s budget,
+        # the rest for the (parallel) compiles; not yet run at this length.
+        steps=9000,
         lr=3e-4,
         lr_warmup_steps=300,
         weight_decay=0.0,

@@ -17,6 +17,7 @@ import concurrent.futures
 import itertools
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 
@@ -286,23 +287,60 @@ class DiTTask:
         finally:
             builder.close()
 
+    def batch_specs(self) -> list[dict[str, jax.ShapeDtypeStruct]]:
+        """Global shapes of the batches `batches` yields, one dict per bucket (the loop compiles
+        the step for all of them before the first step). Only the in-memory latent cache (the
+        world recipe) is covered; other paths return [] and compile at each bucket's first step.
+        """
+        cached = int(self.train_cfg.get("latent_cache_clips", 0)) > 0
+        if not cached or self.train_cfg.get("latent_cache_dir", "") or self.vae_state is None:
+            return []
+        emb, mask = self.embedder([""])  # the text encoder's exact length and dtypes
+        specs = []
+        for bucket in self.buckets:
+            b = bucket.batch_size
+            video = jax.ShapeDtypeStruct(
+                (b, bucket.num_frames, bucket.height, bucket.width, 3), jnp.uint8
+            )
+            latents = jax.eval_shape(self.encode_latents, self.frozen(), video)
+            specs.append({
+                "latents": jax.ShapeDtypeStruct(latents.shape, latents.dtype),
+                "text": jax.ShapeDtypeStruct((b, *emb.shape[1:]), emb.dtype),
+                "text_mask": jax.ShapeDtypeStruct((b, *mask.shape[1:]), mask.dtype),
+            })  # fmt: skip
+        return specs
+
+    def first_use_order(self, start_step: int, horizon: int = 100_000) -> list[int]:
+        """Bucket indices in the order steps from `start_step` first draw them (then the rest)."""
+        steps = np.arange(start_step, start_step + horizon)
+        drawn = buckets_lib.bucket_of_steps(self.buckets, self.config.seed, steps)
+        _, first = np.unique(drawn, return_index=True)
+        order = [int(drawn[i]) for i in sorted(first)]
+        return order + [b for b in range(len(self.buckets)) if b not in order]
+
     def _cached_batches(self, start_step: int) -> Iterator[dict]:
-        # Each bucket's cache is built when a step first needs it, so the first train-step
-        # compile (main thread) overlaps the encoding of the other buckets (this thread).
-        # A bucket's cache depends on the bucket alone: the build order changes no number.
-        builder, cache = _LatentCacheBuilder(self), {}
+        # One thread encodes every bucket's cache, in the order the steps first need them, from
+        # the start: the step compiles (loop.py) and the first steps overlap the encoding of
+        # later buckets. A bucket's cache depends on the bucket alone: the order changes no number.
+        builder = _LatentCacheBuilder(self)
+        encoding = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="latent-cache")
+        cache = {b: encoding.submit(builder.bucket, b) for b in self.first_use_order(start_step)}
         try:
             for step in itertools.count(start_step):
                 b_idx = int(buckets_lib.bucket_of_steps(self.buckets, self.config.seed, [step])[0])
-                if b_idx not in cache:
-                    cache[b_idx] = builder.bucket(b_idx)
-                latents, texts = cache[b_idx]
+                latents, texts = cache[b_idx].result()
                 n = self.buckets[b_idx].batch_size
                 u = buckets_lib.hash_uniform(self.config.seed, step * 4096 + np.arange(n), 11)
                 idx = (u * len(texts)).astype(np.int64)
                 yield self._with_text(step, {"latents": latents[idx]}, [texts[i] for i in idx])
         finally:
+            builder.stop.set()  # a bucket being encoded ends at its next batch
+            encoding.shutdown(wait=True, cancel_futures=True)
             builder.close()
+
+
+class _Stopped(Exception):
+    """A latent-cache build abandoned because training ended first."""
 
 
 class _LatentCacheBuilder:
@@ -312,6 +350,7 @@ class _LatentCacheBuilder:
         self.task = task
         self.stream, self.frozen = task._stream(), task.frozen()
         self.encode = jax.jit(task.encode_latents)
+        self.stop = threading.Event()  # set: `bucket` raises _Stopped at its next batch
 
     def bucket(self, b_idx: int) -> tuple[np.ndarray, list[str]]:
         bucket = self.task.buckets[b_idx]
@@ -322,6 +361,8 @@ class _LatentCacheBuilder:
         with concurrent.futures.ThreadPoolExecutor(1) as ahead:
             pending = ahead.submit(self.stream.batch, b_idx, 0)
             for k in range(n_batches):
+                if self.stop.is_set():
+                    raise _Stopped(bucket.name)
                 t = time.perf_counter()
                 batch = pending.result()
                 wait_s += time.perf_counter() - t

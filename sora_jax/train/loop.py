@@ -17,6 +17,7 @@ non-finite guard reacts within a step without stalling the device.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import itertools
 import logging
@@ -63,7 +64,10 @@ class Task(Protocol):
 
     `periodic(step, ctx: PeriodicContext)` runs after every step on every process (e.g. sample
     videos every N steps; only `ctx.is_main_process` writes files); `model_sections` names the
-    config sections describing the model, for the resume shape check.
+    config sections describing the model, for the resume shape check; `batch_specs()` lists
+    the global shapes ({name: jax.ShapeDtypeStruct}) of every batch `batches` will yield, one
+    per bucket, so the loop compiles the step for all of them at once before the first step
+    (`precompile` in the stage config; see `_Trainer.precompile`).
     """
 
     name: str
@@ -431,8 +435,69 @@ class _Trainer:
         periodic(number, ctx)
         self.progress.add("hooks_s", time.perf_counter() - t)
 
+    def precompile(self, frozen) -> dict[tuple, concurrent.futures.Future]:
+        """Compiles the step for every batch shape of `task.batch_specs()`, all at once.
+
+        Each bucket is one compile of the step, and they would otherwise run one after another
+        at the first step of each bucket: a small model on a GPU spent 5 x ~75 s of a 400 s
+        budget there (issue 9). XLA compiles outside the GIL, so threads compile in parallel
+        while the host builds data. The compiled programs land in JAX's in-memory cache, where
+        the step's own first call of each shape finds them (it re-traces and lowers, seconds).
+        Returns {batch key: future}; `run` waits for a shape's future before its first step,
+        so no shape is compiled twice. A failed compile is logged and left to the step.
+        """
+        specs = getattr(self.task, "batch_specs", None)
+        if not self.cfg.get("precompile", True) or specs is None:
+            return {}
+        specs = specs()
+        if not specs:
+            return {}
+        state = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            self.abstract,
+            self.shardings[0],
+        )
+
+        def compile_one(spec: dict) -> float:
+            t = time.perf_counter()
+            batch = {
+                k: jax.ShapeDtypeStruct(
+                    v.shape, v.dtype, sharding=parallel.batch_sharding(self.mesh, len(v.shape))
+                )
+                for k, v in spec.items()
+            }
+            with jax.set_mesh(self.mesh):  # the mesh context is per thread
+                self.step_fn.lower(state, frozen, batch).compile()
+            return time.perf_counter() - t
+
+        self.compile_pool = concurrent.futures.ThreadPoolExecutor(
+            len(specs), thread_name_prefix="precompile"
+        )
+        futures = {}
+        for spec in specs:
+            key = batch_key(spec)
+            futures[key] = self.compile_pool.submit(compile_one, spec)
+        logging.info("%s: compiling the step for %d batch shapes at once", self.task.name,
+                     len(futures))  # fmt: skip
+        return futures
+
+    def wait_compiled(self, futures: dict, key: tuple) -> None:
+        future = futures.pop(key, None)
+        if future is None:
+            return
+        try:
+            logging.info("%s: step of shapes %s compiled in %.1f s (ahead of its first step)",
+                         self.task.name, shapes_text(key), future.result())  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - the step's own call compiles (and raises) again
+            logging.warning(
+                "%s: ahead-of-time compile of %s failed (%s: %s); the step compiles it",
+                self.task.name, shapes_text(key), type(e).__name__, e,
+            )  # fmt: skip
+
     def run(self) -> None:
         frozen = self.task.frozen()
+        self.compile_pool = None
+        compiling = self.precompile(frozen)
         batches = _Prefetch(self.task.batches(self.start), self.total - self.start)
         watcher = ckpt_lib.PreemptionWatcher(self.checkpointer)
         pending = None
@@ -445,7 +510,9 @@ class _Trainer:
                 batch = parallel.host_to_global(host_batch, self.mesh)
                 self.progress.add("data_s", time.perf_counter() - t0)
                 self.profiler.before(number)
-                shapes = tuple((k, np.shape(v)) for k, v in sorted(host_batch.items()))
+                shapes = batch_key(batch)
+                if compiling:
+                    self.wait_compiled(compiling, shapes)
                 t1 = time.perf_counter()
                 self.state, metrics, diag = self.step_fn(self.state, frozen, batch)
                 if shapes not in self.seen_shapes:  # a new bucket: compiles; say how long
@@ -453,7 +520,7 @@ class _Trainer:
                     jax.block_until_ready(metrics)
                     logging.info(
                         "%s: step %d: first batch of shapes %s compiled and ran in %.1f s",
-                        self.task.name, number, dict(shapes), time.perf_counter() - t1,
+                        self.task.name, number, shapes_text(shapes), time.perf_counter() - t1,
                     )  # fmt: skip
                 if pending is not None:  # the previous step; this one is queued behind it
                     self.observe(*pending)
@@ -490,11 +557,22 @@ class _Trainer:
                     logging.warning("%s: preempted; checkpoint at step %d", self.task.name, number)
                     raise Preempted(number)
         finally:
+            if self.compile_pool is not None:  # shapes never stepped (a short run): drop them
+                self.compile_pool.shutdown(wait=False, cancel_futures=True)
             batches.close()
             watcher.close()
             self.profiler.stop()
             self.checkpointer.close()
             self.writer.close()
+
+
+def batch_key(batch: dict) -> tuple:
+    """((name, global shape, dtype), ...) of a batch of arrays or ShapeDtypeStructs: one compile."""
+    return tuple((k, tuple(v.shape), str(v.dtype)) for k, v in sorted(batch.items()))
+
+
+def shapes_text(key: tuple) -> str:
+    return str({name: shape for name, shape, _ in key})
 
 
 def train(

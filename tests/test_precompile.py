@@ -1,0 +1,127 @@
+"""The step is compiled for every bucket at once before training (loop.py `precompile`) and the
+DiT latent caches are encoded in the order the steps first need them (dit_task.py): the same
+numbers as compiling at each bucket's first step, and no shape compiled twice."""
+
+import contextlib
+import importlib.util
+import pathlib
+
+import jax
+import ml_collections
+import numpy as np
+from jax import monitoring
+from test_loop import ToyTask, _assert_trees_equal, _cfg, _config
+from test_train_samples import _task
+
+from sora_jax.data import buckets as buckets_lib
+from sora_jax.train import loop
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+class TwoShapeTask(ToyTask):
+    """ToyTask with batches of 8 rows on even steps and 4 rows on odd steps: two compiles."""
+
+    def batches(self, start_step):
+        for i, b in enumerate(super().batches(start_step)):
+            n = 8 if (start_step + i) % 2 == 0 else 4
+            yield {"x": b["x"][:n], "y": b["y"][:n], "scale": b["scale"]}
+
+    def batch_specs(self):
+        def spec(n):
+            return {
+                "x": jax.ShapeDtypeStruct((n, 4), np.float32),
+                "y": jax.ShapeDtypeStruct((n, 2), np.float32),
+                "scale": jax.ShapeDtypeStruct((), np.float32),
+            }
+
+        return [spec(8), spec(4)]
+
+
+@contextlib.contextmanager
+def count_backend_compiles():
+    counts = []
+
+    def listener(event, duration, **kwargs):
+        if event == COMPILE_EVENT:
+            counts.append(duration)
+
+    monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield counts
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
+
+
+def test_precompiled_run_equals_compiling_at_first_use_and_compiles_nothing_twice(tmp_path):
+    jax.clear_caches()
+    with count_backend_compiles() as lazy:
+        a = loop.train(TwoShapeTask(), _config(), _cfg(6, precompile=False), str(tmp_path / "a"))
+    jax.clear_caches()
+    with count_backend_compiles() as ahead:
+        b = loop.train(TwoShapeTask(), _config(), _cfg(6, precompile=True), str(tmp_path / "b"))
+    _assert_trees_equal(a.state, b.state)
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    assert len(ahead) == len(lazy) > 0
+
+
+def test_a_spec_no_batch_has_is_compiled_but_never_waited_for(tmp_path):
+    """A shape that never comes (a run shorter than its first step) costs a compile, no wait."""
+
+    class ExtraSpec(TwoShapeTask):
+        def batch_specs(self):
+            extra = {k: jax.ShapeDtypeStruct((16, *v.shape[1:]) if v.shape else (), v.dtype)
+                     for k, v in super().batch_specs()[0].items()}  # fmt: skip
+            return [*super().batch_specs(), extra]
+
+    base = loop.train(TwoShapeTask(), _config(), _cfg(4), str(tmp_path / "a"))
+    extra = loop.train(ExtraSpec(), _config(), _cfg(4), str(tmp_path / "b"))
+    _assert_trees_equal(base.state, extra.state)
+
+
+def _tiny_micro() -> ml_collections.ConfigDict:
+    spec = importlib.util.spec_from_file_location("cfg_tiny_precompile", ROOT / "configs/tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("micro")
+    config.dit_train.buckets = (("5x16x16", 2, 0.5), ("1x16x16", 4, 0.3), ("5x16x24", 2, 0.2))
+    return config
+
+
+def test_dit_batch_specs_are_the_shapes_of_its_cached_batches(tmp_path):
+    config = _tiny_micro()
+    task = _task(config, str(tmp_path))
+    specs = task.batch_specs()
+    assert len(specs) == 3
+    order = task.first_use_order(0)
+    assert sorted(order) == [0, 1, 2]
+    drawn = buckets_lib.bucket_of_steps(task.buckets, config.seed, np.arange(40))
+    firsts = [int(b) for b in dict.fromkeys(drawn.tolist())]
+    assert order[: len(firsts)] == firsts
+    # The first batch of each bucket has exactly its spec's shapes and dtypes (one compile).
+    seen = {}
+    gen = task.batches(0)
+    for step in range(40):
+        batch = next(gen)
+        seen.setdefault(int(drawn[step]), loop.batch_key(batch))
+    gen.close()
+    assert set(seen) == {0, 1, 2}
+    for b_idx, key in seen.items():
+        assert key == loop.batch_key(specs[b_idx]), b_idx
+
+
+def test_dit_cached_batches_do_not_depend_on_the_encoding_order(tmp_path):
+    """Streaming (caches built ahead in first-use order) == the caches built one by one."""
+    config = _tiny_micro()
+    task = _task(config, str(tmp_path))
+    caches = task.build_latent_cache()  # bucket index order
+    drawn = buckets_lib.bucket_of_steps(task.buckets, config.seed, np.arange(12))
+    gen = task.batches(0)
+    for step in range(12):
+        batch = next(gen)
+        latents, _ = caches[int(drawn[step])]
+        n = task.buckets[int(drawn[step])].batch_size
+        u = buckets_lib.hash_uniform(config.seed, step * 4096 + np.arange(n), 11)
+        np.testing.assert_array_equal(batch["latents"], latents[(u * len(latents)).astype(int)])
+    gen.close()
