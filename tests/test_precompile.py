@@ -28,7 +28,7 @@ class TwoShapeTask(ToyTask):
             n = 8 if (start_step + i) % 2 == 0 else 4
             yield {"x": b["x"][:n], "y": b["y"][:n], "scale": b["scale"]}
 
-    def batch_specs(self):
+    def batch_specs(self, start, end):
         def spec(n):
             return {
                 "x": jax.ShapeDtypeStruct((n, 4), np.float32),
@@ -70,10 +70,11 @@ def test_a_spec_no_batch_has_is_compiled_but_never_waited_for(tmp_path):
     """A shape that never comes (a run shorter than its first step) costs a compile, no wait."""
 
     class ExtraSpec(TwoShapeTask):
-        def batch_specs(self):
+        def batch_specs(self, start, end):
+            first = super().batch_specs(start, end)
             extra = {k: jax.ShapeDtypeStruct((16, *v.shape[1:]) if v.shape else (), v.dtype)
-                     for k, v in super().batch_specs()[0].items()}  # fmt: skip
-            return [*super().batch_specs(), extra]
+                     for k, v in first[0].items()}  # fmt: skip
+            return [*first, extra]
 
     base = loop.train(TwoShapeTask(), _config(), _cfg(4), str(tmp_path / "a"))
     extra = loop.train(ExtraSpec(), _config(), _cfg(4), str(tmp_path / "b"))
@@ -92,7 +93,7 @@ def _tiny_micro() -> ml_collections.ConfigDict:
 def test_dit_batch_specs_are_the_shapes_of_its_cached_batches(tmp_path):
     config = _tiny_micro()
     task = _task(config, str(tmp_path))
-    specs = task.batch_specs()
+    specs = task.batch_specs(0, 40)
     assert len(specs) == 3
     order = task.first_use_order(0)
     assert sorted(order) == [0, 1, 2]
@@ -109,6 +110,9 @@ def test_dit_batch_specs_are_the_shapes_of_its_cached_batches(tmp_path):
     assert set(seen) == {0, 1, 2}
     for b_idx, key in seen.items():
         assert key == loop.batch_key(specs[b_idx]), b_idx
+    # A run of one step compiles only the bucket that step draws.
+    (only,) = task.batch_specs(0, 1)
+    assert loop.batch_key(only) == seen[int(drawn[0])]
 
 
 def test_dit_cached_batches_do_not_depend_on_the_encoding_order(tmp_path):

@@ -287,17 +287,19 @@ class DiTTask:
         finally:
             builder.close()
 
-    def batch_specs(self) -> list[dict[str, jax.ShapeDtypeStruct]]:
-        """Global shapes of the batches `batches` yields, one dict per bucket (the loop compiles
-        the step for all of them before the first step). Only the in-memory latent cache (the
-        world recipe) is covered; other paths return [] and compile at each bucket's first step.
+    def batch_specs(self, start_step: int, end_step: int) -> list[dict[str, jax.ShapeDtypeStruct]]:
+        """Global shapes of the batches `batches` yields in steps [start_step, end_step), one dict
+        per bucket drawn there (the loop compiles the step for all of them before the first
+        step). Only the in-memory latent cache (the world recipe) is covered; other paths
+        return [] and compile at each bucket's first step.
         """
         cached = int(self.train_cfg.get("latent_cache_clips", 0)) > 0
         if not cached or self.train_cfg.get("latent_cache_dir", "") or self.vae_state is None:
             return []
+        drawn = set(self.first_use_order(start_step, max(end_step - start_step, 0), rest=False))
         emb, mask = self.embedder([""])  # the text encoder's exact length and dtypes
         specs = []
-        for bucket in self.buckets:
+        for bucket in (b for i, b in enumerate(self.buckets) if i in drawn):
             b = bucket.batch_size
             video = jax.ShapeDtypeStruct(
                 (b, bucket.num_frames, bucket.height, bucket.width, 3), jnp.uint8
@@ -310,13 +312,14 @@ class DiTTask:
             })  # fmt: skip
         return specs
 
-    def first_use_order(self, start_step: int, horizon: int = 100_000) -> list[int]:
-        """Bucket indices in the order steps from `start_step` first draw them (then the rest)."""
-        steps = np.arange(start_step, start_step + horizon)
+    def first_use_order(self, start_step: int, horizon: int = 100_000, rest: bool = True):
+        """Bucket indices in the order steps [start_step, start_step + horizon) first draw them,
+        then (`rest`) the buckets those steps never draw."""
+        steps = np.arange(start_step, start_step + min(horizon, 1_000_000))
         drawn = buckets_lib.bucket_of_steps(self.buckets, self.config.seed, steps)
         _, first = np.unique(drawn, return_index=True)
         order = [int(drawn[i]) for i in sorted(first)]
-        return order + [b for b in range(len(self.buckets)) if b not in order]
+        return order + [b for b in range(len(self.buckets)) if rest and b not in order]
 
     def _cached_batches(self, start_step: int) -> Iterator[dict]:
         # One thread encodes every bucket's cache, in the order the steps first need them, from

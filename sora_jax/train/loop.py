@@ -64,10 +64,10 @@ class Task(Protocol):
 
     `periodic(step, ctx: PeriodicContext)` runs after every step on every process (e.g. sample
     videos every N steps; only `ctx.is_main_process` writes files); `model_sections` names the
-    config sections describing the model, for the resume shape check; `batch_specs()` lists
-    the global shapes ({name: jax.ShapeDtypeStruct}) of every batch `batches` will yield, one
-    per bucket, so the loop compiles the step for all of them at once before the first step
-    (`precompile` in the stage config; see `_Trainer.precompile`).
+    config sections describing the model, for the resume shape check; `batch_specs(start,
+    end)` lists the global shapes ({name: jax.ShapeDtypeStruct}) of the batches `batches` will
+    yield in steps [start, end), one per bucket, so the loop compiles the step for all of them
+    at once before the first step (`precompile` in the stage config; `_Trainer.precompile`).
     """
 
     name: str
@@ -449,7 +449,7 @@ class _Trainer:
         specs = getattr(self.task, "batch_specs", None)
         if not self.cfg.get("precompile", True) or specs is None:
             return {}
-        specs = specs()
+        specs = specs(self.start, self.total)
         if not specs:
             return {}
         state = jax.tree.map(
