@@ -119,6 +119,7 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
             # Compile the step for every bucket at once before the first step (tasks that list
             # their batch shapes: the DiT latent cache); False = at each bucket's first step.
             precompile=True,
+            precompile_threads=8,  # compiles at once (each holds its own host memory)
             profile_steps=(),  # (a, b): jax.profiler trace of steps [a, b) into <workdir>/profile
             checkpoint_every_steps=500,
             keep_checkpoints=2,

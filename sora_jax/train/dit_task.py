@@ -289,17 +289,17 @@ class DiTTask:
 
     def batch_specs(self, start_step: int, end_step: int) -> list[dict[str, jax.ShapeDtypeStruct]]:
         """Global shapes of the batches `batches` yields in steps [start_step, end_step), one dict
-        per bucket drawn there (the loop compiles the step for all of them before the first
-        step). Only the in-memory latent cache (the world recipe) is covered; other paths
-        return [] and compile at each bucket's first step.
+        per bucket drawn there, in the order the steps first draw them (the loop compiles the
+        step for all of them before the first step). Only the in-memory latent cache (the world
+        recipe) is covered; other paths return [] and compile at each bucket's first step.
         """
         cached = int(self.train_cfg.get("latent_cache_clips", 0)) > 0
         if not cached or self.train_cfg.get("latent_cache_dir", "") or self.vae_state is None:
             return []
-        drawn = set(self.first_use_order(start_step, max(end_step - start_step, 0), rest=False))
+        order = self.first_use_order(start_step, max(end_step - start_step, 0), rest=False)
         emb, mask = self.embedder([""])  # the text encoder's exact length and dtypes
         specs = []
-        for bucket in (b for i, b in enumerate(self.buckets) if i in drawn):
+        for bucket in (self.buckets[i] for i in order):  # first needed, first compiled
             b = bucket.batch_size
             video = jax.ShapeDtypeStruct(
                 (b, bucket.num_frames, bucket.height, bucket.width, 3), jnp.uint8

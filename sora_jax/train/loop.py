@@ -436,7 +436,7 @@ class _Trainer:
         self.progress.add("hooks_s", time.perf_counter() - t)
 
     def precompile(self, frozen) -> dict[tuple, concurrent.futures.Future]:
-        """Compiles the step for every batch shape of `task.batch_specs()`, all at once.
+        """Compiles the step for every batch shape the task lists, `precompile_threads` at once.
 
         Each bucket is one compile of the step, and they would otherwise run one after another
         at the first step of each bucket: a small model on a GPU spent 5 x ~75 s of a 400 s
@@ -470,8 +470,11 @@ class _Trainer:
                 self.step_fn.lower(state, frozen, batch).compile()
             return time.perf_counter() - t
 
+        # Each compile holds its own host memory (GBs for a large model): at most
+        # `precompile_threads` at once, taken in the order the task lists them.
+        threads = max(1, min(len(specs), int(self.cfg.get("precompile_threads", 8))))
         self.compile_pool = concurrent.futures.ThreadPoolExecutor(
-            len(specs), thread_name_prefix="precompile"
+            threads, thread_name_prefix="precompile"
         )
         futures = {}
         for spec in specs:
