@@ -99,6 +99,9 @@ def two_hosts(data_dir, tmp_path_factory):
     # persistent compilation cache off for them (parallel._no_cache_for_cpu_collectives): cached
     # two-process CPU executables fail in their collectives.
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    # Each worker logs to a file: with pipes, a worker blocked on a full pipe that nobody reads
+    # (we wait on the other one first) stalls the collective both are in.
+    log_paths = [tmp / f"{i}.log" for i in range(2)]
     procs = [
         subprocess.Popen(
             [
@@ -114,15 +117,20 @@ def two_hosts(data_dir, tmp_path_factory):
                 str(STEPS),
             ],
             env=env,
-            stdout=subprocess.PIPE,
+            stdout=open(log_paths[i], "w"),
             stderr=subprocess.STDOUT,
-            text=True,
         )  # fmt: skip
         for i in range(2)
     ]
-    logs = [p.communicate(timeout=240)[0] for p in procs]
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
+    try:
+        for p in procs:
+            p.wait(timeout=480)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, path in zip(procs, log_paths):
+        assert p.returncode == 0, path.read_text()[-3000:]
     return [json.load(open(tmp / f"{i}.json")) for i in range(2)]
 
 
