@@ -15,6 +15,7 @@ from test_train_samples import _task
 
 from sora_jax.data import buckets as buckets_lib
 from sora_jax.train import loop
+from sora_jax.train.precompile import batch_key
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -105,13 +106,13 @@ def test_dit_batch_specs_are_the_shapes_of_its_cached_batches(tmp_path):
     gen = task.batches(0)
     for step in range(40):
         batch = next(gen)
-        seen.setdefault(int(drawn[step]), loop.batch_key(batch))
+        seen.setdefault(int(drawn[step]), batch_key(batch))
     gen.close()
     assert set(seen) == {0, 1, 2}
-    assert [loop.batch_key(s) for s in specs] == [seen[b] for b in order]  # first-use order
+    assert [batch_key(s) for s in specs] == [seen[b] for b in order]  # first-use order
     # A run of one step compiles only the bucket that step draws.
     (only,) = task.batch_specs(0, 1)
-    assert loop.batch_key(only) == seen[int(drawn[0])]
+    assert batch_key(only) == seen[int(drawn[0])]
 
 
 def test_dit_cached_batches_do_not_depend_on_the_encoding_order(tmp_path):

@@ -120,7 +120,7 @@ def compile_step(config, mesh, batch: int):
     import jax
 
     from sora_jax import parallel
-    from sora_jax.train import dit_task, loop
+    from sora_jax.train import dit_task, loop, precompile
 
     task = dit_task.DiTTask.for_latents(config)
     cfg = config.dit_train
@@ -128,11 +128,8 @@ def compile_step(config, mesh, batch: int):
         task, cfg, mesh, config.seed
     )
 
-    def sds(a, s):
-        return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
-
-    state = jax.tree.map(sds, abstract, shardings[0])
-    rest = jax.tree.map(sds, abstract_rest, shardings[1])
+    state = precompile.sharded_abstract(abstract, shardings[0])
+    rest = precompile.sharded_abstract(abstract_rest, shardings[1])
     shapes = latent_batch_shapes(config, batch)
     b, shards = shapes["latents"][0][0], mesh.shape["data"] * mesh.shape["fsdp"]
     if b % shards:
@@ -140,10 +137,9 @@ def compile_step(config, mesh, batch: int):
             f"global batch {b} does not split over data x fsdp = {shards} devices; "
             f"pass --batch as a multiple of {shards}."
         )
-    batch_in = {
-        k: jax.ShapeDtypeStruct(shape, dtype, sharding=parallel.batch_sharding(mesh, len(shape)))
-        for k, (shape, dtype) in shapes.items()
-    }
+    batch_in = precompile.abstract_batch(
+        {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in shapes.items()}, mesh
+    )
 
     def step(state, rest, batch):
         fn = loop.build_step(task, graphdef, rest, tx, cfg.get("ema_decay", 0.999))

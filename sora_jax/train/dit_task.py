@@ -298,13 +298,13 @@ class DiTTask:
             return []
         order = self.first_use_order(start_step, max(end_step - start_step, 0), rest=False)
         emb, mask = self.embedder([""])  # the text encoder's exact length and dtypes
-        specs = []
+        frozen, specs = self.frozen(), []
         for bucket in (self.buckets[i] for i in order):  # first needed, first compiled
             b = bucket.batch_size
             video = jax.ShapeDtypeStruct(
                 (b, bucket.num_frames, bucket.height, bucket.width, 3), jnp.uint8
             )
-            latents = jax.eval_shape(self.encode_latents, self.frozen(), video)
+            latents = jax.eval_shape(self.encode_latents, frozen, video)
             specs.append({
                 "latents": jax.ShapeDtypeStruct(latents.shape, latents.dtype),
                 "text": jax.ShapeDtypeStruct((b, *emb.shape[1:]), emb.dtype),

@@ -17,7 +17,6 @@ non-finite guard reacts within a step without stalling the device.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import dataclasses
 import itertools
 import logging
@@ -41,6 +40,7 @@ from sora_jax import flops as flops_lib
 from sora_jax import parallel
 from sora_jax.train import checkpoint as ckpt_lib
 from sora_jax.train import metrics as metrics_lib
+from sora_jax.train import precompile as precompile_lib
 from sora_jax.train.optimizer import (  # noqa: F401 - re-exported for callers of loop
     make_optimizer,
     make_schedule,
@@ -67,7 +67,7 @@ class Task(Protocol):
     config sections describing the model, for the resume shape check; `batch_specs(start,
     end)` lists the global shapes ({name: jax.ShapeDtypeStruct}) of the batches `batches` will
     yield in steps [start, end), one per bucket, so the loop compiles the step for all of them
-    at once before the first step (`precompile` in the stage config; `_Trainer.precompile`).
+    at once before the first step (`precompile` in the stage config; sora_jax/train/precompile.py).
     """
 
     name: str
@@ -435,71 +435,22 @@ class _Trainer:
         periodic(number, ctx)
         self.progress.add("hooks_s", time.perf_counter() - t)
 
-    def precompile(self, frozen) -> dict[tuple, concurrent.futures.Future]:
-        """Compiles the step for every batch shape the task lists, `precompile_threads` at once.
-
-        Each bucket is one compile of the step, and they would otherwise run one after another
-        at the first step of each bucket: a small model on a GPU spent 5 x ~75 s of a 400 s
-        budget there (issue 9). XLA compiles outside the GIL, so threads compile in parallel
-        while the host builds data. The compiled programs land in JAX's in-memory cache, where
-        the step's own first call of each shape finds them (it re-traces and lowers, seconds).
-        Returns {batch key: future}; `run` waits for a shape's future before its first step,
-        so no shape is compiled twice. A failed compile is logged and left to the step.
-        """
+    def precompile(self, frozen) -> precompile_lib.Precompiler | None:
+        """Starts compiling the step for the batch shapes the task lists (`batch_specs`)."""
         specs = getattr(self.task, "batch_specs", None)
         if not self.cfg.get("precompile", True) or specs is None:
-            return {}
+            return None
         specs = specs(self.start, self.total)
         if not specs:
-            return {}
-        state = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            self.abstract,
-            self.shardings[0],
+            return None
+        state = precompile_lib.sharded_abstract(self.abstract, self.shardings[0])
+        threads = int(self.cfg.get("precompile_threads", 8))
+        return precompile_lib.Precompiler(
+            self.task.name, self.step_fn, state, frozen, specs, self.mesh, threads
         )
-
-        def compile_one(spec: dict) -> float:
-            t = time.perf_counter()
-            batch = {
-                k: jax.ShapeDtypeStruct(
-                    v.shape, v.dtype, sharding=parallel.batch_sharding(self.mesh, len(v.shape))
-                )
-                for k, v in spec.items()
-            }
-            with jax.set_mesh(self.mesh):  # the mesh context is per thread
-                self.step_fn.lower(state, frozen, batch).compile()
-            return time.perf_counter() - t
-
-        # Each compile holds its own host memory (GBs for a large model): at most
-        # `precompile_threads` at once, taken in the order the task lists them.
-        threads = max(1, min(len(specs), int(self.cfg.get("precompile_threads", 8))))
-        self.compile_pool = concurrent.futures.ThreadPoolExecutor(
-            threads, thread_name_prefix="precompile"
-        )
-        futures = {}
-        for spec in specs:
-            key = batch_key(spec)
-            futures[key] = self.compile_pool.submit(compile_one, spec)
-        logging.info("%s: compiling the step for %d batch shapes at once", self.task.name,
-                     len(futures))  # fmt: skip
-        return futures
-
-    def wait_compiled(self, futures: dict, key: tuple) -> None:
-        future = futures.pop(key, None)
-        if future is None:
-            return
-        try:
-            logging.info("%s: step of shapes %s compiled in %.1f s (ahead of its first step)",
-                         self.task.name, shapes_text(key), future.result())  # fmt: skip
-        except Exception as e:  # noqa: BLE001 - the step's own call compiles (and raises) again
-            logging.warning(
-                "%s: ahead-of-time compile of %s failed (%s: %s); the step compiles it",
-                self.task.name, shapes_text(key), type(e).__name__, e,
-            )  # fmt: skip
 
     def run(self) -> None:
         frozen = self.task.frozen()
-        self.compile_pool = None
         compiling = self.precompile(frozen)
         batches = _Prefetch(self.task.batches(self.start), self.total - self.start)
         watcher = ckpt_lib.PreemptionWatcher(self.checkpointer)
@@ -513,9 +464,9 @@ class _Trainer:
                 batch = parallel.host_to_global(host_batch, self.mesh)
                 self.progress.add("data_s", time.perf_counter() - t0)
                 self.profiler.before(number)
-                shapes = batch_key(batch)
-                if compiling:
-                    self.wait_compiled(compiling, shapes)
+                shapes = precompile_lib.batch_key(batch)
+                if compiling is not None:
+                    compiling.wait(shapes)
                 t1 = time.perf_counter()
                 self.state, metrics, diag = self.step_fn(self.state, frozen, batch)
                 if shapes not in self.seen_shapes:  # a new bucket: compiles; say how long
@@ -523,7 +474,8 @@ class _Trainer:
                     jax.block_until_ready(metrics)
                     logging.info(
                         "%s: step %d: first batch of shapes %s compiled and ran in %.1f s",
-                        self.task.name, number, shapes_text(shapes), time.perf_counter() - t1,
+                        self.task.name, number, precompile_lib.shapes_text(shapes),
+                        time.perf_counter() - t1,
                     )  # fmt: skip
                 if pending is not None:  # the previous step; this one is queued behind it
                     self.observe(*pending)
@@ -560,22 +512,13 @@ class _Trainer:
                     logging.warning("%s: preempted; checkpoint at step %d", self.task.name, number)
                     raise Preempted(number)
         finally:
-            if self.compile_pool is not None:  # shapes never stepped (a short run): drop them
-                self.compile_pool.shutdown(wait=False, cancel_futures=True)
+            if compiling is not None:
+                compiling.close()
             batches.close()
             watcher.close()
             self.profiler.stop()
             self.checkpointer.close()
             self.writer.close()
-
-
-def batch_key(batch: dict) -> tuple:
-    """((name, global shape, dtype), ...) of a batch of arrays or ShapeDtypeStructs: one compile."""
-    return tuple((k, tuple(v.shape), str(v.dtype)) for k, v in sorted(batch.items()))
-
-
-def shapes_text(key: tuple) -> str:
-    return str({name: shape for name, shape, _ in key})
 
 
 def train(
