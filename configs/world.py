@@ -1,7 +1,7 @@
 """The world model of issue 9: VAE + DiT on the synthetic world, sized for one H100/H200.
 
 One command trains the VAE (at most 540 s, `vae_train.max_train_seconds`), caches latents, trains
-the DiT (at most 400 s) and runs the evaluation suite (sora_jax/eval_suite.py: every generation
+the DiT (at most 700 s) and runs the evaluation suite (sora_jax/eval_suite.py: every generation
 mode, graded):
 
   python -m sora_jax.main --config=configs/world.py --workdir=/tmp/world
@@ -26,13 +26,12 @@ train step, so there are five; 128x128 would add tokens and compiles, not learni
 VAE compresses 4x8x8 to 16 channels (a 17x64x64 clip -> 5x8x8x16 latents); the DiT (~30M
 parameters) patches 1x2x2, so a 17x64x64 clip is 80 tokens and batches are large.
 
-Measured on an H200 (tools/bench/results/world_h200.json): the VAE (2x2 patches, one 17x64x64
-bucket at batch 32) ran 21-23 steps/s, all 9,500 steps in 554 s, and reached 33.5 dB (SSIM 0.968)
-on 64 held-out clips. The DiT stage then spent 327 s of its 400 s compiling its five buckets one
-after another (73-81 s per video shape) and trained 1,000 steps at 37-40 steps/s; the loop now
-compiles all buckets at once before the first step (`dit_train.precompile`) and encodes the
-latent caches (~25 s per bucket of 8,192 clips) in the order the steps first need them, from the
-start (not yet re-measured on the GPU). The budgets end a stage early (it resumes when
+Measured on an H200 (tools/bench/results/world_h200.json, 2026-12-02): the VAE (2x2 patches,
+one 17x64x64 bucket at batch 32, clips rendered by 8 worker processes) ran 46-47 steps/s and
+reached 34.1 dB at 12,000 steps and 36.9 dB (SSIM 0.982) on 64 held-out clips when its 540 s
+budget stopped it at 20,400 steps (586 s of stage wall time, compile included). The DiT stage
+compiled its five buckets at once (88-114 s each, in parallel), cached latents in 7-18 s per
+bucket and trained ~31 steps/s: 4,200 steps in a 270 s budget. The budgets end a stage early (it resumes when
 run again); `--config.*_train.max_train_seconds=0` removes them. Arguments: `micro`
 (CPU, 2 steps per stage and 1-2 samples per eval set, for tests) and `runlocal` (CPU, 50 steps
 per stage: the whole recipe in a few minutes, learning little).
@@ -89,9 +88,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         patch_size=2,
     )
     c.vae_train = common.train_config(
-        # ~ what the budget allows at the measured 21-23 steps/s, so the cosine decays before
-        # the budget ends: on the H200 all 9,500 steps ran in 554 s (33.5 dB held out).
-        steps=9500,
+        # ~ what the 540 s budget allows at the measured 46-47 steps/s (H200), so the cosine
+        # ends inside it: a 20,800-step schedule stopped at 20,400 there (36.9 dB held out).
+        steps=20000,
         lr=2e-3,  # the sweep (tools/bench/results/vae_sweep_h200.json): larger batch + lr
         lr_warmup_steps=200,
         b2=0.999,
@@ -129,20 +128,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         patch_size=(1, 2, 2),
         text_dim=384,
         dtype="bfloat16",  # matmuls and attention in bf16; norms, modulation, residuals fp32
-        attention="auto",  # cudnn on GPU, splash on TPU, xla on CPU
+        # XLA's attention: the run that measured this recipe used it. cuDNN's ran the stage faster
+        # on the H200 (37-40 vs ~31 steps/s) but died at a bucket's first step while the other
+        # buckets compiled; the loop now waits for every compile on GPUs (precompile.py), not yet
+        # run there with cuDNN: --config.dit.attention=auto tries it.
+        attention="xla",
         remat="none",  # ~100-300 tokens per clip: activations are small
     )
     c.dit_train = common.train_config(
-        # 37-40 steps/s on the H200 once compiled: 9,000 steps ~ 240 s of the 400 s budget,
-        # the rest for the (parallel) compiles; not yet run at this length.
-        steps=9000,
+        # ~31 steps/s on the H200 once compiled (XLA attention): 17,000 steps ~ 560 s of the
+        # 700 s budget, the rest for the compiles (~115 s, in parallel). Not yet run at this
+        # length: the measured run trained 4,200 steps in 270 s (shape accuracy 15%: too few).
+        steps=17000,
         lr=3e-4,
         lr_warmup_steps=300,
         weight_decay=0.0,
         ema_decay=0.999,
         log_every_steps=200,
         checkpoint_every_steps=1000,
-        max_train_seconds=400,  # the GPU call's share; rerun the stage to train on
+        max_train_seconds=700,  # a 30-minute GPU session's share; rerun the stage to train on
         # ('FRAMESxHEIGHTxWIDTH', batch, weight): tokens per clip in brackets. Each bucket is
         # one compile of the step (and of the latent-cache encode), so there are few, and
         # the eval suite samples only trained shapes.

@@ -67,6 +67,42 @@ def test_precompiled_run_equals_compiling_at_first_use_and_compiles_nothing_twic
     assert len(ahead) == len(lazy) > 0
 
 
+def test_without_overlap_the_first_step_waits_for_every_compile(tmp_path):
+    """precompile_overlap="no" (the GPU default): nothing runs next to a compile; same numbers."""
+    from sora_jax.train import precompile as precompile_lib
+
+    waited = []
+
+    class Recorder(precompile_lib.Precompiler):
+        def wait(self, key):
+            super().wait(key)
+            waited.append(all(f.done() for f in self.all) and not self.futures)
+
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.all = list(self.futures.values())
+
+    real = precompile_lib.Precompiler
+    precompile_lib.Precompiler = Recorder
+    try:
+        a = loop.train(TwoShapeTask(), _config(), _cfg(4, precompile_overlap="no"),
+                       str(tmp_path / "a"))  # fmt: skip
+    finally:
+        precompile_lib.Precompiler = real
+    b = loop.train(TwoShapeTask(), _config(), _cfg(4, precompile=False), str(tmp_path / "b"))
+    _assert_trees_equal(a.state, b.state)
+    assert waited and all(waited)  # every compile had finished before the first step ran
+    assert loop.precompile_overlap(_cfg(1)) is (jax.default_backend() != "gpu")  # auto
+
+
+def test_a_bad_precompile_overlap_fails_before_training(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match=r"precompile_overlap='maybe'; expected one of"):
+        loop.train(TwoShapeTask(), _config(), _cfg(2, precompile_overlap="maybe"), str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
 def test_a_spec_no_batch_has_is_compiled_but_never_waited_for(tmp_path):
     """A shape that never comes (a run shorter than its first step) costs a compile, no wait."""
 

@@ -243,6 +243,20 @@ class TimeBudget:
         return bool(over)
 
 
+PRECOMPILE_OVERLAP = ("auto", "yes", "no")
+
+
+def precompile_overlap(cfg) -> bool:
+    """Whether steps may run while other shapes compile (`precompile_overlap`: auto = not on
+    GPUs, where a cuDNN graph's first run failed next to compiles; sora_jax/train/precompile.py)."""
+    value = str(cfg.get("precompile_overlap", "auto"))
+    if value not in PRECOMPILE_OVERLAP:
+        raise ValueError(f"precompile_overlap={value!r}; expected one of {PRECOMPILE_OVERLAP}.")
+    if value == "auto":
+        return jax.default_backend() not in ("gpu", "cuda", "rocm")
+    return value == "yes"
+
+
 class _Prefetch:
     """Runs the host data iterator one or two batches ahead in a thread.
 
@@ -375,6 +389,7 @@ class _Trainer:
         )
         self.profiler = metrics_lib.Profiler(workdir, cfg.get("profile_steps", ()))
         self.budget = TimeBudget(float(cfg.get("max_train_seconds", 0) or 0))
+        self.overlap = precompile_overlap(cfg)  # a bad value fails here, before any compile
         self.writer = metrics_lib.create_writer(workdir, prefix=f"{task.name} ")
         self.rows: list[dict] = []
         self.history: list[dict] = []
@@ -446,8 +461,9 @@ class _Trainer:
         state = precompile_lib.sharded_abstract(self.abstract, self.shardings[0])
         threads = int(self.cfg.get("precompile_threads", 8))
         return precompile_lib.Precompiler(
-            self.task.name, self.step_fn, state, frozen, specs, self.mesh, threads
-        )
+            self.task.name, self.step_fn, state, frozen, specs, self.mesh, threads,
+            overlap=self.overlap,
+        )  # fmt: skip
 
     def run(self) -> None:
         frozen = self.task.frozen()

@@ -7,6 +7,11 @@ every shape at once in threads (XLA compiles outside the GIL) while the host bui
 programs land in JAX's in-memory cache, where the step's own first call of each shape finds
 them (it re-traces and lowers: seconds). The loop waits for a shape's compile before its first
 step, so no shape is compiled twice; a failed compile is logged and left to the step.
+
+On GPUs the first step waits for every compile (`overlap=False`): a program's first run loads
+its cuDNN attention graphs, and cuDNN warms each loaded graph up by capturing it on a CUDA
+stream; on the H200 that capture failed ("capturing stream has unjoined work") when it ran
+while other threads compiled, and killed the run. Steps overlap compiles on CPU and TPU.
 """
 
 from __future__ import annotations
@@ -51,12 +56,14 @@ class Precompiler:
     """Compiles `step_fn(state, frozen, batch)` for each batch spec, `threads` at once.
 
     Each compile holds its own host memory (GBs for a large model), so at most `threads` run
-    together, taken in the order of `specs` (put the first needed first).
+    together, taken in the order of `specs` (put the first needed first). `overlap=False`: the
+    first `wait` waits for every compile, so no step runs while one is in flight.
     """
 
     def __init__(self, name: str, step_fn: Callable, state, frozen, specs: Sequence[dict],
-                 mesh, threads: int = 8):  # fmt: skip
+                 mesh, threads: int = 8, overlap: bool = True):  # fmt: skip
         self.name = name
+        self.overlap = bool(overlap)
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max(1, min(len(specs), threads)), thread_name_prefix="precompile"
         )
@@ -72,7 +79,12 @@ class Precompiler:
                      len(self.futures))  # fmt: skip
 
     def wait(self, key: tuple) -> None:
-        """Blocks until the compile of batch `key` (if it was submitted) has finished."""
+        """Blocks until the compile of batch `key` (if it was submitted) has finished; without
+        `overlap`, until every compile has."""
+        for k in [key] if self.overlap else list(self.futures):
+            self._finish(k)
+
+    def _finish(self, key: tuple) -> None:
         future = self.futures.pop(key, None)
         if future is None:
             return
