@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The world model on one GPU (issue 9), stage by stage, each under its time budget:
-#   VAE (max 540 s, configs/world.py) -> VAE on real footage -> DiT (max 700 s) -> eval suite.
+#   VAE (max 540 s, configs/world.py) -> VAE on real footage -> DiT (max 600 s) -> eval suite.
 #
 #   tools/experiments/world_gpu.sh WORKDIR [FOOTAGE.npz|mp4,...] [extra main.py flags...]
 #
