@@ -8,10 +8,10 @@ programs land in JAX's in-memory cache, where the step's own first call of each 
 them (it re-traces and lowers: seconds). The loop waits for a shape's compile before its first
 step, so no shape is compiled twice; a failed compile is logged and left to the step.
 
-On GPUs the first step waits for every compile (`overlap=False`): a program's first run loads
-its cuDNN attention graphs, and cuDNN warms each loaded graph up by capturing it on a CUDA
-stream; on the H200 that capture failed ("capturing stream has unjoined work") when it ran
-while other threads compiled, and killed the run. Steps overlap compiles on CPU and TPU.
+On GPUs the first step waits for every compile (`overlap=False`): the first run of a program
+with cuDNN attention deserializes its cuDNN graphs, which captures a CUDA graph, and on the
+H200 that capture failed ("capturing stream has unjoined work") while other threads compiled,
+killing the run (twice; not yet re-run with the wait). Steps overlap compiles on CPU and TPU.
 """
 
 from __future__ import annotations
