@@ -205,3 +205,10 @@ def test_world_micro_trains_and_evaluates_from_the_command_line(tmp_path):
                           text=True, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "eval" / "summary.json").exists()
+    sys.path.insert(0, str(ROOT / "tools"))
+    import world_report
+
+    report = world_report.collect(str(tmp_path))
+    assert report["vae"]["steps"] == report["dit"]["steps"] == 2
+    assert report["eval_sets"]["t2v"]["n"] == 2 and report["targets_total"] > 0
+    assert world_report.markdown(report["eval_sets"]).count("\n") >= 2 + 10

@@ -8,7 +8,8 @@
 # workdir) outside a checkout that may be re-synced while the script runs in the background.
 # Each stage resumes from its newest checkpoint, so running the script again continues
 # training where the budgets stopped it. Logs: WORKDIR/<stage>.log; results: WORKDIR/summary.json,
-# WORKDIR/eval/, WORKDIR/vae/footage_eval.json.
+# WORKDIR/eval/, WORKDIR/vae/footage_eval.json, and all of them in WORKDIR/report.json and
+# WORKDIR/report.md (the table of the evaluation sets).
 set -uo pipefail
 workdir=${1:?usage: world_gpu.sh WORKDIR [FOOTAGE] [flags...]}
 footage=${2:-}
@@ -29,4 +30,8 @@ fi
 main --stages=dit "$@" >"$workdir/dit.log" 2>&1 || stamp "dit failed ($?)"
 stamp "dit done"
 main --stages=eval "$@" >"$workdir/eval.log" 2>&1 || stamp "eval failed ($?)"
+# Every number in one JSON and the README's table of the sets (tools/world_report.py).
+python tools/world_report.py --workdir="$workdir" --out="$workdir/report.json" \
+  --device="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)" \
+  >"$workdir/report.md" 2>&1 || stamp "report failed ($?)"
 stamp "eval done"

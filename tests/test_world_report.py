@@ -1,0 +1,85 @@
+"""tools/world_report.py: a world run's workdir -> the issue-9 numbers and the README table."""
+
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
+import world_report  # noqa: E402
+
+
+def _write(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(obj, list):
+        path.write_text("".join(json.dumps(r) + "\n" for r in obj))
+    else:
+        path.write_text(json.dumps(obj))
+
+
+def _run_dir(tmp_path):
+    _write(tmp_path / "summary.json", {"vae": {"psnr": 36.857, "ssim": 0.98221, "wall_s": 586.4},
+                                       "dit": {"wall_s": 281.6}})  # fmt: skip
+    _write(tmp_path / "vae" / "metrics.jsonl", [
+        {"step": 100, "loss": 1.0, "steps_per_s": 2.0},  # the compile's interval: not counted
+        {"step": 200, "loss": 0.5, "steps_per_s": 46.0},
+        {"step": 200, "eval_psnr": 24.2896, "eval_ssim": 0.82029},
+        {"step": 300, "loss": 0.25, "steps_per_s": 47.0},
+        {"step": 400, "loss": 0.125, "steps_per_s": 45.0},
+    ])  # fmt: skip
+    _write(tmp_path / "dit" / "metrics.jsonl",
+           [{"step": 200 * k, "loss": 1.0 / k, "steps_per_s": 30.0 + k} for k in (1, 2, 3)])
+    _write(tmp_path / "vae" / "footage_eval.json", {
+        "footage.npz:bikes": {"psnr": 19.9, "ssim": 0.7628, "shape": [33, 256, 256, 3]},
+        "footage.npz:carphone": {"psnr": 17.3, "ssim": 0.4886, "shape": [33, 144, 176, 3]},
+    })  # fmt: skip
+    sets = {
+        "t2v": {"color_acc": 1.0, "shape_acc": 0.1458, "motion_acc": 0.3125, "n": 48},
+        "t2v_occlusion": {"color_acc": 1.0, "shape_acc": 0.0625, "motion_acc": 0.375, "n": 16,
+                          "permanence": 0.3125},
+        "t2i": {"color_acc": 1.0, "shape_acc": 0.1875, "motion_acc": None, "n": 16},
+        "i2v": {"color_acc": 1.0, "shape_acc": 0.3125, "motion_acc": 0.4375, "n": 16,
+                "given_psnr": 39.629, "last_color_acc": 1.0, "continuity_ratio": 2.529},
+    }  # fmt: skip
+    targets = [{"set": "t2v", "metric": "color_acc", "min": 0.9, "value": 1.0, "ok": True},
+               {"set": "t2v", "metric": "shape_acc", "min": 0.8, "value": 0.15, "ok": False}]
+    _write(tmp_path / "eval" / "summary.json",
+           {"sets": sets, "targets": targets, "val_loss": {"t=0.5": 0.23}, "wall_s": 200.9})
+    return tmp_path
+
+
+def test_report_collects_every_stage_and_the_targets(tmp_path):
+    r = world_report.collect(str(_run_dir(tmp_path)))
+    assert r["vae"] == {
+        "steps": 400, "first_loss": 1.0, "final_loss": 0.125, "steps_per_s_median": 46.0,
+        "eval_during_training": [{"step": 200, "psnr": 24.29, "ssim": 0.8203}],
+        "stage_wall_s": 586.4, "heldout_psnr_db": 36.86, "heldout_ssim": 0.9822,
+    }  # fmt: skip
+    assert r["dit"]["steps"] == 600 and r["dit"]["steps_per_s_median"] == 32.5
+    assert r["dit"]["final_loss"] == pytest.approx(1 / 3, abs=1e-4)
+    assert r["vae_real_footage"]["mean_psnr"] == 18.6
+    assert r["vae_real_footage"]["carphone"] == {"psnr": 17.3, "ssim": 0.489}
+    assert (r["targets_met"], r["targets_total"]) == (1, 2)
+    assert r["eval"]["val_loss"] == {"t=0.5": 0.23}
+
+
+def test_report_table_has_a_row_per_set_with_its_extra_grades(tmp_path):
+    table = world_report.markdown(world_report.collect(str(_run_dir(tmp_path)))["eval_sets"])
+    rows = table.splitlines()
+    assert len(rows) == 2 + 4  # header, rule, the four sets in the suite's order
+    assert rows[2] == "| t2v, in distribution (48) | 1.00 | 0.15 | 0.31 |  |"
+    assert rows[3].endswith("| object permanence 0.31 |")
+    assert rows[4] == "| t2i (16) | 1.00 | 0.19 | — |  |"
+    assert "given frames 39.6 dB, last-frame colour 1.00, continuity 2.53×" in rows[5]
+
+
+def test_report_of_a_run_without_eval_and_a_missing_folder(tmp_path, capsys):
+    run = _run_dir(tmp_path / "run")
+    (run / "eval" / "summary.json").unlink()
+    out = world_report.main(["--workdir", str(run), "--out", str(tmp_path / "r.json")])
+    assert "eval_sets" not in out and out["vae"]["steps"] == 400
+    assert json.loads((tmp_path / "r.json").read_text())["dit"]["steps"] == 600
+    with pytest.raises(SystemExit):
+        world_report.main(["--workdir", str(tmp_path / "nope")])
+    assert "is not a folder" in capsys.readouterr().err

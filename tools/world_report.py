@@ -1,0 +1,152 @@
+"""The results of a world-model run (configs/world.py) as one JSON and a Markdown table.
+
+Reads what the recipe wrote in its workdir (summary.json, vae/ and dit/ metrics.jsonl, the
+VAE's footage_eval.json if tools/eval_vae.py ran, eval/summary.json) and collects the numbers
+issue 9 reports: VAE held-out PSNR/SSIM and its curve, the DiT's steps, loss and speed, every
+evaluation set's grades and the issue's targets checked.
+
+  python tools/world_report.py --workdir=/tmp/world --out=tools/bench/results/world_h200.json
+
+Prints the Markdown table of the evaluation sets (README's layout) last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import report  # noqa: E402
+
+SETS = (  # (name in eval/summary.json, row label)
+    ("t2v", "t2v, in distribution"),
+    ("t2v_holdout", "t2v, held-out colour×shape pairs"),
+    ("t2v_occlusion", "t2v, occlusion scenes"),
+    ("t2v_multi", "t2v, 2–3 objects"),
+    ("t2v_sweep", "t2v, other sizes and durations"),
+    ("t2i", "t2i"),
+    ("i2v", "i2v"),
+    ("extend_forward", "extend forward"),
+    ("extend_backward", "extend backward"),
+    ("infill", "infill"),
+    ("connect", "connect"),
+    ("edit", "v2v edit"),
+)
+
+
+def _json(path: str) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _rows(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def stage(workdir: str, name: str) -> dict | None:
+    """Steps, first/last training loss, median steps/s (the first interval holds the compile)
+    and, for the VAE, its held-out evaluations during training, from <stage>/metrics.jsonl."""
+    rows = _rows(os.path.join(workdir, name, "metrics.jsonl"))
+    train = [r for r in rows if "loss" in r]
+    if not train:
+        return None
+    rates = [r["steps_per_s"] for r in train[1:] if "steps_per_s" in r]
+    out = {
+        "steps": int(train[-1]["step"]),
+        "first_loss": round(train[0]["loss"], 4),
+        "final_loss": round(train[-1]["loss"], 4),
+        "steps_per_s_median": round(statistics.median(rates), 1) if rates else None,
+    }
+    evals = [r for r in rows if "eval_psnr" in r]
+    if evals:
+        out["eval_during_training"] = [
+            {"step": r["step"], "psnr": round(r["eval_psnr"], 2), "ssim": round(r["eval_ssim"], 4)}
+            for r in evals
+        ]
+    return out
+
+
+def collect(workdir: str) -> dict:
+    """Everything the run left in `workdir`, in one dict (missing stages are left out)."""
+    summary = _json(os.path.join(workdir, "summary.json")) or {}
+    result: dict = {"workdir": os.path.abspath(workdir)}
+    for name in ("vae", "dit"):
+        numbers = stage(workdir, name)
+        if numbers is not None:
+            wall = (summary.get(name) or {}).get("wall_s")
+            result[name] = {**numbers, "stage_wall_s": wall}
+    vae = summary.get("vae") or {}
+    if "psnr" in vae and "vae" in result:
+        result["vae"].update(heldout_psnr_db=round(vae["psnr"], 2),
+                             heldout_ssim=round(vae["ssim"], 4))  # fmt: skip
+    footage = _json(os.path.join(workdir, "vae", "footage_eval.json"))
+    if footage:
+        scores = {k.split(":")[-1]: {"psnr": round(v["psnr"], 2), "ssim": round(v["ssim"], 3)}
+                  for k, v in footage.items() if isinstance(v, dict) and "psnr" in v}  # fmt: skip
+        result["vae_real_footage"] = {
+            **scores, "mean_psnr": round(statistics.mean(s["psnr"] for s in scores.values()), 2)
+        }
+    ev = _json(os.path.join(workdir, "eval", "summary.json"))
+    if ev:
+        result["eval"] = {k: ev[k] for k in ("settings", "checkpoint_steps", "val_loss",
+                                             "targets", "wall_s") if k in ev}  # fmt: skip
+        result["eval_sets"] = ev["sets"]
+        result["targets_met"] = sum(bool(t["ok"]) for t in ev.get("targets", []))
+        result["targets_total"] = len(ev.get("targets", []))
+    return result
+
+
+def _cell(value, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(sets: dict) -> str:
+    """README's table of the evaluation sets: colour, shape, motion and each set's extra grades."""
+    lines = ["| set (prompts) | colour | shape | motion | other |", "|---|---|---|---|---|"]
+    for key, label in SETS:
+        s = sets.get(key)
+        if s is None:
+            continue
+        other = []
+        if "permanence" in s:
+            other.append(f"object permanence {s['permanence']:.2f}")
+        if "given_psnr" in s:
+            other.append(f"given frames {s['given_psnr']:.1f} dB")
+        if "last_color_acc" in s:
+            other.append(f"last-frame colour {s['last_color_acc']:.2f}")
+        if "continuity_ratio" in s:
+            other.append(f"continuity {s['continuity_ratio']:.2f}×")
+        lines.append(
+            f"| {label} ({s['n']}) | {_cell(s['color_acc'])} | {_cell(s['shape_acc'])} | "
+            f"{_cell(s.get('motion_acc'))} | {', '.join(other)} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True, help="the world run's workdir")
+    parser.add_argument("--out", default="", help="also write the JSON here")
+    parser.add_argument("--device", default="", help="the device it ran on, for the JSON")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.workdir):
+        parser.error(f"--workdir {args.workdir} is not a folder.")
+    result = {"device": args.device or None, "versions": report.versions("jax", "flax"),
+              **collect(args.workdir)}  # fmt: skip
+    if args.out:
+        report.write_json(args.out, result)
+    if "eval_sets" in result:
+        print(markdown(result["eval_sets"]))
+    return result
+
+
+if __name__ == "__main__":
+    main()
