@@ -31,8 +31,8 @@ one 17x64x64 bucket at batch 32, clips rendered by 8 worker processes) ran 46-47
 reached 34.1 dB at 12,000 steps and 36.9 dB (SSIM 0.982) on 64 held-out clips when its 540 s
 budget stopped it at 20,400 steps (586 s of stage wall time, compile included). The DiT stage
 compiled its five buckets at once (88-114 s each, in parallel), cached latents in 7-18 s per
-bucket and trained ~31 steps/s: 4,200 steps in a 270 s budget. The budgets end a stage early (it resumes when
-run again); `--config.*_train.max_train_seconds=0` removes them. Arguments: `micro`
+bucket and trained ~31 steps/s: 4,200 steps in a 270 s budget. The budgets end a stage early
+(it resumes when run again); `--config.*_train.max_train_seconds=0` removes them. Arguments: `micro`
 (CPU, 2 steps per stage and 1-2 samples per eval set, for tests) and `runlocal` (CPU, 50 steps
 per stage: the whole recipe in a few minutes, learning little).
 """

@@ -92,7 +92,7 @@ def test_without_overlap_the_first_step_waits_for_every_compile(tmp_path):
     b = loop.train(TwoShapeTask(), _config(), _cfg(4, precompile=False), str(tmp_path / "b"))
     _assert_trees_equal(a.state, b.state)
     assert waited and all(waited)  # every compile had finished before the first step ran
-    assert loop.precompile_overlap(_cfg(1)) is (jax.default_backend() != "gpu")  # auto
+    assert precompile_lib.overlap_setting(_cfg(1)) is (jax.default_backend() != "gpu")  # auto
 
 
 def test_a_bad_precompile_overlap_fails_before_training(tmp_path):

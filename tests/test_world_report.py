@@ -28,8 +28,10 @@ def _run_dir(tmp_path):
         {"step": 300, "loss": 0.25, "steps_per_s": 47.0},
         {"step": 400, "loss": 0.125, "steps_per_s": 45.0},
     ])  # fmt: skip
-    _write(tmp_path / "dit" / "metrics.jsonl",
-           [{"step": 200 * k, "loss": 1.0 / k, "steps_per_s": 30.0 + k} for k in (1, 2, 3)])
+    _write(
+        tmp_path / "dit" / "metrics.jsonl",
+        [{"step": 200 * k, "loss": 1.0 / k, "steps_per_s": 30.0 + k} for k in (1, 2, 3)],
+    )
     _write(tmp_path / "vae" / "footage_eval.json", {
         "footage.npz:bikes": {"psnr": 19.9, "ssim": 0.7628, "shape": [33, 256, 256, 3]},
         "footage.npz:carphone": {"psnr": 17.3, "ssim": 0.4886, "shape": [33, 144, 176, 3]},
@@ -42,10 +44,14 @@ def _run_dir(tmp_path):
         "i2v": {"color_acc": 1.0, "shape_acc": 0.3125, "motion_acc": 0.4375, "n": 16,
                 "given_psnr": 39.629, "last_color_acc": 1.0, "continuity_ratio": 2.529},
     }  # fmt: skip
-    targets = [{"set": "t2v", "metric": "color_acc", "min": 0.9, "value": 1.0, "ok": True},
-               {"set": "t2v", "metric": "shape_acc", "min": 0.8, "value": 0.15, "ok": False}]
-    _write(tmp_path / "eval" / "summary.json",
-           {"sets": sets, "targets": targets, "val_loss": {"t=0.5": 0.23}, "wall_s": 200.9})
+    targets = [
+        {"set": "t2v", "metric": "color_acc", "min": 0.9, "value": 1.0, "ok": True},
+        {"set": "t2v", "metric": "shape_acc", "min": 0.8, "value": 0.15, "ok": False},
+    ]
+    _write(
+        tmp_path / "eval" / "summary.json",
+        {"sets": sets, "targets": targets, "val_loss": {"t=0.5": 0.23}, "wall_s": 200.9},
+    )
     return tmp_path
 
 

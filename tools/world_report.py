@@ -21,6 +21,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import report  # noqa: E402
 
+from sora_jax.train import metrics as metrics_lib  # noqa: E402
+
 SETS = (  # (name in eval/summary.json, row label)
     ("t2v", "t2v, in distribution"),
     ("t2v_holdout", "t2v, held-out colour×shape pairs"),
@@ -44,17 +46,10 @@ def _json(path: str) -> dict | None:
         return json.load(f)
 
 
-def _rows(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def stage(workdir: str, name: str) -> dict | None:
     """Steps, first/last training loss, median steps/s (the first interval holds the compile)
     and, for the VAE, its held-out evaluations during training, from <stage>/metrics.jsonl."""
-    rows = _rows(os.path.join(workdir, name, "metrics.jsonl"))
+    rows = metrics_lib.read_jsonl(os.path.join(workdir, name, "metrics.jsonl"))
     train = [r for r in rows if "loss" in r]
     if not train:
         return None
@@ -92,7 +87,8 @@ def collect(workdir: str) -> dict:
         scores = {k.split(":")[-1]: {"psnr": round(v["psnr"], 2), "ssim": round(v["ssim"], 3)}
                   for k, v in footage.items() if isinstance(v, dict) and "psnr" in v}  # fmt: skip
         result["vae_real_footage"] = {
-            **scores, "mean_psnr": round(statistics.mean(s["psnr"] for s in scores.values()), 2)
+            **scores,
+            "mean_psnr": round(statistics.mean(s["psnr"] for s in scores.values()), 2),
         }
     ev = _json(os.path.join(workdir, "eval", "summary.json"))
     if ev:

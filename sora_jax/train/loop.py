@@ -243,20 +243,6 @@ class TimeBudget:
         return bool(over)
 
 
-PRECOMPILE_OVERLAP = ("auto", "yes", "no")
-
-
-def precompile_overlap(cfg) -> bool:
-    """Whether steps may run while other shapes compile (`precompile_overlap`: auto = not on
-    GPUs, where a cuDNN graph's first run failed next to compiles; sora_jax/train/precompile.py)."""
-    value = str(cfg.get("precompile_overlap", "auto"))
-    if value not in PRECOMPILE_OVERLAP:
-        raise ValueError(f"precompile_overlap={value!r}; expected one of {PRECOMPILE_OVERLAP}.")
-    if value == "auto":
-        return jax.default_backend() not in ("gpu", "cuda", "rocm")
-    return value == "yes"
-
-
 class _Prefetch:
     """Runs the host data iterator one or two batches ahead in a thread.
 
@@ -389,7 +375,7 @@ class _Trainer:
         )
         self.profiler = metrics_lib.Profiler(workdir, cfg.get("profile_steps", ()))
         self.budget = TimeBudget(float(cfg.get("max_train_seconds", 0) or 0))
-        self.overlap = precompile_overlap(cfg)  # a bad value fails here, before any compile
+        self.overlap = precompile_lib.overlap_setting(cfg)  # a bad value fails before compiles
         self.writer = metrics_lib.create_writer(workdir, prefix=f"{task.name} ")
         self.rows: list[dict] = []
         self.history: list[dict] = []

@@ -52,6 +52,20 @@ def abstract_batch(spec: dict, mesh) -> dict[str, jax.ShapeDtypeStruct]:
     }
 
 
+OVERLAP_VALUES = ("auto", "yes", "no")
+
+
+def overlap_setting(cfg) -> bool:
+    """Whether steps may run while other shapes compile: the stage config's
+    `precompile_overlap` (auto = everywhere but on GPUs, see above)."""
+    value = str(cfg.get("precompile_overlap", "auto"))
+    if value not in OVERLAP_VALUES:
+        raise ValueError(f"precompile_overlap={value!r}; expected one of {OVERLAP_VALUES}.")
+    if value == "auto":
+        return jax.default_backend() not in ("gpu", "cuda", "rocm")
+    return value == "yes"
+
+
 class Precompiler:
     """Compiles `step_fn(state, frozen, batch)` for each batch spec, `threads` at once.
 
