@@ -6,8 +6,8 @@ Stages vae -> dit -> sample in one command:
 
 The world is restricted to one object on a flat background (colour, shape and motion still vary
 over the full vocabulary, objects medium or large), 32x32 frames, 5-frame clips plus still images
-(joint image+video training, as in the report), compressed 4x4x4 to 2x8x8 latents: 32 tokens
-per clip.
+(joint image+video training, as in the report), compressed 2x2x2 to 3x16x16 latents and patched
+1x4x4: 48 tokens per clip.
 `:micro` shrinks everything further for the CLI test.
 """
 
@@ -40,10 +40,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.vae = dict(
         base_channels=16,
-        channel_mults=(1, 2, 4),
+        # 2x2x2: 5x32x32 -> 3x16x16. The first frame, encoded alone, is what image->video keeps:
+        # after 800 steps a world image came back at 26.0 dB through the 4x4x4 VAE (mults
+        # (1, 2, 4)), 28.0 dB through this one and 29.3 dB with the shortcuts below (mean of 32
+        # world first frames; issue 5 asks for 30; lr 2e-3: 30.2 dB). The DiT's 1x4x4 patches keep its tokens few.
+        channel_mults=(1, 2),
         num_res_blocks=1,
-        temporal_downsample=(True, True),  # 4x4x4: 5x32x32 -> 2x8x8
+        temporal_downsample=(True,),
         z_channels=8,
+        shortcuts=True,  # parameter-free residual paths around the resamplers (DC-AE)
         mid_attention=False,
         dropout=0.0,
         dtype="float32",
@@ -53,8 +58,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         norm="none",
     )
     c.vae_train = common.train_config(
-        steps=800,
-        lr=1e-3,
+        steps=1000,
+        lr=2e-3,  # 30.2 dB on world images after 800 steps at 2e-3, 29.3 at 1e-3
         lr_warmup_steps=50,
         weight_decay=0.0,
         ema_decay=0.99,
@@ -80,7 +85,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         **common.DIT_PRESETS["tiny"],
         in_channels=c.vae.z_channels,
         out_channels=c.vae.z_channels,
-        patch_size=(1, 2, 2),
+        patch_size=(1, 4, 4),  # 3x16x16 latents -> 3x4x4 = 48 tokens
         text_dim=384,
         dtype="float32",  # bf16 matmuls are slow on CPU
         attention="xla",
@@ -127,6 +132,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
 
     if args.micro or args.runlocal:
+        # The 4x4x4 VAE and 1x2x2 patches: fewer latents, faster compiles (tests/test_modes.py's
+        # plans assume its temporal factor 4).
+        c.vae.update(channel_mults=(1, 2, 4), temporal_downsample=(True, True), shortcuts=False)
+        c.dit.patch_size = (1, 2, 2)
         c.vae.base_channels = 8
         c.vae_train.steps = 4
         c.vae_train.buckets = (("5x16x16", 2, 1.0),)

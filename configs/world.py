@@ -169,10 +169,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Encode this many clips per bucket once (frozen VAE) and train on their latents.
         latent_cache_clips=8192,
         latent_cache_dir="",  # or tools/cache_latents.py output
-        # Graded samples of the EMA weights every N steps (<workdir>/dit/samples/); 0 = off:
-        # the eval stage grades every mode at the end, and each round costs GPU seconds.
-        sample_every_steps=0,
-        sample_num_prompts=8,
+        # Graded samples of the EMA weights every N steps (<workdir>/dit/samples/, accuracies in
+        # metrics.jsonl); 0 = off. The eval stage grades every mode at the end; these rounds (one
+        # compile, then seconds each) leave numbers behind when a run is cut short: two GPU
+        # runs lost their machine before the eval stage.
+        sample_every_steps=5000,
+        sample_num_prompts=16,
         sample_steps=20,
         sample_guidance=5.0,
         sample_use_ema=True,

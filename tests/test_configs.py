@@ -49,7 +49,8 @@ def test_every_config_builds_its_models(name, arg):
     vae = nnx.eval_shape(
         lambda: vae_lib.CausalVAE(vae_lib.VAEConfig(**c.vae.to_dict()), rngs=nnx.Rngs(0))
     )
-    assert vae.spatial_factor in (4, 8) and vae.temporal_factor == 4
+    # tiny: 2x2x2 (its first frame keeps >= 30 dB, issue 5); the rest 4x4x4 or 4x8x8
+    assert (vae.temporal_factor, vae.spatial_factor) in {(2, 2), (4, 4), (4, 8)}
     dit = dit_lib.DiTConfig(**c.dit.to_dict())
     assert dit.in_channels == c.vae.z_channels
 

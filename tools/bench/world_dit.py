@@ -1,0 +1,159 @@
+"""Benchmark: the world DiT's train step (configs/world.py) against its batch size and attention.
+
+    python tools/bench/world_dit.py --out tools/bench/results/world_dit_h200.json
+    python tools/bench/world_dit.py --tiny --out /tmp/world_dit.json     # CPU check of the script
+
+The world run trains its ~30M-parameter DiT at ~6% MFU (31-32 steps/s on an H200 at batch
+128 x 80 tokens): a step that small is bound by per-kernel overhead, not FLOPs, so a larger
+batch may cost little more time per step and give more clips per second. This measures it:
+the real train step (`loop.build_step` over `DiTTask.for_latents`: the flow loss with the
+recipe's conditioning mixture, AdamW, clipping, EMA, non-finite guard; state donated) on random
+latents and text of the main bucket's shape (17x64x64 clips -> 5x8x8x16 latents, 96 text tokens
+x 384), for each batch size and attention implementation. Rows: seconds per step, steps/s,
+clips/s, model TFLOP/s and MFU (sora_jax/flops.py; 989 TFLOP/s H100/H200 SXM datasheet).
+The JSON is rewritten after every row, so a run cut short keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "configs"))
+import report  # noqa: E402  (tools/bench/report.py)
+
+PEAK = 989e12  # H100 / H200 SXM dense bf16 datasheet
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--tiny", action="store_true", help="world.py:micro sizes (script check)")
+    p.add_argument("--batches", default="128,256,512")
+    p.add_argument("--attention", default="xla,cudnn")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per row")
+    p.add_argument("--budget_s", type=float, default=0.0, help="skip rows after this (0: none)")
+    return p.parse_args(argv)
+
+
+def _config(args):
+    import world  # configs/world.py
+
+    config = world.get_config("micro" if args.tiny else None)
+    if args.tiny:
+        config.dit_train.buckets = (("9x32x32", 2, 1.0),)
+    return config
+
+
+def measure(config, batch_size: int, attention: str, steps: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from sora_jax import parallel
+    from sora_jax.data import buckets as buckets_lib
+    from sora_jax.train import dit_task, loop
+
+    config = config.copy_and_resolve_references()
+    config.dit.attention = attention
+    task = dit_task.DiTTask.for_latents(config)
+    bucket = buckets_lib.parse_buckets(config.dit_train.buckets)[0]
+    tf = 4 if len(config.vae.temporal_downsample) == 2 else 1
+    sf = config.vae.get("patch_size", 1) * 2 ** (len(config.vae.channel_mults) - 1)
+    grid = ((bucket.num_frames - 1) // tf + 1, bucket.height // sf, bucket.width // sf)
+    rng = np.random.default_rng(0)
+    text_len = int(config.text.max_length)
+    batch = {
+        "latents": jnp.asarray(rng.normal(size=(batch_size, *grid, config.dit.in_channels)),
+                               jnp.float32),
+        "text": jnp.asarray(rng.normal(size=(batch_size, text_len, config.dit.text_dim)),
+                            jnp.float32),
+        "text_mask": jnp.asarray(np.arange(text_len)[None] < rng.integers(
+            4, text_len + 1, (batch_size, 1))),
+    }  # fmt: skip
+    mesh = parallel.make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
+    graphdef, state, rest, tx, _ = loop.init_state(task, config.dit_train, mesh, seed=0)
+    step = jax.jit(loop.build_step(task, graphdef, rest, tx, 0.999), donate_argnums=(0,))
+    with jax.set_mesh(mesh):
+        t0 = time.perf_counter()
+        compiled = step.lower(state, {}, batch).compile()
+        compile_s = time.perf_counter() - t0
+        for _ in range(3):  # warm-up (cuDNN plans, autotuning)
+            state, metrics, _ = compiled(state, {}, batch)
+        jax.block_until_ready(state)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            state, metrics, _ = compiled(state, {}, batch)
+        jax.block_until_ready(state)
+        sec = (time.perf_counter() - t0) / steps
+    shapes = {k: tuple(v.shape) for k, v in batch.items()}
+    fl = task.flops_per_step(shapes)
+    return {
+        "batch": batch_size,
+        "attention": attention,
+        "tokens_per_step": task.tokens_per_step(shapes),
+        "step_s": sec,
+        "steps_per_s": 1 / sec,
+        "clips_per_s": batch_size / sec,
+        "model_tflops": fl / sec / 1e12,
+        "mfu": fl / sec / PEAK,
+        "compile_s": compile_s,
+        "loss": float(metrics["loss"]),
+    }
+
+
+def _write(path: str, result: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    import jax
+
+    config = _config(args)
+    out = {
+        "benchmark": "world_dit",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
+        "versions": report.versions("jax", "jaxlib", "flax", "optax"),
+        "config": "configs/world.py" + (":micro" if args.tiny else ""),
+        "bucket": config.dit_train.buckets[0][0],
+        "peak_flops": PEAK,
+        "rows": [],
+    }
+    t_start = time.perf_counter()
+    for attention in args.attention.split(","):
+        for b in [int(x) for x in args.batches.split(",")]:
+            if args.budget_s and time.perf_counter() - t_start > args.budget_s:
+                out["rows"].append({"batch": b, "attention": attention, "error": "budget"})
+                continue
+            try:
+                row = measure(config, b, attention, args.steps)
+            except Exception as e:  # one failing row (e.g. cuDNN on CPU) keeps the others
+                row = {"batch": b, "attention": attention, "error": f"{type(e).__name__}: {e}"[:300]}
+            out["rows"].append(row)
+            _write(args.out, out)
+    # Ratios against the recipe's setting (the first row: batch 128, XLA attention).
+    base = next((r for r in out["rows"] if "error" not in r), None)
+    for r in out["rows"]:
+        if base and "error" not in r:
+            r["clips_per_s_vs_first"] = r["clips_per_s"] / base["clips_per_s"]
+    report.write_json(args.out, out)
+    cols = ["attention", "batch", "step_s", "steps_per_s", "clips_per_s", "clips_per_s_vs_first",
+            "mfu", "compile_s"]  # fmt: skip
+    print(" ".join(f"{c:>12}" for c in cols))
+    for r in out["rows"]:
+        cells = [r.get(c, r.get("error", "")[:12] if c == "step_s" else "") for c in cols]
+        print(" ".join(f"{x:>12.4g}" if isinstance(x, float) else f"{x!s:>12}" for x in cells))
+
+
+if __name__ == "__main__":
+    main()
