@@ -43,7 +43,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # 2x2x2: 5x32x32 -> 3x16x16. The first frame, encoded alone, is what image->video keeps:
         # after 800 steps a world image came back at 26.0 dB through the 4x4x4 VAE (mults
         # (1, 2, 4)), 28.0 dB through this one and 29.3 dB with the shortcuts below (mean of 32
-        # world first frames; issue 5 asks for 30; lr 2e-3: 30.2 dB). The DiT's 1x4x4 patches keep its tokens few.
+        # world first frames; issue 5 asks for 30; lr 2e-3: 30.2 dB). The DiT's 1x4x4 patches
+        # keep its tokens few.
         channel_mults=(1, 2),
         num_res_blocks=1,
         temporal_downsample=(True,),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
 import time
@@ -58,20 +57,20 @@ def measure(config, batch_size: int, attention: str, steps: int) -> dict:
 
     from sora_jax import parallel
     from sora_jax.data import buckets as buckets_lib
+    from sora_jax.models import vae as vae_lib
     from sora_jax.train import dit_task, loop
 
     config = config.copy_and_resolve_references()
     config.dit.attention = attention
     task = dit_task.DiTTask.for_latents(config)
     bucket = buckets_lib.parse_buckets(config.dit_train.buckets)[0]
-    tf = 4 if len(config.vae.temporal_downsample) == 2 else 1
-    sf = config.vae.get("patch_size", 1) * 2 ** (len(config.vae.channel_mults) - 1)
-    grid = ((bucket.num_frames - 1) // tf + 1, bucket.height // sf, bucket.width // sf)
+    latent = vae_lib.VAEConfig(**config.vae.to_dict()).latent_shape(
+        bucket.num_frames, bucket.height, bucket.width
+    )
     rng = np.random.default_rng(0)
     text_len = int(config.text.max_length)
     batch = {
-        "latents": jnp.asarray(rng.normal(size=(batch_size, *grid, config.dit.in_channels)),
-                               jnp.float32),
+        "latents": jnp.asarray(rng.normal(size=(batch_size, *latent)), jnp.float32),
         "text": jnp.asarray(rng.normal(size=(batch_size, text_len, config.dit.text_dim)),
                             jnp.float32),
         "text_mask": jnp.asarray(np.arange(text_len)[None] < rng.integers(
@@ -108,12 +107,6 @@ def measure(config, batch_size: int, attention: str, steps: int) -> dict:
     }
 
 
-def _write(path: str, result: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     import jax
@@ -121,7 +114,7 @@ def main(argv=None) -> None:
     config = _config(args)
     out = {
         "benchmark": "world_dit",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
         "versions": report.versions("jax", "jaxlib", "flax", "optax"),
         "config": "configs/world.py" + (":micro" if args.tiny else ""),
@@ -138,9 +131,10 @@ def main(argv=None) -> None:
             try:
                 row = measure(config, b, attention, args.steps)
             except Exception as e:  # one failing row (e.g. cuDNN on CPU) keeps the others
-                row = {"batch": b, "attention": attention, "error": f"{type(e).__name__}: {e}"[:300]}
+                error = f"{type(e).__name__}: {e}"[:300]
+                row = {"batch": b, "attention": attention, "error": error}
             out["rows"].append(row)
-            _write(args.out, out)
+            report.write_json(args.out, out)  # after every row: a cut-short run keeps it
     # Ratios against the recipe's setting (the first row: batch 128, XLA attention).
     base = next((r for r in out["rows"] if "error" not in r), None)
     for r in out["rows"]:
