@@ -120,8 +120,9 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
             # their batch shapes: the DiT latent cache); False = at each bucket's first step.
             precompile=True,
             precompile_threads=8,  # compiles at once (each holds its own host memory)
-            # Steps run while other shapes compile: auto = yes except on GPUs (a cuDNN graph's
-            # first run failed there next to running compiles; sora_jax/train/precompile.py).
+            # Steps run while other shapes compile and the DiT's later latent caches encode:
+            # auto = yes except on GPUs (a cuDNN graph's first run failed there next to other
+            # compiles and device work; sora_jax/train/precompile.py).
             precompile_overlap="auto",
             profile_steps=(),  # (a, b): jax.profiler trace of steps [a, b) into <workdir>/profile
             checkpoint_every_steps=500,

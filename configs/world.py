@@ -130,10 +130,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         patch_size=(1, 2, 2),
         text_dim=384,
         dtype="bfloat16",  # matmuls and attention in bf16; norms, modulation, residuals fp32
-        # XLA's attention: the run that measured this recipe used it. cuDNN's ran the stage faster
-        # on the H200 (37-40 vs ~31 steps/s) but died at a bucket's first step while the other
-        # buckets compiled; the loop now waits for every compile on GPUs (precompile.py), not yet
-        # run there with cuDNN: --config.dit.attention=auto tries it.
+        # XLA's attention: the runs that measured this recipe used it. cuDNN's step is 1.25x
+        # faster on the H200 (tools/bench/results/world_dit_h200.json) but the stage died at a
+        # bucket's first steps three times (the last with every compile finished first, while
+        # latent caches were still encoding); on GPUs the stage now builds every cache before its
+        # first step, not yet run there with cuDNN: --config.dit.attention=auto tries it.
         attention="xla",
         remat="none",  # ~100-300 tokens per clip: activations are small
     )

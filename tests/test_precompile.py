@@ -5,6 +5,7 @@ numbers as compiling at each bucket's first step, and no shape compiled twice.""
 import contextlib
 import importlib.util
 import pathlib
+import time
 
 import jax
 import ml_collections
@@ -164,4 +165,33 @@ def test_dit_cached_batches_do_not_depend_on_the_encoding_order(tmp_path):
         n = task.buckets[int(drawn[step])].batch_size
         u = buckets_lib.hash_uniform(config.seed, step * 4096 + np.arange(n), 11)
         np.testing.assert_array_equal(batch["latents"], latents[(u * len(latents)).astype(int)])
+    gen.close()
+
+
+def test_without_overlap_every_latent_cache_is_built_before_the_first_batch(tmp_path, monkeypatch):
+    """precompile_overlap=no (the GPU default): no VAE encode runs beside a step's first run."""
+    from sora_jax.train import dit_task
+
+    built = []
+    bucket = dit_task._LatentCacheBuilder.bucket
+
+    def recording(self, b_idx):
+        out = bucket(self, b_idx)
+        if built:  # later buckets take long, so an overlapping first batch would come first
+            time.sleep(1.0)
+        built.append(b_idx)
+        return out
+
+    monkeypatch.setattr(dit_task._LatentCacheBuilder, "bucket", recording)
+    config = _tiny_micro()
+    config.dit_train.precompile_overlap = "no"
+    task = _task(config, str(tmp_path))
+    gen = task.batches(0)
+    first = next(gen)
+    assert sorted(built) == [0, 1, 2]
+    gen.close()
+    # The same first batch as with overlap (the order of encoding changes no number).
+    config.dit_train.precompile_overlap = "yes"
+    gen = _task(config, str(tmp_path)).batches(0)
+    np.testing.assert_array_equal(next(gen)["latents"], first["latents"])
     gen.close()

@@ -37,6 +37,7 @@ from sora_jax.models import dit as dit_lib
 from sora_jax.models import text as text_lib
 from sora_jax.models import vae as vae_lib
 from sora_jax.train import metrics as metrics_lib
+from sora_jax.train import precompile
 from sora_jax.train import vae_task
 
 
@@ -329,6 +330,11 @@ class DiTTask:
         encoding = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="latent-cache")
         cache = {b: encoding.submit(builder.bucket, b) for b in self.first_use_order(start_step)}
         try:
+            if not precompile.overlap_setting(self.train_cfg):
+                # No overlap (GPUs): every cache is built before the first step, so no VAE
+                # encode compiles or runs while a step's first run captures its CUDA graphs.
+                for future in cache.values():
+                    future.result()
             for step in itertools.count(start_step):
                 b_idx = int(buckets_lib.bucket_of_steps(self.buckets, self.config.seed, [step])[0])
                 latents, texts = cache[b_idx].result()

@@ -11,7 +11,11 @@ step, so no shape is compiled twice; a failed compile is logged and left to the 
 On GPUs the first step waits for every compile (`overlap=False`): the first run of a program
 with cuDNN attention deserializes its cuDNN graphs, which captures a CUDA graph, and on the
 H200 that capture failed ("capturing stream has unjoined work") while other threads compiled,
-killing the run (twice; not yet re-run with the wait). Steps overlap compiles on CPU and TPU.
+killing the run (twice). With the wait it died a third time (2026-12-03) after three buckets'
+first steps had run, while the DiT's latent-cache thread was compiling and running the VAE
+encoder for a later bucket; so without overlap the DiT's latent caches are also all built before
+the first step (dit_task.py; not yet re-run on a GPU with cuDNN). Steps overlap compiles and
+cache encoding on CPU and TPU.
 """
 
 from __future__ import annotations
@@ -56,8 +60,9 @@ OVERLAP_VALUES = ("auto", "yes", "no")
 
 
 def overlap_setting(cfg) -> bool:
-    """Whether steps may run while other shapes compile: the stage config's
-    `precompile_overlap` (auto = everywhere but on GPUs, see above)."""
+    """Whether steps may run while other shapes compile (and, in the DiT stage, while later
+    buckets' latent caches are encoded): the stage config's `precompile_overlap` (auto =
+    everywhere but on GPUs, see above)."""
     value = str(cfg.get("precompile_overlap", "auto"))
     if value not in OVERLAP_VALUES:
         raise ValueError(f"precompile_overlap={value!r}; expected one of {OVERLAP_VALUES}.")
