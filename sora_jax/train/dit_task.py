@@ -37,8 +37,7 @@ from sora_jax.models import dit as dit_lib
 from sora_jax.models import text as text_lib
 from sora_jax.models import vae as vae_lib
 from sora_jax.train import metrics as metrics_lib
-from sora_jax.train import precompile
-from sora_jax.train import vae_task
+from sora_jax.train import precompile, vae_task
 
 
 class CaptionEmbedder:
