@@ -346,10 +346,12 @@ def world_i2v_scores(gen, config, n: int = 8, *, steps: int = 30, seed: int = 1)
     return rows
 
 
-@pytest.mark.slow  # trains the tiny model (~12 min of CPU) unless SORA_TINY_WORKDIR points at one
+@pytest.mark.slow  # trains the tiny model unless SORA_TINY_WORKDIR points at one (see below)
 def test_world_image_to_video_keeps_the_frame_and_the_object_colour(tmp_path):
     from sora_jax import recipe
 
+    # Training here takes ~45 min of a 2-core CPU (the tests' XLA flags compile without
+    # optimisation); the main job trains the same model in ~20 min: pass its workdir.
     config = tiny_config()
     workdir = os.environ.get("SORA_TINY_WORKDIR") or str(tmp_path)
     if not os.environ.get("SORA_TINY_WORKDIR"):
