@@ -113,7 +113,7 @@ def part_torch(args) -> dict:
         return model(hs, ts, enc, return_dict=False)[0]
 
     with torch.no_grad():
-        fwd_s, out = _time(forward, sync, args.steps)
+        fwd_s, out = time_calls(forward, sync, args.steps)
     np.save(_ref_out(args), out.float().permute(0, 2, 3, 4, 1).cpu().numpy())
     model.train()
     model.enable_gradient_checkpointing()
@@ -127,14 +127,14 @@ def part_torch(args) -> dict:
 
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    train_s, _ = _time(train, sync, max(args.steps - 2, 1))
+    train_s, _ = time_calls(train, sync, max(args.steps - 2, 1))
     peak = torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else None
     return {"forward_s": fwd_s, "train_step_s": train_s, "train_peak_gib": peak,
             "torch": torch.__version__, "sdpa": "torch.nn.functional.scaled_dot_product_attention",
             "gradient_checkpointing": True}  # fmt: skip
 
 
-def _time(fn, sync, n: int):
+def time_calls(fn, sync, n: int):
     """Mean seconds of `n` back-to-back calls after two warm-ups, synchronised with
     `sync(last result)` (device work is asynchronous); returns (seconds, last result)."""
     for _ in range(2):
@@ -193,7 +193,7 @@ def part_forward(args) -> dict:
     t0 = time.perf_counter()
     fwd.lower(state, x, t, ctx, mask).compile()
     compile_s = time.perf_counter() - t0
-    sec, out = _time(lambda: fwd(state, x, t, ctx, mask), jax.block_until_ready, args.steps)
+    sec, out = time_calls(lambda: fwd(state, x, t, ctx, mask), jax.block_until_ready, args.steps)
     out = np.asarray(out)
     fl = flops.dit_forward_flops(cfg, _shape(args)["grid"], _shape(args)["text_len"])
     res = {"forward_s": sec, "forward_tflops": fl / sec / 1e12, "compile_s": compile_s,
@@ -281,7 +281,7 @@ def part_train(args) -> dict:
             holder["state"], metrics, _ = compiled(holder["state"], {}, batch)
             return metrics
 
-        sec, metrics = _time(run, lambda _: jax.block_until_ready(holder["state"]), args.steps)
+        sec, metrics = time_calls(run, lambda _: jax.block_until_ready(holder["state"]), args.steps)
         loss = float(metrics["loss"])
     fl = flops.dit_train_flops(cfg, grid, _shape(args)["text_len"])
     stats = jax.devices()[0].memory_stats() or {}

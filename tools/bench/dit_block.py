@@ -20,10 +20,10 @@ import contextlib
 import datetime
 import os
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+import dit  # noqa: E402  (tools/bench/dit.py: the issue's shape and its timing helper)
 import report  # noqa: E402  (tools/bench/report.py)
 
 VARIANTS = ("block", "no_rope", "no_qk_norm", "no_modulation", "self_attn", "cross_attn")
@@ -56,18 +56,6 @@ def _patched(variant: str):
         yield  # dit.py looks them up through `layers.` while the block is traced
     finally:
         layers.apply_rope, layers.RMSNorm.__call__, layers.modulate, layers.gate = saved
-
-
-def _time(fn, args, iters: int) -> float:
-    import jax
-
-    jax.block_until_ready(fn(*args))  # compile + warm-up
-    jax.block_until_ready(fn(*args))
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        out = fn(*args)
-    jax.block_until_ready(out)
-    return (time.perf_counter() - t0) / iters
 
 
 def measure(cfg, variant: str, n: int, text_len: int, iters: int) -> dict:
@@ -113,8 +101,9 @@ def measure(cfg, variant: str, n: int, text_len: int, iters: int) -> dict:
             return jnp.sum(fwd(state, h))
 
         args = (state, h)
-    fwd_s = _time(jax.jit(fwd), args, iters)
-    train_s = _time(jax.jit(jax.grad(loss, argnums=(0, 1))), args, iters)
+    fwd, train = jax.jit(fwd), jax.jit(jax.grad(loss, argnums=(0, 1)))
+    fwd_s, _ = dit.time_calls(lambda: fwd(*args), jax.block_until_ready, iters)
+    train_s, _ = dit.time_calls(lambda: train(*args), jax.block_until_ready, iters)
     return {"variant": variant, "forward_ms": fwd_s * 1e3, "fwd_bwd_ms": train_s * 1e3}
 
 
@@ -122,7 +111,6 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     import jax
 
-    sys.path.insert(0, os.path.join(ROOT, "configs"))
     from sora_jax.models.dit import DiTConfig
 
     if args.tiny:
@@ -130,10 +118,9 @@ def main(argv=None) -> None:
                         dtype="float32", attention="xla")  # fmt: skip
         n, text_len = 256, 16
     else:
-        import common  # configs/common.py
-
-        cfg = DiTConfig(**common.DIT_PRESETS["l"], text_dim=4096, attention=args.attention)
-        n, text_len = 21 * 30 * 52, 512  # 480x832x81 -> 21x60x104 latents, 1x2x2 patches
+        cfg = DiTConfig(**dit.FULL["model"], attention=args.attention)
+        n = dit.FULL["grid"][0] * (dit.FULL["grid"][1] // 2) * (dit.FULL["grid"][2] // 2)
+        text_len = dit.FULL["text_len"]  # 480x832x81 -> 21x60x104 latents, 1x2x2 patches
     out = {
         "benchmark": "dit_block",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -3,14 +3,16 @@
     python tools/bench/world_dit.py --out tools/bench/results/world_dit_h200.json
     python tools/bench/world_dit.py --tiny --out /tmp/world_dit.json     # CPU check of the script
 
-The world run trains its ~30M-parameter DiT at ~6% MFU (31-32 steps/s on an H200 at batch
-128 x 80 tokens): a step that small is bound by per-kernel overhead, not FLOPs, so a larger
-batch may cost little more time per step and give more clips per second. This measures it:
+The world run trains its ~30M-parameter DiT at ~6% MFU (31-34 steps/s on an H200 at batch
+128 x 80 tokens). Whether a larger batch costs little more time per step (a step bound by
+per-kernel overhead) or proportionally more (bound by memory traffic) decides the recipe's
+batch; on the H200 it was nearly proportional (results/world_dit_h200.json). This measures
 the real train step (`loop.build_step` over `DiTTask.for_latents`: the flow loss with the
 recipe's conditioning mixture, AdamW, clipping, EMA, non-finite guard; state donated) on random
 latents and text of the main bucket's shape (17x64x64 clips -> 5x8x8x16 latents, 96 text tokens
 x 384), for each batch size and attention implementation. Rows: seconds per step, steps/s,
-clips/s, model TFLOP/s and MFU (sora_jax/flops.py; 989 TFLOP/s H100/H200 SXM datasheet).
+clips/s, model TFLOP/s and MFU (sora_jax/flops.py over the datasheet peak of
+sora_jax/train/metrics.py's table; none on CPU).
 The JSON is rewritten after every row, so a run cut short keeps what it measured.
 """
 
@@ -26,8 +28,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "configs"))
 import report  # noqa: E402  (tools/bench/report.py)
-
-PEAK = 989e12  # H100 / H200 SXM dense bf16 datasheet
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,10 +55,11 @@ def measure(config, batch_size: int, attention: str, steps: int) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
+    from sora_jax import flops as flops_lib
     from sora_jax import parallel
     from sora_jax.data import buckets as buckets_lib
     from sora_jax.models import vae as vae_lib
-    from sora_jax.train import dit_task, loop
+    from sora_jax.train import dit_task, loop, metrics
 
     config = config.copy_and_resolve_references()
     config.dit.attention = attention
@@ -84,15 +85,15 @@ def measure(config, batch_size: int, attention: str, steps: int) -> dict:
         compiled = step.lower(state, {}, batch).compile()
         compile_s = time.perf_counter() - t0
         for _ in range(3):  # warm-up (cuDNN plans, autotuning)
-            state, metrics, _ = compiled(state, {}, batch)
+            state, step_metrics, _ = compiled(state, {}, batch)
         jax.block_until_ready(state)
         t0 = time.perf_counter()
         for _ in range(steps):
-            state, metrics, _ = compiled(state, {}, batch)
+            state, step_metrics, _ = compiled(state, {}, batch)
         jax.block_until_ready(state)
         sec = (time.perf_counter() - t0) / steps
     shapes = {k: tuple(v.shape) for k, v in batch.items()}
-    fl = task.flops_per_step(shapes)
+    fl, peak = task.flops_per_step(shapes), metrics.peak_flops()
     return {
         "batch": batch_size,
         "attention": attention,
@@ -101,15 +102,17 @@ def measure(config, batch_size: int, attention: str, steps: int) -> dict:
         "steps_per_s": 1 / sec,
         "clips_per_s": batch_size / sec,
         "model_tflops": fl / sec / 1e12,
-        "mfu": fl / sec / PEAK,
+        "mfu": None if peak is None else flops_lib.mfu(fl, 1 / sec, peak, 1),
         "compile_s": compile_s,
-        "loss": float(metrics["loss"]),
+        "loss": float(step_metrics["loss"]),
     }
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     import jax
+
+    from sora_jax.train import metrics
 
     config = _config(args)
     out = {
@@ -119,7 +122,7 @@ def main(argv=None) -> None:
         "versions": report.versions("jax", "jaxlib", "flax", "optax"),
         "config": "configs/world.py" + (":micro" if args.tiny else ""),
         "bucket": config.dit_train.buckets[0][0],
-        "peak_flops": PEAK,
+        "peak_flops": metrics.peak_flops(),
         "rows": [],
     }
     t_start = time.perf_counter()
