@@ -52,14 +52,21 @@ def _build(create):
     return nnx.merge(graphdef, jax.jit(lambda: nnx.state(create()))())
 
 
-def random_generator(mesh=None) -> sample_lib.Generator:
+def random_generator(
+    mesh=None, attention: str | None = None, *, text_matters: bool = False
+) -> sample_lib.Generator:
+    """Micro VAE + DiT with random weights; the DiT's zero-initialised output made random (and,
+    with `text_matters`, its cross-attention outputs, so the prompt changes the prediction)."""
     config = micro_config()
+    if attention is not None:
+        config.dit.attention = attention
     vae_cfg = vae_lib.VAEConfig(**config.vae.to_dict())
     dit_cfg = dit_lib.DiTConfig(**config.dit.to_dict())
     vae = _build(lambda: vae_lib.CausalVAE(vae_cfg, rngs=nnx.Rngs(0)))
     dit = _build(lambda: dit_lib.DiT(dit_cfg, rngs=nnx.Rngs(1)))
-    kernel = dit.proj_out.kernel
-    kernel[...] = 0.1 * jax.random.normal(jax.random.key(2), kernel.shape)
+    kernels = [dit.proj_out.kernel] + ([dit.blocks.attn2.to_out.kernel] if text_matters else [])
+    for i, kernel in enumerate(kernels):
+        kernel[...] = 0.1 * jax.random.normal(jax.random.key(2 + i), kernel.shape)
     z = config.vae.z_channels
     stats = np.linspace(-0.2, 0.2, z), np.linspace(0.5, 1.5, z)
     return sample_lib.Generator.from_models(config, vae, dit, *stats, fake_embedder, mesh=mesh)
@@ -220,6 +227,21 @@ def test_partial_sdedit_stays_closer_to_the_input_than_full_noise(gen, clip):
     assert err[0.3] < 0.5 * err[1.0]
 
 
+def test_a_negative_prompt_is_the_unconditional_branch_of_guidance():
+    """uncond + g (cond - uncond) with uncond = the negative prompt: equal to the prompt, any
+    guidance gives the conditional sample; another negative prompt changes it."""
+    gen = random_generator(text_matters=True)
+    plan = modes.text_to_video(5, H, W, tf=4)
+    prompt = ["a red circle moving left"]
+    cond = gen.sample(prompt, plan, steps=3, guidance=1.0, seed=0).latents
+    same = gen.sample(prompt, plan, steps=3, guidance=6.0, negative_prompt=prompt[0], seed=0)
+    np.testing.assert_allclose(same.latents, cond, atol=1e-5)
+    other = gen.sample(prompt, plan, steps=3, guidance=6.0, negative_prompt="blue", seed=0)
+    empty = gen.sample(prompt, plan, steps=3, guidance=6.0, seed=0)
+    assert np.abs(other.latents - cond).max() > 1e-3
+    assert np.abs(other.latents - empty.latents).max() > 1e-3
+
+
 def test_sampler_and_interval_errors_are_sentences(gen):
     plan = modes.text_to_video(1, H, W, tf=TF)
     with pytest.raises(ValueError, match="sampler"):
@@ -286,22 +308,34 @@ def test_conflicting_requests_fail_with_one_sentence(kwargs, words):
 # ---------------------------------------------------------------- the mesh
 
 
-@pytest.mark.slow  # ~40 s of CPU: two generators and their compiles in a subprocess
-def test_sampling_on_a_2_device_mesh_matches_one_device():
+@pytest.mark.slow  # ~40 s of CPU each: two generators and their compiles in a subprocess
+@pytest.mark.parametrize(
+    "axes, attention",
+    [
+        ({"data": 1, "fsdp": 2}, None),  # batch sharded
+        ({"data": 1, "fsdp": 1, "context": 2}, "auto"),  # tokens sharded: Ulysses attention
+    ],
+)
+def test_sampling_on_a_2_device_mesh_matches_one_device(axes, attention):
     script = textwrap.dedent(
-        """
+        f"""
         import numpy as np, jax
         jax.config.update("jax_default_matmul_precision", "highest")
         from sora_jax import modes, parallel
+        from sora_jax.models import attention as attention_lib
         from tests.test_modes import random_generator
-        mesh = parallel.make_mesh({"data": 1, "fsdp": 2})
-        one, sharded = random_generator(), random_generator(mesh)
+        splits, specs = [], attention_lib._ulysses_specs
+        attention_lib._ulysses_specs = lambda *a: (splits.append(1), specs(*a))[1]
+        mesh = parallel.make_mesh({axes!r})
+        one, sharded = random_generator(), random_generator(mesh, {attention!r})
         clip = np.random.default_rng(0).integers(0, 256, (9, 16, 16, 3), dtype=np.uint8)
         plan = modes.image_to_video([clip[0]], 5, tf=4)
         a = one.sample(["a", "b", "c"], plan, steps=2, seed=1)
+        assert not splits
         b = sharded.sample(["a", "b", "c"], plan, steps=2, seed=1)
         assert b.latents.shape == a.latents.shape == (3, 2, 4, 4, 8)
         np.testing.assert_array_equal(b.latents[:, 0], a.latents[:, 0])
+        print("ulysses", len(splits))
         print("maxdiff", float(np.abs(a.latents - b.latents).max()))
         """
     )
@@ -314,6 +348,8 @@ def test_sampling_on_a_2_device_mesh_matches_one_device():
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    ulysses = int(proc.stdout.split("ulysses")[-1].split()[0])
+    assert (ulysses > 0) == ("context" in axes)  # the context mesh splits attention's tokens
     diff = float(proc.stdout.split("maxdiff")[-1])
     assert diff < 1e-4
 
