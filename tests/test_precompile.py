@@ -175,8 +175,8 @@ def test_without_overlap_every_latent_cache_is_built_before_the_first_batch(tmp_
     built = []
     bucket = dit_task._LatentCacheBuilder.bucket
 
-    def recording(self, b_idx):
-        out = bucket(self, b_idx)
+    def recording(self, b_idx, step=0):
+        out = bucket(self, b_idx, step)
         if built:  # later buckets take long, so an overlapping first batch would come first
             time.sleep(1.0)
         built.append(b_idx)

@@ -112,6 +112,7 @@ class DiTTask:
                 f"{config.text.encoder!r} produces {self.embedder.dim}-dim embeddings."
             )
         self.samples: TrainingSamples | None = None  # built at the first sampling step
+        _check_cache_refresh(self.train_cfg)
 
     @classmethod
     def for_latents(cls, config: ml_collections.ConfigDict) -> DiTTask:
@@ -279,7 +280,8 @@ class DiTTask:
         """Encodes `latent_cache_clips` clips per bucket once: (latents [N,T,h,w,z], texts).
 
         For small datasets (the CPU-sized world run) this takes the frozen VAE out of every
-        step; the k-th cached batch of a bucket is the stream's k-th batch of that bucket.
+        step; the k-th cached batch of a bucket is the stream's k-th batch of that bucket. These
+        are the caches of step 0 (`latent_cache_refresh_steps` replaces parts of them later).
         """
         builder = _LatentCacheBuilder(self)
         try:
@@ -324,17 +326,40 @@ class DiTTask:
     def _cached_batches(self, start_step: int) -> Iterator[dict]:
         # One thread encodes every bucket's cache, in the order the steps first need them, from
         # the start: the step compiles (loop.py) and the first steps overlap the encoding of
-        # later buckets. A bucket's cache depends on the bucket alone: the order changes no number.
+        # later buckets. A bucket's cache depends on the bucket and the step alone: the order
+        # and the speed of encoding change no number. With `latent_cache_refresh_steps` (K) the
+        # same thread then encodes fresh clips, `_REFRESH_AHEAD` refreshes ahead of the steps,
+        # and every K steps each bucket swaps one group of its cache for them (_CacheLayout).
         builder = _LatentCacheBuilder(self)
         encoding = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="latent-cache")
-        cache = {b: encoding.submit(builder.bucket, b) for b in self.first_use_order(start_step)}
+        order = self.first_use_order(start_step)
+        cache = {b: encoding.submit(builder.bucket, b, start_step) for b in order}
+        every = int(self.train_cfg.get("latent_cache_refresh_steps", 0))
+        refreshes: dict[tuple[int, int], concurrent.futures.Future] = {}
+
+        def submit(j: int) -> None:
+            for b in order:
+                refreshes[b, j] = encoding.submit(builder.refresh, b, j)
+
         try:
             if not precompile.overlap_setting(self.train_cfg):
                 # No overlap (GPUs): every cache is built before the first step, so no VAE
                 # encode compiles or runs while a step's first run captures its CUDA graphs.
                 for future in cache.values():
                     future.result()
+            if every:
+                first = start_step // every + 1  # the refreshes before start_step are in `cache`
+                for j in range(first, first + _REFRESH_AHEAD):
+                    submit(j)
             for step in itertools.count(start_step):
+                if every and step > start_step and step % every == 0:
+                    j, t = step // every, time.perf_counter()
+                    for b in order:
+                        builder.swap_in(cache[b].result(), b, j, refreshes.pop((b, j)).result())
+                    submit(j + _REFRESH_AHEAD)
+                    if (wait_s := time.perf_counter() - t) > 0.5:  # encoding fell behind
+                        logging.info("dit: step %d waited %.1f s for latent-cache refresh %d",
+                                     step, wait_s, j)  # fmt: skip
                 b_idx = int(buckets_lib.bucket_of_steps(self.buckets, self.config.seed, [step])[0])
                 latents, texts = cache[b_idx].result()
                 n = self.buckets[b_idx].batch_size
@@ -347,43 +372,128 @@ class DiTTask:
             builder.close()
 
 
+_REFRESH_AHEAD = 2  # latent-cache refreshes encoded ahead of the step that swaps them in
+
+
+def _check_cache_refresh(cfg: ml_collections.ConfigDict) -> None:
+    every = int(cfg.get("latent_cache_refresh_steps", 0))
+    clips = int(cfg.get("latent_cache_refresh_clips", 0))
+    size = int(cfg.get("latent_cache_clips", 0))
+    if every < 0:
+        raise ValueError(f"dit_train.latent_cache_refresh_steps={every} must be >= 0 (0 = off).")
+    if every and not 0 < clips <= size:
+        raise ValueError(
+            f"dit_train.latent_cache_refresh_clips={clips} must be in (0, latent_cache_clips="
+            f"{size}] when latent_cache_refresh_steps={every} refreshes the latent cache."
+        )
+
+
+class _CacheLayout:
+    """Which stream batches of one bucket fill its latent cache at a given step.
+
+    The cache holds `n` batches, in G = ceil(n / r) groups of `r` batches (the last may be
+    shorter). Without refresh (`every` = 0; r = n) it is the bucket's stream batches 0..n-1 for
+    the whole run. With refresh, before step j * every (j >= 1) group (j - 1) mod G is replaced by
+    the bucket's next unseen stream batches, n + (j - 1) * r onwards. The cache at a step is thus
+    a function of the step alone: a resumed run rebuilds exactly the cache it stopped with.
+    """
+
+    def __init__(self, n: int, r: int, every: int):
+        self.n, self.every = n, every
+        self.r = min(max(r, 1), n) if every else n
+        self.num_groups = -(-n // self.r)
+
+    def group(self, g: int) -> tuple[int, int]:
+        """(first slot batch, number of batches) of group g."""
+        return g * self.r, min(self.r, self.n - g * self.r)
+
+    def refresh(self, j: int) -> tuple[int, int]:
+        """(group, first stream batch) of refresh j >= 1."""
+        return (j - 1) % self.num_groups, self.n + (j - 1) * self.r
+
+    def sources_at(self, step: int) -> list[int]:
+        """The first stream batch held by each group while step `step` trains."""
+        applied = step // self.every if self.every else 0  # refreshes 1..applied are in
+        out = []
+        for g in range(self.num_groups):
+            if applied >= g + 1:
+                last = g + 1 + (applied - g - 1) // self.num_groups * self.num_groups
+                out.append(self.refresh(last)[1])
+            else:
+                out.append(self.group(g)[0])
+        return out
+
+
 class _Stopped(Exception):
     """A latent-cache build abandoned because training ended first."""
 
 
 class _LatentCacheBuilder:
-    """Encodes one bucket's `latent_cache_clips` clips with the frozen VAE (DiTTask's cache)."""
+    """Encodes buckets' latent caches with the frozen VAE (DiTTask's cache) and their refreshes."""
 
     def __init__(self, task: DiTTask):
         self.task = task
         self.stream, self.frozen = task._stream(), task.frozen()
         self.encode = jax.jit(task.encode_latents)
-        self.stop = threading.Event()  # set: `bucket` raises _Stopped at its next batch
+        self.stop = threading.Event()  # set: encoding raises _Stopped at its next batch
 
-    def bucket(self, b_idx: int) -> tuple[np.ndarray, list[str]]:
-        bucket = self.task.buckets[b_idx]
-        n_batches = -(-int(self.task.train_cfg.latent_cache_clips) // bucket.batch_size)
-        latents, texts = [], []
-        t0, wait_s = time.perf_counter(), 0.0
+    def layout(self, b_idx: int) -> _CacheLayout:
+        cfg, batch = self.task.train_cfg, self.task.buckets[b_idx].batch_size
+        refresh_clips = int(cfg.get("latent_cache_refresh_clips", 0))
+        return _CacheLayout(
+            -(-int(cfg.latent_cache_clips) // batch),
+            -(-refresh_clips // batch),
+            int(cfg.get("latent_cache_refresh_steps", 0)),
+        )
+
+    def bucket(self, b_idx: int, step: int = 0) -> tuple[np.ndarray, list[str]]:
+        """The cache of bucket `b_idx` while step `step` trains."""
+        layout, t0 = self.layout(b_idx), time.perf_counter()
+        ranges = [(first, layout.group(g)[1]) for g, first in enumerate(layout.sources_at(step))]
+        out, texts, wait_s = self._encode(b_idx, ranges)
+        logging.info(
+            "dit: latent cache of bucket %s: %d clips in %.1f s (%.1f s waiting for "
+            "decoded/rendered clips)", self.task.buckets[b_idx].name, len(texts),
+            time.perf_counter() - t0, wait_s,
+        )  # fmt: skip
+        return out, texts
+
+    def refresh(self, b_idx: int, j: int) -> tuple[np.ndarray, list[str]]:
+        """The fresh clips of refresh j of bucket `b_idx` (see _CacheLayout)."""
+        layout = self.layout(b_idx)
+        g, first = layout.refresh(j)
+        out, texts, _ = self._encode(b_idx, [(first, layout.group(g)[1])])
+        return out, texts
+
+    def swap_in(self, cache: tuple[np.ndarray, list[str]], b_idx: int, j: int,
+                fresh: tuple[np.ndarray, list[str]]) -> None:  # fmt: skip
+        """Writes refresh j of bucket `b_idx` over its group of `cache`, in place."""
+        layout, batch = self.layout(b_idx), self.task.buckets[b_idx].batch_size
+        first_slot, _ = layout.group(layout.refresh(j)[0])
+        (latents, texts), (new, new_texts) = cache, fresh
+        a = first_slot * batch
+        latents[a : a + len(new_texts)] = new
+        texts[a : a + len(new_texts)] = new_texts
+
+    def _encode(self, b_idx: int, ranges: list[tuple[int, int]]):
+        """Encodes the bucket's stream batches [first, first + count) of every range, in order:
+        (latents, texts, seconds spent waiting for rendered/decoded clips)."""
+        indices = [k for first, count in ranges for k in range(first, first + count)]
+        latents, texts, wait_s = [], [], 0.0
         # One thread renders batch k + 1 while the device encodes batch k (dispatch is async).
         with concurrent.futures.ThreadPoolExecutor(1) as ahead:
-            pending = ahead.submit(self.stream.batch, b_idx, 0)
-            for k in range(n_batches):
+            pending = ahead.submit(self.stream.batch, b_idx, indices[0])
+            for i in range(len(indices)):
                 if self.stop.is_set():
-                    raise _Stopped(bucket.name)
+                    raise _Stopped(self.task.buckets[b_idx].name)
                 t = time.perf_counter()
                 batch = pending.result()
                 wait_s += time.perf_counter() - t
-                if k + 1 < n_batches:
-                    pending = ahead.submit(self.stream.batch, b_idx, k + 1)
+                if i + 1 < len(indices):
+                    pending = ahead.submit(self.stream.batch, b_idx, indices[i + 1])
                 latents.append(self.encode(self.frozen, batch["video"]))
                 texts.extend(batch["text"])
-        out = np.concatenate([np.asarray(x) for x in latents])
-        logging.info(
-            "dit: latent cache of bucket %s: %d clips in %.1f s (%.1f s waiting for "
-            "decoded/rendered clips)", bucket.name, len(texts), time.perf_counter() - t0, wait_s,
-        )  # fmt: skip
-        return out, texts
+        return np.concatenate([np.asarray(x) for x in latents]), texts, wait_s
 
     def close(self) -> None:
         self.stream.close()

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# The world model on one GPU (issue 9), stage by stage, each under its time budget:
-#   VAE (max 540 s, configs/world.py) -> VAE on real footage -> DiT (max 600 s) -> eval suite.
+# The world model on one GPU (issue 9), stage by stage (configs/world.py: ~23 min on an H200):
+#   VAE (7,500 steps) -> VAE on real footage (optional) -> DiT (16,000 steps) -> eval suite.
 #
 #   tools/experiments/world_gpu.sh WORKDIR [FOOTAGE.npz|mp4,...] [extra main.py flags...]
 #
 # Pass the text encoder folder as an extra flag (--config.text.path=DIR); keep DIR (and the
 # workdir) outside a checkout that may be re-synced while the script runs in the background.
 # Each stage resumes from its newest checkpoint, so running the script again continues
-# training where the budgets stopped it. Logs: WORKDIR/<stage>.log; results: WORKDIR/summary.json,
-# WORKDIR/eval/, WORKDIR/vae/footage_eval.json, and all of them in WORKDIR/report.json and
-# WORKDIR/report.md (the table of the evaluation sets).
+# training where a call's end or a stage's time cap stopped it. Logs: WORKDIR/<stage>.log;
+# results: WORKDIR/summary.json, WORKDIR/eval/, WORKDIR/vae/footage_eval.json, and all of them
+# in WORKDIR/report.json and WORKDIR/report.md (the table of the evaluation sets).
 set -uo pipefail
 workdir=${1:?usage: world_gpu.sh WORKDIR [FOOTAGE] [flags...]}
 footage=${2:-}

@@ -1,0 +1,84 @@
+"""The DiT's refreshed latent cache (dit_train.latent_cache_refresh_steps, dit_task.py): every K
+steps each bucket swaps one group of its cache for clips it has not seen; the cache at a step is
+a function of the step alone, so a resumed run sees exactly the batches of an uninterrupted one."""
+
+import numpy as np
+import pytest
+from test_precompile import _tiny_micro
+from test_train_samples import _task
+
+from sora_jax.data import buckets as buckets_lib
+from sora_jax.train import dit_task
+
+
+def test_layout_replaces_groups_round_robin_with_unseen_batches():
+    layout = dit_task._CacheLayout(n=5, r=2, every=10)  # groups: batches 0-1, 2-3, 4
+    assert [layout.group(g) for g in range(3)] == [(0, 2), (2, 2), (4, 1)]
+    assert layout.sources_at(0) == layout.sources_at(9) == [0, 2, 4]
+    assert layout.sources_at(10) == [5, 2, 4]  # refresh 1: group 0 <- stream batches 5, 6
+    assert layout.sources_at(29) == [5, 7, 4]
+    assert layout.sources_at(30) == [5, 7, 9]
+    assert layout.sources_at(40) == [11, 7, 9]  # round robin: group 0 again
+    # Against applying the refreshes one by one.
+    held = [0, 2, 4]
+    for step in range(1, 200):
+        if step % 10 == 0:
+            g, first = layout.refresh(step // 10)
+            held[g] = first
+        assert layout.sources_at(step) == held
+    assert dit_task._CacheLayout(n=4, r=2, every=0).sources_at(1000) == [0]  # off: one group
+
+
+def _refreshing_config(every=3):
+    config = _tiny_micro()
+    config.dit_train.latent_cache_clips = 4  # 2 batches of the 2-clip buckets, 1 of the images
+    config.dit_train.latent_cache_refresh_steps = every
+    config.dit_train.latent_cache_refresh_clips = 2
+    return config
+
+
+def _take(gen, n):
+    out = [next(gen)["latents"] for _ in range(n)]
+    gen.close()
+    return out
+
+
+def test_resumed_batches_equal_the_uninterrupted_ones_and_refresh_brings_new_clips(tmp_path):
+    config = _refreshing_config(every=3)
+    task = _task(config, str(tmp_path))
+    full = _take(task.batches(0), 14)
+    resumed = _take(task.batches(7), 7)  # mid-interval: rebuilt from refreshes 1 and 2
+    for a, b in zip(full[7:], resumed, strict=True):
+        np.testing.assert_array_equal(a, b)
+    resumed = _take(task.batches(9), 5)  # at a refresh step
+    for a, b in zip(full[9:], resumed, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Without refresh the cache never changes; with it, later steps draw clips it did not hold.
+    first_cache = [latents for latents, _ in task.build_latent_cache()]
+    drawn = buckets_lib.bucket_of_steps(task.buckets, config.seed, np.arange(14))
+
+    def in_first_cache(step):
+        held = first_cache[int(drawn[step])].reshape(len(first_cache[int(drawn[step])]), -1)
+        return [bool((np.abs(held - x.reshape(1, -1)).max(1) == 0).any()) for x in full[step]]
+
+    assert all(all(in_first_cache(s)) for s in range(3))  # before the first refresh
+    assert not all(all(in_first_cache(s)) for s in range(3, 14))
+
+
+def test_refresh_off_is_the_fixed_cache(tmp_path):
+    on = _take(_task(_refreshing_config(every=1000), str(tmp_path)).batches(0), 6)
+    config = _refreshing_config()
+    config.dit_train.latent_cache_refresh_steps = 0
+    off = _take(_task(config, str(tmp_path)).batches(0), 6)
+    for a, b in zip(on, off, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_refresh_settings_fail_at_start_up_with_one_sentence(tmp_path):
+    config = _refreshing_config()
+    config.dit_train.latent_cache_refresh_clips = 0
+    with pytest.raises(ValueError, match=r"latent_cache_refresh_clips=0 must be in \(0, "):
+        _task(config, str(tmp_path))
+    config.dit_train.latent_cache_refresh_steps = -1
+    with pytest.raises(ValueError, match=r"latent_cache_refresh_steps=-1 must be >= 0"):
+        _task(config, str(tmp_path))
