@@ -1,0 +1,200 @@
+"""Profile: which kernels one DiT block's time is spent in, read from a jax.profiler trace.
+
+    python tools/bench/dit_profile.py --out tools/bench/results/dit_profile_h200.json
+    python tools/bench/dit_profile.py --tiny --out /tmp/dit_profile.json   # CPU check of the script
+
+The block and shape are dit_block.py's (one Wan 1.3B block, D 1536, FFN 8960, 12 heads; one
+480x832x81 video = 32,760 tokens, 512 text tokens, bf16). Each pass (the jitted forward, and the
+forward+backward: gradients of the block's parameters and input) is warmed up and timed untraced
+(`wall_ms`), then run `--iters` times under `jax.profiler.trace(..., create_perfetto_trace=True)`.
+The trace's JSON is read here with gzip + json and its device-side events are summed per kernel:
+on GPU the CUPTI kernels and memcpys on the "Stream #..." tracks of the "/device:GPU:N" process;
+on CPU (no device process) the XLA op events of the host threads (the ones carrying `hlo_op`).
+Times are per iteration; % is of the pass's summed kernel time (kernels that overlap on several
+streams are each counted in full). The traces stay in --trace_dir for ui.perfetto.dev.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import glob
+import gzip
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+import dit  # noqa: E402  (tools/bench/dit.py: the issue's shape and its timing helper)
+import report  # noqa: E402  (tools/bench/report.py)
+
+TOP = 25  # rows per pass before "other"
+CATEGORIES = (  # first match wins: a fused attention kernel is "attention", not a GEMM
+    ("attention", ("attention", "fmha", "flash", "cudnn", "sdpa")),
+    ("matmul", ("matmul", "gemm", "cublas", "dot")),
+    ("fusion", ("fusion", "loop", "reduce", "elementwise")),
+    ("copy", ("copy", "transpose", "memcpy", "memset")),
+)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--tiny", action="store_true", help="toy sizes (script check on CPU)")
+    p.add_argument("--attention", default="auto", help="attention implementation of the block")
+    p.add_argument("--iters", type=int, default=5, help="traced calls per pass")
+    p.add_argument("--trace_dir", default="/tmp/dit_profile", help="where the traces are kept")
+    return p.parse_args(argv)
+
+
+def category(name: str) -> str:
+    low = name.lower()
+    return next((c for c, keys in CATEGORIES if any(k in low for k in keys)), "other")
+
+
+def kernel_events(trace: dict) -> list[tuple[str, float]]:
+    """(name, duration in us) of each device-side event of a Chrome/Perfetto trace JSON."""
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    procs, threads = {}, {}
+    for e in events:
+        if e.get("ph") == "M" and e.get("name") == "process_name":
+            procs[e["pid"]] = e["args"]["name"]
+        elif e.get("ph") == "M" and e.get("name") == "thread_name":
+            threads[(e["pid"], e["tid"])] = e["args"]["name"]
+    timed = [e for e in events if e.get("ph") == "X" and e.get("dur", 0) > 0]
+    devices = {pid for pid, name in procs.items() if "/device:" in name}
+    if not devices:  # CPU: thunks run on the client's pool (or inline on the caller), tagged hlo_op
+        return [(e["name"], float(e["dur"])) for e in timed if "hlo_op" in e.get("args", {})]
+    # GPU: CUPTI puts kernels and memcpys on "Stream #<id>(Kernel,...)" lines of "/device:GPU:N";
+    # kernel launches (which carry hlo_op too) are host events; "CUPTI overhead" is left out.
+    on = {k for k, name in threads.items() if k[0] in devices and name.startswith("Stream")}
+    on = on or {k for k, name in threads.items() if k[0] in devices and name == "XLA Ops"}  # TPU
+    return [(e["name"], float(e["dur"])) for e in timed if (e["pid"], e["tid"]) in on]
+
+
+def load_trace(trace_dir: str) -> dict:
+    """The newest *.trace.json.gz the profiler wrote under `trace_dir`."""
+    paths = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
+    if not paths:
+        raise SystemExit(f"No *.trace.json.gz under {trace_dir}: did jax.profiler.trace run?")
+    with gzip.open(max(paths, key=os.path.getmtime)) as f:
+        return json.load(f)
+
+
+def summarize(events: list[tuple[str, float]], iters: int) -> dict:
+    """Top kernels by time (per iteration), the rest as "other", and totals per category."""
+    calls, us = collections.Counter(), collections.Counter()
+    for name, dur in events:
+        calls[name] += 1
+        us[name] += dur
+    total_ms = sum(us.values()) / iters / 1e3
+    if not total_ms:
+        raise SystemExit("The trace holds no kernel events; see kernel_events() for the filter.")
+
+    def row(name, n, t_us, cat):
+        ms = t_us / iters / 1e3
+        return {"kernel": name, "category": cat, "calls_per_iter": n / iters,
+                "ms_per_iter": ms, "pct": 100 * ms / total_ms}  # fmt: skip
+
+    ranked = [row(k, calls[k], t, category(k)) for k, t in us.most_common()]
+    rest = ranked[TOP:]
+    rows = ranked[:TOP]
+    if rest:
+        rows.append(row("other", sum(calls[r["kernel"]] for r in rest),
+                        sum(us[r["kernel"]] for r in rest), "-"))  # fmt: skip
+    cats = collections.Counter()
+    for r in ranked:
+        cats[r["category"]] += r["ms_per_iter"]
+    categories = {c: {"ms_per_iter": ms, "pct": 100 * ms / total_ms} for c, ms in cats.items()}
+    return {"rows": rows, "kernels": len(ranked), "total_ms": total_ms, "categories": categories}
+
+
+def build(cfg, n: int, text_len: int):
+    """The block's jitted forward and fwd+bwd, and their arguments (as dit_block.py's "block")."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from sora_jax.models import layers
+    from sora_jax.models.dit import DiTBlock
+
+    rng = np.random.default_rng(0)
+    d = cfg.dim
+    h = jnp.asarray(rng.normal(size=(1, n, d)), jnp.float32)
+    ctx = jnp.asarray(rng.normal(size=(1, text_len, d)), jnp.dtype(cfg.dtype))
+    mod = jnp.asarray(rng.normal(size=(1, 1, 6, d)) * 0.1, jnp.float32)
+    rope = layers.rope_3d((1, 1, n), cfg.head_dim, cfg.rope_theta)  # one frame of n tokens
+    graphdef, state = nnx.split(DiTBlock(cfg, rngs=nnx.Rngs(0)))
+
+    def fwd(state, h):
+        return nnx.merge(graphdef, state)(h, ctx, None, mod, rope)
+
+    def loss(state, h):
+        return jnp.sum(fwd(state, h))
+
+    fns = {"forward": jax.jit(fwd), "fwd_bwd": jax.jit(jax.grad(loss, argnums=(0, 1)))}
+    return fns, (state, h)
+
+
+def profile_pass(fn, args, iters: int, trace_dir: str) -> dict:
+    import jax
+
+    wall_s, _ = dit.time_calls(lambda: fn(*args), jax.block_until_ready, iters)  # warms up too
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+        for _ in range(iters):
+            jax.block_until_ready(fn(*args))
+    out = summarize(kernel_events(load_trace(trace_dir)), iters)
+    return {"wall_ms": wall_s * 1e3, **out, "trace_dir": trace_dir}
+
+
+def print_pass(name: str, p: dict) -> None:
+    print(f"\n{name}: {p['total_ms']:.3f} ms of kernels per iteration ({p['kernels']} kernels), "
+          f"{p['wall_ms']:.3f} ms wall")  # fmt: skip
+    print(f"{'kernel':<60} {'category':>9} {'calls':>6} {'ms':>9} {'%':>6}")
+    for r in p["rows"]:
+        short = r["kernel"] if len(r["kernel"]) <= 60 else r["kernel"][:57] + "..."
+        print(f"{short:<60} {r['category']:>9} {r['calls_per_iter']:6.1f} "
+              f"{r['ms_per_iter']:9.3f} {r['pct']:6.1f}")  # fmt: skip
+    print(f"{'total':<60} {'':>9} {'':>6} {p['total_ms']:9.3f} {100.0:6.1f}")
+    cats = sorted(p["categories"].items(), key=lambda kv: -kv[1]["ms_per_iter"])
+    print("  by category: " + ", ".join(f"{c} {v['ms_per_iter']:.3f} ms ({v['pct']:.1f}%)"
+                                        for c, v in cats))  # fmt: skip
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    import jax
+
+    from sora_jax.models.dit import DiTConfig
+
+    if args.tiny:  # dit_block.py's toy sizes
+        cfg = DiTConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=1, text_dim=64,
+                        dtype="float32", attention="xla")  # fmt: skip
+        n, text_len = 256, 16
+    else:
+        cfg = DiTConfig(**dit.FULL["model"], attention=args.attention)
+        n = dit.FULL["grid"][0] * (dit.FULL["grid"][1] // 2) * (dit.FULL["grid"][2] // 2)
+        text_len = dit.FULL["text_len"]  # 480x832x81 -> 21x60x104 latents, 1x2x2 patches
+    out = {
+        "benchmark": "dit_profile",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
+        "versions": report.versions("jax", "jaxlib", "flax"),
+        "shape": {"tokens": n, "text_len": text_len, "dim": cfg.dim, "ffn_dim": cfg.ffn_dim,
+                  "heads": cfg.num_heads, "dtype": cfg.dtype, "attention": cfg.attention},
+        "iters": args.iters,
+        "passes": {},
+    }  # fmt: skip
+    fns, fn_args = build(cfg, n, text_len)
+    for name, fn in fns.items():
+        p = profile_pass(fn, fn_args, args.iters, os.path.join(args.trace_dir, name))
+        out["passes"][name] = p
+        print_pass(name, p)
+    report.write_json(args.out, out)
+
+
+if __name__ == "__main__":
+    main()
