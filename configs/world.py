@@ -169,13 +169,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         caption_dropout=0.1,  # empty caption: the unconditional branch of CFG
         vae_workdir="",  # "" = <workdir>/vae
         # Encode this many clips per bucket (frozen VAE) and train on their latents; every 500
-        # steps each bucket swaps 1,024 of them for clips it has not seen (encoded beside the
-        # steps), so 16,000 steps see ~36,000 clips per bucket. The 2026-12-03 run's fixed cache
-        # of 8,192 clips per bucket was seen ~90 times each; its held-out loss was above its
-        # training loss (0.127 vs ~0.09 at t = 0.3, 0.142 vs ~0.10 at t = 0.7).
+        # steps each bucket swaps 512 of them for clips it has not seen (rendered and encoded
+        # beside the steps), so 16,000 steps see ~20,000 clips per bucket. The 2026-12-03 run's
+        # fixed cache of 8,192 clips per bucket was seen ~90 times each; its held-out loss was
+        # above its training loss (0.127 vs ~0.09 at t = 0.3, 0.142 vs ~0.10 at t = 0.7). The
+        # refresh renders in the trainer process (~1,200 clips/s per thread on this CPU), so
+        # ~2,600 clips per 500 steps (~16 s) keep that thread ~15% busy beside the steps.
         latent_cache_clips=4096,
         latent_cache_refresh_steps=500,
-        latent_cache_refresh_clips=1024,
+        latent_cache_refresh_clips=512,
         latent_cache_dir="",  # or tools/cache_latents.py output
         # Graded samples of the EMA weights every N steps (<workdir>/dit/samples/, accuracies in
         # metrics.jsonl); 0 = off. The eval stage grades every mode at the end; these rounds (one
@@ -224,13 +226,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def eval_config(**overrides) -> ml_collections.ConfigDict:
-    """The evaluation suite (sora_jax/eval_suite.py): ~300 samples, ~2 GPU-minutes (estimated;
-    mostly compiles: one per sampled shape and batch size, 7 here)."""
+    """The evaluation suite (sora_jax/eval_suite.py): ~600 samples; 211 s on the H200 for half
+    as many (2026-12-03), mostly compiles: one per sampled shape and batch size, 7 here."""
     cfg = ml_collections.ConfigDict(
         dict(
             seed=0,  # prompts, truths and sampling noise are all functions of this seed
-            num_prompts=48,  # in-distribution text->video prompts at `shape`
-            num_per_set=16,  # prompts of every other set (held-out pairs, occlusion, modes...)
+            # In-distribution text->video prompts at `shape`, and the prompts of every other set
+            # (held-out pairs, occlusion, modes...). One prompt is 1 and 3 points of a set's
+            # accuracy; sampling them took 0.3-6 s per set of 16 on the H200 after its compile.
+            num_prompts=96,
+            num_per_set=32,
             shape="17x64x64",  # FRAMESxHEIGHTxWIDTH of t2v and of every conditioned mode
             # The resolution / aspect / duration sweep: num_per_set prompts at each of these.
             sweep_shapes=("17x64x96", "17x96x64", "33x64x64"),

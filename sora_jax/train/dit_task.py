@@ -353,13 +353,16 @@ class DiTTask:
                     submit(j)
             for step in itertools.count(start_step):
                 if every and step > start_step and step % every == 0:
-                    j, t = step // every, time.perf_counter()
+                    j, t, clips = step // every, time.perf_counter(), 0
                     for b in order:
-                        builder.swap_in(cache[b].result(), b, j, refreshes.pop((b, j)).result())
+                        fresh = refreshes.pop((b, j)).result()
+                        builder.swap_in(cache[b].result(), b, j, fresh)
+                        clips += len(fresh[1])
                     submit(j + _REFRESH_AHEAD)
-                    if (wait_s := time.perf_counter() - t) > 0.5:  # encoding fell behind
-                        logging.info("dit: step %d waited %.1f s for latent-cache refresh %d",
-                                     step, wait_s, j)  # fmt: skip
+                    logging.info(  # waiting > 0: encoding fell behind the steps
+                        "dit: step %d: latent-cache refresh %d swapped in %d unseen clips "
+                        "(waited %.1f s for it)", step, j, clips, time.perf_counter() - t,
+                    )  # fmt: skip
                 b_idx = int(buckets_lib.bucket_of_steps(self.buckets, self.config.seed, [step])[0])
                 latents, texts = cache[b_idx].result()
                 n = self.buckets[b_idx].batch_size
