@@ -243,6 +243,10 @@ def eval_config(**overrides) -> ml_collections.ConfigDict:
             sampler="euler",
             guidance=5.0,
             shift=0.0,  # flow time shift for sampling; 0 = config.flow.shift
+            # The t2v set again under other settings (reported beside the sets, not as targets):
+            # whether more steps, a second-order sampler or stronger guidance draws the thin
+            # shapes (cross, star, ring) the 2026-12-03 model drew as blobs.
+            t2v_variants=({"steps": 60}, {"sampler": "dpmpp_2m"}, {"guidance": 8.0}),
             batch_size=16,  # text-only sets; conditioned modes sample one clip per call
             edit_strength=0.7,  # SDEdit noise level of the v2v edit set (recolours a clip)
             val_clips=64,  # held-out clips for the DiT validation loss at fixed timesteps
@@ -295,6 +299,7 @@ def _shrink(c: ml_collections.ConfigDict, steps: int) -> None:
     )
     c.sample.update(num_prompts=2, num_frames=9, height=32, width=32, steps=2, batch_size=2)
     c.eval.update(
+        t2v_variants=({"steps": 1},),
         num_prompts=2,
         num_per_set=1,
         shape="9x32x32",

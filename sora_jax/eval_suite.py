@@ -40,6 +40,9 @@ Metrics per set (`evaluate.py` holds their definitions):
 and for the whole model: the DiT's rectified-flow validation loss at fixed t on held-out world
 clips (another world seed), and the VAE's held-out PSNR/SSIM.
 
+`eval.t2v_variants` re-samples the t2v set under other sampler settings (steps, sampler, guidance,
+shift) and reports each as `t2v@<settings>` beside the sets: how much the grades owe to sampling.
+
 Files: `<workdir>/eval/<set>.json` (metrics, settings, per-sample prompts, specs and grades),
 `<set>.png` (contact sheet: a row per sample, evenly spaced frames, given frames framed in
 green), `<set>_<i>.gif`, and `summary.json` (every set's metrics, the validation loss, the VAE,
@@ -234,6 +237,27 @@ def _settings(config: ml_collections.ConfigDict) -> dict:
         "shift": float(ec.shift) if float(ec.shift) > 0 else None,
         "guidance_interval": (0.0, 1.0),
     }
+
+
+VARIANT_KEYS = ("steps", "sampler", "guidance", "shift")
+
+
+def t2v_variants(config: ml_collections.ConfigDict) -> dict[str, dict]:
+    """`eval.t2v_variants`: the t2v set again under other sampler settings (each a dict of
+    VARIANT_KEYS overriding the suite's), reported beside the sets, not as targets. Returns
+    {"t2v@key=value,...": settings}; a bad variant fails here, before any weights load."""
+    out = {}
+    for overrides in config.eval.get("t2v_variants", ()):
+        overrides = dict(overrides)
+        if not overrides or set(overrides) - set(VARIANT_KEYS):
+            raise ValueError(f"eval.t2v_variants: {overrides} must override some of "
+                             f"{VARIANT_KEYS} and nothing else.")  # fmt: skip
+        settings = {**_settings(config), **overrides}
+        if "shift" in overrides:
+            settings["shift"] = float(overrides["shift"]) if float(overrides["shift"]) > 0 else None
+        sample_lib.check_settings(**settings)
+        out["t2v@" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))] = settings
+    return out
 
 
 def generate(
@@ -431,6 +455,7 @@ def run(
         )
     cases_by_set = build_suite(config)  # bad eval settings fail before any weights load
     sample_lib.check_settings(**_settings(config))
+    t2v_variants(config)
     gen = generator or sample_lib.Generator(config, workdir)
     tf = gen.temporal_factor
     summary: dict = {"sets": {}, "settings": _settings(config)}
@@ -444,6 +469,17 @@ def run(
             write_set(out_dir, name, metrics, records, cases, videos, config, tf)
         summary["sets"][name] = metrics
         logging.info("eval %s: %s", name, metrics)
+    for label, settings in t2v_variants(config).items():
+        t0, cases = time.time(), cases_by_set["t2v"]
+        videos = generate(gen, cases, settings, int(config.eval.batch_size))
+        metrics, records = score("t2v", cases, videos, tf)
+        metrics["wall_s"] = round(time.time() - t0, 1)
+        if jax.process_index() == 0:
+            with open(os.path.join(out_dir, f"{label}.json"), "w") as f:
+                json.dump(_json_safe({"set": label, "metrics": metrics, "settings": settings,
+                                      "samples": records}), f, indent=1)  # fmt: skip
+        summary.setdefault("t2v_variants", {})[label] = {**metrics, "settings": settings}
+        logging.info("eval %s: %s", label, metrics)
     summary["val_loss"] = validation_loss(gen, config)
     if config.eval.get("vae", True):
         summary["vae"] = vae_task.evaluate_model(gen.vae, config)

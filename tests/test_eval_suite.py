@@ -182,6 +182,33 @@ def test_eval_suite_runs_every_set_at_micro_size(tmp_path):
     assert {t["set"] for t in summary["targets"]} >= {"t2v", "i2v", "extend_forward"}
 
 
+def test_t2v_variants_resample_the_t2v_set_under_other_settings(tmp_path):
+    c = load_world_config("micro")
+    c.eval.update(num_prompts=2, num_per_set=1, batch_size=2, val_clips=1, vae=False,
+                  sweep_shapes=("9x32x32",),
+                  t2v_variants=({"guidance": c.eval.guidance}, {"steps": 1}))  # fmt: skip
+    summary = eval_suite.run(c, str(tmp_path), generator=_micro_generator(c))
+    same, fewer = f"t2v@guidance={c.eval.guidance}", "t2v@steps=1"
+    assert list(summary["t2v_variants"]) == [same, fewer]
+    assert summary["t2v_variants"][fewer]["settings"]["steps"] == 1
+    # The suite's own settings again: the very same samples and grades as the t2v set.
+    base = json.loads((tmp_path / "eval" / "t2v.json").read_text())["samples"]
+    again = json.loads((tmp_path / "eval" / f"{same}.json").read_text())["samples"]
+    assert again == base and len(base) == 2
+    assert len(json.loads((tmp_path / "eval" / f"{fewer}.json").read_text())["samples"]) == 2
+    assert all(t["set"] != same for t in summary["targets"])  # reported, not a target
+
+
+def test_bad_t2v_variant_fails_before_any_weights_load(tmp_path):
+    c = load_world_config("micro")
+    c.eval.t2v_variants = ({"stepz": 60},)
+    with pytest.raises(ValueError, match=r"eval.t2v_variants: \{'stepz': 60\} must override"):
+        eval_suite.run(c, str(tmp_path), generator=object())
+    c.eval.t2v_variants = ({"sampler": "rk4"},)
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        eval_suite.run(c, str(tmp_path), generator=object())
+
+
 def test_contact_sheet_pads_cells_and_frames_given_frames():
     videos = [np.full((5, 8, 12, 3), 200, np.uint8), np.full((9, 16, 8, 3), 100, np.uint8)]
     given = [np.array([True, False, False, False, False]), None]

@@ -89,3 +89,16 @@ def test_report_of_a_run_without_eval_and_a_missing_folder(tmp_path, capsys):
     with pytest.raises(SystemExit):
         world_report.main(["--workdir", str(tmp_path / "nope")])
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_report_prints_the_t2v_variants_beside_the_suite_settings(tmp_path, capsys):
+    run = _run_dir(tmp_path)
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    summary["t2v_variants"] = {"t2v@steps=60": {"color_acc": 1.0, "shape_acc": 0.5,
+                                                "motion_acc": 0.75, "n": 48}}  # fmt: skip
+    _write(run / "eval" / "summary.json", summary)
+    out = world_report.main(["--workdir", str(run)])
+    assert out["eval_t2v_variants"]["t2v@steps=60"]["shape_acc"] == 0.5
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-2:] == ["| the suite's settings | 1.00 | 0.15 | 0.31 |",
+                            "| steps=60 | 1.00 | 0.50 | 0.75 |"]  # fmt: skip

@@ -95,6 +95,8 @@ def collect(workdir: str) -> dict:
         result["eval"] = {k: ev[k] for k in ("settings", "checkpoint_steps", "val_loss",
                                              "targets", "wall_s") if k in ev}  # fmt: skip
         result["eval_sets"] = ev["sets"]
+        if ev.get("t2v_variants"):
+            result["eval_t2v_variants"] = ev["t2v_variants"]
         result["targets_met"] = sum(bool(t["ok"]) for t in ev.get("targets", []))
         result["targets_total"] = len(ev.get("targets", []))
     return result
@@ -127,6 +129,18 @@ def markdown(sets: dict) -> str:
     return "\n".join(lines)
 
 
+def variants_markdown(t2v: dict | None, variants: dict) -> str:
+    """The in-distribution t2v set under the suite's settings and under each variant's."""
+    lines = ["| t2v sampled with | colour | shape | motion |", "|---|---|---|---|"]
+    rows = ([("the suite's settings", t2v)] if t2v else []) + [
+        (label.removeprefix("t2v@"), m) for label, m in variants.items()
+    ]
+    for label, m in rows:
+        lines.append(f"| {label} | {_cell(m['color_acc'])} | {_cell(m['shape_acc'])} | "
+                     f"{_cell(m.get('motion_acc'))} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="the world run's workdir")
@@ -141,6 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
         report.write_json(args.out, result)
     if "eval_sets" in result:
         print(markdown(result["eval_sets"]))
+    if "eval_t2v_variants" in result:
+        print(variants_markdown(result["eval_sets"].get("t2v"), result["eval_t2v_variants"]))
     return result
 
 
