@@ -9,6 +9,10 @@ set -uo pipefail
 limit=${1:-150}
 out=${OUT_JSON:-tools/bench/results/dit_compile_h200.json}
 bench() { timeout "$limit" python3 tools/bench/dit_compile.py --config=configs/world.py --out="$out" "$@" 2>&1 | grep -v "^[IW][0-9]" | tail -9; }
+# The step compiles in 14 s on this 2-core CPU and 96 s on the H200 even without autotuning
+# (2026-12-02, label autotune0): the GPU pipeline's own passes, e.g. a Triton kernel per GEMM fusion.
+XLA_FLAGS=--xla_gpu_enable_triton_gemm=false bench --buckets=0 --label=no_triton_gemm
+XLA_FLAGS=--xla_gpu_enable_command_buffer= bench --buckets=0 --label=no_command_buffer
 XLA_FLAGS=--xla_gpu_enable_libnvptxcompiler=true bench --buckets=0 --label=libnvptxcompiler
 XLA_FLAGS=--xla_gpu_enable_llvm_module_compilation_parallelism=true bench --buckets=0 --label=llvm_parallel
 bench --buckets=0 --label=default
