@@ -107,6 +107,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Encode this many clips per bucket once and train on their latents (0 = encode every
         # batch on the fly): the frozen VAE would otherwise cost more than the tiny DiT's step.
         latent_cache_clips=2048,
+        # Every K steps each bucket swaps this many cached clips for unseen ones (0 = never).
+        latent_cache_refresh_steps=0,
+        latent_cache_refresh_clips=0,
         latent_cache_dir="",  # or train from tools/cache_latents.py output (per-bucket records)
         # Videos of fixed world prompts from the EMA weights every N steps (0 = off), written to
         # <workdir>/dit/samples/step_<N>/ and graded (sample_color_acc etc. in metrics.jsonl).

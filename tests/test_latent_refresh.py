@@ -82,3 +82,26 @@ def test_bad_refresh_settings_fail_at_start_up_with_one_sentence(tmp_path):
     config.dit_train.latent_cache_refresh_steps = -1
     with pytest.raises(ValueError, match=r"latent_cache_refresh_steps=-1 must be >= 0"):
         _task(config, str(tmp_path))
+
+
+def test_refresh_on_one_host_of_two_writes_its_own_slice(tmp_path, monkeypatch):
+    """Each host caches its slice of every batch (batch_size / hosts clips): a refresh lands on
+    the same slots as a rebuilt cache, host 1 of 2 here."""
+    from sora_jax.data import pipeline
+
+    def host_1_of_2(config, source, buckets, *, seed, caption_probs=None):
+        return pipeline.BucketedBatches(
+            source, buckets, seed=seed, caption_probs=caption_probs, num_threads=1,
+            process_index=1, process_count=2,
+        )  # fmt: skip
+
+    monkeypatch.setattr(dit_task.pipeline, "from_config", host_1_of_2)
+    config = _refreshing_config(every=3)
+    config.dit_train.latent_cache_clips = 8  # 4 batches of the 2-clip buckets: 1 clip each here
+    config.dit_train.latent_cache_refresh_clips = 4  # groups of 2 batches
+    task = _task(config, str(tmp_path))
+    full = _take(task.batches(0), 14)
+    drawn = buckets_lib.bucket_of_steps(task.buckets, config.seed, np.arange(14))
+    assert [len(x) for x in full] == [task.buckets[b].batch_size // 2 for b in drawn]
+    for a, b in zip(full[8:], _take(task.batches(8), 6), strict=True):
+        np.testing.assert_array_equal(a, b)

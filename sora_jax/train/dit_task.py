@@ -365,7 +365,8 @@ class DiTTask:
                     )  # fmt: skip
                 b_idx = int(buckets_lib.bucket_of_steps(self.buckets, self.config.seed, [step])[0])
                 latents, texts = cache[b_idx].result()
-                n = self.buckets[b_idx].batch_size
+                # This host's share of the global batch, drawn from its own cache (its slices).
+                n = self.buckets[b_idx].batch_size // builder.stream.process_count
                 u = buckets_lib.hash_uniform(self.config.seed, step * 4096 + np.arange(n), 11)
                 idx = (u * len(texts)).astype(np.int64)
                 yield self._with_text(step, {"latents": latents[idx]}, [texts[i] for i in idx])
@@ -471,10 +472,10 @@ class _LatentCacheBuilder:
     def swap_in(self, cache: tuple[np.ndarray, list[str]], b_idx: int, j: int,
                 fresh: tuple[np.ndarray, list[str]]) -> None:  # fmt: skip
         """Writes refresh j of bucket `b_idx` over its group of `cache`, in place."""
-        layout, batch = self.layout(b_idx), self.task.buckets[b_idx].batch_size
-        first_slot, _ = layout.group(layout.refresh(j)[0])
+        layout = self.layout(b_idx)
+        first_slot, count = layout.group(layout.refresh(j)[0])
         (latents, texts), (new, new_texts) = cache, fresh
-        a = first_slot * batch
+        a = first_slot * (len(new_texts) // count)  # clips per batch on this host
         latents[a : a + len(new_texts)] = new
         texts[a : a + len(new_texts)] = new_texts
 
