@@ -173,7 +173,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # beside the steps), so 16,000 steps see ~20,000 clips per bucket. The 2026-12-03 run's
         # fixed cache of 8,192 clips per bucket was seen ~90 times each; its held-out loss was
         # above its training loss (0.127 vs ~0.09 at t = 0.3, 0.142 vs ~0.10 at t = 0.7). The
-        # refresh renders in the trainer process (~1,200 clips/s per thread on this CPU), so
+        # refresh renders in the trainer process (~1,200 clips/s per thread on a 2-core dev CPU), so
         # ~2,600 clips per 500 steps (~16 s) keep that thread ~15% busy beside the steps.
         latent_cache_clips=4096,
         latent_cache_refresh_steps=500,
