@@ -58,7 +58,35 @@ def _patched(variant: str):
         layers.apply_rope, layers.RMSNorm.__call__, layers.modulate, layers.gate = saved
 
 
-def measure(cfg, variant: str, n: int, text_len: int, iters: int) -> dict:
+def block_shape(tiny: bool, attention: str):
+    """(DiTConfig, video tokens, text tokens): the issue's shape, or toy sizes for a CPU check."""
+    from sora_jax.models.dit import DiTConfig
+
+    if tiny:
+        cfg = DiTConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=1, text_dim=64,
+                        dtype="float32", attention="xla")  # fmt: skip
+        return cfg, 256, 16
+    cfg = DiTConfig(**dit.FULL["model"], attention=attention)
+    n = dit.FULL["grid"][0] * (dit.FULL["grid"][1] // 2) * (dit.FULL["grid"][2] // 2)
+    return cfg, n, dit.FULL["text_len"]  # 480x832x81 -> 21x60x104 latents, 1x2x2 patches
+
+
+def header(benchmark: str, cfg, n: int, text_len: int) -> dict:
+    """The JSON's date, device, versions and shape."""
+    import jax
+
+    return {
+        "benchmark": benchmark,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
+        "versions": report.versions("jax", "jaxlib", "flax"),
+        "shape": {"tokens": n, "text_len": text_len, "dim": cfg.dim, "ffn_dim": cfg.ffn_dim,
+                  "heads": cfg.num_heads, "dtype": cfg.dtype, "attention": cfg.attention},
+    }  # fmt: skip
+
+
+def build(cfg, variant: str, n: int, text_len: int):
+    """({"forward": jitted fn, "fwd_bwd": jitted grad}, their arguments) of one variant."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -101,35 +129,22 @@ def measure(cfg, variant: str, n: int, text_len: int, iters: int) -> dict:
             return jnp.sum(fwd(state, h))
 
         args = (state, h)
-    fwd, train = jax.jit(fwd), jax.jit(jax.grad(loss, argnums=(0, 1)))
-    fwd_s, _ = dit.time_calls(lambda: fwd(*args), jax.block_until_ready, iters)
-    train_s, _ = dit.time_calls(lambda: train(*args), jax.block_until_ready, iters)
+    return {"forward": jax.jit(fwd), "fwd_bwd": jax.jit(jax.grad(loss, argnums=(0, 1)))}, args
+
+
+def measure(cfg, variant: str, n: int, text_len: int, iters: int) -> dict:
+    import jax
+
+    fns, args = build(cfg, variant, n, text_len)
+    fwd_s, _ = dit.time_calls(lambda: fns["forward"](*args), jax.block_until_ready, iters)
+    train_s, _ = dit.time_calls(lambda: fns["fwd_bwd"](*args), jax.block_until_ready, iters)
     return {"variant": variant, "forward_ms": fwd_s * 1e3, "fwd_bwd_ms": train_s * 1e3}
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    import jax
-
-    from sora_jax.models.dit import DiTConfig
-
-    if args.tiny:
-        cfg = DiTConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=1, text_dim=64,
-                        dtype="float32", attention="xla")  # fmt: skip
-        n, text_len = 256, 16
-    else:
-        cfg = DiTConfig(**dit.FULL["model"], attention=args.attention)
-        n = dit.FULL["grid"][0] * (dit.FULL["grid"][1] // 2) * (dit.FULL["grid"][2] // 2)
-        text_len = dit.FULL["text_len"]  # 480x832x81 -> 21x60x104 latents, 1x2x2 patches
-    out = {
-        "benchmark": "dit_block",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
-        "versions": report.versions("jax", "jaxlib", "flax"),
-        "shape": {"tokens": n, "text_len": text_len, "dim": cfg.dim, "ffn_dim": cfg.ffn_dim,
-                  "heads": cfg.num_heads, "dtype": cfg.dtype, "attention": cfg.attention},
-        "rows": [],
-    }  # fmt: skip
+    cfg, n, text_len = block_shape(args.tiny, args.attention)
+    out = {**header("dit_block", cfg, n, text_len), "rows": []}
     for variant in args.variants.split(","):
         if variant not in VARIANTS:
             raise SystemExit(f"--variants: {variant!r} is not one of {VARIANTS}.")

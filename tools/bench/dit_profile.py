@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime
 import glob
 import gzip
 import json
@@ -27,7 +26,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
-import dit  # noqa: E402  (tools/bench/dit.py: the issue's shape and its timing helper)
+import dit  # noqa: E402  (tools/bench/dit.py: the timing helper)
+import dit_block  # noqa: E402  (tools/bench/dit_block.py: the block, its shape and JSON header)
 import report  # noqa: E402  (tools/bench/report.py)
 
 TOP = 25  # rows per pass before "other"
@@ -111,34 +111,6 @@ def summarize(events: list[tuple[str, float]], iters: int) -> dict:
     return {"rows": rows, "kernels": len(ranked), "total_ms": total_ms, "categories": categories}
 
 
-def build(cfg, n: int, text_len: int):
-    """The block's jitted forward and fwd+bwd, and their arguments (as dit_block.py's "block")."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from flax import nnx
-
-    from sora_jax.models import layers
-    from sora_jax.models.dit import DiTBlock
-
-    rng = np.random.default_rng(0)
-    d = cfg.dim
-    h = jnp.asarray(rng.normal(size=(1, n, d)), jnp.float32)
-    ctx = jnp.asarray(rng.normal(size=(1, text_len, d)), jnp.dtype(cfg.dtype))
-    mod = jnp.asarray(rng.normal(size=(1, 1, 6, d)) * 0.1, jnp.float32)
-    rope = layers.rope_3d((1, 1, n), cfg.head_dim, cfg.rope_theta)  # one frame of n tokens
-    graphdef, state = nnx.split(DiTBlock(cfg, rngs=nnx.Rngs(0)))
-
-    def fwd(state, h):
-        return nnx.merge(graphdef, state)(h, ctx, None, mod, rope)
-
-    def loss(state, h):
-        return jnp.sum(fwd(state, h))
-
-    fns = {"forward": jax.jit(fwd), "fwd_bwd": jax.jit(jax.grad(loss, argnums=(0, 1)))}
-    return fns, (state, h)
-
-
 def profile_pass(fn, args, iters: int, trace_dir: str) -> dict:
     import jax
 
@@ -166,29 +138,10 @@ def print_pass(name: str, p: dict) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    import jax
-
-    from sora_jax.models.dit import DiTConfig
-
-    if args.tiny:  # dit_block.py's toy sizes
-        cfg = DiTConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=1, text_dim=64,
-                        dtype="float32", attention="xla")  # fmt: skip
-        n, text_len = 256, 16
-    else:
-        cfg = DiTConfig(**dit.FULL["model"], attention=args.attention)
-        n = dit.FULL["grid"][0] * (dit.FULL["grid"][1] // 2) * (dit.FULL["grid"][2] // 2)
-        text_len = dit.FULL["text_len"]  # 480x832x81 -> 21x60x104 latents, 1x2x2 patches
-    out = {
-        "benchmark": "dit_profile",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
-        "versions": report.versions("jax", "jaxlib", "flax"),
-        "shape": {"tokens": n, "text_len": text_len, "dim": cfg.dim, "ffn_dim": cfg.ffn_dim,
-                  "heads": cfg.num_heads, "dtype": cfg.dtype, "attention": cfg.attention},
-        "iters": args.iters,
-        "passes": {},
-    }  # fmt: skip
-    fns, fn_args = build(cfg, n, text_len)
+    cfg, n, text_len = dit_block.block_shape(args.tiny, args.attention)
+    out = {**dit_block.header("dit_profile", cfg, n, text_len), "iters": args.iters,
+           "passes": {}}  # fmt: skip
+    fns, fn_args = dit_block.build(cfg, "block", n, text_len)
     for name, fn in fns.items():
         p = profile_pass(fn, fn_args, args.iters, os.path.join(args.trace_dir, name))
         out["passes"][name] = p
