@@ -228,18 +228,19 @@ def build_suite(config: ml_collections.ConfigDict) -> dict[str, list[Case]]:
 # ---------------------------------------------------------------------------- generation
 
 
-def _settings(config: ml_collections.ConfigDict) -> dict:
-    ec = config.eval
+VARIANT_KEYS = ("steps", "sampler", "guidance", "shift")  # the sampler settings of `config.eval`
+
+
+def _settings(config: ml_collections.ConfigDict, **overrides) -> dict:
+    """The suite's sampler settings (`config.eval`), with `overrides` of VARIANT_KEYS."""
+    ec = {**{k: config.eval[k] for k in VARIANT_KEYS}, **overrides}
     return {
-        "steps": int(ec.steps),
-        "guidance": float(ec.guidance),
-        "sampler": str(ec.sampler),
-        "shift": float(ec.shift) if float(ec.shift) > 0 else None,
+        "steps": int(ec["steps"]),
+        "guidance": float(ec["guidance"]),
+        "sampler": str(ec["sampler"]),
+        "shift": float(ec["shift"]) if float(ec["shift"]) > 0 else None,
         "guidance_interval": (0.0, 1.0),
     }
-
-
-VARIANT_KEYS = ("steps", "sampler", "guidance", "shift")
 
 
 def t2v_variants(config: ml_collections.ConfigDict) -> dict[str, dict]:
@@ -252,9 +253,7 @@ def t2v_variants(config: ml_collections.ConfigDict) -> dict[str, dict]:
         if not overrides or set(overrides) - set(VARIANT_KEYS):
             raise ValueError(f"eval.t2v_variants: {overrides} must override some of "
                              f"{VARIANT_KEYS} and nothing else.")  # fmt: skip
-        settings = {**_settings(config), **overrides}
-        if "shift" in overrides:
-            settings["shift"] = float(overrides["shift"]) if float(overrides["shift"]) > 0 else None
+        settings = _settings(config, **overrides)
         sample_lib.check_settings(**settings)
         out["t2v@" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))] = settings
     return out
@@ -410,13 +409,17 @@ def contact_sheet(videos: Sequence[np.ndarray], given: Sequence[np.ndarray | Non
     return sheet
 
 
+def _write_json(out_dir: str, name: str, metrics: dict, settings: dict, records: list) -> None:
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+        json.dump(_json_safe({"set": name, "metrics": metrics, "settings": settings,
+                              "samples": records}), f, indent=1)  # fmt: skip
+
+
 def write_set(out_dir: str, name: str, metrics: dict, records: list[dict], cases, videos,
               config: ml_collections.ConfigDict, tf: int) -> None:  # fmt: skip
     """`<set>.json`, the `<set>.png` contact sheet and the first `eval.gifs` GIFs."""
     ec = config.eval
-    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
-        json.dump(_json_safe({"set": name, "metrics": metrics, "settings": _settings(config),
-                              "samples": records}), f, indent=1)  # fmt: skip
+    _write_json(out_dir, name, metrics, _settings(config), records)
     rows = int(ec.sheet_rows)
     given = [given_frames(c.plan, tf) if c.truth is not None else None for c in cases[:rows]]
     sheet = contact_sheet(list(videos[:rows]), given, int(ec.sheet_cols))
@@ -455,7 +458,7 @@ def run(
         )
     cases_by_set = build_suite(config)  # bad eval settings fail before any weights load
     sample_lib.check_settings(**_settings(config))
-    t2v_variants(config)
+    variants = t2v_variants(config)
     gen = generator or sample_lib.Generator(config, workdir)
     tf = gen.temporal_factor
     summary: dict = {"sets": {}, "settings": _settings(config)}
@@ -469,15 +472,13 @@ def run(
             write_set(out_dir, name, metrics, records, cases, videos, config, tf)
         summary["sets"][name] = metrics
         logging.info("eval %s: %s", name, metrics)
-    for label, settings in t2v_variants(config).items():
+    for label, settings in variants.items():
         t0, cases = time.time(), cases_by_set["t2v"]
         videos = generate(gen, cases, settings, int(config.eval.batch_size))
         metrics, records = score("t2v", cases, videos, tf)
         metrics["wall_s"] = round(time.time() - t0, 1)
         if jax.process_index() == 0:
-            with open(os.path.join(out_dir, f"{label}.json"), "w") as f:
-                json.dump(_json_safe({"set": label, "metrics": metrics, "settings": settings,
-                                      "samples": records}), f, indent=1)  # fmt: skip
+            _write_json(out_dir, label, metrics, settings, records)
         summary.setdefault("t2v_variants", {})[label] = {**metrics, "settings": settings}
         logging.info("eval %s: %s", label, metrics)
     summary["val_loss"] = validation_loss(gen, config)
