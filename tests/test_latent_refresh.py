@@ -1,6 +1,7 @@
-"""The DiT's refreshed latent cache (dit_train.latent_cache_refresh_steps, dit_task.py): every K
-steps each bucket swaps one group of its cache for clips it has not seen; the cache at a step is
-a function of the step alone, so a resumed run sees exactly the batches of an uninterrupted one."""
+"""The DiT's refreshed latent cache (dit_train.latent_cache_refresh_steps, dit_latent_cache.py):
+every K steps each bucket swaps one group of its cache for clips it has not seen; the cache at a
+step is a function of the step alone, so a resumed run sees exactly the batches of an
+uninterrupted one."""
 
 import numpy as np
 import pytest
@@ -8,11 +9,11 @@ from test_precompile import _tiny_micro
 from test_train_samples import _task
 
 from sora_jax.data import buckets as buckets_lib
-from sora_jax.train import dit_task
+from sora_jax.train import dit_latent_cache, dit_task
 
 
 def test_layout_replaces_groups_round_robin_with_unseen_batches():
-    layout = dit_task._CacheLayout(n=5, r=2, every=10)  # groups: batches 0-1, 2-3, 4
+    layout = dit_latent_cache.CacheLayout(n=5, r=2, every=10)  # groups: batches 0-1, 2-3, 4
     assert [layout.group(g) for g in range(3)] == [(0, 2), (2, 2), (4, 1)]
     assert layout.sources_at(0) == layout.sources_at(9) == [0, 2, 4]
     assert layout.sources_at(10) == [5, 2, 4]  # refresh 1: group 0 <- stream batches 5, 6
@@ -26,7 +27,7 @@ def test_layout_replaces_groups_round_robin_with_unseen_batches():
             g, first = layout.refresh(step // 10)
             held[g] = first
         assert layout.sources_at(step) == held
-    assert dit_task._CacheLayout(n=4, r=2, every=0).sources_at(1000) == [0]  # off: one group
+    assert dit_latent_cache.CacheLayout(n=4, r=2, every=0).sources_at(1000) == [0]  # off: one group
 
 
 def _refreshing_config(every=3):

@@ -1,6 +1,6 @@
 """The step is compiled for every bucket at once before training (loop.py `precompile`) and the
-DiT latent caches are encoded in the order the steps first need them (dit_task.py): the same
-numbers as compiling at each bucket's first step, and no shape compiled twice."""
+DiT latent caches are encoded in the order the steps first need them (dit_latent_cache.py): the
+same numbers as compiling at each bucket's first step, and no shape compiled twice."""
 
 import contextlib
 import importlib.util
@@ -170,10 +170,10 @@ def test_dit_cached_batches_do_not_depend_on_the_encoding_order(tmp_path):
 
 def test_without_overlap_every_latent_cache_is_built_before_the_first_batch(tmp_path, monkeypatch):
     """precompile_overlap=no (the GPU default): no VAE encode runs beside a step's first run."""
-    from sora_jax.train import dit_task
+    from sora_jax.train import dit_latent_cache
 
     built = []
-    bucket = dit_task._LatentCacheBuilder.bucket
+    bucket = dit_latent_cache.Builder.bucket
 
     def recording(self, b_idx, step=0):
         out = bucket(self, b_idx, step)
@@ -182,7 +182,7 @@ def test_without_overlap_every_latent_cache_is_built_before_the_first_batch(tmp_
         built.append(b_idx)
         return out
 
-    monkeypatch.setattr(dit_task._LatentCacheBuilder, "bucket", recording)
+    monkeypatch.setattr(dit_latent_cache.Builder, "bucket", recording)
     config = _tiny_micro()
     config.dit_train.precompile_overlap = "no"
     task = _task(config, str(tmp_path))

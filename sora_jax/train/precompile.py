@@ -13,10 +13,10 @@ with cuDNN attention deserializes its cuDNN graphs, which captures a CUDA graph,
 H200 that capture failed ("capturing stream has unjoined work") while other threads compiled,
 killing the run (twice). With the wait it died a third time (2026-12-03) after three buckets'
 first steps had run, while the DiT's latent-cache thread was compiling and running the VAE
-encoder for a later bucket; so without overlap the DiT's latent caches are also all built before
-the first step (dit_task.py). That did not cure it: a fourth run died at its very first step with
-every compile and cache done (2026-12-03); the world config trains with XLA attention. Steps
-overlap compiles and cache encoding on CPU and TPU.
+encoder for a later bucket; so without overlap the DiT's latent caches are also all built
+before the first step (dit_latent_cache.py). That did not cure it: a fourth run died at its very
+first step with every compile and cache done (2026-12-03); the world config trains with XLA
+attention. Steps overlap compiles and cache encoding on CPU and TPU.
 """
 
 from __future__ import annotations
