@@ -51,6 +51,7 @@ and issue 9's targets checked).
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import dataclasses
 import json
@@ -459,28 +460,45 @@ def run(
     cases_by_set = build_suite(config)  # bad eval settings fail before any weights load
     sample_lib.check_settings(**_settings(config))
     variants = t2v_variants(config)
+    threads = config.eval.get("threads", 1)
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"eval.threads must be a positive int (sets sampled at once), "
+                         f"not {threads!r}.")  # fmt: skip
     gen = generator or sample_lib.Generator(config, workdir)
     tf = gen.temporal_factor
     summary: dict = {"sets": {}, "settings": _settings(config)}
     summary["checkpoint_steps"] = getattr(gen, "checkpoint_steps", {})
-    for name, cases in cases_by_set.items():
+    # Every set and variant is one job; `eval.threads` of them run at once (their compiles,
+    # most of the suite's time on a GPU, overlap), and they are written in this order.
+    jobs = [(name, name, cases, _settings(config)) for name, cases in cases_by_set.items()]
+    jobs += [(label, "t2v", cases_by_set["t2v"], s) for label, s in variants.items()]
+    batch_size = int(config.eval.batch_size)
+    if getattr(gen, "mesh", None) is not None or jax.process_count() > 1:
+        # Sharded programs launched from several threads could reach their collectives in a
+        # different order on each device (or host) and wait on each other forever.
+        threads = 1
+
+    def job(item):
+        label, set_name, cases, settings = item
         t0 = time.time()
-        videos = generate(gen, cases, _settings(config), int(config.eval.batch_size))
-        metrics, records = score(name, cases, videos, tf)
-        metrics["wall_s"] = round(time.time() - t0, 1)
-        if jax.process_index() == 0:
-            write_set(out_dir, name, metrics, records, cases, videos, config, tf)
-        summary["sets"][name] = metrics
-        logging.info("eval %s: %s", name, metrics)
-    for label, settings in variants.items():
-        t0, cases = time.time(), cases_by_set["t2v"]
-        videos = generate(gen, cases, settings, int(config.eval.batch_size))
-        metrics, records = score("t2v", cases, videos, tf)
-        metrics["wall_s"] = round(time.time() - t0, 1)
-        if jax.process_index() == 0:
-            _write_json(out_dir, label, metrics, settings, records)
-        summary.setdefault("t2v_variants", {})[label] = {**metrics, "settings": settings}
-        logging.info("eval %s: %s", label, metrics)
+        videos = generate(gen, cases, settings, batch_size)
+        metrics, records = score(set_name, cases, videos, tf)
+        metrics["wall_s"] = round(time.time() - t0, 1)  # overlaps the other jobs' times
+        return videos, metrics, records
+
+    with concurrent.futures.ThreadPoolExecutor(min(threads, len(jobs))) as pool:
+        for (label, _, cases, settings), (videos, metrics, records) in zip(
+            jobs, pool.map(job, jobs), strict=True
+        ):
+            if label in variants:
+                if jax.process_index() == 0:
+                    _write_json(out_dir, label, metrics, settings, records)
+                summary.setdefault("t2v_variants", {})[label] = {**metrics, "settings": settings}
+            else:
+                if jax.process_index() == 0:
+                    write_set(out_dir, label, metrics, records, cases, videos, config, tf)
+                summary["sets"][label] = metrics
+            logging.info("eval %s: %s", label, metrics)
     summary["val_loss"] = validation_loss(gen, config)
     if config.eval.get("vae", True):
         summary["vae"] = vae_task.evaluate_model(gen.vae, config)

@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import shlex
+import threading
 import types
 from collections.abc import Callable, Sequence
 
@@ -142,6 +143,9 @@ class Generator:
         self._dit_def, self._dit_state = nnx.split(dit)
         self.prediction = str(config.flow.get("prediction", "velocity"))
         self._runs: dict[tuple, Callable] = {}
+        # Threads share the jitted functions (the eval suite samples its sets concurrently):
+        # concurrent first calls of one jitted function compile it once.
+        self._runs_lock = threading.Lock()
 
         @jax.jit
         def encode(vae_state, video):
@@ -188,8 +192,12 @@ class Generator:
         # start_t is traced (SDEdit strengths share one compile); t2v passes init = 0, start_t
         # = 1, and (1 - 1) * 0 + 1 * noise is the noise bit for bit.
         key = (steps, sampler, interval, cfg)
-        if key in self._runs:
+        with self._runs_lock:
+            if key not in self._runs:
+                self._runs[key] = self._make_run(steps, sampler, interval, cfg)
             return self._runs[key]
+
+    def _make_run(self, steps: int, sampler: str, interval: tuple, cfg: bool):
         prediction = self.prediction
 
         def run(dit_state, vae_state, noise, text, neg, given, given_mask, init, start_t, guidance,
@@ -216,8 +224,7 @@ class Generator:
             video = vae.decode(z * self.latent_std + self.latent_mean)
             return z, vae_task.to_uint8(video)
 
-        self._runs[key] = jax.jit(run)
-        return self._runs[key]
+        return jax.jit(run)
 
     def _batch(self, arrays: dict, batch: int) -> dict:
         """Pads the batch to a multiple of the mesh's batch axes and shards it over them."""

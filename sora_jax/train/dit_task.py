@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterator
 
 import jax
@@ -48,6 +49,7 @@ class CaptionEmbedder:
         self.cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.max_cache = max_cache
         self.disk = None
+        self._lock = threading.Lock()  # callers in several threads (the eval suite's sets)
         if self.text_cfg.cache_dir:
             namespace = text_lib.cache_namespace(self.text_cfg)
             self.disk = text_cache.TextEmbeddingCache(self.text_cfg.cache_dir, namespace)
@@ -59,6 +61,10 @@ class CaptionEmbedder:
         return self._encoder
 
     def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            return self._embed(texts)
+
+    def _embed(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         missing = sorted({t for t in texts if t not in self.cache})
         if missing:
             found = self.disk.get_many(missing) if self.disk is not None else {}
