@@ -16,6 +16,7 @@ import logging
 import os
 import time
 
+import jax
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -49,11 +50,13 @@ def run_vae(config: ml_collections.ConfigDict, workdir: str) -> dict:
     result = loop.train(task, config, config.vae_train, stage_dir)
     # The trained EMA weights are in memory: no need to read back the checkpoint just saved.
     vae = nnx.merge(result.graphdef, result.state.ema, result.rest)
+    with jax.set_mesh(result.mesh):  # the mesh of training's evaluations: their compile is reused
+        evaluation = vae_task.evaluate_and_stats(vae, config, stage_dir)
     return {
         "final_loss": _last(result.history, "loss"),
         "steps": int(result.state.step),
         "stopped_early": result.stopped_early,
-        **vae_task.evaluate_and_stats(vae, config, stage_dir),
+        **evaluation,
     }
 
 

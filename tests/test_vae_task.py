@@ -270,3 +270,17 @@ def test_perceptual_features_match_torch(tmp_path):
     y = x[::-1].copy()
     assert float(jnp.max(jnp.abs(net.distance(x, x)))) == 0.0
     assert float(jnp.min(net.distance(x, y))) > 0.0
+
+
+def test_stage_end_evaluation_reuses_the_compile_of_training_evaluations(tmp_path, monkeypatch):
+    from sora_jax import recipe
+
+    monkeypatch.setattr(vae_task, "_EVAL_FNS", {})
+    result = recipe.run_vae(make_config(disc_weight=0.0), str(tmp_path))  # eval at step 2 too
+    rows = [json.loads(line) for line in open(tmp_path / "vae" / "metrics.jsonl")]
+    (evaluated,) = [r for r in rows if "eval_psnr" in r]
+    assert evaluated["step"] == 2
+    (run,) = vae_task._EVAL_FNS.values()
+    # One program for both (on the H200 the stage-end evaluation compiled again: 38 s).
+    assert run._cache_size() == 1
+    np.testing.assert_allclose(result["psnr"], evaluated["eval_psnr"], rtol=1e-5)

@@ -200,6 +200,9 @@ class TrainResult:
     rest: Any
     history: list[dict]
     stopped_early: bool = False  # max_train_seconds ended the stage before cfg.steps
+    # The mesh it trained on: functions the task jitted during training (evaluations) hit
+    # their compile cache only under the same `jax.set_mesh` context.
+    mesh: Any = None
 
 
 @dataclasses.dataclass
@@ -542,7 +545,7 @@ def train(
         trainer.run()
     stopped_early = int(trainer.state.step) < trainer.total  # only the time budget returns early
     return TrainResult(
-        trainer.graphdef, trainer.state, trainer.rest, trainer.history, stopped_early
+        trainer.graphdef, trainer.state, trainer.rest, trainer.history, stopped_early, mesh
     )
 
 
