@@ -487,6 +487,11 @@ def run(
         return videos, metrics, records
 
     with concurrent.futures.ThreadPoolExecutor(min(threads, len(jobs))) as pool:
+        # The validation loss and the VAE's evaluation compile their own programs: first in line.
+        val_loss = pool.submit(validation_loss, gen, config)
+        vae_eval = None
+        if config.eval.get("vae", True):
+            vae_eval = pool.submit(vae_task.evaluate_model, gen.vae, config)
         for (label, _, cases, settings), (videos, metrics, records) in zip(
             jobs, pool.map(job, jobs), strict=True
         ):
@@ -499,9 +504,9 @@ def run(
                     write_set(out_dir, label, metrics, records, cases, videos, config, tf)
                 summary["sets"][label] = metrics
             logging.info("eval %s: %s", label, metrics)
-    summary["val_loss"] = validation_loss(gen, config)
-    if config.eval.get("vae", True):
-        summary["vae"] = vae_task.evaluate_model(gen.vae, config)
+        summary["val_loss"] = val_loss.result()
+        if vae_eval is not None:
+            summary["vae"] = vae_eval.result()
     summary["targets"] = check_targets(summary["sets"])
     return _write_summary(out_dir, summary, start)
 

@@ -256,7 +256,7 @@ def test_sets_sampled_in_threads_equal_the_serial_suite(tmp_path):
                    for f in files if f.endswith(".json") and f != "summary.json"}  # fmt: skip
         drop_wall = lambda m: {k: v for k, v in m.items() if k != "wall_s"}
         sets = {k: drop_wall(m) for k, m in {**summary["sets"], **summary["t2v_variants"]}.items()}
-        runs[threads] = (files, samples, sets, list(summary["sets"]))
+        runs[threads] = (files, samples, sets, list(summary["sets"]), summary["val_loss"])
     assert len(runs[1][1]) == 13  # 12 sets + 1 variant, each with its per-sample grades
     assert runs[4] == runs[1]  # same files, samples, grades and set order
 
