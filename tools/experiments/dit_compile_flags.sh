@@ -13,6 +13,10 @@ bench() { timeout "$limit" python3 tools/bench/dit_compile.py --config=configs/w
 # (2026-12-02, label autotune0): the GPU pipeline's own passes, e.g. a Triton kernel per GEMM fusion.
 XLA_FLAGS=--xla_gpu_enable_triton_gemm=false bench --buckets=0 --label=no_triton_gemm
 XLA_FLAGS=--xla_gpu_enable_command_buffer= bench --buckets=0 --label=no_command_buffer
+# The fusion autotuner (XLA's native emitter against Triton, per fusion) made compiles of large
+# fusions 10-100x slower elsewhere (github.com/tue-bmd/zea/issues/599).
+XLA_FLAGS=--xla_gpu_experimental_enable_fusion_autotuner=false bench --buckets=0 \
+  --label=no_fusion_autotuner
 XLA_FLAGS=--xla_gpu_enable_libnvptxcompiler=true bench --buckets=0 --label=libnvptxcompiler
 XLA_FLAGS=--xla_gpu_enable_llvm_module_compilation_parallelism=true bench --buckets=0 --label=llvm_parallel
 bench --buckets=0 --label=default
