@@ -133,6 +133,23 @@ def test_scoring_real_clips_gives_perfect_marks():
     assert metrics["permanence"] == 1.0 and metrics["color_acc"] == 1.0
 
 
+def test_shape_accuracy_per_shape_weights_back_to_the_set_accuracy():
+    cases = eval_suite.build_suite(load_world_config(None))["t2v"][:24]
+    truths = [world.render(c.spec, 64, 64, 17) for c in cases]
+    # Swap the first case's video for a clip of another shape: one known miss.
+    other = next(
+        c for c in cases if c.spec["objects"][0]["shape"] != cases[0].spec["objects"][0]["shape"]
+    )
+    truths[0] = world.render(other.spec, 64, 64, 17)
+    metrics, records = eval_suite.score("t2v", cases, truths, 4)
+    by = metrics["shape_acc_by_shape"]
+    counts = {k: sum(c.spec["objects"][0]["shape"] == k for c in cases) for k in by}
+    assert sum(counts.values()) == len(cases) and len(by) >= 5
+    weighted = sum(by[k] * counts[k] for k in by) / len(cases)
+    assert abs(weighted - metrics["shape_acc"]) < 1e-9
+    assert by[cases[0].spec["objects"][0]["shape"]] < 1.0 and metrics["shape_acc"] < 1.0
+
+
 def _jit_init(create):
     """nnx module from `create()`, initialised in one compiled call (eager init is slow)."""
     import jax

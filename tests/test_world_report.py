@@ -102,3 +102,18 @@ def test_report_prints_the_t2v_variants_beside_the_suite_settings(tmp_path, caps
     printed = capsys.readouterr().out.splitlines()
     assert printed[-2:] == ["| the suite's settings | 1.00 | 0.15 | 0.31 |",
                             "| steps=60 | 1.00 | 0.50 | 0.75 |"]  # fmt: skip
+
+
+def test_report_prints_t2v_shape_accuracy_per_shape(tmp_path, capsys):
+    run = _run_dir(tmp_path)
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    summary["sets"]["t2v"]["shape_acc_by_shape"] = {"circle": 1.0, "cross": 0.0}
+    summary["t2v_variants"] = {"t2v@steps=60": {"color_acc": 1.0, "shape_acc": 0.5,
+                                                "motion_acc": 0.75, "n": 48,
+                                                "shape_acc_by_shape": {"cross": 0.25}}}  # fmt: skip
+    _write(run / "eval" / "summary.json", summary)
+    world_report.main(["--workdir", str(run)])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-4:] == ["| t2v shape accuracy | circle | cross |", "|---|---|---|",
+                            "| the suite's settings | 1.00 | 0.00 |",
+                            "| steps=60 | — | 0.25 |"]  # fmt: skip

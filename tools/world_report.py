@@ -141,6 +141,22 @@ def variants_markdown(t2v: dict | None, variants: dict) -> str:
     return "\n".join(lines)
 
 
+def shapes_markdown(t2v: dict | None, variants: dict) -> str:
+    """Shape accuracy of the in-distribution t2v set per subject shape (and per variant)."""
+    rows = ([("the suite's settings", t2v)] if t2v else []) + [
+        (label.removeprefix("t2v@"), m) for label, m in variants.items()
+    ]
+    rows = [(label, m["shape_acc_by_shape"]) for label, m in rows if "shape_acc_by_shape" in m]
+    if not rows:
+        return ""
+    shapes = sorted({k for _, by in rows for k in by})
+    lines = ["| t2v shape accuracy | " + " | ".join(shapes) + " |",
+             "|---|" + "---|" * len(shapes)]  # fmt: skip
+    for label, by in rows:
+        lines.append(f"| {label} | " + " | ".join(_cell(by.get(k)) for k in shapes) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="the world run's workdir")
@@ -155,8 +171,13 @@ def main(argv: list[str] | None = None) -> dict:
         report.write_json(args.out, result)
     if "eval_sets" in result:
         print(markdown(result["eval_sets"]))
-    if "eval_t2v_variants" in result:
-        print(variants_markdown(result["eval_sets"].get("t2v"), result["eval_t2v_variants"]))
+    variants = result.get("eval_t2v_variants", {})
+    if variants:
+        print(variants_markdown(result["eval_sets"].get("t2v"), variants))
+    if "eval_sets" in result:
+        table = shapes_markdown(result["eval_sets"].get("t2v"), variants)
+        if table:
+            print(table)
     return result
 
 
