@@ -33,8 +33,9 @@ fi
 arm() {
   local name=$1 patch=$2 b=$3
   shift 3
-  # Two processes on one GPU: neither may take JAX's default 75% of its memory.
-  XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 main --workdir="$workdir/$name" --stages=dit \
+  # Two processes on one GPU: neither may take JAX's default 75% of its memory (0.4 each leaves
+  # room for a third, e.g. a compile benchmark).
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.4 main --workdir="$workdir/$name" --stages=dit \
     --config.dit_train.vae_workdir="$workdir/vae" --config.dit.patch_size="$patch" \
     --config.dit_train.buckets="(('$shape', $b, 1.0),)" \
     --config.dit_train.max_train_seconds="$seconds" --config.dit_train.sample_every_steps="$every" \
