@@ -72,6 +72,7 @@ def test_samples_written_at_every_nth_step_with_the_grader_in_the_metrics(traine
     _, task, _, stage_dir = trained
     samples = os.path.join(stage_dir, "samples")
     assert sorted(os.listdir(samples)) == ["step_2", "step_4"]
+    shape_ok = {2: [], 4: []}
     for step in (2, 4):
         for i, prompt in enumerate(task.samples.prompts):
             with open(os.path.join(samples, f"step_{step}", f"{i:03d}.json")) as f:
@@ -79,10 +80,14 @@ def test_samples_written_at_every_nth_step_with_the_grader_in_the_metrics(traine
             assert (meta["prompt"], meta["step"], meta["weights"]) == (prompt, step, "ema")
             assert meta["files"]["gif"].endswith(f"step_{step}/{i:03d}.gif")
             assert all(os.path.getsize(p) > 0 for p in meta["files"].values())
+            assert meta["spec"] == task.samples.specs[i]
+            shape_ok[step].append(meta["grade"]["shape"])  # each sample's own grade
     rows = metrics_lib.read_jsonl(os.path.join(stage_dir, "metrics.jsonl"))
     graded = [r for r in rows if "sample_color_acc" in r]
     assert [r["step"] for r in graded] == [2, 4]
     assert all(0.0 <= r["sample_color_acc"] <= 1.0 for r in graded)
+    for r in graded:  # the sidecars' grades add up to the logged accuracy
+        assert r["sample_shape_acc"] == np.mean(shape_ok[r["step"]])
     # One generator for the whole run, whose sampler compiled once for both steps.
     (run,) = task.samples.generator._runs.values()
     assert run._cache_size() == 1

@@ -387,19 +387,23 @@ class TrainingSamples:
         videos = gen.generate(self.prompts, **self.settings)
         grades = evaluate.grade_many(list(videos), self.specs)
         if ctx.is_main_process:
-            self.write(os.path.join(ctx.workdir, "samples", f"step_{step}"), videos, step)
+            per_sample = [evaluate.grade(v, s) for v, s in zip(videos, self.specs, strict=True)]
+            folder = os.path.join(ctx.workdir, "samples", f"step_{step}")
+            self.write(folder, videos, step, per_sample)
             scalars = {f"sample_{k}": v for k, v in grades.items() if k.endswith("_acc")}
             writer = metrics_lib.create_writer(ctx.workdir, prefix="dit samples ")
             writer.write_scalars(step, {k: v for k, v in scalars.items() if np.isfinite(v)})
             writer.close()
         return grades
 
-    def write(self, folder: str, videos: np.ndarray, step: int) -> None:
+    def write(self, folder: str, videos: np.ndarray, step: int, grades: list[dict]) -> None:
+        """Each sample's video and a sidecar with its prompt, spec, settings and grade."""
         from sora_jax import sample as sample_lib
 
         weights = "ema" if self.use_ema else "params"
-        for i, (prompt, spec, video) in enumerate(zip(self.prompts, self.specs, videos)):
+        rows = zip(self.prompts, self.specs, videos, grades, strict=True)
+        for i, (prompt, spec, video, grade) in enumerate(rows):
             meta = {"prompt": prompt, "spec": spec, "step": step, "weights": weights,
-                    **self.settings}  # fmt: skip
+                    **self.settings, "grade": grade}  # fmt: skip
             sample_lib.save_video(os.path.join(folder, f"{i:03d}"), video, self.fps, meta)
         logging.info("dit: %d training samples of step %d in %s", len(videos), step, folder)

@@ -62,7 +62,18 @@ for arm in ("patch2", "patch1"):
         if train else None,
         "samples": [{k: r[k] for k in r if k == "step" or k.startswith("sample_")}
                     for r in rows if "sample_shape_acc" in r],
+        "shape_acc_by_shape": {},  # step -> {shape: accuracy}, from the samples' sidecars
     }
+    samples = os.path.join(workdir, arm, "dit", "samples")
+    for folder in sorted(os.listdir(samples) if os.path.isdir(samples) else [],
+                         key=lambda name: int(name.split("_")[1])):
+        by = {}
+        for name in sorted(os.listdir(os.path.join(samples, folder))):
+            if name.endswith(".json"):
+                meta = json.load(open(os.path.join(samples, folder, name)))
+                by.setdefault(meta["spec"]["objects"][0]["shape"], []).append(meta["grade"]["shape"])
+        out[arm]["shape_acc_by_shape"][folder.split("_")[1]] = {
+            k: round(sum(v) / len(v), 3) for k, v in sorted(by.items())}
 json.dump(out, open(os.path.join(workdir, "ab.json"), "w"), indent=1)
 print("| arm | steps | steps/s | final loss | shape accuracy of training samples (step: acc) |")
 print("|---|---|---|---|---|")
@@ -70,5 +81,9 @@ for arm, r in out.items():
     acc = ", ".join(f"{s['step']}: {s['sample_shape_acc']:.2f}" for s in r["samples"])
     loss = "-" if r["final_loss"] is None else f"{r['final_loss']:.4f}"
     print(f"| {arm} | {r['steps']} | {r['steps_per_s']} | {loss} | {acc} |")
+for arm, r in out.items():
+    if r["shape_acc_by_shape"]:
+        step, by = list(r["shape_acc_by_shape"].items())[-1]
+        print(f"{arm} at step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in by.items()))
 EOF
 stamp "ab done"
