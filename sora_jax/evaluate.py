@@ -200,7 +200,11 @@ def grade_many(videos: Sequence[np.ndarray], specs: Sequence[dict], **kwargs) ->
     """Accuracies over (video, spec) pairs; motion only over the gradable ones (n_motion)."""
     if len(videos) != len(specs):
         raise ValueError(f"Got {len(videos)} videos but {len(specs)} specs; expected one each.")
-    results = [grade(v, s, **kwargs) for v, s in zip(videos, specs, strict=True)]
+    return accuracies([grade(v, s, **kwargs) for v, s in zip(videos, specs, strict=True)])
+
+
+def accuracies(results: Sequence[dict]) -> dict:
+    """grade_many's accuracies from `grade` results already at hand (or records holding them)."""
     mean = lambda key: float(np.mean([r[key] for r in results])) if results else float("nan")
     moving = [r["motion"] for r in results if r["motion"] is not None]
     return {

@@ -129,13 +129,17 @@ def markdown(sets: dict) -> str:
     return "\n".join(lines)
 
 
+def _t2v_rows(t2v: dict | None, variants: dict) -> list[tuple[str, dict]]:
+    """(row label, metrics) of the t2v set under the suite's settings, then of each variant."""
+    return ([("the suite's settings", t2v)] if t2v else []) + [
+        (label.removeprefix("t2v@"), m) for label, m in variants.items()
+    ]
+
+
 def variants_markdown(t2v: dict | None, variants: dict) -> str:
     """The in-distribution t2v set under the suite's settings and under each variant's."""
     lines = ["| t2v sampled with | colour | shape | motion |", "|---|---|---|---|"]
-    rows = ([("the suite's settings", t2v)] if t2v else []) + [
-        (label.removeprefix("t2v@"), m) for label, m in variants.items()
-    ]
-    for label, m in rows:
+    for label, m in _t2v_rows(t2v, variants):
         lines.append(f"| {label} | {_cell(m['color_acc'])} | {_cell(m['shape_acc'])} | "
                      f"{_cell(m.get('motion_acc'))} |")  # fmt: skip
     return "\n".join(lines)
@@ -143,10 +147,8 @@ def variants_markdown(t2v: dict | None, variants: dict) -> str:
 
 def shapes_markdown(t2v: dict | None, variants: dict) -> str:
     """Shape accuracy of the in-distribution t2v set per subject shape (and per variant)."""
-    rows = ([("the suite's settings", t2v)] if t2v else []) + [
-        (label.removeprefix("t2v@"), m) for label, m in variants.items()
-    ]
-    rows = [(label, m["shape_acc_by_shape"]) for label, m in rows if "shape_acc_by_shape" in m]
+    rows = [(label, m["shape_acc_by_shape"]) for label, m in _t2v_rows(t2v, variants)
+            if "shape_acc_by_shape" in m]  # fmt: skip
     if not rows:
         return ""
     shapes = sorted({k for _, by in rows for k in by})
@@ -170,12 +172,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out:
         report.write_json(args.out, result)
     if "eval_sets" in result:
+        t2v, variants = result["eval_sets"].get("t2v"), result.get("eval_t2v_variants", {})
         print(markdown(result["eval_sets"]))
-    variants = result.get("eval_t2v_variants", {})
-    if variants:
-        print(variants_markdown(result["eval_sets"].get("t2v"), variants))
-    if "eval_sets" in result:
-        table = shapes_markdown(result["eval_sets"].get("t2v"), variants)
+        if variants:
+            print(variants_markdown(t2v, variants))
+        table = shapes_markdown(t2v, variants)
         if table:
             print(table)
     return result

@@ -385,9 +385,9 @@ class TrainingSamples:
     def __call__(self, step: int, ctx) -> dict:
         gen = self._generator(ctx.model(use_ema=self.use_ema), ctx.mesh)
         videos = gen.generate(self.prompts, **self.settings)
-        grades = evaluate.grade_many(list(videos), self.specs)
+        per_sample = [evaluate.grade(v, s) for v, s in zip(videos, self.specs, strict=True)]
+        grades = evaluate.accuracies(per_sample)
         if ctx.is_main_process:
-            per_sample = [evaluate.grade(v, s) for v, s in zip(videos, self.specs, strict=True)]
             folder = os.path.join(ctx.workdir, "samples", f"step_{step}")
             self.write(folder, videos, step, per_sample)
             scalars = {f"sample_{k}": v for k, v in grades.items() if k.endswith("_acc")}

@@ -234,7 +234,7 @@ def grade(videos, specs: list[dict], texts: list[str]) -> dict:
     from sora_jax import evaluate
 
     per_prompt = [{"text": t, **evaluate.grade(v, s)} for v, s, t in zip(videos, specs, texts)]
-    return {"grader": evaluate.grade_many(list(videos), specs), "per_prompt": per_prompt}
+    return {"grader": evaluate.accuracies(per_prompt), "per_prompt": per_prompt}
 
 
 def evaluate_arm(config, arm: str, arm_dir: str, opts: Options) -> dict:
