@@ -70,7 +70,7 @@ def test_wan_vae_preset_compresses_4x8x8_to_16_channels():
 
 @pytest.mark.parametrize("arg", [None, "micro"])
 def test_world_config_compresses_4x8x8_and_has_a_bucket_for_every_eval_shape(arg):
-    from sora_jax import eval_suite
+    from sora_jax import eval_cases
     from sora_jax.data import buckets
 
     c = load_config("world", arg)
@@ -81,4 +81,4 @@ def test_world_config_compresses_4x8x8_and_has_a_bucket_for_every_eval_shape(arg
         assert vae.latent_shape(17, 64, 64) == (5, 8, 8, 16)
         trained = {b.name for b in buckets.parse_buckets(c.dit_train.buckets)}
         assert {c.eval.shape, *c.eval.sweep_shapes} <= trained
-    assert eval_suite.build_suite(c)  # every eval set builds from the config alone
+    assert eval_cases.build_suite(c)  # every eval set builds from the config alone

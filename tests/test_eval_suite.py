@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from sora_jax import eval_suite, evaluate
+from sora_jax import eval_cases, eval_suite, evaluate
 from sora_jax.data import world
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -82,10 +82,10 @@ def test_continuity_of_real_clips_matches_their_frame_differences():
 
 
 def test_conditioned_plans_keep_the_real_clip_at_its_frame_positions():
-    suite = eval_suite.build_suite(load_world_config(None))
-    for mode in eval_suite.CONDITIONED:
+    suite = eval_cases.build_suite(load_world_config(None))
+    for mode in eval_cases.CONDITIONED:
         for case in suite[mode][:4]:
-            given = eval_suite.given_frames(case.plan, 4)
+            given = eval_cases.given_frames(case.plan, 4)
             assert case.plan.num_frames == len(case.truth) == 17
             assert 0 < given.sum() < 17
             np.testing.assert_array_equal(case.plan.canvas[given], case.truth[given])
@@ -98,9 +98,9 @@ def test_conditioned_plans_keep_the_real_clip_at_its_frame_positions():
 
 def test_suite_covers_every_set_and_the_holdout_pairs():
     c = load_world_config(None)
-    suite = eval_suite.build_suite(c)
+    suite = eval_cases.build_suite(c)
     assert set(suite) == {"t2v", "t2v_holdout", "t2v_occlusion", "t2v_multi", "t2v_sweep", "t2i",
-                          *eval_suite.CONDITIONED, "edit"}  # fmt: skip
+                          *eval_cases.CONDITIONED, "edit"}  # fmt: skip
     held = set(c.world.holdout)
     assert all(f"{s['color']}:{s['shape']}" in held
                for s in (x.spec["objects"][0] for x in suite["t2v_holdout"]))  # fmt: skip
@@ -118,7 +118,7 @@ def test_suite_covers_every_set_and_the_holdout_pairs():
 
 def test_scoring_real_clips_gives_perfect_marks():
     """The truths themselves as 'generated' videos: the metrics' ceiling."""
-    suite = eval_suite.build_suite(load_world_config(None))
+    suite = eval_cases.build_suite(load_world_config(None))
     for mode in ("extend_forward", "extend_backward", "i2v"):
         cases = suite[mode][:8]
         metrics, records = eval_suite.score(mode, cases, [c.truth for c in cases], 4)
@@ -134,7 +134,7 @@ def test_scoring_real_clips_gives_perfect_marks():
 
 
 def test_shape_accuracy_per_shape_weights_back_to_the_set_accuracy():
-    cases = eval_suite.build_suite(load_world_config(None))["t2v"][:24]
+    cases = eval_cases.build_suite(load_world_config(None))["t2v"][:24]
     truths = [world.render(c.spec, 64, 64, 17) for c in cases]
     # Swap the first case's video for a clip of another shape: one known miss.
     other = next(
