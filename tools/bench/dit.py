@@ -55,6 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
     p.add_argument("--budget_s", type=float, default=500.0, help="skip parts after this")
     p.add_argument("--skip_torch", action="store_true")
+    p.add_argument("--skip_forward", action="store_true", help="no sampling-forward timing")
     p.add_argument("--diffusers_from", default="",
                    help="with --skip_torch: take 'diffusers' from an earlier JSON of this "
                         "script on the same machine (its weights stay in --workdir)")  # fmt: skip
@@ -360,7 +361,8 @@ def orchestrate(args) -> dict:
     elif args.diffusers_from:
         with open(args.diffusers_from) as f:
             res["diffusers"] = json.load(f)["diffusers"] | {"from": args.diffusers_from}
-    res["forward"] = _spawn(args, "forward", left())
+    if not args.skip_forward:
+        res["forward"] = _spawn(args, "forward", left())
     _save(args, res)
     for remat in filter(None, args.remats.split(",")):
         if left() < 60:
@@ -408,7 +410,7 @@ def _row(what: str, sec: float | None, rate: str = "", gib: float | None = None)
 
 
 def _table(res: dict) -> str:
-    d, fwd = res.get("diffusers", {}), res["forward"]
+    d, fwd = res.get("diffusers", {}), res.get("forward", {})
     rows = [f"device: {res['device']}", f"versions: {res['versions']}",
             f"{'what':<36}{'sec':>9}{'MFU|TF/s':>12}{'GiB':>8}"]  # fmt: skip
     if "forward_s" in fwd:
