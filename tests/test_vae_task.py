@@ -14,6 +14,7 @@ import pytest
 from flax import nnx
 
 from sora_jax import evaluate
+from sora_jax.data import buckets as buckets_lib
 from sora_jax.models.perceptual import FeatureNet
 from sora_jax.train import loop, vae_losses, vae_task
 
@@ -218,6 +219,32 @@ def test_eval_every_n_steps_and_on_a_workdir(tmp_path):
     want = evaluate.psnr(loaded.decode(loaded.encode(x)[0]), x)
     np.testing.assert_allclose(got["psnr"], float(want), rtol=1e-5)
     assert got["shape"] == [5, 16, 16, 3] and -1 <= got["ssim"] <= 1
+
+
+def test_eval_grades_the_reconstructions(monkeypatch):
+    """recon_*_acc grade each bucket's reconstructions against their own clips' specs."""
+    config = make_config(buckets=(("5x16x16", 2, 1.0), ("1x16x16", 2, 1.0)), eval_clips=4)
+    model = vae_task.VAETask(config).create_model(nnx.Rngs(0))
+    got = vae_task.evaluate_model(model, config)
+    bucket = buckets_lib.parse_buckets(config.vae_train.buckets)[0]
+    videos, specs = vae_task.heldout_clips(config, 4, bucket)
+    x = vae_task.to_pixels(jnp.asarray(videos))
+    recon = np.asarray(vae_task.to_uint8(model.decode(model.encode(x)[0])))
+    want = evaluate.grade_many(list(recon), specs)
+    assert got["recon_shape_acc_5x16x16"] == want["shape_acc"]
+    assert got["recon_color_acc_5x16x16"] == want["color_acc"]
+    # Stills have no motion to grade: the 1-frame bucket reports none, the mean is the 5-frame's.
+    assert "recon_motion_acc_1x16x16" not in got
+    assert got["recon_motion_acc"] == got["recon_motion_acc_5x16x16"]
+    shape_accs = (got["recon_shape_acc_5x16x16"], got["recon_shape_acc_1x16x16"])
+    np.testing.assert_allclose(got["recon_shape_acc"], np.mean(shape_accs))
+    # A lossless round trip grades exactly as the clips themselves (the specs stay aligned).
+    identity = lambda state, video: (np.zeros(len(video)), np.zeros(len(video)), video, video)
+    monkeypatch.setattr(vae_task, "_eval_fn", lambda graphdef: identity)
+    lossless = vae_task.evaluate_model(model, config)
+    truth = evaluate.grade_many(list(videos), specs)
+    assert lossless["recon_shape_acc_5x16x16"] == truth["shape_acc"]
+    assert lossless["recon_color_acc_5x16x16"] == truth["color_acc"] == 1.0
 
 
 @pytest.mark.slow

@@ -104,6 +104,18 @@ def test_report_prints_the_t2v_variants_beside_the_suite_settings(tmp_path, caps
                             "| steps=60 | 1.00 | 0.50 | 0.75 |"]  # fmt: skip
 
 
+def test_report_prints_the_vae_round_trip_grades(tmp_path, capsys):
+    run = _run_dir(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["vae"].update(recon_color_acc=1.0, recon_shape_acc=0.84375, recon_motion_acc=0.9)
+    _write(run / "summary.json", summary)
+    out = world_report.main(["--workdir", str(run)])
+    assert out["vae"]["heldout_recon_grades"] == {"color": 1.0, "shape": 0.844, "motion": 0.9}
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].endswith("videos): color 1.00, shape 0.84, motion 0.90")
+    assert "heldout_recon_grades" not in world_report.collect(str(_run_dir(tmp_path / "b")))["vae"]
+
+
 def test_report_prints_t2v_shape_accuracy_per_shape(tmp_path, capsys):
     run = _run_dir(tmp_path)
     summary = json.loads((run / "eval" / "summary.json").read_text())

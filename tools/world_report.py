@@ -82,6 +82,11 @@ def collect(workdir: str) -> dict:
     if "psnr" in vae and "vae" in result:
         result["vae"].update(heldout_psnr_db=round(vae["psnr"], 2),
                              heldout_ssim=round(vae["ssim"], 4))  # fmt: skip
+        # The grader on the VAE's round trips: a ceiling for what the DiT's samples can score.
+        grades = {k: round(vae[f"recon_{k}_acc"], 3) for k in ("color", "shape", "motion")
+                  if f"recon_{k}_acc" in vae}  # fmt: skip
+        if grades:
+            result["vae"]["heldout_recon_grades"] = grades
     footage = _json(os.path.join(workdir, "vae", "footage_eval.json"))
     if footage:
         scores = {k.split(":")[-1]: {"psnr": round(v["psnr"], 2), "ssim": round(v["ssim"], 3)}
@@ -171,6 +176,10 @@ def main(argv: list[str] | None = None) -> dict:
               **collect(args.workdir)}  # fmt: skip
     if args.out:
         report.write_json(args.out, result)
+    grades = result.get("vae", {}).get("heldout_recon_grades")
+    if grades:
+        print("VAE round trips of held-out clips, graded (the ceiling of generated videos): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in grades.items()))  # fmt: skip
     if "eval_sets" in result:
         t2v, variants = result["eval_sets"].get("t2v"), result.get("eval_t2v_variants", {})
         print(markdown(result["eval_sets"]))

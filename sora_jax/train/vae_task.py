@@ -98,7 +98,7 @@ class VAETask:
                     ".safetensors VGG-style feature network (nothing is downloaded)."
                 )
             self.perceptual = nnx.split(FeatureNet.from_safetensors(path))
-        self._heldout: dict[str, np.ndarray] = {}
+        self._heldout: dict[str, tuple[np.ndarray, list[dict]]] = {}
         self._writer = None
 
     def create_model(self, rngs: nnx.Rngs) -> vae_lib.CausalVAE:
@@ -202,19 +202,21 @@ class VAETask:
 _CHECKPOINT_FIELDS = ("disc_weight", "disc_channels", "disc_layers", "grad_clip_norm")
 
 
-def heldout_clips(config: ml_collections.ConfigDict, n: int, bucket: buckets_lib.Bucket):
-    """Clips the VAE never trained on: the world with another seed."""
+def heldout_clips(
+    config: ml_collections.ConfigDict, n: int, bucket: buckets_lib.Bucket
+) -> tuple[np.ndarray, list[dict]]:
+    """Clips the VAE never trained on (the world with another seed) and their specs."""
     world = make_world(config, seed=make_world(config).cfg.seed + 10_007)
-    return np.stack(
-        [world.clip(i, bucket.height, bucket.width, bucket.num_frames)["video"] for i in range(n)]
-    )
+    clips = [world.clip(i, bucket.height, bucket.width, bucket.num_frames) for i in range(n)]
+    return np.stack([c["video"] for c in clips]), [c["spec"] for c in clips]
 
 
 _EVAL_FNS: dict = {}
 
 
 def _eval_fn(graphdef):
-    """Jitted (state, uint8 video) -> (per-clip PSNR, per-clip SSIM, latent means)."""
+    """Jitted (state, uint8 video) -> (per-clip PSNR, per-clip SSIM, latent means, uint8
+    reconstructions)."""
     if graphdef not in _EVAL_FNS:
 
         @jax.jit
@@ -224,7 +226,7 @@ def _eval_fn(graphdef):
             mean, _ = vae.encode(x)
             recon = vae.decode(mean)
             return (evaluate.psnr(recon, x, per_item=True),
-                    evaluate.ssim(recon, x, per_item=True), mean)  # fmt: skip
+                    evaluate.ssim(recon, x, per_item=True), mean, to_uint8(recon))  # fmt: skip
 
         _EVAL_FNS[graphdef] = run
     return _EVAL_FNS[graphdef]
@@ -238,7 +240,12 @@ def evaluate_model(
     with_latents: bool = False,
 ):
     """Held-out PSNR and SSIM per bucket (`psnr_<bucket>`, `ssim_<bucket>`) and their means
-    over buckets (`psnr`, `ssim`); with `with_latents`, also the latent means per bucket."""
+    over buckets (`psnr`, `ssim`); with `with_latents`, also the latent means per bucket.
+
+    The reconstructions are also graded against their specs (`recon_{color,shape,motion}_acc`
+    per bucket and averaged; sora_jax.evaluate.grade): what survives the round trip bounds what
+    a DiT drawing in this VAE's latents can score on the same grader.
+    """
     buckets = buckets_lib.parse_buckets(config.vae_train.buckets)
     n = int(config.vae_train.get("eval_clips", 16))
     graphdef, state = nnx.split(model)
@@ -249,15 +256,28 @@ def evaluate_model(
             clips = heldout_clips(config, n, b)
             if cache is not None:
                 cache[b.name] = clips
-        clips = cache[b.name] if cache is not None else clips
-        outs = [run(state, clips[i : i + b.batch_size]) for i in range(0, n, b.batch_size)]
-        result[f"psnr_{b.name}"] = float(np.mean(np.concatenate([np.asarray(o[0]) for o in outs])))
-        result[f"ssim_{b.name}"] = float(np.mean(np.concatenate([np.asarray(o[1]) for o in outs])))
+        videos, specs = cache[b.name] if cache is not None else clips
+        outs = [run(state, videos[i : i + b.batch_size]) for i in range(0, n, b.batch_size)]
+        psnr, ssim, means, recon = (np.concatenate([np.asarray(x) for x in z]) for z in zip(*outs))
+        result[f"psnr_{b.name}"] = float(np.mean(psnr))
+        result[f"ssim_{b.name}"] = float(np.mean(ssim))
+        result.update(_recon_grades(recon, specs, b.name))
         if with_latents:
-            latents.append(np.concatenate([np.asarray(o[2]) for o in outs]))
-    for metric in ("psnr", "ssim"):
-        result[metric] = float(np.mean([result[f"{metric}_{b.name}"] for b in buckets]))
+            latents.append(means)
+    for metric in ("psnr", "ssim", "recon_color_acc", "recon_shape_acc", "recon_motion_acc"):
+        values = [result[k] for k in (f"{metric}_{b.name}" for b in buckets) if k in result]
+        if values:
+            result[metric] = float(np.mean(values))
     return (result, latents) if with_latents else result
+
+
+def _recon_grades(recon: np.ndarray, specs: list[dict], bucket: str) -> dict[str, float]:
+    """Grader accuracies of reconstructions; motion only where a bucket's clips have any."""
+    acc = evaluate.grade_many(list(recon), specs)
+    out = {f"recon_{k}_acc_{bucket}": acc[f"{k}_acc"] for k in ("color", "shape")}
+    if acc["n_motion"]:
+        out[f"recon_motion_acc_{bucket}"] = acc["motion_acc"]
+    return out
 
 
 def evaluate_videos(model: vae_lib.CausalVAE, videos: dict[str, np.ndarray]) -> dict:
@@ -267,7 +287,7 @@ def evaluate_videos(model: vae_lib.CausalVAE, videos: dict[str, np.ndarray]) -> 
     run = _eval_fn(graphdef)
     out = {}
     for name, video in videos.items():
-        p, s, _ = run(state, np.asarray(video, np.uint8)[None])
+        p, s, _, _ = run(state, np.asarray(video, np.uint8)[None])
         out[name] = {"psnr": float(np.asarray(p)[0]), "ssim": float(np.asarray(s)[0]),
                      "shape": list(np.shape(video))}  # fmt: skip
     return out
