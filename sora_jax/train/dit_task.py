@@ -97,6 +97,7 @@ class DiTTask:
         workdir: str,
         vae: vae_lib.CausalVAE,
         embedder: CaptionEmbedder | None = None,
+        latent_stats: tuple[np.ndarray, np.ndarray] | None = None,
     ):
         self.config = config
         self.train_cfg = config.dit_train
@@ -105,7 +106,8 @@ class DiTTask:
             self.train_cfg.buckets, config.get("data", None), batch_multiple=jax.process_count()
         )
         self.vae_graphdef, self.vae_state = nnx.split(vae)
-        mean, std = vae_task.load_latent_stats(vae_workdir(config, workdir))
+        # (mean, std) per latent channel: the VAE stage's, or given (`latent_stats`).
+        mean, std = latent_stats or vae_task.load_latent_stats(vae_workdir(config, workdir))
         self.latent_mean, self.latent_std = jnp.asarray(mean), jnp.asarray(std)
         self.embedder = embedder or CaptionEmbedder(config.text)
         if self.embedder.dim != self.model_cfg.text_dim:

@@ -549,6 +549,42 @@ def train(
     )
 
 
+def compile_steps(
+    task: Task,
+    config: ml_collections.ConfigDict,
+    cfg: ml_collections.ConfigDict,
+    workdir: str,
+    mesh=None,
+) -> dict:
+    """Compiles `task`'s train step for every batch shape it lists (`batch_specs`) and trains
+    nothing: with the persistent compile cache on (`config.compile_cache`), a later `train` of
+    the same task and stage config loads these programs instead of compiling them. `workdir` is
+    scratch (a fresh state; no checkpoint is written). Returns {"programs": n, "compile_s": s}.
+    """
+    mesh = mesh or parallel.make_mesh(config.get("mesh", None) and config.mesh.to_dict())
+    os.makedirs(workdir, exist_ok=True)
+    trainer = _Trainer(task, config, cfg, workdir, mesh)
+    t = time.perf_counter()
+    with jax.set_mesh(mesh):
+        compiling = trainer.precompile(task.frozen())
+        programs = 0 if compiling is None else len(compiling.futures)
+        for key in [] if compiling is None else list(compiling.futures):
+            compiling.wait(key)
+    trainer.checkpointer.close()
+    trainer.writer.close()
+    return {"programs": programs, "compile_s": round(time.perf_counter() - t, 1)}
+
+
+def init_model(task: Task, cfg: ml_collections.ConfigDict, *, seed: int = 0, mesh=None):
+    """A freshly initialised model placed as `load_model` places a trained one (the same
+    shardings, hence the same compiled programs for functions that take its state)."""
+    mesh = mesh or parallel.make_mesh()
+    graphdef, _, _, _, shardings, create = abstract_train_state(task, cfg, mesh, seed)
+    with jax.set_mesh(mesh):
+        state, rest = jax.jit(create, out_shardings=shardings)()
+    return nnx.merge(graphdef, state.params, rest)
+
+
 def load_model(
     task: Task,
     cfg: ml_collections.ConfigDict,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The world model on one GPU (issue 9), stage by stage (configs/world.py: ~23 min on an H200):
-#   VAE (7,500 steps) -> VAE on real footage (optional) -> DiT (16,000 steps) -> eval suite.
+#   VAE (7,500 steps; the DiT's steps compile beside it) -> VAE on real footage (optional)
+#   -> DiT (16,000 steps) -> eval suite.
 #
 #   tools/experiments/world_gpu.sh WORKDIR [FOOTAGE.npz|mp4,...] [extra main.py flags...]
 #
@@ -20,8 +21,21 @@ main() { python -m sora_jax.main --config="$config" --workdir="$workdir" "$@"; }
 stamp() { echo "[$(date +%T)] $*" | tee -a "$workdir/timeline.log"; }
 
 stamp "vae start"
+# Beside the VAE stage, the DiT's train steps compile into <workdir>/xla_cache (stage
+# dit_compile; needs compile_cache=True, as configs/world.py has), so the DiT stage loads them
+# (~3 s each) instead of compiling them at its start (~90-120 s each on an H200). Three compile
+# threads leave the VAE's data workers most of the CPU; it allocates GPU memory only as needed.
+if [[ "${DIT_COMPILE:-1}" == 1 ]]; then
+  XLA_PYTHON_CLIENT_PREALLOCATE=false main --stages=dit_compile \
+    --config.dit_train.precompile_threads=3 "$@" >"$workdir/dit_compile.log" 2>&1 &
+  compiling=$!
+fi
 main --stages=vae "$@" >"$workdir/vae.log" 2>&1 || stamp "vae failed ($?)"
 stamp "vae done"
+if [[ -n "${compiling:-}" ]]; then
+  wait "$compiling" || stamp "dit_compile failed (see dit_compile.log)"
+  stamp "dit_compile done"
+fi
 if [[ -n "$footage" ]]; then
   python tools/eval_vae.py --config="$config" --workdir="$workdir/vae" \
     --videos="$footage" >"$workdir/footage.log" 2>&1 || stamp "footage eval failed ($?)"

@@ -1,0 +1,81 @@
+"""Stage `dit_compile`: the DiT's train steps compiled into the persistent cache before (or
+beside) the VAE stage, with no trained VAE; the DiT stage then loads every step program from the
+cache and compiles none of them."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+PROGRAM = """
+import importlib.util, json, logging, sys
+from sora_jax import recipe
+from sora_jax.train import runtime
+runtime.COMPILE_CACHE_MIN_SECONDS = 0.0  # cache even the micro config's fast compiles
+workdir, stages = sys.argv[1], sys.argv[2]
+spec = importlib.util.spec_from_file_location("cfg", "configs/tiny.py")
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+config = module.get_config("micro")
+config.compile_cache = True
+events = []  # [program name, "hit" | "miss"] of the persistent cache, in order
+
+class Recorder(logging.Handler):
+    def emit(self, record):
+        msg = record.getMessage()
+        if "PERSISTENT COMPILATION CACHE MISS" in msg or "Persistent compilation cache hit" in msg:
+            events.append([msg.split("'")[1], "miss" if "MISS" in msg else "hit"])
+
+log = logging.getLogger("jax._src.compiler")
+log.addHandler(Recorder(level=logging.DEBUG))
+log.setLevel(logging.DEBUG)
+runtime.use_compile_cache(config, workdir)
+summary = recipe.run(config, workdir, stages)
+print("RESULT " + json.dumps({"events": events, "summary": summary}))
+"""
+
+
+def _stage(workdir: str, stages: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    out = subprocess.run([sys.executable, "-c", PROGRAM, workdir, stages], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def _steps(events: list) -> list[str]:
+    return [kind for name, kind in events if name == "jit_step_fn"]
+
+
+def test_dit_stage_loads_the_steps_dit_compile_left_in_the_cache(tmp_path):
+    workdir = str(tmp_path)
+    warm = _stage(workdir, "dit_compile")  # an empty workdir: no VAE trained yet
+    assert _steps(warm["events"]) == ["miss", "miss"]  # the micro config's two buckets
+    assert warm["summary"]["dit_compile"]["programs"] == 2
+    assert not os.path.exists(os.path.join(workdir, "dit_compile"))  # its scratch is gone
+    assert not os.path.exists(os.path.join(workdir, "dit"))
+    _stage(workdir, "vae")
+    dit = _stage(workdir, "dit")
+    assert _steps(dit["events"]) == ["hit", "hit"]  # both buckets' steps loaded, none compiled
+    assert dit["summary"]["dit"]["steps"] == 4
+    assert set(dit["summary"]) >= {"dit_compile", "vae", "dit"}  # no stage lost its entry
+
+
+def test_dit_compile_needs_the_compile_cache(tmp_path):
+    import importlib.util
+
+    from sora_jax import recipe
+
+    spec = importlib.util.spec_from_file_location("cfg_tiny_dc", ROOT / "configs/tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("micro")
+    assert not config.compile_cache
+    with pytest.raises(ValueError, match="stage 'dit_compile' fills the compile cache: set"):
+        recipe.run(config, str(tmp_path), "dit_compile")
