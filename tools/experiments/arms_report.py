@@ -1,0 +1,108 @@
+"""Side-by-side DiT arms (tools/experiments/world_arms.sh) -> WORKDIR/arms.json and a table.
+
+    python tools/experiments/arms_report.py WORKDIR ARM [ARM...] [--last=3]
+
+Each arm is a DiT stage in WORKDIR/ARM/dit. Reads its metrics.jsonl (loss, steps/s, the graded
+training samples' accuracies) and its samples' sidecar JSONs (one grade per sample), and pools
+the shape accuracy of the last `--last` sample rounds, with its standard error, so that arms can
+be compared on more than one round of 48 prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+
+
+def _rows(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def sample_rounds(dit_dir: str) -> dict[int, list[dict]]:
+    """step -> the sidecar JSONs of that round's training samples (each holds spec and grade)."""
+    root = os.path.join(dit_dir, "samples")
+    rounds: dict[int, list[dict]] = {}
+    for folder in os.listdir(root) if os.path.isdir(root) else []:
+        step = int(folder.split("_")[1])
+        names = sorted(n for n in os.listdir(os.path.join(root, folder)) if n.endswith(".json"))
+        rounds[step] = [json.load(open(os.path.join(root, folder, n))) for n in names]
+    return dict(sorted(rounds.items()))
+
+
+def _by_shape(metas: list[dict]) -> dict[str, float]:
+    by: dict[str, list[bool]] = {}
+    for m in metas:
+        by.setdefault(m["spec"]["objects"][0]["shape"], []).append(bool(m["grade"]["shape"]))
+    return {k: round(sum(v) / len(v), 3) for k, v in sorted(by.items())}
+
+
+def arm_summary(dit_dir: str, last: int) -> dict:
+    rows = _rows(os.path.join(dit_dir, "metrics.jsonl"))
+    train = [r for r in rows if "loss" in r]
+    rounds = sample_rounds(dit_dir)
+    pooled = [m for step in list(rounds)[-last:] for m in rounds[step]]
+    acc = sum(bool(m["grade"]["shape"]) for m in pooled) / len(pooled) if pooled else None
+    return {
+        "steps": train[-1]["step"] if train else 0,
+        "final_loss": train[-1]["loss"] if train else None,
+        "steps_per_s": round(statistics.median(r["steps_per_s"] for r in train), 1)
+        if train
+        else None,  # fmt: skip
+        "samples": [
+            {k: r[k] for k in r if k == "step" or k.startswith("sample_")}
+            for r in rows
+            if "sample_shape_acc" in r
+        ],  # fmt: skip
+        "shape_acc_by_shape": {str(s): _by_shape(m) for s, m in rounds.items()},
+        "pooled": {
+            "rounds": list(rounds)[-last:],
+            "n": len(pooled),
+            "shape_acc": None if acc is None else round(acc, 3),
+            "shape_acc_se": None
+            if acc is None
+            else round(math.sqrt(acc * (1 - acc) / len(pooled)), 3),
+            "by_shape": _by_shape(pooled),
+        },
+    }
+
+
+def table(out: dict) -> str:
+    lines = ["| arm | steps | steps/s | final loss | shape acc. per round (step: acc) | "
+             "pooled shape acc. (± s.e., n) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for arm, r in out.items():
+        rounds = ", ".join(f"{s['step']}: {s['sample_shape_acc']:.2f}" for s in r["samples"])
+        loss = "-" if r["final_loss"] is None else f"{r['final_loss']:.4f}"
+        p = r["pooled"]
+        pooled = "-" if p["shape_acc"] is None else (
+            f"{p['shape_acc']:.2f} ± {p['shape_acc_se']:.2f} ({p['n']})")  # fmt: skip
+        lines.append(
+            f"| {arm} | {r['steps']} | {r['steps_per_s']} | {loss} | {rounds} | {pooled} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("workdir")
+    p.add_argument("arms", nargs="+")
+    p.add_argument("--last", type=int, default=3, help="sample rounds pooled at the end")
+    args = p.parse_args(argv)
+    out = {arm: arm_summary(os.path.join(args.workdir, arm, "dit"), args.last) for arm in args.arms}
+    with open(os.path.join(args.workdir, "arms.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    print(table(out))
+    for arm, r in out.items():
+        if r["pooled"]["by_shape"]:
+            shapes = ", ".join(f"{k} {v:.2f}" for k, v in r["pooled"]["by_shape"].items())
+            print(f"{arm}, pooled rounds {r['pooled']['rounds']}: {shapes}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Issue 9: DiT variants of the world recipe trained side by side on one GPU, on one VAE, for the
+# same wall time, each on the main bucket (SHAPE at BATCH clips; an arm's flags may override
+# it), with graded training samples (PROMPTS prompts every EVERY steps, EMA weights); the table
+# and WORKDIR/arms.json come from tools/experiments/arms_report.py (the last 3 rounds pooled).
+#
+#   tools/experiments/world_arms.sh WORKDIR SECONDS [flags for every stage...] -- \
+#       NAME="FLAGS" [NAME="FLAGS"...]
+#
+# FLAGS are main.py flags without spaces inside one flag, e.g.
+#   lr1e3="--config.dit_train.lr=1e-3"
+#   patch1="--config.dit.patch_size=(1,1,1) --config.dit_train.buckets=(('17x64x64',32,1.0),)"
+# STEPS sets every arm's schedule length (default: the config's); each arm gets 0.9/N of the
+# GPU's memory. CPU check: CONFIG=configs/world.py:micro SHAPE=9x32x32 BATCH=8 EVERY=2 PROMPTS=2
+set -uo pipefail
+workdir=${1:?usage: world_arms.sh WORKDIR SECONDS [flags...] -- NAME=FLAGS...}
+seconds=${2:?usage: world_arms.sh WORKDIR SECONDS [flags...] -- NAME=FLAGS...}
+shift 2
+common=()
+while (( $# )) && [[ $1 != -- ]]; do common+=("$1"); shift; done
+(( $# )) && shift
+(( $# )) || { echo "world_arms.sh: no arms after --" >&2; exit 2; }
+config=${CONFIG:-configs/world.py}
+shape=${SHAPE:-17x64x64}
+batch=${BATCH:-128}
+every=${EVERY:-1000}
+prompts=${PROMPTS:-48}
+steps=()
+[[ -n "${STEPS:-}" ]] && steps=(--config.dit_train.steps="$STEPS")
+fraction=$(python3 -c "print(round(0.9 / $#, 3))")
+mkdir -p "$workdir"
+main() { python -m sora_jax.main --config="$config" "$@"; }
+stamp() { echo "[$(date +%T)] $*" | tee -a "$workdir/timeline.log"; }
+
+if [[ ! -d "$workdir/vae/checkpoints" ]]; then
+  stamp "vae start"
+  main --workdir="$workdir" --stages=vae "${common[@]}" >"$workdir/vae.log" 2>&1 \
+    || stamp "vae failed ($?)"
+  stamp "vae done"
+fi
+names=()
+stamp "arms start"
+for spec in "$@"; do
+  name=${spec%%=*}
+  read -ra own <<<"${spec#*=}"
+  names+=("$name")
+  # The main bucket unless the arm names its own (a flag given twice does not override).
+  bucket=(--config.dit_train.buckets="(('$shape',$batch,1.0),)")
+  [[ " ${own[*]} " == *" --config.dit_train.buckets="* ]] && bucket=()
+  XLA_PYTHON_CLIENT_MEM_FRACTION=$fraction main --workdir="$workdir/$name" --stages=dit \
+    --config.dit_train.vae_workdir="$workdir/vae" "${bucket[@]}" \
+    --config.dit_train.max_train_seconds="$seconds" --config.dit_train.sample_every_steps="$every" \
+    --config.dit_train.sample_num_prompts="$prompts" "${steps[@]}" "${common[@]}" "${own[@]}" \
+    >"$workdir/$name.log" 2>&1 || stamp "$name failed ($?)" &
+done
+wait
+stamp "arms done"
+python3 tools/experiments/arms_report.py "$workdir" "${names[@]}"
+stamp "ab done"
