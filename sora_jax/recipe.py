@@ -28,6 +28,7 @@ from flax import nnx
 from sora_jax import evaluate
 from sora_jax.data import world as world_lib
 from sora_jax.train import dit_task, loop, vae_task
+from sora_jax.train import state as state_lib
 
 STAGES = ("vae", "dit", "dit_compile", "sample", "eval")
 
@@ -72,7 +73,7 @@ def run_vae(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def run_dit(config: ml_collections.ConfigDict, workdir: str) -> dict:
     vae_dir = dit_task.vae_workdir(config, workdir)
-    vae = loop.load_model(vae_task.VAETask(config), config.vae_train, vae_dir)
+    vae = state_lib.load_model(vae_task.VAETask(config), config.vae_train, vae_dir)
     task = dit_task.DiTTask(config, workdir, vae)
     result = loop.train(task, config, config.dit_train, os.path.join(workdir, "dit"))
     losses = [h["loss"] for h in result.history]
@@ -91,7 +92,7 @@ def run_dit_compile(config: ml_collections.ConfigDict, workdir: str) -> dict:
     world bucket's step took ~90-120 s to compile and 3 s to load)."""
     if not config.get("compile_cache", False):
         raise ValueError("stage 'dit_compile' fills the compile cache: set compile_cache=True.")
-    vae = loop.init_model(vae_task.VAETask(config), config.vae_train, seed=0)
+    vae = state_lib.init_model(vae_task.VAETask(config), config.vae_train, seed=0)
     z = int(config.vae.z_channels)
     stats = (np.zeros(z, np.float32), np.ones(z, np.float32))
     task = dit_task.DiTTask(config, workdir, vae, latent_stats=stats)

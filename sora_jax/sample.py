@@ -59,7 +59,8 @@ from sora_jax.data import video_io
 from sora_jax.diffusion import flow, samplers
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import vae as vae_lib
-from sora_jax.train import dit_task, loop, vae_task
+from sora_jax.train import dit_task, vae_task
+from sora_jax.train import state as state_lib
 
 Embedder = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]  # texts -> ([B,L,D], [B,L])
 
@@ -96,13 +97,13 @@ class Generator:
         mesh = mesh or parallel.make_mesh(config.get("mesh", None) and config.mesh.to_dict())
         vae_cfg = vae_lib.VAEConfig(**config.vae.to_dict())
         dit_cfg = dit_lib.DiTConfig(**config.dit.to_dict())
-        vae = loop.load_model(
+        vae = state_lib.load_model(
             _creator(lambda rngs: vae_lib.CausalVAE(vae_cfg, rngs=rngs)),
             config.vae_train,
             vae_dir,
             mesh=mesh,
         )
-        dit = loop.load_model(
+        dit = state_lib.load_model(
             _creator(lambda rngs: dit_lib.DiT(dit_cfg, rngs=rngs)),
             config.dit_train,
             dit_dir,

@@ -121,7 +121,7 @@ RESHARD = textwrap.dedent(
     import jax, ml_collections, numpy as np
     from sora_jax import parallel
     from sora_jax.models import dit as dit_lib
-    from sora_jax.train import checkpoint as ckpt_lib, loop
+    from sora_jax.train import checkpoint as ckpt_lib, loop, state as state_lib
 
     class Task:
         name = "dit"
@@ -132,7 +132,7 @@ RESHARD = textwrap.dedent(
 
     task, cfg = Task(), ml_collections.ConfigDict(dict(steps=10, lr=1e-3))
     devices = jax.devices()
-    _, state, _, _, _ = loop.init_state(task, cfg, parallel.make_mesh(dict(fsdp=8)), 0)
+    _, state, _, _, _ = state_lib.init_state(task, cfg, parallel.make_mesh(dict(fsdp=8)), 0)
     ck = ckpt_lib.Checkpointer(sys.argv[1])
     ck.save(3, state, {}, {})
     ck.wait()
@@ -140,7 +140,7 @@ RESHARD = textwrap.dedent(
     out = {"fsdp8": sum(x.sharding.shard_shape(x.shape) != x.shape for x in jax.tree.leaves(state))}
     for name, n, axes in (("one", 1, dict(fsdp=1)), ("fsdp2_tensor2", 4, dict(fsdp=2, tensor=2))):
         mesh = parallel.make_mesh(axes, devices[:n])
-        _, abstract, _, _, shardings, _ = loop.abstract_train_state(task, cfg, mesh, 0)
+        _, abstract, _, _, shardings, _ = state_lib.abstract_train_state(task, cfg, mesh, 0)
         restored = ck.restore(ckpt_lib.abstract_like(abstract, shardings[0])).state
         leaves = jax.tree.leaves(restored)
         want = jax.tree.leaves(shardings[0])

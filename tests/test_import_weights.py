@@ -1,7 +1,7 @@
 """tools/import_weights.py: diffusers Wan folders (safetensors) -> checkpoints our loaders read.
 
 Tiny random `AutoencoderKLWan` / `WanTransformer3DModel` are saved with `save_pretrained`, imported,
-restored with `loop.load_model` and run against torch on the same inputs (fp32, <= 1e-4).
+restored with `state_lib.load_model` and run against torch on the same inputs (fp32, <= 1e-4).
 """
 
 import json
@@ -17,7 +17,8 @@ from flax import nnx
 from sora_jax.interop import wan
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import vae as vae_lib
-from sora_jax.train import loop, vae_task
+from sora_jax.train import state as state_lib
+from sora_jax.train import vae_task
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -107,9 +108,9 @@ def test_imported_vae_matches_torch_and_feeds_the_dit_stage(wan_vae_dir, tmp_pat
     with open(os.path.join(dst, "vae_config.json")) as f:
         cfg = vae_lib.VAEConfig(**{k: tuple(v) if isinstance(v, list) else v
                                    for k, v in json.load(f).items()})  # fmt: skip
-    # Restored the way the DiT stage does it: VAETask + config.vae_train -> loop.load_model.
+    # Restored the way the DiT stage does it: VAETask + config.vae_train -> state_lib.load_model.
     config = _stage_config(cfg)
-    vae = loop.load_model(vae_task.VAETask(config), config.vae_train, dst)
+    vae = state_lib.load_model(vae_task.VAETask(config), config.vae_train, dst)
     mean, std = vae_task.load_latent_stats(dst)
     np.testing.assert_allclose(mean, MEAN) and np.testing.assert_allclose(std, STD)
 
@@ -150,7 +151,7 @@ def test_imported_dit_matches_torch(wan_dit_dir, tmp_path):
         **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
     )
     assert (cfg.dim, cfg.num_heads, cfg.num_layers, cfg.text_dim) == (32, 2, 2, 24)
-    model = loop.load_model(
+    model = state_lib.load_model(
         _creator(lambda rngs: dit_lib.DiT(cfg, rngs=rngs)), import_weights.optimizer_config(), dst
     )
     rng = np.random.default_rng(1)

@@ -18,6 +18,7 @@ from flax import nnx
 from sora_jax.train import checkpoint as ckpt_lib
 from sora_jax.train import loop
 from sora_jax.train import metrics as metrics_lib
+from sora_jax.train import state as state_lib
 
 
 class ToyTask:
@@ -80,7 +81,7 @@ def _config(**kw):
 
 
 def _restore(workdir, task, cfg, step=None):
-    _, abstract, _, _, shardings, _ = loop.abstract_train_state(
+    _, abstract, _, _, shardings, _ = state_lib.abstract_train_state(
         task, cfg, jax.sharding.Mesh(np.array(jax.devices()[:1]), ("fsdp",)), 0
     )
     ck = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)

@@ -36,7 +36,7 @@ WORKER = textwrap.dedent(
     jax.config.update("jax_default_matmul_precision", "highest")
     from sora_jax import parallel
     from sora_jax.models.attention import attention, resolve_implementation
-    from sora_jax.train import dit_task, loop
+    from sora_jax.train import dit_task, loop, state as state_lib
 
     FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
     MICRO = json.loads(sys.argv[1])
@@ -65,14 +65,14 @@ WORKER = textwrap.dedent(
         mesh = parallel.make_mesh(mesh_sizes, devices=jax.devices()[:devices])
         cfg = config(attention)
         task = dit_task.DiTTask.for_latents(cfg)
-        graphdef, state, rest, tx, _ = loop.init_state(task, cfg.dit_train, mesh, seed=0)
+        graphdef, state, rest, tx, _ = state_lib.init_state(task, cfg.dit_train, mesh, seed=0)
         # Random weights everywhere (zero-initialised outputs would zero most gradients).
         leaves, treedef = jax.tree.flatten(state.params)
         r = np.random.default_rng(1)
         leaves = [jax.device_put((0.3 * r.normal(size=x.shape)).astype(np.float32), x.sharding)
                   for x in leaves]
         state = state.replace(params=jax.tree.unflatten(treedef, leaves))
-        step = jax.jit(loop.build_step(task, graphdef, rest, tx, 0.9), compiler_options=FAST)
+        step = jax.jit(state_lib.build_step(task, graphdef, rest, tx, 0.9), compiler_options=FAST)
         losses = []
         with jax.set_mesh(mesh):
             batch = parallel.host_to_global(BATCH, mesh)

@@ -120,11 +120,12 @@ def compile_step(config, mesh, batch: int):
     import jax
 
     from sora_jax import parallel
-    from sora_jax.train import dit_task, loop, precompile
+    from sora_jax.train import dit_task, precompile
+    from sora_jax.train import state as state_lib
 
     task = dit_task.DiTTask.for_latents(config)
     cfg = config.dit_train
-    graphdef, abstract, abstract_rest, tx, shardings, _ = loop.abstract_train_state(
+    graphdef, abstract, abstract_rest, tx, shardings, _ = state_lib.abstract_train_state(
         task, cfg, mesh, config.seed
     )
 
@@ -142,7 +143,7 @@ def compile_step(config, mesh, batch: int):
     )
 
     def step(state, rest, batch):
-        fn = loop.build_step(task, graphdef, rest, tx, cfg.get("ema_decay", 0.999))
+        fn = state_lib.build_step(task, graphdef, rest, tx, cfg.get("ema_decay", 0.999))
         return fn(state, task.frozen(), batch)
 
     replicated = parallel.named_sharding(mesh, None)

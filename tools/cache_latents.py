@@ -26,7 +26,8 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sora_jax.data import latent_cache, pipeline  # noqa: E402
-from sora_jax.train import dit_task, loop, vae_task  # noqa: E402
+from sora_jax.train import dit_task, vae_task  # noqa: E402
+from sora_jax.train import state as state_lib
 
 CAPTION_KEYS = pipeline.CAPTION_KEYS
 
@@ -94,7 +95,7 @@ def write_cache(
 def cache_latents(config, workdir: str, cache_dir: str, **kwargs) -> dict:
     """Loads the trained VAE of `workdir` (or dit_train.vae_workdir), then `write_cache`."""
     vae_dir = dit_task.vae_workdir(config, workdir)
-    vae = loop.load_model(vae_task.VAETask(config), config.vae_train, vae_dir)
+    vae = state_lib.load_model(vae_task.VAETask(config), config.vae_train, vae_dir)
     task = dit_task.DiTTask(config, workdir, vae)
     return write_cache(task, cache_dir, **kwargs)
 

@@ -9,8 +9,9 @@ r"""Import public Wan 2.1 weights (diffusers format, safetensors only) as a sora
 transformer/ subfolders). `--dst` becomes a stage directory like the ones training writes:
 
   <dst>/checkpoints/0/{state,config,meta}  a complete TrainState at step 0: params = EMA = the
-                                           imported weights, zero Adam moments. `loop.load_model`
-                                           restores it; `loop.train` in <dst> fine-tunes from it.
+                                           imported weights, zero Adam moments. `load_model`
+                                           (sora_jax/train/state.py) restores it; `loop.train` in
+                                           <dst> fine-tunes from it.
   <dst>/vae_config.json | dit_config.json  the model config (set `config.vae` / `config.dit`)
   <dst>/latent_stats.json                  (VAE) Wan's latents_mean / latents_std
 
@@ -35,6 +36,7 @@ from flax import nnx
 from sora_jax.interop import wan
 from sora_jax.train import checkpoint as ckpt_lib
 from sora_jax.train import loop, vae_task
+from sora_jax.train import state as state_lib
 
 KINDS = ("vae", "dit")
 
@@ -45,13 +47,13 @@ def optimizer_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(lr=1e-4, steps=1, lr_warmup_steps=0, grad_clip_norm=1.0))
 
 
-def train_state(model: nnx.Module, seed: int = 0) -> loop.TrainState:
+def train_state(model: nnx.Module, seed: int = 0) -> state_lib.TrainState:
     """A step-0 TrainState around `model`'s parameters (EMA = params, zero optimizer state)."""
     _, params, _ = nnx.split(model, nnx.Param, ...)
     tx = loop.make_optimizer(optimizer_config())
     # Zeros from numpy are allocated lazily by the OS, so multi-GB moments cost no memory here.
     opt_state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(tx.init, params))
-    return loop.TrainState(
+    return state_lib.TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=opt_state,

@@ -40,6 +40,7 @@ from sora_jax.models.perceptual import FeatureNet
 from sora_jax.train import checkpoint as ckpt_lib
 from sora_jax.train import loop
 from sora_jax.train import metrics as metrics_lib
+from sora_jax.train import state as state_lib
 from sora_jax.train import vae_losses as losses
 
 LATENT_STATS = "latent_stats.json"
@@ -323,7 +324,7 @@ def load_vae(config: ml_collections.ConfigDict, workdir: str, *, mesh=None) -> v
     for key in _CHECKPOINT_FIELDS[1:]:
         if key in saved:
             config.vae_train[key] = saved[key]
-    return loop.load_model(VAETask(config), config.vae_train, workdir, mesh=mesh)
+    return state_lib.load_model(VAETask(config), config.vae_train, workdir, mesh=mesh)
 
 
 def evaluate_vae(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -7,7 +7,7 @@ The world run trains its ~30M-parameter DiT at ~6% MFU (31-34 steps/s on an H200
 128 x 80 tokens). Whether a larger batch costs little more time per step (a step bound by
 per-kernel overhead) or proportionally more (bound by memory traffic) decides the recipe's
 batch; on the H200 it was nearly proportional (results/world_dit_h200.json). This measures
-the real train step (`loop.build_step` over `DiTTask.for_latents`: the flow loss with the
+the real train step (`state_lib.build_step` over `DiTTask.for_latents`: the flow loss with the
 recipe's conditioning mixture, AdamW, clipping, EMA, non-finite guard; state donated) on random
 latents and text of the main bucket's shape (17x64x64 clips -> 5x8x8x16 latents, 96 text tokens
 x 384), for each batch size and attention implementation. Rows: seconds per step, steps/s,
@@ -59,7 +59,8 @@ def measure(config, batch_size: int, attention: str, steps: int) -> dict:
     from sora_jax import parallel
     from sora_jax.data import buckets as buckets_lib
     from sora_jax.models import vae as vae_lib
-    from sora_jax.train import dit_task, loop, metrics
+    from sora_jax.train import dit_task, metrics
+    from sora_jax.train import state as state_lib
 
     config = config.copy_and_resolve_references()
     config.dit.attention = attention
@@ -78,8 +79,8 @@ def measure(config, batch_size: int, attention: str, steps: int) -> dict:
             4, text_len + 1, (batch_size, 1))),
     }  # fmt: skip
     mesh = parallel.make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
-    graphdef, state, rest, tx, _ = loop.init_state(task, config.dit_train, mesh, seed=0)
-    step = jax.jit(loop.build_step(task, graphdef, rest, tx, 0.999), donate_argnums=(0,))
+    graphdef, state, rest, tx, _ = state_lib.init_state(task, config.dit_train, mesh, seed=0)
+    step = jax.jit(state_lib.build_step(task, graphdef, rest, tx, 0.999), donate_argnums=(0,))
     with jax.set_mesh(mesh):
         t0 = time.perf_counter()
         compiled = step.lower(state, {}, batch).compile()
