@@ -3,7 +3,8 @@
 <workdir>/vae/      checkpoints/, metrics.jsonl, latent_stats.json
 <workdir>/dit/      checkpoints/, metrics.jsonl
 <workdir>/xla_cache/ compiled programs (config.compile_cache); the `dit_compile` stage fills it
-                    with the DiT's train steps beside the VAE stage
+                    with the DiT's train steps beside the VAE stage, `eval_compile` with the
+                    evaluation's programs beside the DiT stage
 <workdir>/samples/  <name>.mp4 / .gif / .json per prompt
 <workdir>/eval/     the evaluation suite (sora_jax/eval_suite.py): <set>.json / .png / .gif,
                     summary.json
@@ -30,7 +31,7 @@ from sora_jax.data import world as world_lib
 from sora_jax.train import dit_task, loop, vae_task
 from sora_jax.train import state as state_lib
 
-STAGES = ("vae", "dit", "dit_compile", "sample", "eval")
+STAGES = ("vae", "dit", "dit_compile", "sample", "eval", "eval_compile")
 
 
 def _summary_path(workdir: str) -> str:
@@ -90,8 +91,7 @@ def run_dit_compile(config: ml_collections.ConfigDict, workdir: str) -> dict:
     nothing. Needs no trained VAE (a fresh one has the same shapes), so it can run beside the
     VAE stage, and the DiT stage then loads its steps instead of compiling them (on an H200 a
     world bucket's step took ~90-120 s to compile and 3 s to load)."""
-    if not config.get("compile_cache", False):
-        raise ValueError("stage 'dit_compile' fills the compile cache: set compile_cache=True.")
+    _needs_compile_cache(config, "dit_compile")
     vae = state_lib.init_model(vae_task.VAETask(config), config.vae_train, seed=0)
     z = int(config.vae.z_channels)
     stats = (np.zeros(z, np.float32), np.ones(z, np.float32))
@@ -101,6 +101,30 @@ def run_dit_compile(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return loop.compile_steps(task, config, config.dit_train, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run_eval_compile(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Compiles the evaluation suite's programs into the persistent compile cache while the DiT
+    trains: the suite runs once on the trained VAE and a freshly initialised DiT (the trained
+    one's programs; its numbers mean nothing and are not kept), so the `eval` stage after
+    training loads its programs instead of compiling them."""
+    from sora_jax import eval_suite
+    from sora_jax import sample as sample_lib
+
+    _needs_compile_cache(config, "eval_compile")
+    gen = sample_lib.Generator(config, workdir, fresh_dit=True)
+    scratch = os.path.join(workdir, "eval_compile")
+    start = time.time()
+    try:
+        eval_suite.run(config, scratch, generator=gen)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {"compile_s": round(time.time() - start, 1)}
+
+
+def _needs_compile_cache(config: ml_collections.ConfigDict, stage: str) -> None:
+    if not config.get("compile_cache", False):
+        raise ValueError(f"stage '{stage}' fills the compile cache: set compile_cache=True.")
 
 
 def _last(history: list[dict], key: str):
@@ -168,7 +192,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 RUNNERS = {"vae": run_vae, "dit": run_dit, "dit_compile": run_dit_compile, "sample": run_sample,
-           "eval": run_eval}  # fmt: skip
+           "eval": run_eval, "eval_compile": run_eval_compile}  # fmt: skip
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, stages: str | None = None) -> dict:

@@ -82,15 +82,22 @@ class Samples:
 
 class Generator:
     def __init__(
-        self, config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None
+        self,
+        config: ml_collections.ConfigDict,
+        workdir: str,
+        *,
+        mesh: Mesh | None = None,
+        fresh_dit: bool = False,
     ):
-        """Loads the trained stages of ``workdir`` (EMA weights) onto ``mesh`` (default: all)."""
+        """Loads the trained stages of ``workdir`` (EMA weights) onto ``mesh`` (default: all).
+        `fresh_dit`: a newly initialised DiT in place of the trained one, placed the same way, so
+        its jitted functions are the trained one's programs (the `eval_compile` stage)."""
         vae_dir = dit_task.vae_workdir(config, workdir)
         dit_dir = os.path.join(workdir, "dit")
         # Checked here: the checkpoint manager would create the folders it looks into.
-        steps = {"vae": _latest_step(vae_dir), "dit": _latest_step(dit_dir)}
+        steps = {"vae": _latest_step(vae_dir), "dit": None if fresh_dit else _latest_step(dit_dir)}
         for stage, stage_dir in (("vae", vae_dir), ("dit", dit_dir)):
-            if steps[stage] is None:
+            if steps[stage] is None and not (stage == "dit" and fresh_dit):
                 raise FileNotFoundError(
                     f"no checkpoint in {stage_dir}/checkpoints; train the {stage} stage first."
                 )
@@ -103,12 +110,11 @@ class Generator:
             vae_dir,
             mesh=mesh,
         )
-        dit = state_lib.load_model(
-            _creator(lambda rngs: dit_lib.DiT(dit_cfg, rngs=rngs)),
-            config.dit_train,
-            dit_dir,
-            mesh=mesh,
-        )
+        dit_creator = _creator(lambda rngs: dit_lib.DiT(dit_cfg, rngs=rngs))
+        if fresh_dit:
+            dit = state_lib.init_model(dit_creator, config.dit_train, mesh=mesh)
+        else:
+            dit = state_lib.load_model(dit_creator, config.dit_train, dit_dir, mesh=mesh)
         mean, std = vae_task.load_latent_stats(vae_dir)
         embedder = dit_task.CaptionEmbedder(config.text)
         self._setup(config, vae, dit, mean, std, embedder, mesh)

@@ -1,6 +1,7 @@
-"""Stage `dit_compile`: the DiT's train steps compiled into the persistent cache before (or
-beside) the VAE stage, with no trained VAE; the DiT stage then loads every step program from the
-cache and compiles none of them."""
+"""Stages `dit_compile` and `eval_compile` fill the persistent compile cache beside the stage
+before them: the DiT's train steps with no trained VAE (beside the VAE stage), the evaluation
+suite's programs with an untrained DiT (beside the DiT stage). The DiT stage then loads every
+step program from the cache, and the eval stage every program it runs."""
 
 import json
 import os
@@ -18,7 +19,7 @@ from sora_jax import recipe
 from sora_jax.train import runtime
 runtime.COMPILE_CACHE_MIN_SECONDS = 0.0  # cache even the micro config's fast compiles
 workdir, stages = sys.argv[1], sys.argv[2]
-spec = importlib.util.spec_from_file_location("cfg", "configs/tiny.py")
+spec = importlib.util.spec_from_file_location("cfg", "configs/world.py")
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 config = module.get_config("micro")
@@ -53,18 +54,26 @@ def _steps(events: list) -> list[str]:
     return [kind for name, kind in events if name == "jit_step_fn"]
 
 
-def test_dit_stage_loads_the_steps_dit_compile_left_in_the_cache(tmp_path):
+def test_dit_and_eval_stages_load_what_the_compile_stages_left_in_the_cache(tmp_path):
     workdir = str(tmp_path)
     warm = _stage(workdir, "dit_compile")  # an empty workdir: no VAE trained yet
-    assert _steps(warm["events"]) == ["miss", "miss"]  # the micro config's two buckets
-    assert warm["summary"]["dit_compile"]["programs"] == 2
+    assert _steps(warm["events"]) == ["miss"]  # the micro world config's one bucket
+    assert warm["summary"]["dit_compile"]["programs"] == 1
     assert not os.path.exists(os.path.join(workdir, "dit_compile"))  # its scratch is gone
     assert not os.path.exists(os.path.join(workdir, "dit"))
     _stage(workdir, "vae")
     dit = _stage(workdir, "dit")
-    assert _steps(dit["events"]) == ["hit", "hit"]  # both buckets' steps loaded, none compiled
-    assert dit["summary"]["dit"]["steps"] == 4
-    assert set(dit["summary"]) >= {"dit_compile", "vae", "dit"}  # no stage lost its entry
+    assert _steps(dit["events"]) == ["hit"]  # the step loaded, not compiled
+    assert dit["summary"]["dit"]["steps"] == 2
+    compiled = _stage(workdir, "eval_compile")  # the suite once, on an untrained DiT
+    assert sum(kind == "miss" for _, kind in compiled["events"]) > 10
+    assert not os.path.exists(os.path.join(workdir, "eval_compile"))
+    assert not os.path.exists(os.path.join(workdir, "eval"))
+    ev = _stage(workdir, "eval")
+    assert [e for e in ev["events"] if e[1] == "miss"] == []  # every program came from the cache
+    assert len(ev["events"]) > 10
+    assert ev["summary"]["eval"]["sets"]["t2v"]["n"] >= 1
+    assert set(ev["summary"]) >= {"dit_compile", "vae", "dit", "eval_compile", "eval"}
 
 
 def test_dit_compile_needs_the_compile_cache(tmp_path):
@@ -72,10 +81,11 @@ def test_dit_compile_needs_the_compile_cache(tmp_path):
 
     from sora_jax import recipe
 
-    spec = importlib.util.spec_from_file_location("cfg_tiny_dc", ROOT / "configs/tiny.py")
+    spec = importlib.util.spec_from_file_location("cfg_world_dc", ROOT / "configs/world.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config("micro")
     assert not config.compile_cache
-    with pytest.raises(ValueError, match="stage 'dit_compile' fills the compile cache: set"):
-        recipe.run(config, str(tmp_path), "dit_compile")
+    for stage in ("dit_compile", "eval_compile"):
+        with pytest.raises(ValueError, match=f"stage '{stage}' fills the compile cache: set"):
+            recipe.run(config, str(tmp_path), stage)
