@@ -83,8 +83,7 @@ def _prompts() -> tuple[str, ...]:
 
 
 def _sample(config, workdir: str) -> None:
-    from sora_jax import modes
-    from sora_jax import sample as sample_lib
+    from sora_jax import modes, sample_run
 
     req = modes.Request(
         prompts=_prompts(),
@@ -118,7 +117,7 @@ def _sample(config, workdir: str) -> None:
     }
     req, notes = _expand(config, req)
     config_args = [a for a in sys.argv[1:] if a.startswith("--config")]
-    for paths in sample_lib.run_request(
+    for paths in sample_run.run_request(
         config, workdir, req, settings, config_args=config_args, prompt_notes=notes
     ):
         print(json.dumps(paths))

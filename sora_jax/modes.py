@@ -447,5 +447,5 @@ def build_plan(
         return loop(images[0], f, tf=tf), out_fps
     if mode == "loop" and num_latents(f, tf) < 2:
         raise ValueError(f"a loop needs num_frames >= {1 + tf}, got {f}.")
-    # t2i / t2v, and a loop from text (its image is generated first, see sample.run_request).
+    # t2i / t2v, and a loop from text (its image is generated first, see sample_run.run_request).
     return dataclasses.replace(text_to_video(f, h, w, tf=tf), mode=mode), out_fps

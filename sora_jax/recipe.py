@@ -154,6 +154,7 @@ def generate_batched(gen, scfg: ml_collections.ConfigDict, prompts: list[str]) -
 def run_sample(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Samples the world prompt suite (+ any configured prompts) and grades them."""
     from sora_jax import sample as sample_lib
+    from sora_jax import sample_run
 
     scfg = config.sample
     gen = sample_lib.Generator(config, workdir)
@@ -174,7 +175,7 @@ def run_sample(config: ml_collections.ConfigDict, workdir: str) -> dict:
         }
         if i < len(specs):
             meta["spec"] = specs[i]
-        paths = sample_lib.save_video(
+        paths = sample_run.save_video(
             os.path.join(workdir, "samples", f"{i:03d}"), video, world_cfg.fps, meta
         )
         files.append(paths.get("mp4", paths["gif"]))  # no mp4 encoder: the gif

@@ -400,12 +400,12 @@ class TrainingSamples:
 
     def write(self, folder: str, videos: np.ndarray, step: int, grades: list[dict]) -> None:
         """Each sample's video and a sidecar with its prompt, spec, settings and grade."""
-        from sora_jax import sample as sample_lib
+        from sora_jax import sample_run  # sample.py builds on this module
 
         weights = "ema" if self.use_ema else "params"
         rows = zip(self.prompts, self.specs, videos, grades, strict=True)
         for i, (prompt, spec, video, grade) in enumerate(rows):
             meta = {"prompt": prompt, "spec": spec, "step": step, "weights": weights,
                     **self.settings, "grade": grade}  # fmt: skip
-            sample_lib.save_video(os.path.join(folder, f"{i:03d}"), video, self.fps, meta)
+            sample_run.save_video(os.path.join(folder, f"{i:03d}"), video, self.fps, meta)
         logging.info("dit: %d training samples of step %d in %s", len(videos), step, folder)

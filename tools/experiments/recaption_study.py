@@ -240,7 +240,7 @@ def grade(videos, specs: list[dict], texts: list[str]) -> dict:
 def evaluate_arm(config, arm: str, arm_dir: str, opts: Options) -> dict:
     """Samples and grades the suite: short prompts ('as_typed'), or for the descriptive arm the
     expanded ones ('expanded', its result) and optionally the short ones too."""
-    from sora_jax import recipe
+    from sora_jax import recipe, sample_run
     from sora_jax import sample as sample_lib
 
     scfg = config.sample
@@ -258,7 +258,7 @@ def evaluate_arm(config, arm: str, arm_dir: str, opts: Options) -> dict:
             for i in range(min(opts.save_samples, len(texts))):
                 meta = {"prompt": short[i], "text": texts[i], "arm": arm, "spec": specs[i]}
                 stem = os.path.join(arm_dir, "samples", f"{i:03d}")
-                sample_lib.save_video(stem, videos[i], config.world.fps, meta)
+                sample_run.save_video(stem, videos[i], config.world.fps, meta)
     return evals
 
 
