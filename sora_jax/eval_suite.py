@@ -163,10 +163,9 @@ def score(name: str, cases: Sequence[eval_cases.Case], videos: Sequence[np.ndarr
     grades = evaluate.accuracies(records)  # the records hold each video's grade
     metrics = {k: grades[k] for k in ("color_acc", "shape_acc", "motion_acc", "n", "n_motion")}
     # Which shapes fail (the world's thin ones, cross/star/ring, were the misses on the GPU).
-    by_shape: dict[str, list[bool]] = {}
-    for r in records:
-        by_shape.setdefault(r["spec"]["objects"][0]["shape"], []).append(bool(r["shape"]))
-    metrics["shape_acc_by_shape"] = {k: float(np.mean(v)) for k, v in sorted(by_shape.items())}
+    metrics["shape_acc_by_shape"] = evaluate.accuracy_by_shape(
+        [r["spec"] for r in records], [r["shape"] for r in records]
+    )
     if name == "t2v_occlusion":
         for key in ("permanent", "hidden", "seen_after", "same_size", "same_shape"):
             label = "permanence" if key == "permanent" else f"permanence_{key}"

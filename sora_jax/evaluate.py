@@ -216,6 +216,14 @@ def accuracies(results: Sequence[dict]) -> dict:
     }
 
 
+def accuracy_by_shape(specs: Sequence[dict], shape_right: Sequence[bool]) -> dict[str, float]:
+    """Shape accuracy per subject shape: {shape: mean of `shape_right` over its specs}."""
+    by: dict[str, list[bool]] = {}
+    for spec, right in zip(specs, shape_right, strict=True):
+        by.setdefault(spec["objects"][0]["shape"], []).append(bool(right))
+    return {k: float(np.mean(v)) for k, v in sorted(by.items())}
+
+
 # ---- object permanence and continuity (occlusion scenes, conditioned modes) ----
 
 _CLEAR_T = 0.12  # the world's occluder never touches the subject at t < 0.12 or t > 0.88

@@ -15,6 +15,10 @@ import json
 import math
 import os
 import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from sora_jax import evaluate  # noqa: E402
 
 
 def _rows(path: str) -> list[dict]:
@@ -36,10 +40,9 @@ def sample_rounds(dit_dir: str) -> dict[int, list[dict]]:
 
 
 def _by_shape(metas: list[dict]) -> dict[str, float]:
-    by: dict[str, list[bool]] = {}
-    for m in metas:
-        by.setdefault(m["spec"]["objects"][0]["shape"], []).append(bool(m["grade"]["shape"]))
-    return {k: round(sum(v) / len(v), 3) for k, v in sorted(by.items())}
+    """Per-shape accuracy of sidecars (sora_jax.evaluate.accuracy_by_shape), to 3 decimals."""
+    specs, right = [m["spec"] for m in metas], [m["grade"]["shape"] for m in metas]
+    return {k: round(v, 3) for k, v in evaluate.accuracy_by_shape(specs, right).items()}
 
 
 def arm_summary(dit_dir: str, last: int) -> dict:
