@@ -288,16 +288,20 @@ def run(
     workdir: str,
     *,
     generator: sample_lib.Generator | None = None,
+    write_files: bool = True,
 ) -> dict:
     """Runs the suite on the trained stages of `workdir`; writes `<workdir>/eval/` and returns
-    the summary. A workdir with a VAE but no DiT gets the VAE evaluation alone."""
+    the summary. A workdir with a VAE but no DiT gets the VAE evaluation alone. `write_files`:
+    False runs the suite for its compiles alone (stage eval_compile) and writes nothing."""
     start = time.time()
     out_dir = os.path.join(workdir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
+    writes = write_files and jax.process_index() == 0
+    if writes:
+        os.makedirs(out_dir, exist_ok=True)
     vae_dir = dit_task.vae_workdir(config, workdir)
     if generator is None and not _has_checkpoint(os.path.join(workdir, "dit")):
         summary = {"vae": vae_task.evaluate_vae(config, vae_dir)}
-        return _write_summary(out_dir, summary, start)
+        return _write_summary(out_dir, summary, start, writes)
     if "eval" not in config:
         raise ValueError(
             "--mode=eval needs an 'eval' section in the config (prompt counts, shapes, sampler);"
@@ -342,11 +346,11 @@ def run(
             jobs, pool.map(job, jobs), strict=True
         ):
             if label in variants:
-                if jax.process_index() == 0:
+                if writes:
                     _write_json(out_dir, label, metrics, settings, records)
                 summary.setdefault("t2v_variants", {})[label] = {**metrics, "settings": settings}
             else:
-                if jax.process_index() == 0:
+                if writes:
                     write_set(out_dir, label, metrics, records, cases, videos, config, tf)
                 summary["sets"][label] = metrics
             logging.info("eval %s: %s", label, metrics)
@@ -354,7 +358,7 @@ def run(
         if vae_eval is not None:
             summary["vae"] = vae_eval.result()
     summary["targets"] = check_targets(summary["sets"])
-    return _write_summary(out_dir, summary, start)
+    return _write_summary(out_dir, summary, start, writes)
 
 
 def _json_safe(x):
@@ -368,11 +372,11 @@ def _json_safe(x):
     return x
 
 
-def _write_summary(out_dir: str, summary: dict, start: float) -> dict:
+def _write_summary(out_dir: str, summary: dict, start: float, writes: bool) -> dict:
     summary["wall_s"] = round(time.time() - start, 1)
     summary = _json_safe(summary)
-    if jax.process_index() == 0:
+    if writes:
         with open(os.path.join(out_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
-    logging.info("eval summary in %s", os.path.join(out_dir, "summary.json"))
+        logging.info("eval summary in %s", os.path.join(out_dir, "summary.json"))
     return summary

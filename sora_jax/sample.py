@@ -75,9 +75,10 @@ class Generator:
         vae_dir = dit_task.vae_workdir(config, workdir)
         dit_dir = os.path.join(workdir, "dit")
         # Checked here: the checkpoint manager would create the folders it looks into.
-        steps = {"vae": _latest_step(vae_dir), "dit": None if fresh_dit else _latest_step(dit_dir)}
-        for stage, stage_dir in (("vae", vae_dir), ("dit", dit_dir)):
-            if steps[stage] is None and not (stage == "dit" and fresh_dit):
+        needed = {"vae": vae_dir} if fresh_dit else {"vae": vae_dir, "dit": dit_dir}
+        steps = {stage: _latest_step(stage_dir) for stage, stage_dir in needed.items()}
+        for stage, stage_dir in needed.items():
+            if steps[stage] is None:
                 raise FileNotFoundError(
                     f"no checkpoint in {stage_dir}/checkpoints; train the {stage} stage first."
                 )
