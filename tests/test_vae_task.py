@@ -238,6 +238,11 @@ def test_eval_grades_the_reconstructions(monkeypatch):
     assert got["recon_motion_acc"] == got["recon_motion_acc_5x16x16"]
     shape_accs = (got["recon_shape_acc_5x16x16"], got["recon_shape_acc_1x16x16"])
     np.testing.assert_allclose(got["recon_shape_acc"], np.mean(shape_accs))
+    # Flicker of the round trip: frame differences of the reconstructions over the clips'.
+    mad = lambda vs: np.mean([evaluate.frame_differences(v).mean() for v in vs])  # noqa: E731
+    np.testing.assert_allclose(got["recon_mad_ratio_5x16x16"], mad(recon) / mad(videos), rtol=1e-4)
+    assert "recon_mad_ratio_1x16x16" not in got
+    assert got["recon_mad_ratio"] == got["recon_mad_ratio_5x16x16"]
     # A lossless round trip grades exactly as the clips themselves (the specs stay aligned).
     identity = lambda state, video: (np.zeros(len(video)), np.zeros(len(video)), video, video)
     monkeypatch.setattr(vae_task, "_eval_fn", lambda graphdef: identity)
@@ -245,6 +250,7 @@ def test_eval_grades_the_reconstructions(monkeypatch):
     truth = evaluate.grade_many(list(videos), specs)
     assert lossless["recon_shape_acc_5x16x16"] == truth["shape_acc"]
     assert lossless["recon_color_acc_5x16x16"] == truth["color_acc"] == 1.0
+    assert lossless["recon_mad_ratio"] == 1.0
 
 
 @pytest.mark.slow

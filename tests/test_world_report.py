@@ -107,12 +107,15 @@ def test_report_prints_the_t2v_variants_beside_the_suite_settings(tmp_path, caps
 def test_report_prints_the_vae_round_trip_grades(tmp_path, capsys):
     run = _run_dir(tmp_path)
     summary = json.loads((run / "summary.json").read_text())
-    summary["vae"].update(recon_color_acc=1.0, recon_shape_acc=0.84375, recon_motion_acc=0.9)
+    summary["vae"].update(recon_color_acc=1.0, recon_shape_acc=0.84375, recon_motion_acc=0.9,
+                          recon_mad_ratio=1.4372)  # fmt: skip
     _write(run / "summary.json", summary)
     out = world_report.main(["--workdir", str(run)])
     assert out["vae"]["heldout_recon_grades"] == {"color": 1.0, "shape": 0.844, "motion": 0.9}
+    assert out["vae"]["heldout_recon_mad_ratio"] == 1.437
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].endswith("videos): color 1.00, shape 0.84, motion 0.90")
+    assert printed[1].endswith("(the continuity floor): 1.44")
     assert "heldout_recon_grades" not in world_report.collect(str(_run_dir(tmp_path / "b")))["vae"]
 
 

@@ -87,6 +87,8 @@ def collect(workdir: str) -> dict:
                   if f"recon_{k}_acc" in vae}  # fmt: skip
         if grades:
             result["vae"]["heldout_recon_grades"] = grades
+        if "recon_mad_ratio" in vae:  # flicker of the round trip: the continuity ratio's floor
+            result["vae"]["heldout_recon_mad_ratio"] = round(vae["recon_mad_ratio"], 3)
     footage = _json(os.path.join(workdir, "vae", "footage_eval.json"))
     if footage:
         scores = {k.split(":")[-1]: {"psnr": round(v["psnr"], 2), "ssim": round(v["ssim"], 3)}
@@ -180,6 +182,11 @@ def main(argv: list[str] | None = None) -> dict:
     if grades:
         print("VAE round trips of held-out clips, graded (the ceiling of generated videos): "
               + ", ".join(f"{k} {v:.2f}" for k, v in grades.items()))  # fmt: skip
+    mad = result.get("vae", {}).get("heldout_recon_mad_ratio")
+    if mad is not None:
+        print(
+            f"VAE round trips' frame differences over the clips' (the continuity floor): {mad:.2f}"
+        )
     if "eval_sets" in result:
         t2v, variants = result["eval_sets"].get("t2v"), result.get("eval_t2v_variants", {})
         print(markdown(result["eval_sets"]))

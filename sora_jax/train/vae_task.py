@@ -245,7 +245,10 @@ def evaluate_model(
 
     The reconstructions are also graded against their specs (`recon_{color,shape,motion}_acc`
     per bucket and averaged; sora_jax.evaluate.grade): what survives the round trip bounds what
-    a DiT drawing in this VAE's latents can score on the same grader.
+    a DiT drawing in this VAE's latents can score on the same grader. `recon_mad_ratio` (buckets
+    of several frames) is the mean |frame f - frame f-1| of the reconstructions over that of the
+    clips: flicker the round trip adds, which the eval suite's continuity ratio (boundaries of
+    generated videos against real clips) cannot go below.
     """
     buckets = buckets_lib.parse_buckets(config.vae_train.buckets)
     n = int(config.vae_train.get("eval_clips", 16))
@@ -263,9 +266,15 @@ def evaluate_model(
         result[f"psnr_{b.name}"] = float(np.mean(psnr))
         result[f"ssim_{b.name}"] = float(np.mean(ssim))
         result.update(_recon_grades(recon, specs, b.name))
+        if b.num_frames > 1:
+            real = np.mean([evaluate.frame_differences(v).mean() for v in videos])
+            mad = np.mean([evaluate.frame_differences(v).mean() for v in recon])
+            result[f"recon_mad_ratio_{b.name}"] = float(mad / max(real, 1e-6))
         if with_latents:
             latents.append(means)
-    for metric in ("psnr", "ssim", "recon_color_acc", "recon_shape_acc", "recon_motion_acc"):
+    metrics = ("psnr", "ssim", "recon_color_acc", "recon_shape_acc", "recon_motion_acc",
+               "recon_mad_ratio")  # fmt: skip
+    for metric in metrics:
         values = [result[k] for k in (f"{metric}_{b.name}" for b in buckets) if k in result]
         if values:
             result[metric] = float(np.mean(values))
