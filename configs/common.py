@@ -162,6 +162,7 @@ def dit_stage_config(
         text_dim=4096,
         dtype="bfloat16",
         attention="auto",
+        cross_attention="",  # the text attention's kernel; "" = `attention`
         remat="full",
     )
     c.dit_train = train_config(

@@ -135,6 +135,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # latent caches were still encoding); on GPUs the stage now builds every cache before its
         # first step, not yet run there with cuDNN: --config.dit.attention=auto tries it.
         attention="xla",
+        cross_attention="",  # the text attention's kernel; "" = `attention`
         remat="none",  # ~100-300 tokens per clip: activations are small
     )
     c.dit_train = common.train_config(

@@ -230,3 +230,25 @@ def test_bad_config_raises_value_error():
         DiTConfig(dim=100, num_heads=12)
     with pytest.raises(ValueError, match="attention"):
         DiTConfig(attention="flash9000")
+    with pytest.raises(ValueError, match="cross_attention 'flash9000' is unknown"):
+        DiTConfig(cross_attention="flash9000")
+
+
+def test_cross_attention_runs_on_its_own_kernel(monkeypatch):
+    """`cross_attention` sends the text attention (and only it) to another kernel; same output."""
+    from sora_jax.models import attention as attention_lib
+
+    key_lengths = []
+
+    def recording(q, k, v, **masks):
+        key_lengths.append(k.shape[1])
+        return attention_lib.xla_attention(q, k, v, **masks)
+
+    monkeypatch.setitem(attention_lib._REGISTRY, "recording", recording)
+    x, t, ctx, mask = _inputs()
+    mask = mask.at[0, 4:].set(False)  # padded text tokens reach the kernel as kv_mask
+    split = dataclasses.replace(TINY, cross_attention="recording")
+    got = _model(split)(x, t, ctx, mask)
+    assert key_lengths == [L]  # the text attention alone; scanned layers trace it once
+    want = _model(TINY)(x, t, ctx, mask)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

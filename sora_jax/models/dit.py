@@ -68,6 +68,9 @@ class DiTConfig:
     # xla | cudnn | splash | ulysses:<kernel> (context parallel) | auto: per backend, and
     # Ulysses when the mesh has a context axis > 1 (sora_jax.models.attention)
     attention: str = "auto"
+    # The text cross-attention's kernel ("" = `attention`): its keys are few (<= 512 text tokens),
+    # a shape a flash kernel tuned for long key sequences may not suit.
+    cross_attention: str = ""
     scan_layers: bool = True  # blocks' params stacked on a leading 'layers' axis
 
     def __post_init__(self):
@@ -80,10 +83,12 @@ class DiTConfig:
             )
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat {self.remat!r} is unknown; expected one of {REMAT_POLICIES}.")
-        if self.attention not in available_attention():
-            raise ValueError(
-                f"attention {self.attention!r} is unknown; expected one of {available_attention()}."
-            )
+        for field in ("attention", "cross_attention"):
+            name = getattr(self, field)
+            if name not in available_attention() and (field == "attention" or name):
+                raise ValueError(
+                    f"{field} {name!r} is unknown; expected one of {available_attention()}."
+                )
         jnp.dtype(self.dtype)  # raises on an unknown dtype name
 
     @property
@@ -145,9 +150,9 @@ def remat_policy(name: str) -> Callable | None:
 class Attention(nnx.Module):
     """Multi-head attention with Wan's full-dim QK RMSNorm; self- (with RoPE) or cross-."""
 
-    def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs, implementation: str = ""):
         d, dt = cfg.dim, jnp.dtype(cfg.dtype)
-        self.num_heads, self.impl = cfg.num_heads, cfg.attention
+        self.num_heads, self.impl = cfg.num_heads, implementation or cfg.attention
         self.to_q = layers.dense(d, d, axes=("embed", "heads"), dtype=dt, rngs=rngs)
         self.to_k = layers.dense(d, d, axes=("embed", "heads"), dtype=dt, rngs=rngs)
         self.to_v = layers.dense(d, d, axes=("embed", "heads"), dtype=dt, rngs=rngs)
@@ -191,7 +196,7 @@ class DiTBlock(nnx.Module):
         d, dt = cfg.dim, jnp.dtype(cfg.dtype)
         self.eps, self.dtype = cfg.eps, dt
         self.attn1 = Attention(cfg, rngs=rngs)
-        self.attn2 = Attention(cfg, rngs=rngs)
+        self.attn2 = Attention(cfg, rngs=rngs, implementation=cfg.cross_attention)
         self.norm2 = layers.LayerNorm(d, eps=cfg.eps, affine=True) if cfg.cross_attn_norm else None
         self.ffn = layers.MLP(
             d, cfg.ffn_dim, d, act=layers.gelu_tanh, dtype=dt, rngs=rngs, zero_init_out=True

@@ -3,6 +3,8 @@
     python tools/bench/attention_kernels.py --out=results/attention_kernels_bf16_h200.json
     python tools/bench/attention_kernels.py --dtype=float16 --out=attention_kernels_fp16_h200.json
     python tools/bench/attention_kernels.py --tiny --impls=xla     # CPU check of the script
+    python tools/bench/attention_kernels.py --tokens=32760 --kv_tokens=512 --kv_len=100 \
+        --impls=cudnn,xla --out=results/cross_attention_h200.json  # the block's text attention
 
 The issue's MFU target needs the self-attention of a Wan-1.3B block (12 heads x 128, one
 480x832x81 video = 32,760 tokens; here 32,768, a multiple of every kernel's tile) to run faster
@@ -15,8 +17,11 @@ than cuDNN's flash attention, which holds ~72% of the block's forward+backward t
           (jax.experimental.pallas.ops.gpu.attention_mgpu) at a few tile sizes
 
 forward and forward+backward (gradients of q, k, v), and checks every kernel's output and
-gradients against cuDNN's. TFLOP/s use the model-FLOPs formula of sora_jax/flops.py: 4 N^2 d
-per forward, x3 for forward+backward (the backward's recomputation is not counted).
+gradients against cuDNN's. TFLOP/s use the model-FLOPs formula of sora_jax/flops.py: 4 N M d
+per forward (N queries, M keys), x3 for forward+backward (the backward's recomputation is not
+counted). `--kv_tokens` gives the keys their own length (the cross-attention to 512 text tokens),
+`--kv_len` masks the keys past it as padding (key_value_seq_lengths; the mgpu kernel takes no
+mask and is skipped with one).
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tokens", type=int, default=32768)
     p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--kv_tokens", type=int, default=0, help="key/value length (0: --tokens)")
+    p.add_argument("--kv_len", type=int, default=0, help="valid keys, the rest padding (0: all)")
     p.add_argument("--head_dim", type=int, default=128)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--impls", default="cudnn,xla," + ",".join(MGPU_TILES))
@@ -54,12 +61,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def attention_fn(name: str):
-    """name -> f(q, k, v) over [B, T, H, D] with q already scaled by 1/sqrt(D)."""
+def attention_fn(name: str, kv_len: int = 0):
+    """name -> f(q, k, v) over [B, T, H, D] with q already scaled by 1/sqrt(D); keys from
+    `kv_len` on are padding when it is > 0."""
     import jax
+    import jax.numpy as jnp
 
     if name in ("cudnn", "xla"):
-        return functools.partial(jax.nn.dot_product_attention, scale=1.0, implementation=name)
+        lengths = jnp.array([kv_len], jnp.int32) if kv_len else None
+        return functools.partial(jax.nn.dot_product_attention, scale=1.0, implementation=name,
+                                 key_value_seq_lengths=lengths)  # fmt: skip
+    if kv_len:
+        raise ValueError(f"{name} takes no padding mask (--kv_len)")
     from jax.experimental.pallas.ops.gpu import attention_mgpu as mg
 
     bq, bkv, steps, wgs, bt = MGPU_TILES[name]
@@ -69,11 +82,11 @@ def attention_fn(name: str):
     return functools.partial(mg.attention, config=cfg)  # softmax(q k^T): no scale of its own
 
 
-def measure(name: str, q, k, v, do, ref, iters: int) -> dict:
+def measure(name: str, q, k, v, do, ref, iters: int, kv_len: int = 0) -> dict:
     import jax
     import jax.numpy as jnp
 
-    attn = attention_fn(name)
+    attn = attention_fn(name, kv_len)
     fwd = jax.jit(attn)
     grads = jax.jit(jax.grad(lambda q, k, v: jnp.sum(attn(q, k, v).astype(jnp.float32) * do),
                              argnums=(0, 1, 2)))  # fmt: skip
@@ -96,16 +109,18 @@ def main(argv=None) -> None:
 
     if args.tiny:
         args.tokens, args.heads, args.head_dim = 256, 2, 64
+    kv_tokens = args.kv_tokens or args.tokens
     shape = (1, args.tokens, args.heads, args.head_dim)
+    kv_shape = (1, kv_tokens, args.heads, args.head_dim)
     kq, kk, kv, kd = jax.random.split(jax.random.key(0), 4)
     q = (jax.random.normal(kq, shape) * args.head_dim**-0.5).astype(args.dtype)
-    k, v = (jax.random.normal(x, shape).astype(args.dtype) for x in (kk, kv))
+    k, v = (jax.random.normal(x, kv_shape).astype(args.dtype) for x in (kk, kv))
     do = jax.random.normal(kd, shape, jnp.float32)
-    flops = 4 * args.tokens**2 * args.heads * args.head_dim
+    flops = 4 * args.tokens * kv_tokens * args.heads * args.head_dim
     rows, ref = [], None
     for name in args.impls.split(","):
         try:
-            row, res = measure(name, q, k, v, do, ref, args.iters)
+            row, res = measure(name, q, k, v, do, ref, args.iters, args.kv_len)
             ref = ref or res  # the first kernel that runs is the reference (cudnn by default)
             row["forward_tflops"] = flops / row["forward_ms"] * 1e-9
             row["fwd_bwd_tflops"] = 3 * flops / row["fwd_bwd_ms"] * 1e-9
@@ -127,7 +142,8 @@ def main(argv=None) -> None:
             "benchmark": "attention_kernels",
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "device": dit._device(), "versions": report.versions("jax", "jaxlib"),
-            "shape": {"batch": 1, "tokens": args.tokens, "heads": args.heads,
+            "shape": {"batch": 1, "tokens": args.tokens, "kv_tokens": kv_tokens,
+                      "kv_len": args.kv_len or kv_tokens, "heads": args.heads,
                       "head_dim": args.head_dim, "dtype": args.dtype},
             "flops_forward": flops, "rows": rows,
         })  # fmt: skip

@@ -54,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--memory_search", default="", help="remat policies to size (comma list)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
     p.add_argument("--budget_s", type=float, default=500.0, help="skip parts after this")
+    p.add_argument("--attention", default="auto", help="DiTConfig.attention of our model")
+    p.add_argument("--cross_attention", default="", help="DiTConfig.cross_attention ('' = same)")
     p.add_argument("--skip_torch", action="store_true")
     p.add_argument("--skip_forward", action="store_true", help="no sampling-forward timing")
     p.add_argument("--diffusers_from", default="",
@@ -164,7 +166,8 @@ def _dit_config(args, **kw):
 
     dtype = "float32" if args.tiny else "bfloat16"
     m = _shape(args)["model"]
-    return DiTConfig(**m, out_channels=m["in_channels"], dtype=dtype, attention="auto", **kw)
+    return DiTConfig(**m, out_channels=m["in_channels"], dtype=dtype, attention=args.attention,
+                     cross_attention=args.cross_attention, **kw)  # fmt: skip
 
 
 def part_forward(args) -> dict:
@@ -197,8 +200,12 @@ def part_forward(args) -> dict:
     sec, out = time_calls(lambda: fwd(state, x, t, ctx, mask), jax.block_until_ready, args.steps)
     out = np.asarray(out)
     fl = flops.dit_forward_flops(cfg, _shape(args)["grid"], _shape(args)["text_len"])
+    kernel = lambda name: resolve_implementation(name, jnp.dtype(cfg.dtype))  # noqa: E731
+    attention = kernel(cfg.attention)
+    if cfg.cross_attention and kernel(cfg.cross_attention) != attention:
+        attention += f", text: {kernel(cfg.cross_attention)}"
     res = {"forward_s": sec, "forward_tflops": fl / sec / 1e12, "compile_s": compile_s,
-           "attention": resolve_implementation("auto", jnp.dtype(cfg.dtype))}  # fmt: skip
+           "attention": attention}  # fmt: skip
     if os.path.exists(_ref_out(args)):
         ref = np.load(_ref_out(args))
         res["rel_err_vs_diffusers"] = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
@@ -326,7 +333,9 @@ def _memory(compiled) -> dict:
 
 def _spawn(args, part: str, timeout: float, **extra) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), f"--part={part}", f"--steps={args.steps}",
-           f"--workdir={args.workdir}"] + (["--tiny"] if args.tiny else [])  # fmt: skip
+           f"--workdir={args.workdir}", f"--attention={args.attention}",
+           f"--cross_attention={args.cross_attention}"]  # fmt: skip
+    cmd += ["--tiny"] if args.tiny else []
     cmd += [f"--{k}={v}" for k, v in extra.items()]
     t0 = time.perf_counter()
     try:
