@@ -20,7 +20,19 @@ config=${CONFIG:-configs/world.py}  # e.g. CONFIG=configs/world.py:micro for a C
 main() { python -m sora_jax.main --config="$config" --workdir="$workdir" "$@"; }
 stamp() { echo "[$(date +%T)] $*" | tee -a "$workdir/timeline.log"; }
 
-stamp "vae start"
+# Only deterministic kernels (XLA leaves out the ones that are not, e.g. convolution algorithms
+# that accumulate with atomics), so that a re-run repeats the numbers (issue 9's reproducibility;
+# on the CPU two runs are bit-identical: tests/test_recipe_reproducible.py). DETERMINISTIC=0 lets
+# XLA pick any kernel; an XLA that does not know the flag runs without it, with a note.
+if [[ "${DETERMINISTIC:-1}" == 1 ]]; then
+  flag=--xla_gpu_exclude_nondeterministic_ops=true
+  if XLA_FLAGS="${XLA_FLAGS:-} $flag" python3 -c "import jax; jax.devices()" >/dev/null 2>&1; then
+    export XLA_FLAGS="${XLA_FLAGS:-} $flag"
+  else
+    stamp "XLA does not know $flag: running without it"
+  fi
+fi
+stamp "vae start (XLA_FLAGS=${XLA_FLAGS:-})"
 # Beside the VAE stage, the DiT's train steps compile into <workdir>/xla_cache (stage
 # dit_compile; needs compile_cache=True, as configs/world.py has), so the DiT stage loads them
 # (~3 s each) instead of compiling them at its start (~90-120 s each on an H200). Three compile
