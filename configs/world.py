@@ -136,6 +136,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # first step, not yet run there with cuDNN: --config.dit.attention=auto tries it.
         attention="xla",
         cross_attention="",  # the text attention's kernel; "" = `attention`
+        pooled_text=False,  # the mean text token also drives the modulation (DiTConfig)
         remat="none",  # ~100-300 tokens per clip: activations are small
     )
     c.dit_train = common.train_config(

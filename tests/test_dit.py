@@ -138,8 +138,9 @@ def test_remat_policy_gives_same_output_and_gradient(policy, no_remat_reference)
     assert max(jax.tree.leaves(jax.tree.map(lambda a: float(jnp.abs(a).max()), g_ref))) > 0
 
 
-def test_padded_text_tokens_have_no_effect():
-    model = _model()
+@pytest.mark.parametrize("pooled_text", [False, True])
+def test_padded_text_tokens_have_no_effect(pooled_text):
+    model = _model(dataclasses.replace(TINY, pooled_text=pooled_text))
     x, t, ctx, _ = _inputs()
     mask = jnp.asarray([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0]], bool)
     other = ctx + 10.0 * jax.random.normal(jax.random.key(5), ctx.shape) * ~mask[:, :, None]
@@ -147,6 +148,33 @@ def test_padded_text_tokens_have_no_effect():
     assert float(jnp.abs(out - out_other).max()) <= 1e-6
     # Without the mask the padding does change the output (the test is not vacuous).
     assert float(jnp.abs(_fwd(model, x, t, ctx, None) - out).max()) > 1e-3
+
+
+def test_pooled_text_starts_as_off_and_learns():
+    """`pooled_text`: the other parameters initialise as without it and the zero projection leaves
+    the output as it was; its gradient is not zero, and once it is, the prompt moves every block's
+    modulation (the output changes with the text even with cross-attention's output zeroed)."""
+    x, t, ctx, mask = _inputs()
+    plain = DiT(TINY, rngs=nnx.Rngs(0))
+    pooled = DiT(dataclasses.replace(TINY, pooled_text=True), rngs=nnx.Rngs(0))
+    _randomize(plain)
+    nnx.update(pooled, nnx.state(plain, nnx.Param))  # every shared parameter, text_pool stays 0
+    assert float(jnp.abs(pooled.text_pool.kernel[...]).max()) == 0.0
+    np.testing.assert_array_equal(np.asarray(_fwd(pooled, x, t, ctx, mask)),
+                                  np.asarray(_fwd(plain, x, t, ctx, mask)))  # fmt: skip
+    graphdef, params = nnx.split(pooled, nnx.Param)
+    loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(x, t, ctx, mask) ** 2)  # noqa: E731
+    assert float(jnp.abs(jax.grad(loss)(params)["text_pool"]["kernel"][...]).max()) > 0
+    to_out = pooled.blocks.attn2.to_out  # every block's cross-attention now adds nothing
+    to_out.kernel[...], to_out.bias[...] = (
+        jnp.zeros_like(p[...]) for p in (to_out.kernel, to_out.bias)
+    )
+    other_text = ctx + 1.0
+    unpooled_same = _fwd(pooled, x, t, ctx, mask) - _fwd(pooled, x, t, other_text, mask)
+    assert float(jnp.abs(unpooled_same).max()) == 0.0  # zero projection: the text has no path
+    pooled.text_pool.kernel[...] = 0.1 * jax.random.normal(jax.random.key(3), (TINY.text_dim, 64))
+    moved = _fwd(pooled, x, t, ctx, mask) - _fwd(pooled, x, t, other_text, mask)
+    assert float(jnp.abs(moved).max()) > 1e-3
 
 
 def test_all_text_masked_gives_finite_output():

@@ -71,6 +71,10 @@ class DiTConfig:
     # The text cross-attention's kernel ("" = `attention`): its keys are few (<= 512 text tokens),
     # a shape a flash kernel tuned for long key sequences may not suit.
     cross_attention: str = ""
+    # Also condition the modulation on the mean of the text tokens (a zero-initialised projection
+    # added to the time embedding, as SD3 and Flux add a pooled text vector): every block's
+    # adaLN then sees the prompt, not only its cross-attention. Off in Wan (and its weights).
+    pooled_text: bool = False
     scan_layers: bool = True  # blocks' params stacked on a leading 'layers' axis
 
     def __post_init__(self):
@@ -276,6 +280,12 @@ class DiT(nnx.Module):
             d, cfg.out_channels * patch_feat, axes=("embed", None), dtype=dt, rngs=rngs,
             zero_init=True,
         )  # fmt: skip
+        # Last, so that every other parameter initialises as without it; zero: starts as off.
+        self.text_pool = (
+            layers.dense(cfg.text_dim, d, axes=("embed", "mlp"), dtype=f32, rngs=rngs,
+                         zero_init=True)
+            if cfg.pooled_text else None
+        )  # fmt: skip
 
     def __call__(
         self, x: Array, t: Array, context: Array, context_mask: Array | None = None
@@ -297,6 +307,10 @@ class DiT(nnx.Module):
         t = jnp.broadcast_to(t[:, None], (b, x.shape[1])) if t.ndim == 1 else t
         t_tok = t[:, :: cfg.patch_size[0]].astype(jnp.float32) * 1000.0  # Wan's 0..1000 scale
         temb = self.time_embedder(layers.timestep_features(t_tok, cfg.freq_dim))  # [B, T', D]
+        if self.text_pool is not None:
+            mask = jnp.ones(context.shape[:2], bool) if context_mask is None else context_mask
+            pooled = layers.mean_pool(context, mask, normalize=False)  # [B, text_dim] fp32
+            temb = temb + self.text_pool(pooled)[:, None, :]
         mod = self.time_proj(jax.nn.silu(temb)).reshape(b, nf, 6, cfg.dim)
         ctx = parallel.constrain(self.text_embedder(context.astype(dt)), _TEXT)
         rope = layers.rope_3d(grid, cfg.head_dim, cfg.rope_theta)

@@ -220,3 +220,15 @@ def unpatchify(tokens: Array, grid: tuple[int, int, int], patch: tuple[int, int,
     x = tokens.reshape(b, nt, nh, nw, pt, ph, pw, c)
     x = x.transpose(0, 1, 4, 2, 5, 3, 6, 7)  # B T' pt H' ph W' pw C
     return x.reshape(b, nt * pt, nh * ph, nw * pw, c)
+
+
+def mean_pool(hidden: jax.Array, mask: jax.Array, normalize: bool = True) -> jax.Array:
+    """Sentence embedding as in sentence-transformers: masked mean over tokens, then L2 norm.
+
+    hidden: [B, N, D], mask: [B, N] bool -> [B, D] fp32.
+    """
+    w = mask.astype(jnp.float32)[..., None]
+    pooled = (hidden.astype(jnp.float32) * w).sum(1) / jnp.maximum(w.sum(1), 1e-9)
+    if normalize:
+        pooled = pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+    return pooled

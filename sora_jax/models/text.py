@@ -39,6 +39,7 @@ from tokenizers import Tokenizer, models
 from sora_jax import parallel
 from sora_jax.models import bert as bert_lib
 from sora_jax.models import t5 as t5_lib
+from sora_jax.models.layers import mean_pool  # noqa: F401  (the sentence embedding, re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -283,18 +284,6 @@ def padded_batch_size(n: int) -> int:
     if not 1 <= n <= ENCODE_CHUNK:
         raise ValueError(f"a chunk holds 1 to {ENCODE_CHUNK} texts, not {n}.")
     return 1 << (n - 1).bit_length()
-
-
-def mean_pool(hidden: jax.Array, mask: jax.Array, normalize: bool = True) -> jax.Array:
-    """Sentence embedding as in sentence-transformers: masked mean over tokens, then L2 norm.
-
-    hidden: [B, N, D], mask: [B, N] bool -> [B, D] fp32.
-    """
-    w = mask.astype(jnp.float32)[..., None]
-    pooled = (hidden.astype(jnp.float32) * w).sum(1) / jnp.maximum(w.sum(1), 1e-9)
-    if normalize:
-        pooled = pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
-    return pooled
 
 
 # ----------------------------------------------------------------------------- tokenizers
