@@ -5,14 +5,16 @@
 #   remote_run.sh start WORKDIR CMD [ARGS...]
 #       copies sora_jax/, configs/, tools/ and pyproject.toml to WORKDIR/code (so a checkout
 #       re-synced by the next call does not change the running code), unpacks
-#       XLA_CACHE_TGZ (if set and present) into WORKDIR, and runs CMD from WORKDIR/code detached
+#       XLA_CACHE_TGZ and AUTOTUNE_TGZ (if set and present) into WORKDIR, and runs CMD from
+#       WORKDIR/code detached
 #       (log: WORKDIR/run.out). CMD writes WORKDIR/timeline.log, e.g.
 #       tools/experiments/world_gpu.sh WORKDIR "" --config.text.path=DIR
 #   remote_run.sh poll WORKDIR LIMIT MARKER OUT
 #       waits up to LIMIT seconds for MARKER in WORKDIR/timeline.log, then packs the small result
-#       files (json, jsonl, log, md, txt, png under 1.5 MB; no checkpoints or compile caches)
-#       into OUT/results.tgz, WORKDIR/xla_cache into OUT/xla_cache.tgz when under 15 MB (a later
-#       session's identical programs load from it), and prints the timeline and the logs' tails.
+#       files (json, jsonl, log, md, txt, png, gif under 1.5 MB; no checkpoints or compile
+#       caches) into OUT/results.tgz, WORKDIR/xla_cache into OUT/xla_cache.tgz when under 15 MB
+#       (a later session's identical programs load from it), WORKDIR/autotune (XLA's kernel
+#       choices, world_gpu.sh) into OUT/autotune.tgz, and prints the timeline and the logs' tails.
 set -uo pipefail
 verb=${1:?usage: remote_run.sh start|poll WORKDIR ...}
 workdir=${2:?usage: remote_run.sh start|poll WORKDIR ...}
@@ -22,9 +24,11 @@ case "$verb" in
     (( $# >= 1 )) || { echo "usage: remote_run.sh start WORKDIR CMD [ARGS...]" >&2; exit 2; }
     mkdir -p "$workdir" && rm -rf "$workdir/code" && mkdir -p "$workdir/code" || exit 1
     cp -r sora_jax configs tools pyproject.toml "$workdir/code/" || exit 1
-    if [[ -n "${XLA_CACHE_TGZ:-}" && -f "${XLA_CACHE_TGZ}" ]]; then
-      tar xzf "$XLA_CACHE_TGZ" -C "$workdir" || echo "could not unpack $XLA_CACHE_TGZ" >&2
-    fi
+    for tgz in "${XLA_CACHE_TGZ:-}" "${AUTOTUNE_TGZ:-}"; do
+      if [[ -n "$tgz" && -f "$tgz" ]]; then
+        tar xzf "$tgz" -C "$workdir" || echo "could not unpack $tgz" >&2
+      fi
+    done
     cd "$workdir/code" && PYTHONPATH="$workdir/code${PYTHONPATH:+:$PYTHONPATH}" \
       nohup setsid "$@" >"$workdir/run.out" 2>&1 </dev/null &
     echo "started: $* (log $workdir/run.out)"
@@ -37,17 +41,18 @@ case "$verb" in
       sleep 10
     done
     cd "$workdir" || exit 3
-    find . \( -name checkpoints -o -name xla_cache -o -name code \) -prune -o -type f \
+    find . \( -name checkpoints -o -name xla_cache -o -name autotune -o -name code \) -prune -o -type f \
       -size -1500k \( -name '*.json' -o -name '*.jsonl' -o -name '*.log' -o -name '*.md' \
-      -o -name '*.out' -o -name '*.txt' -o -name '*.png' \) -print >"$out/.pack"
+      -o -name '*.out' -o -name '*.txt' -o -name '*.png' -o -name '*.gif' \) -print >"$out/.pack"
     tar czf "$out/results.tgz" -T "$out/.pack"
     if (( $(stat -c %s "$out/results.tgz") > 15000000 )); then  # leave the pictures behind
-      grep -v '\.png$' "$out/.pack" | tar czf "$out/results.tgz" -T -
+      grep -v '\.png$\|\.gif$' "$out/.pack" | tar czf "$out/results.tgz" -T -
     fi
     rm -f "$out/.pack"
     if [[ -d xla_cache ]] && (( $(du -sm xla_cache | cut -f1) < 15 )); then
       tar czf "$out/xla_cache.tgz" xla_cache
     fi
+    [[ -d autotune ]] && tar czf "$out/autotune.tgz" autotune
     echo "== timeline"; cat timeline.log 2>/dev/null
     for f in *.log; do [[ -f $f ]] && { echo "== $f"; grep -v "^[IW][0-9]" "$f" | tail -6; }; done
     echo "== run.out"; tail -15 run.out 2>/dev/null

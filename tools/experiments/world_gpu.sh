@@ -32,6 +32,12 @@ if [[ "${DETERMINISTIC:-1}" == 1 ]]; then
     stamp "XLA does not know $flag: running without it"
   fi
 fi
+# XLA times candidate kernels when it compiles (autotuning), so two compiles of one program can
+# pick different kernels with different rounding. Every stage reads and writes the choices in
+# AUTOTUNE_DIR (default WORKDIR/autotune, one file per fusion): a re-run given the first run's
+# directory (remote_run.sh: AUTOTUNE_TGZ) compiles the same kernels.
+autotune=${AUTOTUNE_DIR:-$workdir/autotune}
+mkdir -p "$autotune" && export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_per_fusion_autotune_cache_dir=$autotune"
 stamp "vae start (XLA_FLAGS=${XLA_FLAGS:-})"
 # Beside the VAE stage, the DiT's train steps compile into <workdir>/xla_cache (stage
 # dit_compile; needs compile_cache=True, as configs/world.py has), so the DiT stage loads them
