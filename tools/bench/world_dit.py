@@ -2,6 +2,7 @@
 
     python tools/bench/world_dit.py --out tools/bench/results/world_dit_h200.json
     python tools/bench/world_dit.py --tiny --out /tmp/world_dit.json     # CPU check of the script
+    python tools/bench/world_dit.py --batches=128 --attention=xla --profile --out ...
 
 The world run trains its ~30M-parameter DiT at ~6% MFU (31-34 steps/s on an H200 at batch
 128 x 80 tokens). Whether a larger batch costs little more time per step (a step bound by
@@ -13,7 +14,9 @@ latents and text of the main bucket's shape (17x64x64 clips -> 5x8x8x16 latents,
 x 384), for each batch size and attention implementation. Rows: seconds per step, steps/s,
 clips/s, model TFLOP/s and MFU (sora_jax/flops.py over the datasheet peak of
 sora_jax/train/metrics.py's table; none on CPU).
-The JSON is rewritten after every row, so a run cut short keeps what it measured.
+The JSON is rewritten after every row, so a run cut short keeps what it measured. `--profile`
+also traces each row's step (tools/bench/dit_profile.py: device time per kernel and per category:
+where a step of this small model goes, since its matmuls are a small part of it).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "configs"))
+import dit_profile  # noqa: E402  (tools/bench/dit_profile.py: kernel times from a trace)
 import report  # noqa: E402  (tools/bench/report.py)
 
 
@@ -38,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--attention", default="xla,cudnn")
     p.add_argument("--steps", type=int, default=30, help="timed steps per row")
     p.add_argument("--budget_s", type=float, default=0.0, help="skip rows after this (0: none)")
+    p.add_argument("--profile", action="store_true", help="kernel times of each row's step")
+    p.add_argument("--trace_dir", default="/tmp/world_dit_profile")
     return p.parse_args(argv)
 
 
@@ -50,7 +56,7 @@ def _config(args):
     return config
 
 
-def measure(config, batch_size: int, attention: str, steps: int) -> dict:
+def measure(config, batch_size: int, attention: str, steps: int, trace_dir: str = "") -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -93,6 +99,15 @@ def measure(config, batch_size: int, attention: str, steps: int) -> dict:
             state, step_metrics, _ = compiled(state, {}, batch)
         jax.block_until_ready(state)
         sec = (time.perf_counter() - t0) / steps
+        profile = None
+        if trace_dir:  # the state is donated: every traced call takes the previous one's
+            held = {"state": state}
+
+            def one_step():
+                held["state"], out, _ = compiled(held["state"], {}, batch)
+                return out["loss"]
+
+            profile = dit_profile.profile_pass(one_step, (), 3, trace_dir)
     shapes = {k: tuple(v.shape) for k, v in batch.items()}
     fl, peak = task.flops_per_step(shapes), metrics.peak_flops()
     return {
@@ -106,6 +121,7 @@ def measure(config, batch_size: int, attention: str, steps: int) -> dict:
         "mfu": None if peak is None else flops_lib.mfu(fl, 1 / sec, peak, 1),
         "compile_s": compile_s,
         "loss": float(step_metrics["loss"]),
+        **({"profile": profile} if profile else {}),
     }
 
 
@@ -133,7 +149,8 @@ def main(argv=None) -> None:
                 out["rows"].append({"batch": b, "attention": attention, "error": "budget"})
                 continue
             try:
-                row = measure(config, b, attention, args.steps)
+                trace = os.path.join(args.trace_dir, f"{attention}_{b}") if args.profile else ""
+                row = measure(config, b, attention, args.steps, trace)
             except Exception as e:  # one failing row (e.g. cuDNN on CPU) keeps the others
                 error = f"{type(e).__name__}: {e}"[:300]
                 row = {"batch": b, "attention": attention, "error": error}
@@ -151,6 +168,9 @@ def main(argv=None) -> None:
     for r in out["rows"]:
         cells = [r.get(c, r.get("error", "")[:12] if c == "step_s" else "") for c in cols]
         print(" ".join(f"{x:>12.4g}" if isinstance(x, float) else f"{x!s:>12}" for x in cells))
+    for r in out["rows"]:
+        if "profile" in r:
+            dit_profile.print_pass(f"{r['attention']}, batch {r['batch']}", r["profile"])
 
 
 if __name__ == "__main__":
