@@ -137,6 +137,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         attention="xla",
         cross_attention="",  # the text attention's kernel; "" = `attention`
         pooled_text=False,  # the mean text token also drives the modulation (DiTConfig)
+        scan_layers=True,  # one compiled block scanned 12 times; False unrolls (longer compiles)
         remat="none",  # ~100-300 tokens per clip: activations are small
     )
     c.dit_train = common.train_config(

@@ -42,6 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--attention", default="xla,cudnn")
     p.add_argument("--steps", type=int, default=30, help="timed steps per row")
     p.add_argument("--budget_s", type=float, default=0.0, help="skip rows after this (0: none)")
+    p.add_argument(
+        "--scan_layers", default="1", help="1, 0 or 1,0: the DiT's blocks scanned or not"
+    )
     p.add_argument("--profile", action="store_true", help="kernel times of each row's step")
     p.add_argument("--trace_dir", default="/tmp/world_dit_profile")
     return p.parse_args(argv)
@@ -56,7 +59,9 @@ def _config(args):
     return config
 
 
-def measure(config, batch_size: int, attention: str, steps: int, trace_dir: str = "") -> dict:
+def measure(
+    config, batch_size: int, attention: str, steps: int, trace_dir: str = "", scan: bool = True
+) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -70,6 +75,7 @@ def measure(config, batch_size: int, attention: str, steps: int, trace_dir: str 
 
     config = config.copy_and_resolve_references()
     config.dit.attention = attention
+    config.dit.scan_layers = scan
     task = dit_task.DiTTask.for_latents(config)
     bucket = buckets_lib.parse_buckets(config.dit_train.buckets)[0]
     latent = vae_lib.VAEConfig(**config.vae.to_dict()).latent_shape(
@@ -113,6 +119,7 @@ def measure(config, batch_size: int, attention: str, steps: int, trace_dir: str 
     return {
         "batch": batch_size,
         "attention": attention,
+        "scan_layers": scan,
         "tokens_per_step": task.tokens_per_step(shapes),
         "step_s": sec,
         "steps_per_s": 1 / sec,
@@ -143,34 +150,37 @@ def main(argv=None) -> None:
         "rows": [],
     }
     t_start = time.perf_counter()
-    for attention in args.attention.split(","):
-        for b in [int(x) for x in args.batches.split(",")]:
-            if args.budget_s and time.perf_counter() - t_start > args.budget_s:
-                out["rows"].append({"batch": b, "attention": attention, "error": "budget"})
-                continue
-            try:
-                trace = os.path.join(args.trace_dir, f"{attention}_{b}") if args.profile else ""
-                row = measure(config, b, attention, args.steps, trace)
-            except Exception as e:  # one failing row (e.g. cuDNN on CPU) keeps the others
-                error = f"{type(e).__name__}: {e}"[:300]
-                row = {"batch": b, "attention": attention, "error": error}
-            out["rows"].append(row)
-            report.write_json(args.out, out)  # after every row: a cut-short run keeps it
+    runs = [(a, int(b), s == "1") for s in args.scan_layers.split(",")
+            for a in args.attention.split(",") for b in args.batches.split(",")]  # fmt: skip
+    for attention, b, scan in runs:
+        if args.budget_s and time.perf_counter() - t_start > args.budget_s:
+            out["rows"].append({"batch": b, "attention": attention, "error": "budget"})
+            continue
+        try:
+            name = f"{attention}_{b}" + ("" if scan else "_unscanned")
+            trace = os.path.join(args.trace_dir, name) if args.profile else ""
+            row = measure(config, b, attention, args.steps, trace, scan)
+        except Exception as e:  # one failing row (e.g. cuDNN on CPU) keeps the others
+            error = f"{type(e).__name__}: {e}"[:300]
+            row = {"batch": b, "attention": attention, "scan_layers": scan, "error": error}
+        out["rows"].append(row)
+        report.write_json(args.out, out)  # after every row: a cut-short run keeps it
     # Ratios against the recipe's setting (the first row: batch 128, XLA attention).
     base = next((r for r in out["rows"] if "error" not in r), None)
     for r in out["rows"]:
         if base and "error" not in r:
             r["clips_per_s_vs_first"] = r["clips_per_s"] / base["clips_per_s"]
     report.write_json(args.out, out)
-    cols = ["attention", "batch", "step_s", "steps_per_s", "clips_per_s", "clips_per_s_vs_first",
-            "mfu", "compile_s"]  # fmt: skip
+    cols = ["attention", "scan_layers", "batch", "step_s", "steps_per_s", "clips_per_s",
+            "clips_per_s_vs_first", "mfu", "compile_s"]  # fmt: skip
     print(" ".join(f"{c:>12}" for c in cols))
     for r in out["rows"]:
         cells = [r.get(c, r.get("error", "")[:12] if c == "step_s" else "") for c in cols]
         print(" ".join(f"{x:>12.4g}" if isinstance(x, float) else f"{x!s:>12}" for x in cells))
     for r in out["rows"]:
         if "profile" in r:
-            dit_profile.print_pass(f"{r['attention']}, batch {r['batch']}", r["profile"])
+            scan = "" if r["scan_layers"] else ", unscanned"
+            dit_profile.print_pass(f"{r['attention']}, batch {r['batch']}{scan}", r["profile"])
 
 
 if __name__ == "__main__":
