@@ -23,10 +23,12 @@ stamp() { echo "[$(date +%T)] $*" | tee -a "$workdir/timeline.log"; }
 # Only deterministic kernels (XLA leaves out the ones that are not, e.g. convolution algorithms
 # that accumulate with atomics), so that a re-run repeats the numbers (issue 9's reproducibility;
 # on the CPU two runs are bit-identical: tests/test_recipe_reproducible.py). DETERMINISTIC=0 lets
-# XLA pick any kernel; an XLA that does not know the flag runs without it, with a note.
+# XLA pick any kernel (needed with a max-pooling perceptual loss: XLA has no deterministic
+# select-and-scatter); an XLA that does not know the flag runs without it, with a note.
 if [[ "${DETERMINISTIC:-1}" == 1 ]]; then
   flag=--xla_gpu_exclude_nondeterministic_ops=true
-  if XLA_FLAGS="${XLA_FLAGS:-} $flag" python3 -c "import jax; jax.devices()" >/dev/null 2>&1; then
+  if XLA_FLAGS="${XLA_FLAGS:-} $flag" XLA_PYTHON_CLIENT_PREALLOCATE=false \
+      python3 -c "import jax; jax.devices()" >/dev/null 2>&1; then
     export XLA_FLAGS="${XLA_FLAGS:-} $flag"
   else
     stamp "XLA does not know $flag: running without it"
