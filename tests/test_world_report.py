@@ -115,7 +115,7 @@ def test_report_prints_the_vae_round_trip_grades(tmp_path, capsys):
     assert out["vae"]["heldout_recon_mad_ratio"] == 1.437
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].endswith("videos): color 1.00, shape 0.84, motion 0.90")
-    assert printed[1].endswith("(the continuity floor): 1.44")
+    assert printed[1].endswith("(continuity floor): 1.44")
     assert "heldout_recon_grades" not in world_report.collect(str(_run_dir(tmp_path / "b")))["vae"]
 
 

@@ -223,7 +223,7 @@ def unpatchify(tokens: Array, grid: tuple[int, int, int], patch: tuple[int, int,
 
 
 def mean_pool(hidden: jax.Array, mask: jax.Array, normalize: bool = True) -> jax.Array:
-    """Sentence embedding as in sentence-transformers: masked mean over tokens, then L2 norm.
+    """Masked mean over tokens, L2-normalised with `normalize` (sentence-transformers' embedding).
 
     hidden: [B, N, D], mask: [B, N] bool -> [B, D] fp32.
     """

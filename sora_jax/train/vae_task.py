@@ -247,8 +247,8 @@ def evaluate_model(
     per bucket and averaged; sora_jax.evaluate.grade): what survives the round trip bounds what
     a DiT drawing in this VAE's latents can score on the same grader. `recon_mad_ratio` (buckets
     of several frames) is the mean |frame f - frame f-1| of the reconstructions over that of the
-    clips: flicker the round trip adds, which the eval suite's continuity ratio (boundaries of
-    generated videos against real clips) cannot go below.
+    clips: flicker the round trip adds to every decoded video, so roughly a floor under the eval
+    suite's continuity ratio (boundaries of generated videos against real clips).
     """
     buckets = buckets_lib.parse_buckets(config.vae_train.buckets)
     n = int(config.vae_train.get("eval_clips", 16))
