@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     mad = result.get("vae", {}).get("heldout_recon_mad_ratio")
     if mad is not None:
         print(
-            f"VAE round trips' frame differences over the clips' (the continuity floor): {mad:.2f}"
+            f"VAE round trips' frame differences over the clips' (continuity floor): {mad:.2f}"
         )
     if "eval_sets" in result:
         t2v, variants = result["eval_sets"].get("t2v"), result.get("eval_t2v_variants", {})
