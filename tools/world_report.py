@@ -184,9 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
               + ", ".join(f"{k} {v:.2f}" for k, v in grades.items()))  # fmt: skip
     mad = result.get("vae", {}).get("heldout_recon_mad_ratio")
     if mad is not None:
-        print(
-            f"VAE round trips' frame differences over the clips' (continuity floor): {mad:.2f}"
-        )
+        print(f"VAE round trips' frame differences over the clips' (continuity floor): {mad:.2f}")
     if "eval_sets" in result:
         t2v, variants = result["eval_sets"].get("t2v"), result.get("eval_t2v_variants", {})
         print(markdown(result["eval_sets"]))

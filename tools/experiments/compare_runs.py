@@ -1,0 +1,90 @@
+"""Issue 9's reproducibility check: two runs of the world recipe, metric by metric.
+
+    python tools/experiments/compare_runs.py RUN_A RUN_B [--points=3] [--out=compare.json]
+
+RUN is a workdir of the recipe (its eval/summary.json is read) or the path of such a summary
+JSON. Compared: every target of the evaluation suite (sora_jax/eval_suite.py TARGETS) and the
+colour, shape and motion accuracy and object permanence of every set. Accuracies and permanence
+are fractions, compared in points (100 x the difference) against --points; the others (given-
+frame PSNR in dB, continuity ratios) are printed with their difference and no bound. The table
+goes to stdout; --out writes the rows and `all_within` (every fraction within --points) as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+
+FRACTIONS = ("color_acc", "shape_acc", "motion_acc", "permanence", "last_color_acc")
+
+
+def load_summary(run: str) -> dict:
+    """The eval suite's summary of a recipe workdir, or the summary JSON at `run`."""
+    path = os.path.join(run, "eval", "summary.json") if os.path.isdir(run) else run
+    if not os.path.exists(path):
+        raise SystemExit(f"compare_runs: no evaluation summary at {path}.")
+    with open(path) as f:
+        return json.load(f)
+
+
+def metrics(summary: dict) -> dict[str, float]:
+    """'set/metric' -> value: the suite's targets first, then every set's fractions."""
+    out = {f"{t['set']}/{t['metric']}": t["value"] for t in summary.get("targets", [])}
+    for name, values in summary.get("sets", {}).items():
+        for metric in FRACTIONS:
+            if isinstance(values.get(metric), (int, float)):
+                out.setdefault(f"{name}/{metric}", values[metric])
+    return {k: float(v) for k, v in out.items()}
+
+
+def compare(a: dict, b: dict, points: float) -> list[dict]:
+    """One row per metric of both runs; fractions carry `points` and `within`."""
+    ma, mb = metrics(a), metrics(b)
+    rows = []
+    for key in [k for k in ma if k in mb]:
+        row = {"metric": key, "a": ma[key], "b": mb[key], "diff": mb[key] - ma[key]}
+        if key.split("/")[1] in FRACTIONS:
+            diff_points = 100.0 * row["diff"]
+            row["points"] = diff_points
+            row["within"] = math.isfinite(diff_points) and abs(diff_points) <= points
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict], points: float) -> str:
+    lines = [
+        f"| metric | run A | run B | difference | within ±{points:g} points |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        diff = f"{r['points']:+.1f} pt" if "points" in r else f"{r['diff']:+.3g}"
+        within = ("yes" if r["within"] else "**no**") if "within" in r else "—"
+        lines.append(f"| {r['metric']} | {r['a']:.3g} | {r['b']:.3g} | {diff} | {within} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.add_argument("--points", type=float, default=3.0, help="allowed difference of fractions")
+    p.add_argument("--out", default="")
+    args = p.parse_args(argv)
+    rows = compare(load_summary(args.run_a), load_summary(args.run_b), args.points)
+    bounded = [r for r in rows if "within" in r]
+    result = {"run_a": args.run_a, "run_b": args.run_b, "points": args.points, "rows": rows,
+              "all_within": bool(bounded) and all(r["within"] for r in bounded),
+              "max_abs_points": max((abs(r["points"]) for r in bounded), default=None)}  # fmt: skip
+    print(table(rows, args.points))
+    print(f"fractions within ±{args.points:g} points: {sum(r['within'] for r in bounded)} of "
+          f"{len(bounded)}; largest difference {result['max_abs_points']} points")  # fmt: skip
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
