@@ -56,6 +56,10 @@ def test_identical_runs_are_within_and_differences_are_in_points(tmp_path, capsy
     assert "| t2v/shape_acc | 0.812 | 0.781 | -3.1 pt | **no** |" in capsys.readouterr().out
     loose = compare_runs.main([a, str(tmp_path / "c" / "eval" / "summary.json"), "--points=7"])
     assert loose["all_within"]
+    # A tools/world_report.py JSON (sets under "eval_sets") compares the same.
+    report = {"targets": other["targets"], "eval_sets": other["sets"]}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert compare_runs.main([a, str(tmp_path / "report.json")])["rows"] == diff["rows"]
 
 
 def test_a_missing_summary_is_one_clear_error(tmp_path):

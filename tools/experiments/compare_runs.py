@@ -2,12 +2,13 @@
 
     python tools/experiments/compare_runs.py RUN_A RUN_B [--points=3] [--out=compare.json]
 
-RUN is a workdir of the recipe (its eval/summary.json is read) or the path of such a summary
-JSON. Compared: every target of the evaluation suite (sora_jax/eval_suite.py TARGETS) and the
-colour, shape and motion accuracy and object permanence of every set. Accuracies and permanence
-are fractions, compared in points (100 x the difference) against --points; the others (given-
-frame PSNR in dB, continuity ratios) are printed with their difference and no bound. The table
-goes to stdout; --out writes the rows and `all_within` (every fraction within --points) as JSON.
+RUN is a workdir of the recipe (its eval/summary.json is read), the path of such a summary
+JSON, or a tools/world_report.py JSON (as committed under tools/bench/results/). Compared: every
+target of the evaluation suite (sora_jax/eval_suite.py TARGETS) and the colour, shape and motion
+accuracy and object permanence of every set. Accuracies and permanence are fractions, compared
+in points (100 x the difference) against --points; the others (given-frame PSNR in dB,
+continuity ratios) are printed with their difference and no bound. The table goes to stdout;
+--out writes the rows and `all_within` (every fraction within --points) as JSON.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def load_summary(run: str) -> dict:
 def metrics(summary: dict) -> dict[str, float]:
     """'set/metric' -> value: the suite's targets first, then every set's fractions."""
     out = {f"{t['set']}/{t['metric']}": t["value"] for t in summary.get("targets", [])}
-    for name, values in summary.get("sets", {}).items():
+    sets = summary.get("sets") or summary.get("eval_sets") or {}  # suite summary / world_report
+    for name, values in sets.items():
         for metric in FRACTIONS:
             if isinstance(values.get(metric), (int, float)):
                 out.setdefault(f"{name}/{metric}", values[metric])
