@@ -300,6 +300,11 @@ def frame_differences(video: np.ndarray) -> np.ndarray:
     return np.abs(np.diff(v, axis=0)).mean((1, 2, 3))
 
 
+def mean_frame_difference(videos: Sequence[np.ndarray]) -> float:
+    """The mean over videos of each one's mean `frame_differences` (how much a frame changes)."""
+    return float(np.mean([frame_differences(v).mean() for v in videos]))
+
+
 def boundaries(given: Sequence[bool]) -> list[int]:
     """Frames f whose given-ness differs from frame f - 1's (where generation meets a condition)."""
     g = np.asarray(given, bool)

@@ -15,7 +15,8 @@ from safetensors.numpy import load_file  # noqa: E402
 
 from sora_jax.models import text as text_lib  # noqa: E402
 from sora_jax.models.bert import BertEncoder, load_safetensors_into  # noqa: E402
-from sora_jax.models.text import TextConfig, TextEncoder, mean_pool  # noqa: E402
+from sora_jax.models.layers import mean_pool  # noqa: E402
+from sora_jax.models.text import TextConfig, TextEncoder  # noqa: E402
 
 MAX_LEN = 32
 PROMPTS = [

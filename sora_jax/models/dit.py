@@ -87,9 +87,9 @@ class DiTConfig:
             )
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat {self.remat!r} is unknown; expected one of {REMAT_POLICIES}.")
-        for field in ("attention", "cross_attention"):
-            name = getattr(self, field)
-            if name not in available_attention() and (field == "attention" or name):
+        cross = self.cross_attention or self.attention  # "" = the self-attention's kernel
+        for field, name in (("attention", self.attention), ("cross_attention", cross)):
+            if name not in available_attention():
                 raise ValueError(
                     f"{field} {name!r} is unknown; expected one of {available_attention()}."
                 )

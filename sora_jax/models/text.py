@@ -39,7 +39,6 @@ from tokenizers import Tokenizer, models
 from sora_jax import parallel
 from sora_jax.models import bert as bert_lib
 from sora_jax.models import t5 as t5_lib
-from sora_jax.models.layers import mean_pool  # noqa: F401  (the sentence embedding, re-exported)
 
 logger = logging.getLogger(__name__)
 

@@ -267,9 +267,8 @@ def evaluate_model(
         result[f"ssim_{b.name}"] = float(np.mean(ssim))
         result.update(_recon_grades(recon, specs, b.name))
         if b.num_frames > 1:
-            real = np.mean([evaluate.frame_differences(v).mean() for v in videos])
-            mad = np.mean([evaluate.frame_differences(v).mean() for v in recon])
-            result[f"recon_mad_ratio_{b.name}"] = float(mad / max(real, 1e-6))
+            mad, real = (evaluate.mean_frame_difference(v) for v in (recon, videos))
+            result[f"recon_mad_ratio_{b.name}"] = mad / max(real, 1e-6)
         if with_latents:
             latents.append(means)
     metrics = ("psnr", "ssim", "recon_color_acc", "recon_shape_acc", "recon_motion_acc",

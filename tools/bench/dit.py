@@ -9,7 +9,7 @@ Shape: configs/l.py (Wan 2.1 T2V-1.3B) at 480x832, 81 frames -> latents 21x60x10
 MFU = model FLOPs (sora_jax/flops.py: matmuls + 4 N^2 D attention per layer, x3 for training,
 recomputation not counted) / step time / 989 TFLOP/s (H100 SXM dense bf16 datasheet).
 
-Ours: the real train step (`sora_jax.train.state_lib.build_step`: AdamW, clipping, EMA, non-finite
+Ours: the real train step (`sora_jax.train.state.build_step`: AdamW, clipping, EMA, non-finite
 guard; state donated) on the flow-matching loss, one remat policy per subprocess. diffusers:
 forward + backward with gradient checkpointing and no optimizer (as the issue's baseline).
 "Largest tokens" per remat policy is estimated from XLA's compile-time memory analysis at two
@@ -249,7 +249,6 @@ def _train_setup(args, remat: str, frames: int = 0):
     import ml_collections
 
     from sora_jax import parallel
-    from sora_jax.train import state as state_lib
 
     cfg = _dit_config(args, remat=remat)
     grid = _shape(args)["grid"]
@@ -261,15 +260,16 @@ def _train_setup(args, remat: str, frames: int = 0):
     mesh = parallel.make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
     batch = {"latents": jnp.asarray(x), "text": jnp.asarray(ctx),
              "text_mask": jnp.ones(ctx.shape[:2], bool)}  # fmt: skip
-    return cfg, grid, task, train_cfg, mesh, batch, state_lib
+    return cfg, grid, task, train_cfg, mesh, batch
 
 
 def part_train(args) -> dict:
     import jax
 
     from sora_jax import flops
+    from sora_jax.train import state as state_lib
 
-    cfg, grid, task, train_cfg, mesh, batch, state_lib = _train_setup(args, args.remat, args.frames)
+    cfg, grid, task, train_cfg, mesh, batch = _train_setup(args, args.remat, args.frames)
     graphdef, state, rest, tx, _ = state_lib.init_state(task, train_cfg, mesh, seed=0)
     step = jax.jit(state_lib.build_step(task, graphdef, rest, tx, 0.999), donate_argnums=(0,))
     with jax.set_mesh(mesh):
@@ -304,10 +304,12 @@ def part_memory(args) -> dict:
     import jax
 
     from sora_jax import flops
+    from sora_jax.train import state as state_lib
 
-    cfg, grid, task, train_cfg, mesh, batch, state_lib = _train_setup(args, args.remat, args.frames)
-    abstract_train_state = state_lib.abstract_train_state
-    graphdef, abstract, _, tx, shardings, _ = abstract_train_state(task, train_cfg, mesh, 0)
+    cfg, grid, task, train_cfg, mesh, batch = _train_setup(args, args.remat, args.frames)
+    graphdef, abstract, _, tx, shardings, _ = state_lib.abstract_train_state(
+        task, train_cfg, mesh, 0
+    )
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                          abstract, shardings[0])  # fmt: skip
     step = jax.jit(state_lib.build_step(task, graphdef, {}, tx, 0.999), donate_argnums=(0,))
