@@ -23,8 +23,10 @@ Metrics per set (`evaluate.py` holds their definitions):
 and for the whole model: the DiT's rectified-flow validation loss at fixed t on held-out world
 clips (another world seed), and the VAE's held-out PSNR/SSIM.
 
-`eval.t2v_variants` re-samples the t2v set under other sampler settings (steps, sampler, guidance,
-shift) and reports each as `t2v@<settings>` beside the sets: how much the grades owe to sampling.
+`eval.t2v_variants` re-samples the t2v set (and the other sets named in `eval.variant_sets`,
+e.g. t2v_occlusion) under other sampler settings (steps, sampler, guidance, shift) and reports
+each as `<set>@<settings>` beside the sets (summary key `t2v_variants`): how much the grades owe
+to sampling.
 
 Files: `<workdir>/eval/<set>.json` (metrics, settings, per-sample prompts, specs and grades),
 `<set>.png` (contact sheet: a row per sample, evenly spaced frames, given frames framed in
@@ -85,11 +87,16 @@ def _settings(config: ml_collections.ConfigDict, **overrides) -> dict:
     }
 
 
-def t2v_variants(config: ml_collections.ConfigDict) -> dict[str, dict]:
-    """`eval.t2v_variants`: the t2v set again under other sampler settings (each a dict of
-    VARIANT_KEYS overriding the suite's), reported beside the sets, not as targets. Returns
-    {"t2v@key=value,...": settings}; a bad variant fails here, before any weights load."""
+def t2v_variants(config: ml_collections.ConfigDict, set_names: Sequence[str]) -> dict[str, dict]:
+    """`eval.t2v_variants`: the t2v set (and every other set of `eval.variant_sets`, among
+    `set_names`) again under other sampler settings (each a dict of VARIANT_KEYS overriding the
+    suite's), reported beside the sets, not as targets. Returns {"<set>@key=value,...":
+    settings}; a bad variant or set name fails here, before any weights load."""
     out = {}
+    variant_sets = tuple(config.eval.get("variant_sets", ("t2v",)))
+    if not variant_sets or set(variant_sets) - set(set_names):
+        raise ValueError(f"eval.variant_sets={variant_sets} must name some of the suite's sets "
+                         f"{tuple(set_names)}.")  # fmt: skip
     for overrides in config.eval.get("t2v_variants", ()):
         overrides = dict(overrides)
         if not overrides or set(overrides) - set(VARIANT_KEYS):
@@ -97,7 +104,8 @@ def t2v_variants(config: ml_collections.ConfigDict) -> dict[str, dict]:
                              f"{VARIANT_KEYS} and nothing else.")  # fmt: skip
         settings = _settings(config, **overrides)
         sample_lib.check_settings(**settings)
-        out["t2v@" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))] = settings
+        suffix = "@" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+        out.update({name + suffix: settings for name in variant_sets})
     return out
 
 
@@ -309,7 +317,7 @@ def run(
         )
     cases_by_set = eval_cases.build_suite(config)  # bad eval settings fail before any weights load
     sample_lib.check_settings(**_settings(config))
-    variants = t2v_variants(config)
+    variants = t2v_variants(config, list(cases_by_set))
     threads = config.eval.get("threads", 1)
     if not isinstance(threads, int) or threads < 1:
         raise ValueError(f"eval.threads must be a positive int (sets sampled at once), "
@@ -321,7 +329,8 @@ def run(
     # Every set and variant is one job; `eval.threads` of them run at once (their compiles,
     # most of the suite's time on a GPU, overlap), and they are written in this order.
     jobs = [(name, name, cases, _settings(config)) for name, cases in cases_by_set.items()]
-    jobs += [(label, "t2v", cases_by_set["t2v"], s) for label, s in variants.items()]
+    jobs += [(label, label.split("@")[0], cases_by_set[label.split("@")[0]], s)
+             for label, s in variants.items()]  # fmt: skip
     batch_size = int(config.eval.batch_size)
     if getattr(gen, "mesh", None) is not None or jax.process_count() > 1:
         # Sharded programs launched from several threads could reach their collectives in a

@@ -207,3 +207,32 @@ def test_attention_saving_remat_keeps_the_kernels_forward(policy, kernels):
     grad = jax.grad(jax.checkpoint(block, policy=remat_policy(policy)), argnums=1)
     jaxpr = jax.make_jaxpr(grad)(jnp.ones((8, 8)), jnp.full((8, 8), 0.1)).jaxpr
     assert _count_eqns(jaxpr, "pallas_call") == kernels
+
+
+def test_padded_sequence_lengths_equal_the_unpadded_call():
+    """cudnn_pad's padding (to a multiple of 4 here; xla implementation on the CPU): N = 5 and
+    M = 7 tokens padded to 8, with the q/kv padding masks of the caller, an empty sample too."""
+    from sora_jax.models.attention import padded_seq_len_attention
+
+    q, k, v = _qkv(11)
+    q_mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    for kv_mask, qm in ((None, None), (RIGHT_KV_MASK, None), (RIGHT_KV_MASK, q_mask)):
+        want = seq_len_attention(q, k, v, kv_mask=kv_mask, q_mask=qm, implementation="xla")
+        got = padded_seq_len_attention(q, k, v, kv_mask=kv_mask, q_mask=qm, multiple=4,
+                                       implementation="xla")  # fmt: skip
+        assert got.shape == want.shape == q.shape
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert "cudnn_pad" in available_attention()
+    with pytest.raises(ValueError, match="cudnn attention needs bfloat16"):
+        attention(q, k, v, implementation="cudnn_pad")  # float32
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")
+def test_cudnn_pad_matches_cudnn():
+    b, n, k_, dh = 2, 200, 4, 64  # 200 tokens: padded to 256
+    keys = jax.random.split(jax.random.key(8), 3)
+    q, k, v = (jax.random.normal(x, (b, n, k_, dh), jnp.bfloat16) for x in keys)
+    got = attention(q, k, v, implementation="cudnn_pad").astype(jnp.float32)
+    want = attention(q, k, v, implementation="xla").astype(jnp.float32)
+    assert float(jnp.abs(got - want).max()) <= 2e-2

@@ -216,11 +216,34 @@ def test_t2v_variants_resample_the_t2v_set_under_other_settings(tmp_path):
     assert all(t["set"] != same for t in summary["targets"])  # reported, not a target
 
 
+def test_variants_resample_every_set_of_variant_sets(tmp_path):
+    c = load_world_config("micro")
+    c.eval.update(num_prompts=1, num_per_set=2, batch_size=2, val_clips=1, vae=False,
+                  sweep_shapes=("9x32x32",), t2v_variants=({"guidance": c.eval.guidance},),
+                  variant_sets=("t2v", "t2v_occlusion"))  # fmt: skip
+    summary = eval_suite.run(c, str(tmp_path), generator=_micro_generator(c))
+    label = f"t2v_occlusion@guidance={c.eval.guidance}"
+    assert list(summary["t2v_variants"]) == [f"t2v@guidance={c.eval.guidance}", label]
+    # The suite's settings again: the occlusion set's samples, grades and permanence exactly.
+    base = json.loads((tmp_path / "eval" / "t2v_occlusion.json").read_text())["samples"]
+    again = json.loads((tmp_path / "eval" / f"{label}.json").read_text())["samples"]
+    assert again == base and len(base) == 2 and "permanence" in base[0]
+    assert (
+        summary["t2v_variants"][label]["permanence"]
+        == summary["sets"]["t2v_occlusion"]["permanence"]
+    )
+
+
 def test_bad_t2v_variant_fails_before_any_weights_load(tmp_path):
     c = load_world_config("micro")
     c.eval.t2v_variants = ({"stepz": 60},)
     with pytest.raises(ValueError, match=r"eval.t2v_variants: \{'stepz': 60\} must override"):
         eval_suite.run(c, str(tmp_path), generator=object())
+    c.eval.t2v_variants = ({"steps": 1},)
+    c.eval.variant_sets = ("t2v", "t2v_ocluded")
+    with pytest.raises(ValueError, match=r"eval.variant_sets=\('t2v', 't2v_ocluded'\) must name"):
+        eval_suite.run(c, str(tmp_path), generator=object())
+    c.eval.variant_sets = ("t2v",)
     c.eval.t2v_variants = ({"sampler": "rk4"},)
     with pytest.raises(ValueError, match="sampler must be one of"):
         eval_suite.run(c, str(tmp_path), generator=object())

@@ -138,9 +138,28 @@ def markdown(sets: dict) -> str:
 
 def _t2v_rows(t2v: dict | None, variants: dict) -> list[tuple[str, dict]]:
     """(row label, metrics) of the t2v set under the suite's settings, then of each variant."""
-    return ([("the suite's settings", t2v)] if t2v else []) + [
-        (label.removeprefix("t2v@"), m) for label, m in variants.items()
+    return _set_rows("t2v", t2v, variants)
+
+
+def _set_rows(name: str, metrics: dict | None, variants: dict) -> list[tuple[str, dict]]:
+    """(row label, metrics) of set `name` under the suite's settings, then under each variant."""
+    return ([("the suite's settings", metrics)] if metrics else []) + [
+        (label.removeprefix(name + "@"), m)
+        for label, m in variants.items()
+        if label.startswith(name + "@")
     ]
+
+
+def occlusion_markdown(occlusion: dict | None, variants: dict) -> str:
+    """The occlusion set's shape accuracy and object permanence per sampler setting ("" when
+    no variant re-sampled it: `eval.variant_sets`)."""
+    rows = _set_rows("t2v_occlusion", occlusion, variants)
+    if len(rows) < 2:
+        return ""
+    lines = ["| t2v_occlusion sampled with | shape | object permanence |", "|---|---|---|"]
+    for label, m in rows:
+        lines.append(f"| {label} | {_cell(m['shape_acc'])} | {_cell(m.get('permanence'))} |")
+    return "\n".join(lines)
 
 
 def variants_markdown(t2v: dict | None, variants: dict) -> str:
@@ -190,9 +209,12 @@ def main(argv: list[str] | None = None) -> dict:
         print(markdown(result["eval_sets"]))
         if variants:
             print(variants_markdown(t2v, variants))
-        table = shapes_markdown(t2v, variants)
-        if table:
-            print(table)
+        for table in (
+            shapes_markdown(t2v, variants),
+            occlusion_markdown(result["eval_sets"].get("t2v_occlusion"), variants),
+        ):
+            if table:
+                print(table)
     return result
 
 

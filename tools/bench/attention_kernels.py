@@ -13,6 +13,9 @@ than cuDNN's flash attention, which holds ~72% of the block's forward+backward t
 
   cudnn   jax.nn.dot_product_attention(implementation='cudnn')
   xla     jax.nn.dot_product_attention(implementation='xla')
+  cudnn_pad, xla_pad   sora_jax's `cudnn_pad` kernel (and its XLA twin): q, k, v right-padded to
+          a multiple of 128 tokens, given as sequence lengths (e.g. --tokens=32760 --impls=
+          cudnn,cudnn_pad: is cuDNN faster on 32,768 tokens of which 8 are padding?)
   mgpu:*  the Pallas Mosaic GPU (Hopper, warp-specialised) kernel that ships with JAX
           (jax.experimental.pallas.ops.gpu.attention_mgpu) at a few tile sizes
 
@@ -71,6 +74,17 @@ def attention_fn(name: str, kv_len: int = 0):
         lengths = jnp.array([kv_len], jnp.int32) if kv_len else None
         return functools.partial(jax.nn.dot_product_attention, scale=1.0, implementation=name,
                                  key_value_seq_lengths=lengths)  # fmt: skip
+    if name in ("cudnn_pad", "xla_pad"):  # the library's padded kernel (models/attention.py)
+        from sora_jax.models import attention
+
+        def padded(q, k, v):
+            kv_mask = jnp.arange(k.shape[1])[None, :] < (kv_len or k.shape[1])
+            return attention.padded_seq_len_attention(
+                q, k, v, kv_mask=jnp.broadcast_to(kv_mask, k.shape[:2]), scale=1.0,
+                implementation=name.removesuffix("_pad"),
+            )  # fmt: skip
+
+        return padded
     if kv_len:
         raise ValueError(f"{name} takes no padding mask (--kv_len)")
     from jax.experimental.pallas.ops.gpu import attention_mgpu as mg
