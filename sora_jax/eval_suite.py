@@ -178,6 +178,12 @@ def score(name: str, cases: Sequence[eval_cases.Case], videos: Sequence[np.ndarr
         for key in ("permanent", "hidden", "seen_after", "same_size", "same_shape"):
             label = "permanence" if key == "permanent" else f"permanence_{key}"
             metrics[label] = _mean(r["permanence"][key] for r in records)
+        by_motion: dict[str, list[bool]] = {}  # grow/shrink/bounce were the misses on the GPU
+        for r in records:
+            by_motion.setdefault(r["spec"]["objects"][0]["motion"], []).append(
+                r["permanence"]["permanent"]
+            )
+        metrics["permanence_by_motion"] = {k: _mean(v) for k, v in sorted(by_motion.items())}
     if name == "t2v_sweep":
         for size in dict.fromkeys(r["size"] for r in records):  # per FRAMESxHEIGHTxWIDTH
             g = evaluate.accuracies([r for r in records if r["size"] == size])

@@ -259,7 +259,9 @@ def object_permanence(
       shape    the grader's shape of colour k on the frames before equals that after.
 
     ``permanent`` = visible before and after, same size, same shape. ``hidden`` reports whether
-    an occluder did pass: the middle frame shows < 50 % of the subject's area there. Needs at
+    an occluder did pass: the middle frame shows < 50 % of the subject's area there. For reading
+    a failure: ``size_ratio`` (the measured area ratio over the spec's; 1 = as expected),
+    ``shape_before`` / ``shape_after`` and ``area_first`` / ``area_last`` (pixels). Needs at
     least 3 frames; video is uint8 [F, H, W, 3] or float in [0, 1].
     """
     labels = palette_labels(video)
@@ -278,11 +280,8 @@ def object_permanence(
     seen_after = area[-1] >= max(4.0, min_visible * expected[2])
     ratio = (area[-1] / max(area[0], 1.0)) / (expected[2] / expected[0])
     same_size = bool(seen_before and seen_after and 1 / size_tolerance <= ratio <= size_tolerance)
-    same_shape = bool(
-        seen_before
-        and seen_after
-        and predict_shape(masks[before], shapes) == predict_shape(masks[after], shapes)
-    )
+    shape_before, shape_after = (predict_shape(masks[x], shapes) for x in (before, after))
+    same_shape = bool(seen_before and seen_after and shape_before == shape_after)
     return {
         "permanent": bool(seen_before and seen_after and same_size and same_shape),
         "seen_before": bool(seen_before),
@@ -291,6 +290,11 @@ def object_permanence(
         "same_shape": same_shape,
         "hidden": bool(area[(f_n - 1) // 2] < 0.5 * expected[1]),
         "color": _COLORS[k] if counts[k] else None,
+        "size_ratio": round(float(ratio), 3),
+        "shape_before": shape_before,
+        "shape_after": shape_after,
+        "area_first": int(area[0]),
+        "area_last": int(area[-1]),
     }
 
 

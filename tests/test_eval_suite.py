@@ -48,6 +48,22 @@ def test_object_permanence_is_one_on_real_occlusion_clips(size):
     assert len(results) == 60
     assert np.mean([r["permanent"] for r in results]) >= 0.98
     assert np.mean([r["hidden"] for r in results]) >= 0.98  # the bar does cover the subject
+    assert all(0.5 <= r["size_ratio"] <= 2.0 for r in results if r["permanent"])
+    truth = [c["spec"]["objects"][0]["shape"] for c in clips]
+    assert np.mean([r["shape_before"] == t for r, t in zip(results, truth)]) >= 0.9
+
+
+def test_object_permanence_reports_the_size_ratio_of_an_object_that_did_not_grow():
+    spec = world.make_spec("red", "circle", "grow", occluder=True)
+    flat = copy.deepcopy(spec)
+    flat["objects"][0]["scale"] = [0.5, 0.5]  # stays at its starting size
+    grown = evaluate.object_permanence(world.render(spec, 64, 64, 17), spec)
+    stayed = evaluate.object_permanence(world.render(flat, 64, 64, 17), spec)
+    assert grown["permanent"] and 0.8 <= grown["size_ratio"] <= 1.25
+    assert not stayed["permanent"] and not stayed["same_size"]
+    assert 0.2 <= stayed["size_ratio"] <= 0.3  # a quarter of the area the spec expects
+    assert stayed["shape_before"] == stayed["shape_after"] == "circle"
+    assert stayed["area_last"] < 0.4 * grown["area_last"]
 
 
 def test_object_permanence_is_zero_when_the_subject_does_not_come_back():
@@ -228,10 +244,12 @@ def test_variants_resample_every_set_of_variant_sets(tmp_path):
     base = json.loads((tmp_path / "eval" / "t2v_occlusion.json").read_text())["samples"]
     again = json.loads((tmp_path / "eval" / f"{label}.json").read_text())["samples"]
     assert again == base and len(base) == 2 and "permanence" in base[0]
-    assert (
-        summary["t2v_variants"][label]["permanence"]
-        == summary["sets"]["t2v_occlusion"]["permanence"]
-    )
+    occlusion = summary["sets"]["t2v_occlusion"]
+    assert summary["t2v_variants"][label]["permanence"] == occlusion["permanence"]
+    # Per subject motion: the spec's motions of the two scenes, each a mean of 0/1 grades.
+    motions = {r["spec"]["objects"][0]["motion"] for r in base}
+    assert set(occlusion["permanence_by_motion"]) == motions
+    assert all(v in (0.0, 0.5, 1.0) for v in occlusion["permanence_by_motion"].values())
 
 
 def test_bad_t2v_variant_fails_before_any_weights_load(tmp_path):

@@ -122,6 +122,11 @@ def test_report_prints_the_occlusion_set_per_sampler_setting(tmp_path, capsys):
     assert printed[-4:] == ["| t2v_occlusion sampled with | shape | object permanence |",
                             "|---|---|---|", "| the suite's settings | 0.80 | 0.56 |",
                             "| steps=60 | 0.90 | 0.75 |"]  # fmt: skip
+    summary["sets"]["t2v_occlusion"]["permanence_by_motion"] = {"grow": 0.0, "left": 0.75}
+    _write(run / "eval" / "summary.json", summary)
+    world_report.main(["--workdir", str(run)])
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == "object permanence by the subject's motion: grow 0.00, left 0.75"
 
 
 def test_report_prints_the_vae_round_trip_grades(tmp_path, capsys):

@@ -209,12 +209,17 @@ def main(argv: list[str] | None = None) -> dict:
         print(markdown(result["eval_sets"]))
         if variants:
             print(variants_markdown(t2v, variants))
+        occlusion = result["eval_sets"].get("t2v_occlusion") or {}
         for table in (
             shapes_markdown(t2v, variants),
-            occlusion_markdown(result["eval_sets"].get("t2v_occlusion"), variants),
+            occlusion_markdown(occlusion or None, variants),
         ):
             if table:
                 print(table)
+        by_motion = occlusion.get("permanence_by_motion")
+        if by_motion:
+            print("object permanence by the subject's motion: "
+                  + ", ".join(f"{k} {_cell(v)}" for k, v in by_motion.items()))  # fmt: skip
     return result
 
 
