@@ -64,6 +64,9 @@ def test_dit_and_eval_stages_load_what_the_compile_stages_left_in_the_cache(tmp_
     _stage(workdir, "vae")
     dit = _stage(workdir, "dit")
     assert _steps(dit["events"]) == ["hit"]  # the step loaded, not compiled
+    # The latent cache's VAE encode too (one clip shape in the micro config).
+    assert warm["summary"]["dit_compile"]["encode_programs"] == 1
+    assert [k for n, k in dit["events"] if n == "jit_encode_latents"] == ["hit"]
     assert dit["summary"]["dit"]["steps"] == 2
     compiled = _stage(workdir, "eval_compile")  # the suite once, on an untrained DiT
     assert sum(kind == "miss" for _, kind in compiled["events"]) > 10
