@@ -109,8 +109,9 @@ def run_dit_compile(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _compile_encodes(task: dit_task.DiTTask) -> tuple[int, float]:
     """The latent cache's VAE encode (dit_latent_cache.Builder), one per bucket's clip shape,
-    into the compile cache: on the H200 the five world buckets' caches took 95 s before the DiT's
-    first step, mostly these compiles. Lowered as the Builder's thread does (no mesh context)."""
+    into the compile cache: on the H200 the five world buckets' caches took 95 s (15-26 s each)
+    before the DiT's first step, their encode compiles included (their share not yet measured).
+    Lowered as the Builder's thread does (no mesh context)."""
     t, frozen = time.perf_counter(), task.frozen()
     encode = jax.jit(task.encode_latents)
     shapes = {}
