@@ -143,7 +143,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     c.dit_train = common.train_config(
         # 25.9 steps/s on the H200 with deterministic kernels (28 ms compute + 9.5 ms waiting
-        # for the batch's text embeddings; tools/bench/results/world_h200_run3.json): 24,000
+        # for the batch, whose text embeddings then travelled in float32, now bf16;
+        # tools/bench/results/world_h200_run3.json): 24,000
         # steps take ~15.5 min, and the stage's compiles run beside the VAE stage
         # (tools/experiments/world_gpu.sh). With 16,000 steps at lr 3e-4 the shape accuracy of
         # training samples plateaued at 0.72 (main bucket alone, 10k-16k steps); lr 1e-3 had a

@@ -126,3 +126,37 @@ def test_chunked_encode_in_the_step_equals_the_full_pass(cached):
     finally:
         task.train_cfg.vae_encode_chunk_frames = 0
     np.testing.assert_allclose(np.asarray(chunked), np.asarray(full), atol=1e-5)
+
+
+def test_bf16_dit_trains_on_bf16_text_with_the_very_same_loss(cached, tmp_path):
+    """A bf16 DiT without pooled text gets its batch's text in bf16 (half the bytes per step):
+    its first use of the text is that cast, so the loss equals the one on float32 text."""
+    import copy
+
+    import jax.numpy as jnp
+
+    task, _, _ = cached
+    config = copy.deepcopy(task.config)
+    config.dit.dtype, config.dit_train.caption_dropout = "bfloat16", 0.0
+    vae = nnx.merge(task.vae_graphdef, task.vae_state)
+    stats = (np.asarray(task.latent_mean), np.asarray(task.latent_std))
+    t16 = dit_task.DiTTask(config, str(tmp_path), vae, latent_stats=stats)
+    assert t16.text_dtype == jnp.bfloat16 and t16.embedder.store_dtype == jnp.bfloat16
+    config.dit.pooled_text = True  # the model averages the text in float32: keep it so
+    pooled = dit_task.DiTTask(config, str(tmp_path), vae, latent_stats=stats,
+                              embedder=task.embedder)  # fmt: skip
+    assert pooled.text_dtype == np.float32 and task.text_dtype == np.float32  # fp32 micro DiT
+    texts = ["a red circle moving left", "a blue star"]
+    z = config.vae.z_channels
+    latents = np.random.default_rng(0).standard_normal((2, 2, 4, 4, z)).astype(np.float32)
+    b16 = t16._with_text(0, {"latents": latents}, texts)
+    b32 = task._with_text(0, {"latents": latents}, texts)
+    assert b16["text"].dtype == jnp.bfloat16 and b32["text"].dtype == np.float32
+    np.testing.assert_array_equal(b16["text"], b32["text"].astype(jnp.bfloat16))
+    np.testing.assert_array_equal(b16["text_mask"], b32["text_mask"])
+    spec = t16.batch_specs(0, 1)
+    assert all(s["text"].dtype == jnp.bfloat16 for s in spec)  # precompiled for what comes
+    graphdef, params = nnx.split(_perturbed_dit(t16))
+    loss = jax.jit(lambda p, b, r: t16.loss(nnx.merge(graphdef, p), t16.frozen(), b, r)[0])
+    rng = jax.random.key(5)
+    assert float(loss(params, b16, rng)) == float(loss(params, b32, rng))
