@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sora_jax.models.dit import DiT, DiTConfig, load_wan_dit_state_dict
+from sora_jax.interop.wan_names import load_wan_dit_state_dict
+from sora_jax.models.dit import DiT, DiTConfig
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sora_jax.models.vae import CausalVAE, VAEConfig, load_wan_vae_state_dict
+from sora_jax.interop.wan_names import load_wan_vae_state_dict
+from sora_jax.models.vae import CausalVAE, VAEConfig
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")

@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 from safetensors import safe_open
 
+from sora_jax.interop import wan_names
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import vae as vae_lib
 
@@ -158,7 +159,7 @@ def load_vae(path: str, **overrides) -> tuple[vae_lib.CausalVAE, dict[str, list[
     raw = read_config(folder)
     cfg = vae_config_from_diffusers(raw, **overrides)
     model = nnx.eval_shape(lambda: vae_lib.CausalVAE(cfg, rngs=nnx.Rngs(0)))  # no random init
-    vae_lib.load_wan_vae_state_dict(model, read_safetensors(folder))
+    wan_names.load_wan_vae_state_dict(model, read_safetensors(folder))
     return model, latent_stats_from_diffusers(raw, cfg.z_channels)
 
 
@@ -170,5 +171,5 @@ def load_dit(path: str, **overrides) -> dit_lib.DiT:
     # Shape-only parameters that the loader fills (it fails on any it does not): no random init
     # of a model that may have billions of parameters.
     model = nnx.eval_shape(lambda: dit_lib.DiT(cfg, rngs=nnx.Rngs(0)))
-    dit_lib.load_wan_dit_state_dict(model, read_safetensors(folder))
+    wan_names.load_wan_dit_state_dict(model, read_safetensors(folder))
     return model

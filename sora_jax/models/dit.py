@@ -1,5 +1,6 @@
 """Diffusion transformer over spacetime latent patches (Sora report §"Scaling transformers";
-the architecture can express Wan 2.1 T2V exactly, see `load_wan_dit_state_dict`).
+the architecture can express Wan 2.1 T2V exactly: sora_jax/interop/wan_names.py loads its
+weights).
 
 Einsum legend: B batch, T latent frames, H W latent height/width, T' H' W' the patch grid,
 N = T'H'W' tokens (frame-major), S = H'W' tokens per frame, D model dim, K heads, Dh head dim,
@@ -18,7 +19,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
@@ -388,90 +388,3 @@ class DiT(nnx.Module):
 def param_count(model: nnx.Module) -> int:
     """Number of scalar parameters (works on `nnx.eval_shape` abstract models too)."""
     return sum(math.prod(v.shape) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
-
-
-# --- Wan 2.1 (diffusers WanTransformer3DModel) weight import ---------------------------------
-
-_WAN_RENAMES = (
-    ("condition_embedder.", ""),
-    (".to_out.0.", ".to_out."),
-    ("ffn.net.0.proj.", "ffn.linear_1."),
-    ("ffn.net.2.", "ffn.linear_2."),
-)
-
-
-def _wan_target(key: str, value: np.ndarray) -> tuple[int | None, tuple[str, ...], np.ndarray]:
-    """diffusers key + tensor -> (block index or None, path in our module tree, our array)."""
-    name = key
-    for old, new in _WAN_RENAMES:
-        name = name.replace(old, new)
-    parts = name.split(".")
-    layer = None
-    if parts[0] == "blocks":
-        layer, parts = int(parts[1]), parts[2:]
-    *module, leaf = parts
-    if leaf == "weight" and module == ["patch_embedding"]:
-        # Conv3d [D, C, pt, ph, pw] -> linear over patch features ordered (pt, ph, pw, C).
-        value = value.transpose(2, 3, 4, 1, 0).reshape(-1, value.shape[0])
-        leaf = "kernel"
-    elif leaf == "weight" and module[-1].startswith("norm"):
-        leaf = "scale"
-    elif leaf == "weight":
-        value, leaf = value.T, "kernel"  # torch Linear stores [out, in]
-    return layer, (*module, leaf), value
-
-
-def load_wan_dit_state_dict(model: DiT, state_dict: dict[str, np.ndarray]) -> None:
-    """Copy a diffusers `WanTransformer3DModel` (T2V) state dict into `model` in place.
-
-    Keys and tensors are diffusers' (torch layouts, as numpy arrays). Every parameter of
-    `model` must be covered and every key used; shapes must match the model's config.
-    """
-    cfg = model.cfg
-    per_layer: dict[tuple[str, ...], dict[int, np.ndarray]] = {}
-    done: set[int] = set()
-    for key, value in state_dict.items():
-        layer, path, arr = _wan_target(key, np.asarray(value, dtype=np.float32))
-        if layer is None:
-            done.add(_assign(model, path, arr, key))
-        elif not 0 <= layer < cfg.num_layers:
-            raise ValueError(f"weight {key!r} is for block {layer}; model has {cfg.num_layers}.")
-        elif cfg.scan_layers:
-            _param_at(model.blocks, path, key)  # fail early on weights we have no place for
-            per_layer.setdefault(path, {})[layer] = arr
-        else:
-            done.add(_assign(model.blocks[layer], path, arr, key))
-    for path, arrs in per_layer.items():
-        name = "blocks.*." + ".".join(path)
-        if len(arrs) != cfg.num_layers:
-            missing = sorted(set(range(cfg.num_layers)) - set(arrs))
-            raise ValueError(f"weight {name} is missing for blocks {missing}.")
-        stacked = np.stack([arrs[i] for i in range(cfg.num_layers)])
-        done.add(_assign(model.blocks, path, stacked, name))
-    missing = [
-        ".".join(map(str, p))
-        for p, v in nnx.iter_graph(model)
-        if isinstance(v, nnx.Param) and id(v) not in done
-    ]
-    if missing:
-        raise ValueError(f"the state dict has no weights for parameters {missing}.")
-
-
-def _param_at(root: nnx.Module, path: tuple[str, ...], key: str) -> nnx.Param:
-    obj = root
-    for name in path:
-        obj = getattr(obj, name, None)
-    if not isinstance(obj, nnx.Param):
-        raise ValueError(
-            f"weight {key!r} has no counterpart in the model (I2V image weights are unsupported)."
-        )
-    return obj
-
-
-def _assign(root: nnx.Module, path: tuple[str, ...], arr: np.ndarray, key: str) -> int:
-    """Set the Param at `path` under `root` to `arr`; return the Param's id."""
-    param = _param_at(root, path, key)
-    if param.shape != arr.shape:
-        raise ValueError(f"weight {key!r} has shape {arr.shape}; the model expects {param.shape}.")
-    param.set_value(jnp.asarray(arr))
-    return id(param)

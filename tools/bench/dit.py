@@ -178,8 +178,9 @@ def part_forward(args) -> dict:
     from safetensors.numpy import load_file
 
     from sora_jax import flops
+    from sora_jax.interop.wan_names import load_wan_dit_state_dict
     from sora_jax.models.attention import resolve_implementation
-    from sora_jax.models.dit import DiT, load_wan_dit_state_dict
+    from sora_jax.models.dit import DiT
 
     cfg = _dit_config(args)
     model = DiT(cfg, rngs=nnx.Rngs(0))
