@@ -43,7 +43,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sora_jax.data import world
+from sora_jax.data import world, world_geometry
 
 _COLORS = world.ALL_COLORS
 _NEUTRALS = np.array(
@@ -123,7 +123,7 @@ def _shape_scores(mask: np.ndarray, cy: float, cx: float, shapes: Sequence[str])
     v = (o[None, :, None] - shifts[:, 0, None, None]) / r  # [S, K, L, 1]
     scores = []
     for shape in shapes:
-        tpl = world.shape_mask(shape, u, v)  # [S, K, L, L]
+        tpl = world_geometry.shape_mask(shape, u, v)  # [S, K, L, L]
         inter = (tpl & window).sum((-1, -2))
         union = tpl.sum((-1, -2)) + window.sum() + outside - inter
         scores.append((inter / np.maximum(union, 1)).max())

@@ -24,7 +24,7 @@ import logging
 import re
 from collections.abc import Sequence
 
-from sora_jax.data import world
+from sora_jax.data import world, world_captions
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def _direction_forms(d: str) -> list[str]:
 _MOTION_WORDS = {  # the earliest, then longest, phrase in a prompt wins
     **{f"{verb} {form}": d for d in world.DIRECTIONS for form in _direction_forms(d)
        for verb in _VERBS},
-    **{phrase: m for m, phrase in world.MOTION_PHRASES.items()},
+    **{phrase: m for m, phrase in world_captions.MOTION_PHRASES.items()},
     "bounces": "bounce", "bouncing": "bounce", "bounce": "bounce", "jumping": "bounce",
     "grows": "grow", "growing": "grow", "getting bigger": "grow", "expanding": "grow",
     "shrinks": "shrink", "shrinking": "shrink", "getting smaller": "shrink",

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from sora_jax.data import world
+from sora_jax.data import world, world_captions, world_geometry
 from sora_jax.data.world import World, WorldConfig, make_spec, prompt_suite, render
 
 
@@ -57,7 +57,7 @@ def test_captions_name_the_spec(specs):
         caps = World.captions(s)
         assert set(caps) == set(world.STYLES) and len(set(caps.values())) == 3
         assert caps["short"].endswith(
-            f"{subj['color']} {subj['shape']} {world.MOTION_PHRASES[subj['motion']]}"
+            f"{subj['color']} {subj['shape']} {world_captions.MOTION_PHRASES[subj['motion']]}"
         )
         assert f"{subj['size']} {subj['color']} {subj['shape']}" in caps["medium"]
         for o in s["objects"]:
@@ -154,7 +154,8 @@ def test_background_tones_are_far_from_the_palette():
 def test_shapes_have_equal_area():
     o = (np.arange(-400, 401) + 0.5) / 200.0  # r = 200 px
     areas = {
-        s: world.shape_mask(s, o[None, :], o[:, None]).sum() / 200.0**2 for s in world.ALL_SHAPES
+        s: world_geometry.shape_mask(s, o[None, :], o[:, None]).sum() / 200.0**2
+        for s in world.ALL_SHAPES
     }
     np.testing.assert_allclose(list(areas.values()), np.pi, rtol=0.01)
 

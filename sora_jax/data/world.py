@@ -3,9 +3,9 @@
 Every clip is a deterministic function of ``(cfg.seed, index)``: coloured shapes moving over a
 background, optionally with a camera pan and an occluding bar, with captions at several levels of
 detail and the ground-truth scene ``spec`` that ``sora_jax.evaluate`` grades generated videos
-against. Rendering writes uint8 pixels straight into an ``[F, H, W, 3]`` canvas: each shape is
-rasterised once as a cached sprite and scattered into all frames with one indexed write, and
-backgrounds are cached scalar fields looked up in a colour ramp, so nothing loops over pixels.
+against. This module holds the vocabulary, the configuration, spec sampling and the `World`
+dataset; rendering is in world_render.py (cached sprites, no loop over pixels), the captions
+in world_captions.py and the shapes' geometry in world_geometry.py.
 
 Spec schema (JSON-serialisable, size-independent). Positions are normalised per axis (x = 0 left,
 1 right; y = 0 top, 1 bottom) and time ``t`` runs 0 → 1 over the clip whatever its frame count,
@@ -41,11 +41,13 @@ before, not during, and after. Objects always stay fully inside the frame.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 from collections.abc import Sequence
 
 import numpy as np
+
+from sora_jax.data.world_captions import STYLES, describe
+from sora_jax.data.world_geometry import DIRECTIONS, SHAPE_EXTENT
+from sora_jax.data.world_render import render
 
 # fmt: off
 ALL_COLORS = ("red", "green", "blue", "yellow", "magenta", "cyan", "white", "orange")
@@ -58,8 +60,6 @@ ALL_SHAPES = ("square", "circle", "triangle", "diamond", "cross", "star", "ring"
 ALL_SIZES = ("small", "medium", "large")
 SIZE_DIAMETERS = {"small": 0.16, "medium": 0.22, "large": 0.30}  # fraction of the shorter side
 DISTRACTOR_SCALE = 0.45  # distractor diameter / subject diameter: keeps the subject dominant
-DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "up-left": (-1, -1),
-              "up-right": (1, -1), "down-left": (-1, 1), "down-right": (1, 1)}
 ALL_MOTIONS = (*DIRECTIONS, "bounce", "grow", "shrink", "still")
 ALL_BACKGROUNDS = ("flat", "gradient", "texture")
 PATTERNS = ("checks", "stripes", "waves")
@@ -72,64 +72,10 @@ TONES = {  # low-saturation tones far from every PALETTE colour, even ± a textu
 }
 OCCLUDER_COLORS = {"dark": ("gray", (128, 128, 128)), "light": ("dark gray", (70, 70, 70))}
 PAN_DIRECTIONS = ("left", "right", "up", "down")
-STYLES = ("short", "medium", "long")
-MOTION_PHRASES = {  # short / medium prompts
-    "left": "moving left", "right": "moving right", "up": "moving up", "down": "moving down",
-    "up-left": "moving up and to the left", "up-right": "moving up and to the right",
-    "down-left": "moving down and to the left", "down-right": "moving down and to the right",
-    "bounce": "bouncing", "grow": "growing", "shrink": "shrinking", "still": "standing still",
-}
-_REGIONS = (("the top left", "the top", "the top right"), ("the left", "the centre", "the right"),
-            ("the bottom left", "the bottom", "the bottom right"))
-
-# Shape geometry in units of r = diameter / 2, each scaled to area π (that of the unit circle).
-_SQUARE = math.sqrt(math.pi) / 2  # half side
-_DIAMOND = math.sqrt(math.pi / 2)  # |u| + |v| bound
-_TRI_IN = math.sqrt(4 * math.pi / math.sqrt(3)) / (2 * math.sqrt(3))  # inradius, centroid-centred
-_CROSS = math.sqrt(9 * math.pi / 20)  # arm half-length; arms are 2/3 of it thick
-_STAR_K = 0.5  # inner / outer radius of the 5-point star (fat enough to survive 10 px)
-_STAR_RO = math.sqrt(math.pi / (5 * _STAR_K * math.sin(math.pi / 5)))
-_RING_K = 0.55  # hole / outer radius
-_RING_RO = 1 / math.sqrt(1 - _RING_K**2)
-SHAPE_EXTENT = {  # farthest point from the centre, in r units
-    "square": _SQUARE * math.sqrt(2), "circle": 1.0, "triangle": 2 * _TRI_IN, "diamond": _DIAMOND,
-    "cross": _CROSS * math.sqrt(10) / 3, "star": _STAR_RO, "ring": _RING_RO,
-}
 # fmt: on
 _OCCLUDER_MARGIN = 0.07  # bar half-width beyond the subject: ≥ 2 px of rounding slack at 32 px
 _OCCLUDER_WINDOW = 0.38  # the bar overlaps the subject only for |t - 0.5| < this
 _T_GRID = np.linspace(0.0, 1.0, 33)  # samples a path's extremes (bounce peaks at t = j/4)
-_RAMP = np.linspace(0.0, 1.0, 256, dtype=np.float32)[:, None]
-
-
-def shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Whether points (u right, v down; units of r, origin at the shape's centroid) are inside.
-
-    u, v broadcast against each other; returns bool of their broadcast shape.
-    """
-    if shape == "circle":
-        return u * u + v * v <= 1.0
-    if shape == "square":
-        return np.maximum(np.abs(u), np.abs(v)) <= _SQUARE
-    if shape == "diamond":
-        return np.abs(u) + np.abs(v) <= _DIAMOND
-    if shape == "triangle":  # pointing up: outward edge normals at 270°, 30°, 150° with y up
-        c, y = math.sqrt(3) / 2, -v
-        return (v <= _TRI_IN) & (c * u + 0.5 * y <= _TRI_IN) & (-c * u + 0.5 * y <= _TRI_IN)
-    if shape == "cross":
-        au, av = np.abs(u), np.abs(v)
-        return (np.maximum(au, av) <= _CROSS) & (np.minimum(au, av) <= _CROSS / 3)
-    if shape == "ring":
-        d2 = u * u + v * v
-        return (d2 <= _RING_RO**2) & (d2 >= (_RING_K * _RING_RO) ** 2)
-    if shape == "star":  # fold the angle to [0, 36°] from the nearest tip, test that tip's edge
-        sector = 2 * math.pi / 5
-        phi = np.mod(np.arctan2(u, -v), sector)
-        a = sector / 2 - np.abs(phi - sector / 2)
-        rho = np.sqrt(u * u + v * v)
-        ri, s, c = _STAR_K * _STAR_RO, math.sin(sector / 2), math.cos(sector / 2)
-        return (rho * np.cos(a) - _STAR_RO) * ri * s + rho * np.sin(a) * (_STAR_RO - ri * c) <= 0
-    raise ValueError(f"Unknown shape {shape!r}; expected one of {ALL_SHAPES}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,207 +265,6 @@ def _sample_distractors(cfg, subject_color, count, draws) -> list[tuple[str, str
             used.add(c)
             out.append((c, draws.choice(shapes), draws.choice(cfg.motions)))
     return out
-
-
-# ----------------------------------------------------------------------------- rendering
-
-
-@functools.lru_cache(maxsize=512)  # ≤ ~40 MB even at 256 px
-def _field(kind: str, param, x0: int, y0: int, cols: int, rows: int, height: int, width: int):
-    """uint8 [rows, cols] background field (0..255) at world pixels x0.., y0.. (cached per size).
-
-    param: the gradient angle in degrees, or (pattern, frequency) of a texture.
-    """
-    xs, ys = np.arange(x0, x0 + cols) + 0.5, (np.arange(y0, y0 + rows) + 0.5)[:, None]
-    if kind == "gradient":
-        c, s = math.cos(math.radians(param)), math.sin(math.radians(param))
-        proj = (xs / width - 0.5) * c + (ys / height - 0.5) * s
-        field = np.clip(proj / (abs(c) + abs(s)) + 0.5, 0.0, 1.0)
-    else:
-        pattern, k = param[0], 2 * math.pi * param[1] / min(height, width)
-        x, y = xs * k, ys * k
-        if pattern == "checks":
-            field = 0.5 + 0.5 * np.sign(np.sin(x) * np.sin(y))
-        elif pattern == "stripes":
-            field = 0.5 + 0.5 * np.sign(np.sin(0.8 * x + 0.6 * y))
-        else:  # waves
-            field = 0.5 + 0.5 * np.sin(x + 2.0 * np.sin(0.5 * y))
-    out = np.rint(field * 255).astype(np.uint8)
-    out.flags.writeable = False
-    return out
-
-
-def _draw_background(canvas: np.ndarray, bg: dict, pan_px: np.ndarray) -> None:
-    """Fill the canvas; under a pan each frame is a shifted crop of one wider world image."""
-    f_n, h, w, _ = canvas.shape
-    if bg["kind"] == "flat":  # one tiled row: a trailing broadcast axis of 3 is ~20× slower
-        canvas.reshape(f_n * h, w * 3)[:] = np.tile(np.asarray(bg["rgb"], np.uint8), w)
-        return
-    (x0, y0), (x1, y1) = pan_px.min(0).tolist(), pan_px.max(0).tolist()
-    cols, rows = x1 - x0 + w, y1 - y0 + h
-    lo = hi = np.asarray(bg["rgb"], np.float32)
-    if bg["kind"] == "gradient":
-        field = _field("gradient", bg["angle"], x0, y0, cols, rows, h, w)
-        hi = np.asarray(bg["rgb2"], np.float32)
-    else:
-        param = (bg["pattern"], bg["frequency"])
-        field = _field("texture", param, x0, y0, cols, rows, h, w)
-        lo, hi = lo - bg["amplitude"], lo + bg["amplitude"]
-    ramp = np.clip(np.rint(lo + (hi - lo) * _RAMP), 0, 255).astype(np.uint8)  # [256, 3]
-    img = np.take(ramp, field, axis=0)  # [rows, cols, 3]
-    if x0 == x1 and y0 == y1:
-        canvas[...] = img
-        return
-    for f, (px, py) in enumerate(pan_px - [x0, y0]):  # one slice copy per frame
-        canvas[f] = img[py : py + h, px : px + w]
-
-
-@functools.lru_cache(maxsize=4096)
-def _sprite(shape: str, radii: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pixel offsets (frame, dy, dx) from the centre pixel covered by a shape of radii [px].
-
-    One radius: one sprite for every frame. Radii take few distinct values (sizes are discrete),
-    so this is nearly always a cache hit.
-    """
-    if shape not in SHAPE_EXTENT:
-        raise ValueError(f"Unknown shape {shape!r}; expected one of {ALL_SHAPES}.")
-    n = int(math.ceil(SHAPE_EXTENT[shape] * max(radii))) + 1
-    o = np.arange(-n, n + 1, dtype=np.float32)
-    r = np.asarray(radii, np.float32)[:, None, None]
-    fs, ys, xs = np.nonzero(shape_mask(shape, o[None, None, :] / r, o[None, :, None] / r))
-    out = (fs, ys - n, xs - n)
-    for a in out:
-        a.flags.writeable = False
-    return out
-
-
-def _draw_object(canvas: np.ndarray, obj: dict, t: np.ndarray, pan_px: np.ndarray) -> None:
-    """Scatter the object's sprite into every frame at once, centred on pixel centres."""
-    f_n, h, w, _ = canvas.shape
-    (x0, y0), (x1, y1) = obj["start"], obj["end"]
-    ix = np.floor((x0 + (x1 - x0) * t) * w).astype(int) - pan_px[:, 0]
-    y = y0 + (y1 - y0) * t
-    if obj["bounces"]:
-        y = y - obj["bounce_height"] * np.abs(np.sin(np.pi * obj["bounces"] * t))
-    iy = np.floor(y * h).astype(int) - pan_px[:, 1]
-    (s0, s1), r = obj["scale"], obj["diameter"] / 2 * min(h, w)
-    radii = (r * s0,) if s0 == s1 else tuple((r * (s0 + (s1 - s0) * t)).round(3).tolist())
-    fs, ys, xs = _sprite(obj["shape"], radii)
-    frames = np.arange(f_n)[:, None] if len(radii) == 1 else fs  # [F, 1] or [K]
-    yy, xx = iy[frames] + ys, ix[frames] + xs
-    flat = ((frames * h + yy) * w + xx).ravel()
-    if flat.size == 0:  # smaller than a pixel (only at toy resolutions like 16x16)
-        return
-    if yy.min() < 0 or yy.max() >= h or xx.min() < 0 or xx.max() >= w:  # only by rounding
-        flat = flat[((yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)).ravel()]
-    # Write whole 3-byte pixels through a void view: ~2× faster than rows of a [N, 3] array.
-    np.put(canvas.reshape(-1, 3).view("V3"), flat, np.asarray(obj["rgb"], np.uint8).view("V3"))
-
-
-def _draw_occluder(canvas: np.ndarray, occ: dict, t: np.ndarray, pan_px: np.ndarray) -> None:
-    _, h, w, _ = canvas.shape
-    vertical = occ["orientation"] == "vertical"
-    length, axis = (w, 0) if vertical else (h, 1)
-    centre = (occ["start"] + (occ["end"] - occ["start"]) * t) * length - pan_px[:, axis]
-    half = occ["width"] / 2 * min(h, w)
-    lo = np.clip(np.rint(centre - half), 0, length).astype(int).tolist()
-    hi = np.clip(np.rint(centre + half), 0, length).astype(int).tolist()
-    rgb = np.asarray(occ["rgb"], np.uint8)
-    for f in range(len(t)):
-        if vertical:
-            canvas[f, :, lo[f] : hi[f]] = rgb
-        else:
-            canvas[f, lo[f] : hi[f]] = rgb
-
-
-@functools.lru_cache(maxsize=256)
-def _times(num_frames: int) -> np.ndarray:
-    t = np.linspace(0.0, 1.0, num_frames) if num_frames > 1 else np.zeros(1)
-    t.flags.writeable = False
-    return t
-
-
-def render(spec: dict, height: int, width: int, num_frames: int) -> np.ndarray:
-    """Render a spec to uint8 [F, H, W, 3]; t = f / (F - 1), and t = 0 for a 1-frame still."""
-    if min(height, width) < 8 or num_frames < 1:
-        raise ValueError(f"Cannot render {num_frames} frames of {height}x{width}; expected "
-                         "height, width ≥ 8 and num_frames ≥ 1.")  # fmt: skip
-    t = _times(num_frames)
-    canvas = np.empty((num_frames, height, width, 3), np.uint8)
-    dx, dy = DIRECTIONS.get(spec["camera"]["pan"], (0, 0))
-    d = spec["camera"]["distance"]  # screen pixel j shows world pixel j + pan_px
-    pan_px = np.rint(np.stack([t * d * dx * width, t * d * dy * height], 1)).astype(int)
-    _draw_background(canvas, spec["background"], pan_px)
-    for obj in spec["objects"][1:] + spec["objects"][:1]:  # the subject on top of distractors
-        _draw_object(canvas, obj, t, pan_px)
-    if spec.get("occluder"):
-        _draw_occluder(canvas, spec["occluder"], t, pan_px)
-    return canvas
-
-
-# ----------------------------------------------------------------------------- captions
-
-
-def _a(words: str) -> str:
-    return ("an " if words[0] in "aeiou" else "a ") + words
-
-
-def _verb(obj: dict, image: bool) -> str:
-    """Long-caption verb phrase with where the object starts."""
-    x, y = obj["start"]
-    where, m = _REGIONS[min(int(y * 3), 2)][min(int(x * 3), 2)], obj["motion"]
-    if image or m == "still":
-        return f"{'sits' if image else 'stays still'} in {where}"
-    if m == "bounce":
-        return f"bounces up and down {('once', 'twice')[obj['bounces'] - 1]} near {where}"
-    if m in ("grow", "shrink"):
-        return f"{'grows larger' if m == 'grow' else 'shrinks'} in {where}"
-    return f"{MOTION_PHRASES[m].replace('moving', 'moves')}, starting near {where}"
-
-
-def _long(spec: dict) -> str:
-    subj, image, bg = spec["objects"][0], spec["image"], spec["background"]
-    noun = lambda o: f"{o['size']} {o['color']} {o['shape']}"
-    if image:
-        out = [f"A still image of {_a(noun(subj))} that {_verb(subj, True)}."]
-    else:
-        out = [f"{_a(noun(subj)).capitalize()} {_verb(subj, False)}."]
-    out += [f"{_a(noun(o)).capitalize()} {_verb(o, image)}." for o in spec["objects"][1:]]
-    out.append("The background is " + {
-        "flat": f"plain {bg['color']}.",
-        "gradient": f"a {bg['tone']} gradient from {bg['color']} to {bg.get('color2')}.",
-        "texture": f"{bg['color']} with a faint {bg.get('pattern')} texture.",
-    }[bg["kind"]])  # fmt: skip
-    if spec["camera"]["pan"] != "none":
-        out.append(f"The camera pans {spec['camera']['pan']}.")
-    if occ := spec.get("occluder"):
-        ends = ("left", "right") if occ["orientation"] == "vertical" else ("top", "bottom")
-        a, b = ends if occ["end"] > occ["start"] else ends[::-1]
-        out.append(
-            f"A {occ['color']} {occ['orientation']} bar sweeps from {a} to {b}, hiding "
-            f"the {subj['color']} {subj['shape']} for a moment before it reappears."
-        )
-    return " ".join(out)
-
-
-def describe(spec: dict, style: str = "short") -> str:
-    """Caption of a spec in one style: 'short' (the prompt), 'medium', 'long' (a recaption).
-
-    short: "a red circle moving left"; medium adds size and background; long describes every
-    object, the background, camera pan and occluder in several sentences.
-    """
-    subj, image, bg = spec["objects"][0], spec["image"], spec["background"]
-    if style == "long":
-        return _long(spec)
-    if style not in STYLES:
-        raise ValueError(f"Unknown caption style {style!r}; expected one of {STYLES}.")
-    size = f"{subj['size']} " if style == "medium" else ""
-    noun = _a(f"{size}{subj['color']} {subj['shape']}")
-    what = f"an image of {noun}" if image else f"{noun} {MOTION_PHRASES[subj['motion']]}"
-    if style == "short":
-        return what
-    kind = {"flat": "plain", "gradient": "gradient", "texture": "textured"}[bg["kind"]]
-    return f"{what} on a {bg['tone']} {kind} background"
 
 
 # ----------------------------------------------------------------------------- public API

@@ -1,0 +1,80 @@
+"""Captions of a world spec (sora_jax/data/world.py has the schema) in three styles: the short
+prompt, a medium one with size and background, and a long recaption of every object, the
+background, the camera and the occluder."""
+
+from __future__ import annotations
+
+# fmt: off
+STYLES = ("short", "medium", "long")
+MOTION_PHRASES = {  # short / medium prompts
+    "left": "moving left", "right": "moving right", "up": "moving up", "down": "moving down",
+    "up-left": "moving up and to the left", "up-right": "moving up and to the right",
+    "down-left": "moving down and to the left", "down-right": "moving down and to the right",
+    "bounce": "bouncing", "grow": "growing", "shrink": "shrinking", "still": "standing still",
+}
+_REGIONS = (("the top left", "the top", "the top right"), ("the left", "the centre", "the right"),
+            ("the bottom left", "the bottom", "the bottom right"))
+
+# fmt: on
+
+
+def _a(words: str) -> str:
+    return ("an " if words[0] in "aeiou" else "a ") + words
+
+
+def _verb(obj: dict, image: bool) -> str:
+    """Long-caption verb phrase with where the object starts."""
+    x, y = obj["start"]
+    where, m = _REGIONS[min(int(y * 3), 2)][min(int(x * 3), 2)], obj["motion"]
+    if image or m == "still":
+        return f"{'sits' if image else 'stays still'} in {where}"
+    if m == "bounce":
+        return f"bounces up and down {('once', 'twice')[obj['bounces'] - 1]} near {where}"
+    if m in ("grow", "shrink"):
+        return f"{'grows larger' if m == 'grow' else 'shrinks'} in {where}"
+    return f"{MOTION_PHRASES[m].replace('moving', 'moves')}, starting near {where}"
+
+
+def _long(spec: dict) -> str:
+    subj, image, bg = spec["objects"][0], spec["image"], spec["background"]
+    noun = lambda o: f"{o['size']} {o['color']} {o['shape']}"
+    if image:
+        out = [f"A still image of {_a(noun(subj))} that {_verb(subj, True)}."]
+    else:
+        out = [f"{_a(noun(subj)).capitalize()} {_verb(subj, False)}."]
+    out += [f"{_a(noun(o)).capitalize()} {_verb(o, image)}." for o in spec["objects"][1:]]
+    out.append("The background is " + {
+        "flat": f"plain {bg['color']}.",
+        "gradient": f"a {bg['tone']} gradient from {bg['color']} to {bg.get('color2')}.",
+        "texture": f"{bg['color']} with a faint {bg.get('pattern')} texture.",
+    }[bg["kind"]])  # fmt: skip
+    if spec["camera"]["pan"] != "none":
+        out.append(f"The camera pans {spec['camera']['pan']}.")
+    if occ := spec.get("occluder"):
+        ends = ("left", "right") if occ["orientation"] == "vertical" else ("top", "bottom")
+        a, b = ends if occ["end"] > occ["start"] else ends[::-1]
+        out.append(
+            f"A {occ['color']} {occ['orientation']} bar sweeps from {a} to {b}, hiding "
+            f"the {subj['color']} {subj['shape']} for a moment before it reappears."
+        )
+    return " ".join(out)
+
+
+def describe(spec: dict, style: str = "short") -> str:
+    """Caption of a spec in one style: 'short' (the prompt), 'medium', 'long' (a recaption).
+
+    short: "a red circle moving left"; medium adds size and background; long describes every
+    object, the background, camera pan and occluder in several sentences.
+    """
+    subj, image, bg = spec["objects"][0], spec["image"], spec["background"]
+    if style == "long":
+        return _long(spec)
+    if style not in STYLES:
+        raise ValueError(f"Unknown caption style {style!r}; expected one of {STYLES}.")
+    size = f"{subj['size']} " if style == "medium" else ""
+    noun = _a(f"{size}{subj['color']} {subj['shape']}")
+    what = f"an image of {noun}" if image else f"{noun} {MOTION_PHRASES[subj['motion']]}"
+    if style == "short":
+        return what
+    kind = {"flat": "plain", "gradient": "gradient", "texture": "textured"}[bg["kind"]]
+    return f"{what} on a {bg['tone']} {kind} background"
