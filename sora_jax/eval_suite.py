@@ -287,6 +287,23 @@ def write_set(out_dir: str, name: str, metrics: dict, records: list[dict], cases
     video_io.write_png(os.path.join(out_dir, f"{name}.png"), sheet)
     for i, v in enumerate(videos[: int(ec.gifs)]):
         video_io.write_gif(os.path.join(out_dir, f"{name}_{i}.gif"), v, config.world.fps)
+    if name == "t2v_occlusion":
+        failures = [i for i, r in enumerate(records) if not r["permanence"]["permanent"]]
+        if failures:
+            shown = failures[: max(rows // 2, 1)]
+            sheet = failure_sheet([videos[i] for i in shown], [records[i]["spec"] for i in shown],
+                                  int(ec.sheet_cols))  # fmt: skip
+            video_io.write_png(os.path.join(out_dir, f"{name}_failures.png"), sheet)
+
+
+def failure_sheet(videos: Sequence[np.ndarray], specs: Sequence[dict], cols: int) -> np.ndarray:
+    """Contact sheet of generated videos each followed by the real clip of its spec (rendered
+    at the same size, framed in green): where a permanence failure parts from the truth."""
+    rows, marks = [], []
+    for v, spec in zip(videos, specs):
+        rows += [v, world_lib.render(spec, v.shape[1], v.shape[2], v.shape[0])]
+        marks += [None, np.ones(len(v), bool)]
+    return contact_sheet(rows, marks, cols)
 
 
 # ---------------------------------------------------------------------------- entry point

@@ -213,6 +213,21 @@ def test_eval_suite_runs_every_set_at_micro_size(tmp_path):
     assert len(summary["val_loss"]) == 5 and all(v > 0 for v in summary["val_loss"].values())
     assert "vae" not in summary
     assert {t["set"] for t in summary["targets"]} >= {"t2v", "i2v", "extend_forward"}
+    # An untrained DiT keeps no object: the failures' sheet (generated row, then the real one).
+    assert summary["sets"]["t2v_occlusion"]["permanence"] == 0.0
+    assert (out / "t2v_occlusion_failures.png").exists()
+
+
+def test_failure_sheet_pairs_each_video_with_its_real_clip():
+    spec = world.make_spec("red", "circle", "right", occluder=True)
+    real = world.render(spec, 32, 32, 9)
+    blank = np.zeros_like(real)
+    sheet = eval_suite.failure_sheet([blank], [spec], cols=3)
+    cell = 32 + 4  # frame + 2 px border each side
+    assert sheet.shape == (2 * cell, 3 * cell, 3)
+    np.testing.assert_array_equal(sheet[2 : 2 + 32, 2 : 2 + 32], blank[0])  # generated first
+    np.testing.assert_array_equal(sheet[cell + 2 : cell + 34, 2 : 2 + 32], real[0])  # then real
+    assert tuple(sheet[cell, 0]) == (40, 200, 60)  # the real clip framed in green
 
 
 def test_t2v_variants_resample_the_t2v_set_under_other_settings(tmp_path):
