@@ -215,7 +215,28 @@ def test_eval_suite_runs_every_set_at_micro_size(tmp_path):
     assert {t["set"] for t in summary["targets"]} >= {"t2v", "i2v", "extend_forward"}
     # An untrained DiT keeps no object: the failures' sheet (generated row, then the real one).
     assert summary["sets"]["t2v_occlusion"]["permanence"] == 0.0
+    assert 0.0 <= summary["sets"]["t2v_occlusion"]["permanence_vae_round_trip"] <= 1.0
     assert (out / "t2v_occlusion_failures.png").exists()
+
+
+def test_round_trip_permanence_is_the_permanence_of_decoded_real_clips():
+    c = load_world_config("micro")
+    cases = eval_cases.build_suite(c)["t2v_occlusion"]
+    f, h, w = eval_cases.parse_shape(c.eval.shape)
+    videos = [np.zeros((f, h, w, 3), np.uint8)] * len(cases)  # only their sizes are used
+
+    class Lossless:  # a VAE whose round trip returns the clip
+        encode = decode = staticmethod(lambda x: x)
+
+    class Forgets(Lossless):  # ... or loses everything after the middle frame
+        @staticmethod
+        def decode(x):
+            out = x.copy()
+            out[:, f // 2 :] = 0
+            return out
+
+    assert eval_suite.round_trip_permanence(Lossless(), cases, videos) == 1.0
+    assert eval_suite.round_trip_permanence(Forgets(), cases, videos) == 0.0
 
 
 def test_failure_sheet_pairs_each_video_with_its_real_clip():

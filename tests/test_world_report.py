@@ -108,7 +108,8 @@ def test_report_prints_the_occlusion_set_per_sampler_setting(tmp_path, capsys):
     run = _run_dir(tmp_path)
     summary = json.loads((run / "eval" / "summary.json").read_text())
     summary["sets"]["t2v_occlusion"] = {"color_acc": 1.0, "shape_acc": 0.8, "motion_acc": 0.7,
-                                        "n": 32, "permanence": 0.5625}  # fmt: skip
+                                        "n": 32, "permanence": 0.5625,
+                                        "permanence_vae_round_trip": 0.90625}  # fmt: skip
     summary["t2v_variants"] = {
         "t2v@steps=60": {"color_acc": 1.0, "shape_acc": 0.5, "motion_acc": 0.75, "n": 48},
         "t2v_occlusion@steps=60": {"color_acc": 1.0, "shape_acc": 0.9, "motion_acc": 0.8,
@@ -118,6 +119,8 @@ def test_report_prints_the_occlusion_set_per_sampler_setting(tmp_path, capsys):
     world_report.main(["--workdir", str(run)])
     printed = capsys.readouterr().out.splitlines()
     assert "| steps=60 | 1.00 | 0.50 | 0.75 |" in printed  # the t2v table: t2v rows only
+    assert ("| t2v, occlusion scenes (32) | 1.00 | 0.80 | 0.70 | object permanence 0.56, "
+            "VAE round trips' 0.91 |") in printed  # fmt: skip
     assert sum(line.startswith("| steps=60 |") for line in printed) == 2
     assert printed[-4:] == ["| t2v_occlusion sampled with | shape | object permanence |",
                             "|---|---|---|", "| the suite's settings | 0.80 | 0.56 |",
