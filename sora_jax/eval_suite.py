@@ -50,9 +50,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from sora_jax import eval_cases, evaluate
+from sora_jax import eval_cases, eval_files, evaluate
 from sora_jax import sample as sample_lib
-from sora_jax.data import video_io
 from sora_jax.data import world as world_lib
 from sora_jax.train import dit_task, vae_task
 
@@ -259,67 +258,6 @@ def check_targets(sets: dict[str, dict]) -> list[dict]:
     return out
 
 
-# ---------------------------------------------------------------------------- files
-
-
-def contact_sheet(videos: Sequence[np.ndarray], given: Sequence[np.ndarray | None],
-                  cols: int) -> np.ndarray:  # fmt: skip
-    """uint8 [H', W', 3]: a row per video, up to `cols` evenly spaced frames (first and last
-    kept), each cell padded to the largest frame; given frames framed in green."""
-    hmax = max(v.shape[1] for v in videos)
-    wmax = max(v.shape[2] for v in videos)
-    pad = 2
-    ch, cw = hmax + 2 * pad, wmax + 2 * pad
-    ncols = min(cols, max(v.shape[0] for v in videos))
-    sheet = np.full((len(videos) * ch, ncols * cw, 3), 16, np.uint8)
-    for r, (v, g) in enumerate(zip(videos, given)):
-        frames = np.unique(np.linspace(0, len(v) - 1, min(cols, len(v))).round().astype(int))
-        for col, fi in enumerate(frames):
-            y, x = r * ch, col * cw
-            if g is not None and g[fi]:
-                sheet[y : y + v.shape[1] + 2 * pad, x : x + v.shape[2] + 2 * pad] = (40, 200, 60)
-            sheet[y + pad : y + pad + v.shape[1], x + pad : x + pad + v.shape[2]] = v[fi]
-    return sheet
-
-
-def _write_json(out_dir: str, name: str, metrics: dict, settings: dict, records: list) -> None:
-    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
-        json.dump(_json_safe({"set": name, "metrics": metrics, "settings": settings,
-                              "samples": records}), f, indent=1)  # fmt: skip
-
-
-def write_set(out_dir: str, name: str, metrics: dict, records: list[dict], cases, videos,
-              config: ml_collections.ConfigDict, tf: int) -> None:  # fmt: skip
-    """`<set>.json`, the `<set>.png` contact sheet and the first `eval.gifs` GIFs."""
-    ec = config.eval
-    _write_json(out_dir, name, metrics, _settings(config), records)
-    rows = int(ec.sheet_rows)
-    given = [
-        eval_cases.given_frames(c.plan, tf) if c.truth is not None else None for c in cases[:rows]
-    ]
-    sheet = contact_sheet(list(videos[:rows]), given, int(ec.sheet_cols))
-    video_io.write_png(os.path.join(out_dir, f"{name}.png"), sheet)
-    for i, v in enumerate(videos[: int(ec.gifs)]):
-        video_io.write_gif(os.path.join(out_dir, f"{name}_{i}.gif"), v, config.world.fps)
-    if name == "t2v_occlusion":
-        failures = [i for i, r in enumerate(records) if not r["permanence"]["permanent"]]
-        if failures:
-            shown = failures[: max(rows // 2, 1)]
-            sheet = failure_sheet([videos[i] for i in shown], [records[i]["spec"] for i in shown],
-                                  int(ec.sheet_cols))  # fmt: skip
-            video_io.write_png(os.path.join(out_dir, f"{name}_failures.png"), sheet)
-
-
-def failure_sheet(videos: Sequence[np.ndarray], specs: Sequence[dict], cols: int) -> np.ndarray:
-    """Contact sheet of generated videos each followed by the real clip of its spec (rendered
-    at the same size, framed in green): where a permanence failure parts from the truth."""
-    rows, marks = [], []
-    for v, spec in zip(videos, specs):
-        rows += [v, world_lib.render(spec, v.shape[1], v.shape[2], v.shape[0])]
-        marks += [None, np.ones(len(v), bool)]
-    return contact_sheet(rows, marks, cols)
-
-
 # ---------------------------------------------------------------------------- entry point
 
 
@@ -395,11 +333,12 @@ def run(
         ):
             if label in variants:
                 if writes:
-                    _write_json(out_dir, label, metrics, settings, records)
+                    eval_files.write_json(out_dir, label, metrics, settings, records)
                 summary.setdefault("t2v_variants", {})[label] = {**metrics, "settings": settings}
             else:
                 if writes:
-                    write_set(out_dir, label, metrics, records, cases, videos, config, tf)
+                    eval_files.write_set(out_dir, label, metrics, settings, records, cases,
+                                         videos, config, tf)  # fmt: skip
                 summary["sets"][label] = metrics
             logging.info("eval %s: %s", label, metrics)
         summary["val_loss"] = val_loss.result()
@@ -409,20 +348,9 @@ def run(
     return _write_summary(out_dir, summary, start, writes)
 
 
-def _json_safe(x):
-    """NaN (a metric with nothing to measure, e.g. motion of images) -> null: strict JSON."""
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x
-
-
 def _write_summary(out_dir: str, summary: dict, start: float, writes: bool) -> dict:
     summary["wall_s"] = round(time.time() - start, 1)
-    summary = _json_safe(summary)
+    summary = eval_files.json_safe(summary)
     if writes:
         with open(os.path.join(out_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)

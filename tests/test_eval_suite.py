@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from sora_jax import eval_cases, eval_suite, evaluate
+from sora_jax import eval_cases, eval_files, eval_suite, evaluate
 from sora_jax.data import world
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -243,7 +243,7 @@ def test_failure_sheet_pairs_each_video_with_its_real_clip():
     spec = world.make_spec("red", "circle", "right", occluder=True)
     real = world.render(spec, 32, 32, 9)
     blank = np.zeros_like(real)
-    sheet = eval_suite.failure_sheet([blank], [spec], cols=3)
+    sheet = eval_files.failure_sheet([blank], [spec], cols=3)
     cell = 32 + 4  # frame + 2 px border each side
     assert sheet.shape == (2 * cell, 3 * cell, 3)
     np.testing.assert_array_equal(sheet[2 : 2 + 32, 2 : 2 + 32], blank[0])  # generated first
@@ -306,7 +306,7 @@ def test_bad_t2v_variant_fails_before_any_weights_load(tmp_path):
 def test_contact_sheet_pads_cells_and_frames_given_frames():
     videos = [np.full((5, 8, 12, 3), 200, np.uint8), np.full((9, 16, 8, 3), 100, np.uint8)]
     given = [np.array([True, False, False, False, False]), None]
-    sheet = eval_suite.contact_sheet(videos, given, cols=4)
+    sheet = eval_files.contact_sheet(videos, given, cols=4)
     assert sheet.shape == (2 * (16 + 4), 4 * (12 + 4), 3)
     assert tuple(sheet[0, 0]) == (40, 200, 60) and tuple(sheet[0, 20]) == (16, 16, 16)
 
