@@ -24,6 +24,7 @@ module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 config = module.get_config("micro")
 config.compile_cache = True
+config.eval.update(json.loads(sys.argv[3]))
 events = []  # [program name, "hit" | "miss"] of the persistent cache, in order
 
 class Recorder(logging.Handler):
@@ -41,10 +42,10 @@ print("RESULT " + json.dumps({"events": events, "summary": summary}))
 """
 
 
-def _stage(workdir: str, stages: str) -> dict:
+def _stage(workdir: str, stages: str, **eval_overrides) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    out = subprocess.run([sys.executable, "-c", PROGRAM, workdir, stages], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    argv = [sys.executable, "-c", PROGRAM, workdir, stages, json.dumps(eval_overrides)]
+    out = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")][-1]
     return json.loads(line.removeprefix("RESULT "))
@@ -68,15 +69,46 @@ def test_dit_and_eval_stages_load_what_the_compile_stages_left_in_the_cache(tmp_
     assert warm["summary"]["dit_compile"]["encode_programs"] == 1
     assert [k for n, k in dit["events"] if n == "jit_encode_latents"] == ["hit"]
     assert dit["summary"]["dit"]["steps"] == 2
-    compiled = _stage(workdir, "eval_compile")  # the suite once, on an untrained DiT
+    # The suite once, on an untrained DiT, with fewer prompts (compile_only_eval): 5 t2v
+    # prompts in batches of 2 are two full batches and one of 1; eval_compile samples 3.
+    suite = {"num_prompts": 5}
+    compiled = _stage(workdir, "eval_compile", **suite)
     assert sum(kind == "miss" for _, kind in compiled["events"]) > 10
     assert not os.path.exists(os.path.join(workdir, "eval_compile"))
     assert not os.path.exists(os.path.join(workdir, "eval"))
-    ev = _stage(workdir, "eval")
+    ev = _stage(workdir, "eval", **suite)
     assert [e for e in ev["events"] if e[1] == "miss"] == []  # every program came from the cache
     assert len(ev["events"]) > 10
     assert ev["summary"]["eval"]["sets"]["t2v"]["n"] >= 1
     assert set(ev["summary"]) >= {"dit_compile", "vae", "dit", "eval_compile", "eval"}
+
+
+def _batch_shapes(n: int, batch: int) -> set[int]:
+    return {min(batch, n - i) for i in range(0, n, batch)}
+
+
+def test_compile_only_eval_keeps_every_batch_shape():
+    import importlib.util
+
+    from sora_jax import recipe
+
+    spec = importlib.util.spec_from_file_location("cfg_world_ce", ROOT / "configs/world.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    assert (config.eval.num_prompts, config.eval.num_per_set, config.eval.batch_size) == (
+        96,
+        32,
+        16,
+    )
+    small = recipe.compile_only_eval(config)
+    assert (small.eval.num_prompts, small.eval.num_per_set) == (16, 16)
+    assert config.eval.num_prompts == 96  # the caller's config is left alone
+    for n, batch, want in ((40, 16, 24), (8, 16, 8), (5, 2, 3), (4, 2, 2)):
+        config.eval.update(num_prompts=n, batch_size=batch)
+        got = recipe.compile_only_eval(config).eval.num_prompts
+        assert got == want
+        assert _batch_shapes(got, batch) == _batch_shapes(n, batch)
 
 
 def test_dit_compile_needs_the_compile_cache(tmp_path):
