@@ -30,7 +30,7 @@ from flax import nnx
 
 from sora_jax import evaluate
 from sora_jax.data import world as world_lib
-from sora_jax.train import dit_task, loop, vae_task
+from sora_jax.train import dit_latent_cache, dit_task, loop, vae_task
 from sora_jax.train import state as state_lib
 
 STAGES = ("vae", "dit", "dit_compile", "sample", "eval", "eval_compile")
@@ -114,7 +114,7 @@ def _compile_encodes(task: dit_task.DiTTask) -> tuple[int, float]:
     before the DiT's first step, their encode compiles included (their share not yet measured).
     Lowered as the Builder's thread does (no mesh context)."""
     t, frozen = time.perf_counter(), task.frozen()
-    encode = jax.jit(task.encode_latents)
+    encode = dit_latent_cache.encoder(task)
     shapes = {}
     for bucket in task.buckets:
         per_host = bucket.batch_size // jax.process_count()

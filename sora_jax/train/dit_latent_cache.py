@@ -131,6 +131,12 @@ class CacheLayout:
         return out
 
 
+def encoder(task: DiTTask):
+    """The cache's jitted VAE encode (frozen, uint8 clips [B, F, H, W, 3]) -> latents: one
+    definition for the Builder and for stage dit_compile's precompile, so their programs match."""
+    return jax.jit(task.encode_latents)
+
+
 class Stopped(Exception):
     """A latent-cache build abandoned because training ended first."""
 
@@ -141,7 +147,7 @@ class Builder:
     def __init__(self, task: DiTTask):
         self.task = task
         self.stream, self.frozen = task._stream(), task.frozen()
-        self.encode = jax.jit(task.encode_latents)
+        self.encode = encoder(task)
         self.stop = threading.Event()  # set: encoding raises Stopped at its next batch
 
     def layout(self, b_idx: int) -> CacheLayout:
