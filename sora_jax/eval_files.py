@@ -56,6 +56,8 @@ def write_set(out_dir: str, name: str, metrics: dict, settings: dict, records: l
     video_io.write_png(os.path.join(out_dir, f"{name}.png"), sheet)
     for i, v in enumerate(videos[: int(ec.gifs)]):
         video_io.write_gif(os.path.join(out_dir, f"{name}_{i}.gif"), v, config.world.fps)
+    if name in tuple(ec.get("save_videos", ())):
+        save_videos(os.path.join(out_dir, f"{name}_videos.npz"), videos, [c.seed for c in cases])
     if name == "t2v_occlusion":
         failures = [i for i, r in enumerate(records) if not r["permanence"]["permanent"]]
         if failures:
@@ -63,6 +65,20 @@ def write_set(out_dir: str, name: str, metrics: dict, settings: dict, records: l
             sheet = failure_sheet([videos[i] for i in shown], [records[i]["spec"] for i in shown],
                                   int(ec.sheet_cols))  # fmt: skip
             video_io.write_png(os.path.join(out_dir, f"{name}_failures.png"), sheet)
+
+
+def save_videos(path: str, videos: Sequence[np.ndarray], seeds: Sequence[int]) -> None:
+    """Every video of a set in one compressed npz: `video_<i>` uint8 [F, H, W, 3] (sizes may
+    differ) and `seeds` (the cases' sampling seeds, to match them with the set's JSON records)."""
+    arrays = {f"video_{i}": np.asarray(v, np.uint8) for i, v in enumerate(videos)}
+    np.savez_compressed(path, seeds=np.asarray(seeds, np.int64), **arrays)
+
+
+def load_videos(path: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """(videos, seeds) saved by `save_videos`, in their order."""
+    with np.load(path) as z:
+        n = sum(k.startswith("video_") for k in z.files)
+        return [z[f"video_{i}"] for i in range(n)], z["seeds"]
 
 
 def failure_sheet(videos: Sequence[np.ndarray], specs: Sequence[dict], cols: int) -> np.ndarray:

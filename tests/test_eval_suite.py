@@ -217,6 +217,14 @@ def test_eval_suite_runs_every_set_at_micro_size(tmp_path):
     assert summary["sets"]["t2v_occlusion"]["permanence"] == 0.0
     assert 0.0 <= summary["sets"]["t2v_occlusion"]["permanence_vae_round_trip"] <= 1.0
     assert (out / "t2v_occlusion_failures.png").exists()
+    # The occlusion set's videos are kept whole: re-graded, they give the JSON's records.
+    videos, seeds = eval_files.load_videos(str(out / "t2v_occlusion_videos.npz"))
+    detail = json.loads((out / "t2v_occlusion.json").read_text())
+    assert list(seeds) == [r["seed"] for r in detail["samples"]]
+    cases = eval_cases.build_suite(c)["t2v_occlusion"]
+    for v, case, rec in zip(videos, cases, detail["samples"], strict=True):
+        assert v.dtype == np.uint8 and evaluate.object_permanence(v, case.spec) == rec["permanence"]
+    assert not (out / "t2v_videos.npz").exists()
 
 
 def test_round_trip_permanence_is_the_permanence_of_decoded_real_clips():

@@ -31,6 +31,7 @@ def workdir(tmp_path: Path) -> Path:
     (w / "eval").mkdir()
     (w / "eval" / "summary.json").write_text("{}")
     _write(w / "eval" / "t2v_0.gif", 1_400_000)
+    _write(w / "eval" / "t2v_occlusion_videos.npz", 1000)  # a set's videos: kept, not a picture
     _write(w / "checkpoints" / "1" / "state.json", 100)  # never packed (by name)
     return w
 
@@ -39,7 +40,7 @@ def test_small_run_comes_back_whole(workdir, tmp_path):
     _write(workdir / "dit" / "samples" / "step_4000" / "000.gif", 1000)
     names = _poll(workdir, tmp_path / "out")
     assert names == ["dit/samples/step_4000/000.gif", "eval/summary.json", "eval/t2v_0.gif",
-                     "timeline.log"]  # fmt: skip
+                     "eval/t2v_occlusion_videos.npz", "timeline.log"]  # fmt: skip
 
 
 def test_over_the_limit_training_sample_pictures_go_first(workdir, tmp_path):
@@ -48,14 +49,14 @@ def test_over_the_limit_training_sample_pictures_go_first(workdir, tmp_path):
     (workdir / "dit" / "samples" / "step_4000" / "000.json").write_text("{}")
     names = _poll(workdir, tmp_path / "out")
     assert names == ["dit/samples/step_4000/000.json", "eval/summary.json", "eval/t2v_0.gif",
-                     "timeline.log"]  # fmt: skip
+                     "eval/t2v_occlusion_videos.npz", "timeline.log"]  # fmt: skip
 
 
 def test_over_the_limit_without_them_every_picture_goes(workdir, tmp_path):
     for i in range(12):
         _write(workdir / "eval" / f"set{i}.png", 1_400_000)
     names = _poll(workdir, tmp_path / "out")
-    assert names == ["eval/summary.json", "timeline.log"]
+    assert names == ["eval/summary.json", "eval/t2v_occlusion_videos.npz", "timeline.log"]
 
 
 def test_large_compile_cache_comes_back_in_parts_and_unpacks_whole(workdir, tmp_path):
