@@ -321,3 +321,19 @@ def test_resume_with_changed_model_shape_names_the_fields(tmp_path):
     config = _config(toy=dict(width=3))
     with pytest.raises(ValueError, match=r"\(toy.width is 4 in the checkpoint but 3 now\)"):
         loop.train(Wide(config), config, _cfg(10), str(tmp_path))
+
+
+def test_prefetch_transforms_batches_in_its_thread_in_order():
+    import threading
+
+    threads = []
+
+    def to_device(b):
+        threads.append(threading.current_thread())
+        return b, jax.device_put(b["x"])
+
+    batches = loop._Prefetch(({"x": np.full(3, i)} for i in range(5)), 4, transform=to_device)
+    got = [(host["x"][0], int(dev[0])) for host, dev in batches]
+    batches.close()
+    assert got == [(0, 0), (1, 1), (2, 2), (3, 3)]
+    assert threads and all(t is not threading.main_thread() for t in threads)

@@ -46,6 +46,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--attention", default="auto", help="attention implementation of the block")
     p.add_argument("--iters", type=int, default=5, help="traced calls per pass")
     p.add_argument("--trace_dir", default="/tmp/dit_profile", help="where the traces are kept")
+    p.add_argument(
+        "--whole",
+        action="store_true",
+        help="also the whole model's sampling forward (dit.py's shape, random weights)",
+    )
     return p.parse_args(argv)
 
 
@@ -136,6 +141,24 @@ def print_pass(name: str, p: dict) -> None:
                                         for c, v in cats))  # fmt: skip
 
 
+def whole_forward(args):
+    """(jitted forward, its arguments) of the whole DiT at dit.py's shape (configs/l.py at
+    480x832x81 frames): the pass tools/bench/dit.py times against diffusers, whose time outside
+    the blocks (embeddings, head, the layer scan) the block profile cannot show."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from sora_jax.models.dit import DiT
+
+    ns = argparse.Namespace(tiny=args.tiny, attention=args.attention, cross_attention="")
+    graphdef, state = nnx.split(DiT(dit._dit_config(ns), rngs=nnx.Rngs(0)))
+    x, ctx, t = (jnp.asarray(a) for a in dit._inputs(ns))
+    mask = jnp.ones(ctx.shape[:2], bool)
+    fwd = jax.jit(lambda state, *a: nnx.merge(graphdef, state)(*a))
+    return fwd, (state, x, t, ctx, mask)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     cfg, n, text_len = dit_block.block_shape(args.tiny, args.attention)
@@ -146,6 +169,11 @@ def main(argv=None) -> None:
         p = profile_pass(fn, fn_args, args.iters, os.path.join(args.trace_dir, name))
         out["passes"][name] = p
         print_pass(name, p)
+    if args.whole:
+        fn, fn_args = whole_forward(args)
+        p = profile_pass(fn, fn_args, args.iters, os.path.join(args.trace_dir, "model_forward"))
+        out["passes"]["model_forward"] = p
+        print_pass("model_forward (whole DiT)", p)
     report.write_json(args.out, out)
 
 
