@@ -254,6 +254,7 @@ class _Trainer:
         self.rows: list[dict] = []
         self.history: list[dict] = []
         self.seen_shapes: set = set()  # batch shapes stepped so far (one compile each)
+        self.first_runs = threading.Lock()  # held by a shape's first step and by batch copies
 
     def _resume(self) -> bool:
         if self.checkpointer.latest_step() is None:
@@ -325,15 +326,21 @@ class _Trainer:
             overlap=self.overlap,
         )  # fmt: skip
 
+    def to_devices(self, host_batch: dict) -> tuple[dict, dict]:
+        """(host batch, its global device arrays), run in the prefetch thread beside the steps:
+        the copy was on the step's path (the world DiT on the H200 waited 9.5 of its 37.5 ms per
+        step for the next batch and its copy). Not beside a program's first run, though: on
+        GPUs that run may capture a CUDA graph, which other threads' device work can break
+        (precompile.py); `first_runs` keeps them apart, each copy finished inside it."""
+        with self.first_runs:
+            arrays = parallel.host_to_global(host_batch, self.mesh)
+            return host_batch, jax.block_until_ready(arrays)
+
     def run(self) -> None:
         frozen = self.task.frozen()
         compiling = self.precompile(frozen)
-        # The copy to the devices happens in the prefetch thread, beside the running steps (it
-        # was on the step's path: the world DiT on the H200 waited 9.5 of its 37.5 ms per step
-        # for the next batch and its copy).
-        to_devices = lambda b: (b, parallel.host_to_global(b, self.mesh))  # noqa: E731
         batches = _Prefetch(self.task.batches(self.start), self.total - self.start,
-                            transform=to_devices)  # fmt: skip
+                            transform=self.to_devices)  # fmt: skip
         watcher = ckpt_lib.PreemptionWatcher(self.checkpointer)
         pending = None
         logging.info("%s: training steps %d -> %d", self.task.name, self.start, self.total)
@@ -348,10 +355,13 @@ class _Trainer:
                 if compiling is not None:
                     compiling.wait(shapes)
                 t1 = time.perf_counter()
-                self.state, metrics, diag = self.step_fn(self.state, frozen, batch)
-                if shapes not in self.seen_shapes:  # a new bucket: compiles; say how long
+                if shapes in self.seen_shapes:
+                    self.state, metrics, diag = self.step_fn(self.state, frozen, batch)
+                else:  # a new bucket: compiles, first run alone on the devices; say how long
+                    with self.first_runs:
+                        self.state, metrics, diag = self.step_fn(self.state, frozen, batch)
+                        jax.block_until_ready(metrics)
                     self.seen_shapes.add(shapes)
-                    jax.block_until_ready(metrics)
                     logging.info(
                         "%s: step %d: first batch of shapes %s compiled and ran in %.1f s",
                         self.task.name, number, precompile_lib.shapes_text(shapes),
