@@ -337,3 +337,27 @@ def test_prefetch_transforms_batches_in_its_thread_in_order():
     batches.close()
     assert got == [(0, 0), (1, 1), (2, 2), (3, 3)]
     assert threads and all(t is not threading.main_thread() for t in threads)
+
+
+def test_batch_copies_wait_while_a_first_run_holds_the_devices():
+    import threading
+    import types
+
+    from sora_jax import parallel
+
+    trainer = types.SimpleNamespace(first_runs=threading.Lock(), mesh=parallel.make_mesh())
+    done = threading.Event()
+    result = {}
+
+    def copy():
+        result["out"] = loop._Trainer.to_devices(trainer, {"x": np.arange(4, dtype=np.float32)})
+        done.set()
+
+    with trainer.first_runs:  # a shape's first step is running
+        worker = threading.Thread(target=copy)
+        worker.start()
+        assert not done.wait(0.3)  # the copy waits for it
+    assert done.wait(10)
+    worker.join()
+    host, dev = result["out"]
+    assert isinstance(dev["x"], jax.Array) and np.array_equal(np.asarray(dev["x"]), host["x"])
