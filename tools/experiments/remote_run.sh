@@ -12,9 +12,9 @@
 #       tools/experiments/world_gpu.sh WORKDIR "" --config.text.path=DIR
 #   remote_run.sh poll WORKDIR LIMIT MARKER OUT
 #       waits up to LIMIT seconds for MARKER in WORKDIR/timeline.log, then packs the small result
-#       files (json, jsonl, log, md, txt, png, gif and the eval's <set>_videos.npz under 1.5 MB;
-#       no checkpoints or compile caches; over 15 MB in all, training-sample pictures and then
-#       all pictures are left out) into
+#       files (json, jsonl, log, md, txt, png, gif under 1.5 MB, the eval's <set>_videos.npz
+#       under 8 MB; no checkpoints or compile caches; over 15 MB in all, training-sample
+#       pictures and then all pictures are left out) into
 #       OUT/results.tgz, WORKDIR/xla_cache into OUT/xla_cache.tgz (in 15 MB parts
 #       xla_cache.tgz.00, .01, ... when larger; at most 5, since a call returns 8 files)
 #       (a later session's identical programs load from it), WORKDIR/autotune (XLA's kernel
@@ -47,9 +47,11 @@ case "$verb" in
       sleep 10
     done
     cd "$workdir" || exit 3
+    # A set's videos (the eval's <set>_videos.npz: 32 occlusion clips are ~2.6 MB as VAE round trips, at most 6.7 MB raw) up to 8 MB.
     find . \( -name checkpoints -o -name xla_cache -o -name autotune -o -name code \) -prune -o -type f \
-      -size -1500k \( -name '*.json' -o -name '*.jsonl' -o -name '*.log' -o -name '*.md' \
-      -o -name '*.out' -o -name '*.txt' -o -name '*.png' -o -name '*.gif' -o -name '*_videos.npz' \) -print >"$out/.pack"
+      \( -size -1500k \( -name '*.json' -o -name '*.jsonl' -o -name '*.log' -o -name '*.md' \
+      -o -name '*.out' -o -name '*.txt' -o -name '*.png' -o -name '*.gif' \) \
+      -o -size -8000k -name '*_videos.npz' \) -print >"$out/.pack"
     # Over 15 MB: leave the training samples' pictures behind (seven rounds of 48 GIFs), then,
     # if still over, every picture (the evaluation's contact sheets and GIFs go last).
     for drop in '^$' '/samples/.*\.\(png\|gif\)$' '\.png$\|\.gif$'; do
