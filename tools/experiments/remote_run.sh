@@ -47,7 +47,8 @@ case "$verb" in
       sleep 10
     done
     cd "$workdir" || exit 3
-    # A set's videos (the eval's <set>_videos.npz: 32 occlusion clips are ~2.6 MB as VAE round trips, at most 6.7 MB raw) up to 8 MB.
+    # A set's videos (the eval's <set>_videos.npz: the 32 occlusion clips' VAE round trips
+    # took 2.6 MB, 6.7 MB raw) up to 8 MB.
     find . \( -name checkpoints -o -name xla_cache -o -name autotune -o -name code \) -prune -o -type f \
       \( -size -1500k \( -name '*.json' -o -name '*.jsonl' -o -name '*.log' -o -name '*.md' \
       -o -name '*.out' -o -name '*.txt' -o -name '*.png' -o -name '*.gif' \) \
