@@ -283,8 +283,9 @@ def eval_config(**overrides) -> ml_collections.ConfigDict:
             sheet_rows=8,  # samples per contact sheet
             sheet_cols=9,  # frames per contact-sheet row (evenly spaced, first and last kept)
             gifs=2,  # GIFs written per set
-            # Sets whose generated videos are also kept whole (<set>_videos.npz, uint8, ~1 MB
-            # for the 32 occlusion clips): their failures can be re-graded and looked at later.
+            # Sets whose generated videos are also kept whole (<set>_videos.npz, uint8; the 32
+            # occlusion clips' VAE round trips took 2.6 MB): their failures can be re-graded and
+            # looked at later.
             save_videos=("t2v_occlusion",),
             vae=True,  # also held-out VAE PSNR/SSIM (sora_jax/train/vae_task.py)
         )

@@ -135,16 +135,42 @@ def generate(
 # ---------------------------------------------------------------------------- metrics
 
 
+PERMANENCE_KEYS = ("permanent", "hidden", "seen_after", "same_size", "same_shape")
+
+
+def permanence_metrics(specs: Sequence[dict], grades: Sequence[dict],
+                       keys: Sequence[str] = PERMANENCE_KEYS) -> dict:  # fmt: skip
+    """Means of `evaluate.object_permanence` grades: `permanence` (of "permanent"),
+    `permanence_<key>` for the other keys, and `permanence_by_motion` (of the subject's motion;
+    grow/shrink/bounce were the misses on the GPU)."""
+    out = {}
+    for key in keys:
+        label = "permanence" if key == "permanent" else f"permanence_{key}"
+        out[label] = _mean(g[key] for g in grades)
+    by_motion: dict[str, list[bool]] = {}
+    for spec, g in zip(specs, grades, strict=True):
+        by_motion.setdefault(spec["objects"][0]["motion"], []).append(g["permanent"])
+    out["permanence_by_motion"] = {k: _mean(v) for k, v in sorted(by_motion.items())}
+    return out
+
+
+def round_trip_grades(gen, cases: Sequence[eval_cases.Case], sizes) -> list[tuple]:
+    """(reconstruction, `evaluate.object_permanence` of it) per case: the VAE's round trip of the
+    case's real clip rendered at its size (F, H, W); one clip per call, as the conditioned modes
+    encode."""
+    out = []
+    for case, (f, h, w) in zip(cases, sizes, strict=True):
+        recon = gen.decode(gen.encode(world_lib.render(case.spec, h, w, f)[None]))[0]
+        out.append((recon, evaluate.object_permanence(recon, case.spec)))
+    return out
+
+
 def round_trip_permanence(gen, cases: Sequence[eval_cases.Case], videos) -> float:
-    """Object permanence of the VAE's round trips of the occlusion scenes' real clips (rendered
-    at the generated videos' sizes; one clip per call, as the conditioned modes encode): the
-    ceiling a DiT drawing in these latents can reach on the same grader."""
-    grades = []
-    for case, video in zip(cases, videos, strict=True):
-        truth = world_lib.render(case.spec, video.shape[1], video.shape[2], video.shape[0])
-        recon = gen.decode(gen.encode(truth[None]))[0]
-        grades.append(evaluate.object_permanence(recon, case.spec)["permanent"])
-    return _mean(grades)
+    """Object permanence of the VAE's round trips of the occlusion scenes' real clips (at the
+    generated videos' sizes): the ceiling a DiT drawing in these latents can reach on the same
+    grader."""
+    grades = round_trip_grades(gen, cases, [v.shape[:3] for v in videos])
+    return _mean([g["permanent"] for _, g in grades])
 
 
 def _mean(values) -> float:
@@ -188,15 +214,8 @@ def score(name: str, cases: Sequence[eval_cases.Case], videos: Sequence[np.ndarr
         [r["spec"] for r in records], [r["shape"] for r in records]
     )
     if name == "t2v_occlusion":
-        for key in ("permanent", "hidden", "seen_after", "same_size", "same_shape"):
-            label = "permanence" if key == "permanent" else f"permanence_{key}"
-            metrics[label] = _mean(r["permanence"][key] for r in records)
-        by_motion: dict[str, list[bool]] = {}  # grow/shrink/bounce were the misses on the GPU
-        for r in records:
-            by_motion.setdefault(r["spec"]["objects"][0]["motion"], []).append(
-                r["permanence"]["permanent"]
-            )
-        metrics["permanence_by_motion"] = {k: _mean(v) for k, v in sorted(by_motion.items())}
+        metrics.update(permanence_metrics([r["spec"] for r in records],
+                                          [r["permanence"] for r in records]))  # fmt: skip
     if name == "t2v_sweep":
         for size in dict.fromkeys(r["size"] for r in records):  # per FRAMESxHEIGHTxWIDTH
             g = evaluate.accuracies([r for r in records if r["size"] == size])

@@ -4,15 +4,15 @@
         --out=/tmp/vae_permanence.json [text.path=/tmp/minilm ...]
 
 The real clips of the `t2v_occlusion` set (rendered at `eval.shape`) go through the VAE of
-WORKDIR (encode, decode; no DiT) and are graded by `evaluate.object_permanence`, as the suite
-grades the DiT's videos: the ceiling a DiT drawing in these latents can reach, per motion, with
-each failing criterion. The reconstructions are kept beside the JSON (<out>_videos.npz).
+WORKDIR (encode, decode; no DiT: `eval_suite.round_trip_grades`, as the suite's
+permanence_vae_round_trip) and are graded by `evaluate.object_permanence`: the ceiling a DiT
+drawing in these latents can reach, per motion, with each failing criterion. The
+reconstructions are kept beside the JSON (<out>_videos.npz).
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import sys
@@ -27,30 +27,24 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 def grade_round_trips(config, gen) -> tuple[dict, list[np.ndarray]]:
     """(permanence of `gen`'s VAE round trips of the occlusion set's real clips: overall, per
     motion, per criterion and per scene; the reconstructions). `gen` has encode and decode."""
-    from sora_jax import eval_cases, evaluate
-    from sora_jax.data import world as world_lib
+    from sora_jax import eval_cases, eval_suite
 
     cases = eval_cases.build_suite(config)["t2v_occlusion"]
-    f, h, w = eval_cases.parse_shape(config.eval.shape)
-    records, recons = [], []
-    for case in cases:
-        truth = world_lib.render(case.spec, h, w, f)
-        recon = gen.decode(gen.encode(truth[None]))[0]
-        recons.append(recon)
-        grade = evaluate.object_permanence(recon, case.spec)
+    size = eval_cases.parse_shape(config.eval.shape)
+    graded = eval_suite.round_trip_grades(gen, cases, [size] * len(cases))
+    recons = [recon for recon, _ in graded]
+    records = []
+    for case, (_, grade) in zip(cases, graded, strict=True):
         subject = case.spec["objects"][0]
         records.append({"seed": case.seed, "motion": subject["motion"], "shape": subject["shape"],
                         "diameter": subject["diameter"], **grade})  # fmt: skip
-    by_motion = collections.defaultdict(list)
-    for r in records:
-        by_motion[r["motion"]].append(r["permanent"])
+    criteria = ("seen_before", "seen_after", "same_size", "same_shape")
+    m = eval_suite.permanence_metrics([c.spec for c in cases], [g for _, g in graded],
+                                      ("permanent", *criteria))  # fmt: skip
     out = {
-        "permanence": float(np.mean([r["permanent"] for r in records])),
-        "by_motion": {m: float(np.mean(v)) for m, v in sorted(by_motion.items())},
-        "criteria": {
-            k: float(np.mean([r[k] for r in records]))
-            for k in ("seen_before", "seen_after", "same_size", "same_shape")
-        },
+        "permanence": m["permanence"],
+        "by_motion": m["permanence_by_motion"],
+        "criteria": {k: m[f"permanence_{k}"] for k in criteria},
         "n": len(records),
         "samples": records,
     }
