@@ -170,35 +170,45 @@ def _dit_config(args, **kw):
                      cross_attention=args.cross_attention, **kw)  # fmt: skip
 
 
-def part_forward(args) -> dict:
+def build_forward(args, weights: str = ""):
+    """(config, jitted sampling forward, its arguments (state, x, t, context, mask)) of our DiT
+    at this script's shape; `weights`: a Wan state dict (safetensors) to load, if it exists."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
     from flax import nnx
     from safetensors.numpy import load_file
 
-    from sora_jax import flops
     from sora_jax.interop.wan_names import load_wan_dit_state_dict
-    from sora_jax.models.attention import resolve_implementation
     from sora_jax.models.dit import DiT
 
     cfg = _dit_config(args)
     model = DiT(cfg, rngs=nnx.Rngs(0))
-    if os.path.exists(_weights(args)):
-        load_wan_dit_state_dict(model, load_file(_weights(args)))
+    if weights and os.path.exists(weights):
+        load_wan_dit_state_dict(model, load_file(weights))
     graphdef, state = nnx.split(model)
-    x, ctx, t = _inputs(args)
-    x, ctx, t = jnp.asarray(x), jnp.asarray(ctx), jnp.asarray(t)
+    x, ctx, t = (jnp.asarray(a) for a in _inputs(args))
     mask = jnp.ones(ctx.shape[:2], bool)
 
     @jax.jit
     def fwd(state, x, t, ctx, mask):
         return nnx.merge(graphdef, state)(x, t, ctx, mask)
 
+    return cfg, fwd, (state, x, t, ctx, mask)
+
+
+def part_forward(args) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from sora_jax import flops
+    from sora_jax.models.attention import resolve_implementation
+
+    cfg, fwd, fwd_args = build_forward(args, _weights(args))
     t0 = time.perf_counter()
-    fwd.lower(state, x, t, ctx, mask).compile()
+    fwd.lower(*fwd_args).compile()
     compile_s = time.perf_counter() - t0
-    sec, out = time_calls(lambda: fwd(state, x, t, ctx, mask), jax.block_until_ready, args.steps)
+    sec, out = time_calls(lambda: fwd(*fwd_args), jax.block_until_ready, args.steps)
     out = np.asarray(out)
     fl = flops.dit_forward_flops(cfg, _shape(args)["grid"], _shape(args)["text_len"])
     kernel = lambda name: resolve_implementation(name, jnp.dtype(cfg.dtype))  # noqa: E731

@@ -143,20 +143,12 @@ def print_pass(name: str, p: dict) -> None:
 
 def whole_forward(args):
     """(jitted forward, its arguments) of the whole DiT at dit.py's shape (configs/l.py at
-    480x832x81 frames): the pass tools/bench/dit.py times against diffusers, whose time outside
-    the blocks (embeddings, head, the layer scan) the block profile cannot show."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from sora_jax.models.dit import DiT
-
+    480x832x81 frames, random weights): the pass tools/bench/dit.py times against diffusers,
+    whose time outside the blocks (embeddings, head, the layer scan) the block profile cannot
+    show."""
     ns = argparse.Namespace(tiny=args.tiny, attention=args.attention, cross_attention="")
-    graphdef, state = nnx.split(DiT(dit._dit_config(ns), rngs=nnx.Rngs(0)))
-    x, ctx, t = (jnp.asarray(a) for a in dit._inputs(ns))
-    mask = jnp.ones(ctx.shape[:2], bool)
-    fwd = jax.jit(lambda state, *a: nnx.merge(graphdef, state)(*a))
-    return fwd, (state, x, t, ctx, mask)
+    _, fwd, fwd_args = dit.build_forward(ns)
+    return fwd, fwd_args
 
 
 def main(argv=None) -> None:
