@@ -8,6 +8,7 @@ world's vocabulary (`world.prompt_suite`, `world.make_spec`), deterministic in `
   t2v              in-distribution short prompts ("a red circle moving left") at `eval.shape`
   t2v_holdout      the held-out colour x shape pairs of `world.holdout` (never trained on)
   t2v_occlusion    long captions of scenes where a bar hides the subject mid-clip
+                   (`eval.occlusion_prompts` of them, default `eval.num_per_set`)
   t2v_multi        long captions of scenes with one or two smaller distractors
   t2v_sweep        short prompts at every shape of `eval.sweep_shapes` (aspect, duration)
   t2i              "an image of a ..." at one frame
@@ -133,6 +134,15 @@ def given_frames(plan: modes.Plan, tf: int) -> np.ndarray:
     return mask
 
 
+def occlusion_count(ec: ml_collections.ConfigDict) -> int:
+    """Scenes of the occlusion set: `eval.occlusion_prompts`, else `eval.num_per_set`."""
+    n = ec.get("occlusion_prompts", None)
+    n = ec.num_per_set if n is None else n
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"eval.occlusion_prompts={n!r} must be a positive int (scenes).")
+    return n
+
+
 def build_suite(config: ml_collections.ConfigDict) -> dict[str, list[Case]]:
     """Every set's cases (module docstring), a pure function of the config; no model needed."""
     ec, tf = config.eval, sample_lib.temporal_factor(config)
@@ -151,7 +161,7 @@ def build_suite(config: ml_collections.ConfigDict) -> dict[str, list[Case]]:
     sets["t2v"] = text(_prompt_specs(cfg, n, seed), "short")
     if cfg.holdout:
         sets["t2v_holdout"] = text(_prompt_specs(cfg, m, seed + 1, split="holdout"), "short")
-    base = _prompt_specs(cfg, m, seed + 2)
+    base = _prompt_specs(cfg, occlusion_count(ec), seed + 2)
     occluded = [_respec(s, seed * 7919 + i, occluder=True) for i, s in enumerate(base)]
     sets["t2v_occlusion"] = text(occluded, "long")
     base = _prompt_specs(cfg, m, seed + 3)

@@ -145,7 +145,9 @@ def compile_only_eval(config: ml_collections.ConfigDict) -> ml_collections.Confi
     them. eval_compile then spends less of the GPU the DiT is training on."""
     config = copy.deepcopy(config)
     batch = int(config.eval.batch_size)
-    for key in ("num_prompts", "num_per_set"):
+    for key in ("num_prompts", "num_per_set", "occlusion_prompts"):
+        if config.eval.get(key, None) is None:  # occlusion_prompts: optional
+            continue
         n = int(config.eval[key])
         config.eval[key] = min(n, batch + n % batch)
     return config

@@ -132,6 +132,21 @@ def test_suite_covers_every_set_and_the_holdout_pairs():
     assert len(seeds) == len(set(seeds))
 
 
+def test_occlusion_set_has_its_own_size_and_bad_sizes_fail():
+    c = load_world_config(None)
+    assert c.eval.occlusion_prompts == 96  # configs/world.py: permanence over 96 scenes
+    c.eval.update(num_prompts=4, num_per_set=3, occlusion_prompts=7)
+    suite = eval_cases.build_suite(c)
+    assert len(suite["t2v_occlusion"]) == 7
+    assert {len(suite[k]) for k in ("t2v_holdout", "t2v_multi", "t2i", "i2v")} == {3}
+    del c.eval["occlusion_prompts"]  # absent: num_per_set, as before the field existed
+    assert len(eval_cases.build_suite(c)["t2v_occlusion"]) == 3
+    for bad in (0, -2):  # (a str or float fails in ConfigDict itself: the field is an int)
+        c.eval.occlusion_prompts = bad
+        with pytest.raises(ValueError, match="occlusion_prompts"):
+            eval_cases.build_suite(c)
+
+
 def test_scoring_real_clips_gives_perfect_marks():
     """The truths themselves as 'generated' videos: the metrics' ceiling."""
     suite = eval_cases.build_suite(load_world_config(None))
@@ -278,8 +293,9 @@ def test_t2v_variants_resample_the_t2v_set_under_other_settings(tmp_path):
 
 def test_variants_resample_every_set_of_variant_sets(tmp_path):
     c = load_world_config("micro")
-    c.eval.update(num_prompts=1, num_per_set=2, batch_size=2, val_clips=1, vae=False,
-                  sweep_shapes=("9x32x32",), t2v_variants=({"guidance": c.eval.guidance},),
+    c.eval.update(num_prompts=1, num_per_set=2, occlusion_prompts=2, batch_size=2, val_clips=1,
+                  vae=False, sweep_shapes=("9x32x32",),
+                  t2v_variants=({"guidance": c.eval.guidance},),
                   variant_sets=("t2v", "t2v_occlusion"))  # fmt: skip
     summary = eval_suite.run(c, str(tmp_path), generator=_micro_generator(c))
     label = f"t2v_occlusion@guidance={c.eval.guidance}"

@@ -18,7 +18,7 @@ def _world_config(per_set: int):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     c = module.get_config(None)
-    c.eval.num_per_set = per_set
+    c.eval.update(num_per_set=per_set, occlusion_prompts=per_set)
     return c
 
 

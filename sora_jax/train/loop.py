@@ -116,8 +116,7 @@ class TimeBudget:
 
 
 class _Prefetch:
-    """Runs the host data iterator one or two batches ahead in a thread; `transform` (e.g. the
-    host-to-device copy) runs there too, so a step's inputs are on the device before it starts.
+    """Runs the host data iterator one or two batches ahead in a thread.
 
     `close()` stops the thread and closes the task's batch generator in it, so the pipeline's
     own cleanup (Grain prefetch worker processes, decode threads) runs when training ends
@@ -126,8 +125,7 @@ class _Prefetch:
 
     _DONE = object()
 
-    def __init__(self, gen: Iterator, limit: int, size: int = 2, transform=None):
-        self.transform = transform or (lambda item: item)
+    def __init__(self, gen: Iterator, limit: int, size: int = 2):
         self.queue: queue.Queue = queue.Queue(maxsize=size)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._work, args=(gen, limit), daemon=True)
@@ -145,7 +143,7 @@ class _Prefetch:
     def _work(self, gen: Iterator, limit: int) -> None:
         try:
             for item in itertools.islice(gen, limit):
-                if not self._put(self.transform(item)):
+                if not self._put(item):
                     break
             self._put(self._DONE)
         except BaseException as e:  # noqa: BLE001 - re-raised in the consumer.
@@ -254,7 +252,6 @@ class _Trainer:
         self.rows: list[dict] = []
         self.history: list[dict] = []
         self.seen_shapes: set = set()  # batch shapes stepped so far (one compile each)
-        self.first_runs = threading.Lock()  # held by a shape's first step and by batch copies
 
     def _resume(self) -> bool:
         if self.checkpointer.latest_step() is None:
@@ -326,42 +323,29 @@ class _Trainer:
             overlap=self.overlap,
         )  # fmt: skip
 
-    def to_devices(self, host_batch: dict) -> tuple[dict, dict]:
-        """(host batch, its global device arrays), run in the prefetch thread beside the steps:
-        the copy was on the step's path (the world DiT on the H200 waited 9.5 of its 37.5 ms per
-        step for the next batch and its copy). Not beside a program's first run, though: on
-        GPUs that run may capture a CUDA graph, which other threads' device work can break
-        (precompile.py); `first_runs` keeps them apart, each copy finished inside it."""
-        with self.first_runs:
-            arrays = parallel.host_to_global(host_batch, self.mesh)
-            return host_batch, jax.block_until_ready(arrays)
-
     def run(self) -> None:
         frozen = self.task.frozen()
         compiling = self.precompile(frozen)
-        batches = _Prefetch(self.task.batches(self.start), self.total - self.start,
-                            transform=self.to_devices)  # fmt: skip
+        batches = _Prefetch(self.task.batches(self.start), self.total - self.start)
         watcher = ckpt_lib.PreemptionWatcher(self.checkpointer)
         pending = None
         logging.info("%s: training steps %d -> %d", self.task.name, self.start, self.total)
         try:
             for number in range(self.start + 1, self.total + 1):
                 t0 = time.perf_counter()
-                host_batch, batch = next(batches)
+                host_batch = next(batches)
                 self.meter.add(host_batch)
+                batch = parallel.host_to_global(host_batch, self.mesh)
                 self.progress.add("data_s", time.perf_counter() - t0)
                 self.profiler.before(number)
                 shapes = precompile_lib.batch_key(batch)
                 if compiling is not None:
                     compiling.wait(shapes)
                 t1 = time.perf_counter()
-                if shapes in self.seen_shapes:
-                    self.state, metrics, diag = self.step_fn(self.state, frozen, batch)
-                else:  # a new bucket: compiles, first run alone on the devices; say how long
-                    with self.first_runs:
-                        self.state, metrics, diag = self.step_fn(self.state, frozen, batch)
-                        jax.block_until_ready(metrics)
+                self.state, metrics, diag = self.step_fn(self.state, frozen, batch)
+                if shapes not in self.seen_shapes:  # a new bucket: compiles; say how long
                     self.seen_shapes.add(shapes)
+                    jax.block_until_ready(metrics)
                     logging.info(
                         "%s: step %d: first batch of shapes %s compiled and ran in %.1f s",
                         self.task.name, number, precompile_lib.shapes_text(shapes),
