@@ -39,7 +39,7 @@ from sora_jax import modes, parallel
 from sora_jax.diffusion import flow, samplers
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import vae as vae_lib
-from sora_jax.train import dit_task, vae_task
+from sora_jax.train import caption_embedder, dit_task, vae_task
 from sora_jax.train import state as state_lib
 
 Embedder = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]  # texts -> ([B,L,D], [B,L])
@@ -97,7 +97,7 @@ class Generator:
         else:
             dit = state_lib.load_model(dit_creator, config.dit_train, dit_dir, mesh=mesh)
         mean, std = vae_task.load_latent_stats(vae_dir)
-        embedder = dit_task.CaptionEmbedder(config.text)
+        embedder = caption_embedder.CaptionEmbedder(config.text)
         self._setup(config, vae, dit, mean, std, embedder, mesh)
         self.checkpoint_steps = steps
 

@@ -40,20 +40,21 @@ def test_identical_runs_are_within_and_differences_are_in_points(tmp_path, capsy
     a = _workdir(tmp_path, "a", _summary(0.8125, 33.5, 0.75))
     same = compare_runs.main([a, _workdir(tmp_path, "b", _summary(0.8125, 33.5, 0.75))])
     assert same["all_within"] and same["max_abs_points"] == 0.0
+    t2v = lambda metric: f"t2v/{metric} [96 samples]"  # noqa: E731
     assert [r["metric"] for r in same["rows"]] == [
-        "t2v/shape_acc", "i2v/given_psnr", "t2v_occlusion/permanence", "t2v/color_acc",
-        "t2v/motion_acc", "t2v_occlusion/color_acc"]  # fmt: skip
+        t2v("shape_acc"), "i2v/given_psnr", "t2v_occlusion/permanence", t2v("color_acc"),
+        t2v("motion_acc"), "t2v_occlusion/color_acc"]  # fmt: skip
     out = tmp_path / "cmp.json"
     other = _summary(0.78125, 31.0, 0.6875)  # shape -3.125 points, permanence -6.25 points
     diff = compare_runs.main([a, _workdir(tmp_path, "c", other), f"--out={out}"])
     rows = {r["metric"]: r for r in diff["rows"]}
-    assert rows["t2v/shape_acc"]["points"] == pytest.approx(-3.125)
-    assert not rows["t2v/shape_acc"]["within"] and not rows["t2v_occlusion/permanence"]["within"]
-    assert rows["t2v/motion_acc"]["within"]
+    assert rows[t2v("shape_acc")]["points"] == pytest.approx(-3.125)
+    assert not rows[t2v("shape_acc")]["within"] and not rows["t2v_occlusion/permanence"]["within"]
+    assert rows[t2v("motion_acc")]["within"]
     assert "within" not in rows["i2v/given_psnr"] and rows["i2v/given_psnr"]["diff"] == -2.5
     assert not diff["all_within"] and diff["max_abs_points"] == pytest.approx(6.25)
     assert json.loads(out.read_text())["all_within"] is False
-    assert "| t2v/shape_acc | 0.812 | 0.781 | -3.1 pt | **no** |" in capsys.readouterr().out
+    assert f"| {t2v('shape_acc')} | 0.812 | 0.781 | -3.1 pt | **no** |" in capsys.readouterr().out
     loose = compare_runs.main([a, str(tmp_path / "c" / "eval" / "summary.json"), "--points=7"])
     assert loose["all_within"]
     # A tools/world_report.py JSON (sets under "eval_sets") compares the same.
@@ -65,3 +66,38 @@ def test_identical_runs_are_within_and_differences_are_in_points(tmp_path, capsy
 def test_a_missing_summary_is_one_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no evaluation summary"):
         compare_runs.main([str(tmp_path), str(tmp_path)])
+
+
+def _suite(guidance: float, variant: float, occlusion_n: int, shape: dict) -> dict:
+    """A suite summary sampled at `guidance` with a t2v@guidance=`variant` variant."""
+    settings = lambda g: {"steps": 60, "sampler": "euler", "guidance": g, "shift": None,  # noqa: E731
+                          "guidance_interval": [0.0, 1.0]}  # fmt: skip
+    return {
+        "settings": settings(guidance),
+        "targets": [{"set": "t2v", "metric": "shape_acc", "value": shape[guidance]}],
+        "sets": {
+            "t2v": {"shape_acc": shape[guidance], "n": 96},
+            "t2v_occlusion": {"permanence": 0.7, "n": occlusion_n},
+        },  # fmt: skip
+        "t2v_variants": {
+            f"t2v@guidance={variant}": {
+                "shape_acc": shape[variant],
+                "n": 96,
+                "settings": settings(variant),
+            }
+        },  # fmt: skip
+        "val_loss": {"t=0.5": 0.099},
+    }
+
+
+def test_runs_sampled_at_other_settings_compare_where_their_settings_meet(tmp_path):
+    shape = {5.0: 0.84375, 3.0: 0.90625}  # one DiT: the same numbers at the same settings
+    a = _workdir(tmp_path, "a", _suite(5.0, 3.0, 32, shape))
+    b = _workdir(tmp_path, "b", _suite(3.0, 5.0, 96, shape))
+    result = compare_runs.main([a, b])
+    assert result["all_within"] and result["max_abs_points"] == 0.0
+    g = lambda x: f"t2v/shape_acc [60 euler steps, guidance {x}, 96 samples]"  # noqa: E731
+    # Both guidances meet (a target of one run, a variant of the other); the occlusion sets
+    # (32 vs 96 scenes) do not; validation losses are printed with their difference.
+    assert [r["metric"] for r in result["rows"]] == [g(5), g(3), "val_loss/t=0.5"]
+    assert compare_runs.settings_label(None, None) == ""

@@ -196,13 +196,13 @@ def _micro_generator(config):
 
     from sora_jax import sample
     from sora_jax.models import dit, vae
-    from sora_jax.train import dit_task
+    from sora_jax.train import caption_embedder
 
     v = _jit_init(lambda: vae.CausalVAE(vae.VAEConfig(**config.vae.to_dict()), rngs=nnx.Rngs(0)))
     d = _jit_init(lambda: dit.DiT(dit.DiTConfig(**config.dit.to_dict()), rngs=nnx.Rngs(1)))
     z = config.vae.z_channels
     return sample.Generator.from_models(
-        config, v, d, np.zeros(z), np.ones(z), dit_task.CaptionEmbedder(config.text)
+        config, v, d, np.zeros(z), np.ones(z), caption_embedder.CaptionEmbedder(config.text)
     )
 
 

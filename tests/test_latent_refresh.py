@@ -106,3 +106,30 @@ def test_refresh_on_one_host_of_two_writes_its_own_slice(tmp_path, monkeypatch):
     assert [len(x) for x in full] == [task.buckets[b].batch_size // 2 for b in drawn]
     for a, b in zip(full[8:], _take(task.batches(8), 6), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def _batches_and_encodes(tmp_path, name: str, ahead: int, monkeypatch):
+    """14 steps of batches with captions requested `ahead` steps early, and the encoder's calls."""
+    monkeypatch.setattr(dit_latent_cache, "TEXT_AHEAD", ahead)
+    config = _refreshing_config(every=3)
+    config.dit_train.caption_dropout = 0.3  # empty captions in the requests too
+    task = _task(config, str(tmp_path / name))
+    calls = []
+    encode = task.embedder.encoder.encode
+    task.embedder.encoder.encode = lambda texts: calls.append(list(texts)) or encode(texts)
+    gen = task.batches(0)
+    batches = [next(gen) for _ in range(14)]
+    gen.close()
+    return batches, calls
+
+
+def test_captions_requested_ahead_give_the_same_batches_and_encoder_calls(tmp_path, monkeypatch):
+    ahead, calls = _batches_and_encodes(tmp_path, "ahead", 8, monkeypatch)
+    plain, plain_calls = _batches_and_encodes(tmp_path, "plain", 0, monkeypatch)
+    # The same texts in the same calls (steps 14-21, drawn ahead, made more calls after them).
+    assert calls[: len(plain_calls)] == plain_calls and len(plain_calls) > 3
+    for a, b in zip(ahead, plain, strict=True):
+        assert sorted(a) == sorted(b)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    assert any((b["text_mask"].sum(1) <= 2).any() for b in plain)  # dropped: the empty caption

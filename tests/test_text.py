@@ -230,7 +230,7 @@ def _embedder_config(**text):
 
 
 def test_embedding_cache_second_run_reads_identical_arrays(tmp_path):
-    from sora_jax.train.dit_task import CaptionEmbedder
+    from sora_jax.train.caption_embedder import CaptionEmbedder
 
     texts = PROMPTS[:5] + [PROMPTS[0]]  # a repeat within the batch
     first = CaptionEmbedder(_embedder_config(cache_dir=str(tmp_path)))
@@ -277,3 +277,37 @@ def test_caption_key_separates_fields():
     assert caption_key("t5", "/pa", 8, "b") != caption_key("t5", "/p", 8, "ab")
     assert caption_key("t5", "/p", 8, "x") != caption_key("umt5", "/p", 8, "x")
     assert len(caption_key("t5", "/p", 8, "x")) == 20
+
+
+def test_requested_captions_are_read_later_as_plain_calls_give_them():
+    from sora_jax.train.caption_embedder import CaptionEmbedder, _Pending
+
+    def recording(embedder):
+        calls, encode = [], embedder.encoder.encode
+        embedder.encoder.encode = lambda texts: calls.append(list(texts)) or encode(texts)
+        return calls
+
+    steps = [PROMPTS[:3], PROMPTS[2:5], [PROMPTS[0], PROMPTS[7]]]
+    plain, ahead = CaptionEmbedder(_embedder_config()), CaptionEmbedder(_embedder_config())
+    plain_calls, ahead_calls = recording(plain), recording(ahead)
+    want = [plain(texts) for texts in steps]
+    for texts in steps:  # every step requested before any is read
+        ahead.request(texts)
+    assert isinstance(ahead.cache[PROMPTS[4]], _Pending)  # queued, not yet read
+    got = [ahead(texts) for texts in steps]
+    assert ahead_calls == plain_calls == [sorted(PROMPTS[:3]), sorted(PROMPTS[3:5]), PROMPTS[7:]]
+    for (e1, m1), (e2, m2) in zip(want, got, strict=True):
+        np.testing.assert_array_equal(e1, e2)
+        np.testing.assert_array_equal(m1, m2)
+    # A second embedder over the same encoder keeps its own cache (training samples).
+    other = ahead.sharing_encoder()
+    assert other.encoder is ahead.encoder and other.cache == {} and other.disk is None
+    # (Encoded alone, not in a batch of three: the same numbers to rounding, not bit for bit.)
+    np.testing.assert_allclose(other([PROMPTS[1]])[0], want[0][0][1:2], rtol=1e-4, atol=1e-4)
+    assert PROMPTS[1] in ahead.cache and len(ahead_calls) == 4  # its call, not ahead's cache
+    # Over max_cache the cache starts again but keeps what the call needs.
+    small = CaptionEmbedder(_embedder_config(), max_cache=3)
+    small(PROMPTS[:3])
+    emb, _ = small(PROMPTS[2:4])
+    np.testing.assert_allclose(emb, np.concatenate([want[0][0][2:3], want[1][0][1:2]]), atol=1e-4)
+    assert set(small.cache) == set(PROMPTS[2:4])

@@ -6,6 +6,7 @@ is a function of the step alone, so a resumed run sees exactly the batches of an
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import itertools
 import logging
@@ -39,6 +40,8 @@ def batches(task: DiTTask, start_step: int) -> Iterator[dict]:
     cache = {b: encoding.submit(builder.bucket, b, start_step) for b in order}
     every = int(task.train_cfg.get("latent_cache_refresh_steps", 0))
     refreshes: dict[tuple[int, int], concurrent.futures.Future] = {}
+    ahead: collections.deque = collections.deque()  # prepared steps whose captions encode
+    request = getattr(task.embedder, "request", None)  # CaptionEmbedder.request
 
     def submit(j: int) -> None:
         for b in order:
@@ -72,7 +75,13 @@ def batches(task: DiTTask, start_step: int) -> Iterator[dict]:
             n = task.buckets[b_idx].batch_size // builder.stream.process_count
             u = buckets_lib.hash_uniform(task.config.seed, step * 4096 + np.arange(n), 11)
             idx = (u * len(texts)).astype(np.int64)
-            yield task._with_text(step, {"latents": latents[idx]}, [texts[i] for i in idx])
+            step_texts = [texts[i] for i in idx]
+            if request is not None:  # the captions' encode starts now, read TEXT_AHEAD later
+                request(task.captions(step, step_texts))
+            ahead.append((step, latents[idx], step_texts))  # copies: refreshes write in place
+            if len(ahead) > TEXT_AHEAD:
+                s, lat, step_texts = ahead.popleft()
+                yield task._with_text(s, {"latents": lat}, step_texts)
     finally:
         builder.stop.set()  # a bucket being encoded ends at its next batch
         encoding.shutdown(wait=True, cancel_futures=True)
@@ -80,6 +89,9 @@ def batches(task: DiTTask, start_step: int) -> Iterator[dict]:
 
 
 REFRESH_AHEAD = 2  # latent-cache refreshes encoded ahead of the step that swaps them in
+# Steps whose batches are drawn, and whose new captions' encodes queued, before the batch of the
+# first of them is yielded (caption_embedder.py): by then those encodes have run.
+TEXT_AHEAD = 8
 
 
 def check_refresh(cfg: ml_collections.ConfigDict) -> None:

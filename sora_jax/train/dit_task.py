@@ -3,7 +3,8 @@
 Per step: clips -> frozen causal VAE encode (inside the jitted step) -> latents normalised by
 the VAE stage's per-channel statistics -> per-sample t (logit-normal, shifted) broadcast to every
 latent frame -> x_t = (1 - t) x0 + t eps -> DiT predicts eps - x0. Captions are encoded by the
-frozen text encoder on the host (cached per caption); a configured fraction is replaced by the
+frozen text encoder (cached per caption, caption_embedder.py; with the latent cache, each step's
+new captions start encoding steps before the step); a configured fraction is replaced by the
 empty caption so the model also learns the unconditional velocity for classifier-free guidance.
 
 Every `dit_train.sample_every_steps` steps (`periodic`), the current EMA weights sample a fixed
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Iterator
 
 import jax
@@ -27,65 +27,14 @@ from flax import nnx
 from sora_jax import evaluate
 from sora_jax import flops as flops_lib
 from sora_jax.data import buckets as buckets_lib
-from sora_jax.data import latent_cache, pipeline, sources, text_cache
+from sora_jax.data import latent_cache, pipeline, sources
 from sora_jax.data import world as world_lib
 from sora_jax.diffusion import conditioning, flow
 from sora_jax.models import dit as dit_lib
-from sora_jax.models import text as text_lib
 from sora_jax.models import vae as vae_lib
 from sora_jax.train import dit_latent_cache, vae_task
 from sora_jax.train import metrics as metrics_lib
-
-
-class CaptionEmbedder:
-    """Frozen text encoder behind per-caption caches of (embedding, mask): in memory and, when
-    `text.cache_dir` is set, on disk (sora_jax.data.text_cache; misses are written there). The
-    encoder itself is loaded only when a caption is in neither cache."""
-
-    def __init__(self, cfg: ml_collections.ConfigDict, max_cache: int = 200_000,
-                 store_dtype: np.dtype = np.float32):  # fmt: skip
-        """store_dtype: of the embeddings it keeps in memory and returns (the disk cache keeps
-        the encoder's float32)."""
-        self.store_dtype = np.dtype(store_dtype)
-        self.text_cfg = text_lib.TextConfig(**cfg.to_dict())
-        self.dim = text_lib.encoder_dim(self.text_cfg)
-        self._encoder: text_lib.TextEncoder | None = None
-        self.cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self.max_cache = max_cache
-        self.disk = None
-        self._lock = threading.Lock()  # callers in several threads (the eval suite's sets)
-        if self.text_cfg.cache_dir:
-            namespace = text_lib.cache_namespace(self.text_cfg)
-            self.disk = text_cache.TextEmbeddingCache(self.text_cfg.cache_dir, namespace)
-
-    @property
-    def encoder(self) -> text_lib.TextEncoder:
-        if self._encoder is None:
-            self._encoder = text_lib.TextEncoder(self.text_cfg)
-        return self._encoder
-
-    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        with self._lock:
-            return self._embed(texts)
-
-    def _embed(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        missing = sorted({t for t in texts if t not in self.cache})
-        if missing:
-            found = self.disk.get_many(missing) if self.disk is not None else {}
-            todo = [t for t in missing if t not in found]
-            if todo:
-                emb, mask = self.encoder.encode(todo)
-                emb, mask = np.asarray(emb), np.asarray(mask)
-                found.update({t: (emb[i], mask[i]) for i, t in enumerate(todo)})
-                if self.disk is not None:
-                    self.disk.put_many(todo, emb, mask)
-            if len(self.cache) + len(missing) > self.max_cache:
-                self.cache.clear()
-            self.cache.update({t: (e.astype(self.store_dtype), m) for t, (e, m) in found.items()})
-        return (
-            np.stack([self.cache[t][0] for t in texts]),
-            np.stack([self.cache[t][1] for t in texts]),
-        )
+from sora_jax.train.caption_embedder import CaptionEmbedder
 
 
 def vae_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -241,11 +190,9 @@ class DiTTask:
 
         embedded: precomputed (emb [B, L, D], mask [B, L]) of `texts` (the latent cache).
         """
-        drop = float(self.train_cfg.get("caption_dropout", 0.0))
-        u = buckets_lib.hash_uniform(self.config.seed, step * 4096 + np.arange(len(texts)), 7)
-        dropped = u < drop
+        dropped = self._dropped(step, len(texts))
         if embedded is None:
-            emb, mask = self.embedder(["" if d else t for d, t in zip(dropped, texts)])
+            emb, mask = self.embedder(self.captions(step, texts))
         else:
             emb, mask = np.array(embedded[0]), np.array(embedded[1])
             if dropped.any():
@@ -253,6 +200,15 @@ class DiTTask:
                 emb[dropped], mask[dropped] = empty_emb[0], empty_mask[0]
         emb = emb.astype(self.text_dtype, copy=False)  # a no-op for the embedder's own
         return {**video_or_latents, "text": emb, "text_mask": mask}
+
+    def _dropped(self, step: int, n: int) -> np.ndarray:
+        """bool [n]: the hashed `caption_dropout` fraction of step `step`'s captions."""
+        drop = float(self.train_cfg.get("caption_dropout", 0.0))
+        return buckets_lib.hash_uniform(self.config.seed, step * 4096 + np.arange(n), 7) < drop
+
+    def captions(self, step: int, texts: list[str]) -> list[str]:
+        """The captions step `step` embeds: `texts` with the dropped ones empty."""
+        return ["" if d else t for d, t in zip(self._dropped(step, len(texts)), texts)]
 
     def batches(self, start_step: int) -> Iterator[dict]:
         if self.train_cfg.get("latent_cache_dir", ""):
@@ -387,8 +343,12 @@ class TrainingSamples:
 
             t = self.task
             vae = nnx.merge(t.vae_graphdef, t.vae_state)
+            # Its own caption cache: the training captions' encoder calls, which the data
+            # thread makes steps ahead, then do not depend on when the samples' prompts come.
+            share = getattr(t.embedder, "sharing_encoder", None)
+            embedder = share() if share is not None else t.embedder
             self.generator = sample_lib.Generator.from_models(
-                t.config, vae, dit, t.latent_mean, t.latent_std, t.embedder, mesh=mesh
+                t.config, vae, dit, t.latent_mean, t.latent_std, embedder, mesh=mesh
             )
         else:
             self.generator.set_dit(dit)

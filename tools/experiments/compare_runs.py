@@ -4,8 +4,12 @@
 
 RUN is a workdir of the recipe (its eval/summary.json is read), the path of such a summary
 JSON, or a tools/world_report.py JSON (as committed under tools/bench/results/). Compared: every
-target of the evaluation suite (sora_jax/eval_suite.py TARGETS) and the colour, shape and motion
-accuracy and object permanence of every set. Accuracies and permanence are fractions, compared
+target of the evaluation suite (sora_jax/eval_suite.py TARGETS), the colour, shape and motion
+accuracy and object permanence of every set and of every sampler variant (`eval.t2v_variants`),
+and the validation losses. A set is matched by its name, its sampling settings and its size: two
+runs whose suites sample at other settings compare where one's variant is the other's setting
+(e.g. t2v at guidance 5: one run's suite, the other's t2v@guidance=5.0). Accuracies and
+permanence are fractions, compared
 in points (100 x the difference) against --points; the others (given-frame PSNR in dB,
 continuity ratios) are printed with their difference and no bound. The table goes to stdout;
 --out writes the rows and `all_within` (every fraction within --points) as JSON.
@@ -30,14 +34,47 @@ def load_summary(run: str) -> dict:
         return json.load(f)
 
 
+def settings_label(settings: dict | None, n) -> str:
+    """A set's sampling settings and size, e.g. '60 euler steps, guidance 3, 96 samples': a
+    set is compared only with the same set sampled alike in the other run."""
+    parts = []
+    if settings:
+        parts.append(f"{settings.get('steps')} {settings.get('sampler')} steps")
+        parts.append(f"guidance {settings.get('guidance'):g}")
+        if settings.get("shift"):
+            parts.append(f"shift {settings['shift']:g}")
+        interval = settings.get("guidance_interval")
+        if interval and list(interval) != [0.0, 1.0]:
+            parts.append(f"guidance interval {interval[0]:g}-{interval[1]:g}")
+    if n is not None:
+        parts.append(f"{n} samples")
+    return ", ".join(parts)
+
+
 def metrics(summary: dict) -> dict[str, float]:
-    """'set/metric' -> value: the suite's targets first, then every set's fractions."""
-    out = {f"{t['set']}/{t['metric']}": t["value"] for t in summary.get("targets", [])}
+    """'set/metric [settings]' -> value: the suite's targets first, then every set's and every
+    variant's fractions (a variant, e.g. t2v@guidance=5.0, under its set's name and its own
+    settings), then the validation losses."""
     sets = summary.get("sets") or summary.get("eval_sets") or {}  # suite summary / world_report
-    for name, values in sets.items():
+    variants = summary.get("t2v_variants") or summary.get("eval_t2v_variants") or {}
+    suite = summary.get("settings") or (summary.get("eval") or {}).get("settings")
+
+    def key(name: str, metric: str, settings, n) -> str:
+        label = settings_label(settings, n)
+        return f"{name}/{metric}" + (f" [{label}]" if label else "")
+
+    out = {
+        key(t["set"], t["metric"], suite, sets.get(t["set"], {}).get("n")): t["value"]
+        for t in summary.get("targets", [])
+    }
+    entries = [(name, v, suite) for name, v in sets.items()]
+    entries += [(label.split("@")[0], v, v.get("settings")) for label, v in variants.items()]
+    for name, values, settings in entries:
         for metric in FRACTIONS:
             if isinstance(values.get(metric), (int, float)):
-                out.setdefault(f"{name}/{metric}", values[metric])
+                out.setdefault(key(name, metric, settings, values.get("n")), values[metric])
+    val = summary.get("val_loss") or (summary.get("eval") or {}).get("val_loss") or {}
+    out.update({f"val_loss/{t}": v for t, v in val.items()})
     return {k: float(v) for k, v in out.items()}
 
 
@@ -47,7 +84,7 @@ def compare(a: dict, b: dict, points: float) -> list[dict]:
     rows = []
     for key in [k for k in ma if k in mb]:
         row = {"metric": key, "a": ma[key], "b": mb[key], "diff": mb[key] - ma[key]}
-        if key.split("/")[1] in FRACTIONS:
+        if key.split("/")[1].split(" ")[0] in FRACTIONS:
             diff_points = 100.0 * row["diff"]
             row["points"] = diff_points
             row["within"] = math.isfinite(diff_points) and abs(diff_points) <= points
