@@ -30,7 +30,20 @@ def _run_dir(tmp_path):
     ])  # fmt: skip
     _write(
         tmp_path / "dit" / "metrics.jsonl",
-        [{"step": 200 * k, "loss": 1.0 / k, "steps_per_s": 30.0 + k} for k in (1, 2, 3)],
+        [
+            {
+                "step": 200 * k,
+                "loss": 1.0 / k,
+                "steps_per_s": 30.0 + k,
+                "time_compute_s": 0.01 * k,
+                "time_data_s": 0.03,
+            }
+            for k in (1, 2, 3)
+        ]  # fmt: skip
+        + [{"step": 600, "sample_color_acc": 1.0, "sample_shape_acc": 0.87501}],
+    )
+    (tmp_path / "timeline.log").write_text(
+        "[00:21:24] vae start (XLA_FLAGS=x)\n[00:25:52] vae done\n"
     )
     _write(tmp_path / "vae" / "footage_eval.json", {
         "footage.npz:bikes": {"psnr": 19.9, "ssim": 0.7628, "shape": [33, 256, 256, 3]},
@@ -64,6 +77,13 @@ def test_report_collects_every_stage_and_the_targets(tmp_path):
     }  # fmt: skip
     assert r["dit"]["steps"] == 600 and r["dit"]["steps_per_s_median"] == 32.5
     assert r["dit"]["final_loss"] == pytest.approx(1 / 3, abs=1e-4)
+    # Steps after the first tenth (here steps 200-600): mean ms of compute and data wait.
+    assert r["dit"]["time_split_ms_per_step"] == {"compute": 20.0, "data": 30.0}
+    assert r["dit"]["training_samples"] == [
+        {"step": 600, "sample_color_acc": 1.0, "sample_shape_acc": 0.875}
+    ]
+    assert r["timeline"] == [["00:21:24", "vae start (XLA_FLAGS=x)"], ["00:25:52", "vae done"]]
+    assert "timeline" not in world_report.collect(str(tmp_path / "dit"))
     assert r["vae_real_footage"]["mean_psnr"] == 18.6
     assert r["vae_real_footage"]["carphone"] == {"psnr": 17.3, "ssim": 0.489}
     assert (r["targets_met"], r["targets_total"]) == (1, 2)

@@ -2,8 +2,9 @@
 
 Reads what the recipe wrote in its workdir (summary.json, vae/ and dit/ metrics.jsonl, the
 VAE's footage_eval.json if tools/eval_vae.py ran, eval/summary.json) and collects the numbers
-issue 9 reports: VAE held-out PSNR/SSIM and its curve, the DiT's steps, loss and speed, every
-evaluation set's grades and the issue's targets checked.
+issue 9 reports: VAE held-out PSNR/SSIM and its curve, the DiT's steps, loss and speed (and
+where a step's time went: compute or waiting for data), its graded training samples, every
+evaluation set's grades, the issue's targets checked and the stages' timeline.log.
 
   python tools/world_report.py --workdir=/tmp/world --out=tools/bench/results/world_h200.json
 
@@ -60,6 +61,19 @@ def stage(workdir: str, name: str) -> dict | None:
         "final_loss": round(train[-1]["loss"], 4),
         "steps_per_s_median": round(statistics.median(rates), 1) if rates else None,
     }
+    # Where a step's time went, steady state: the logged intervals after the first tenth of the
+    # steps (the compiles, and the DiT's latent caches built before its first step).
+    steady = [r for r in train if r["step"] > train[-1]["step"] / 10 and "time_data_s" in r]
+    if steady:
+        out["time_split_ms_per_step"] = {
+            part: round(1e3 * statistics.mean(r[f"time_{part}_s"] for r in steady), 1)
+            for part in ("compute", "data")
+        }
+    samples = [r for r in rows if "sample_shape_acc" in r]  # the DiT's graded training samples
+    if samples:
+        out["training_samples"] = [
+            {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in samples
+        ]
     evals = [r for r in rows if "eval_psnr" in r]
     if evals:
         out["eval_during_training"] = [
@@ -67,6 +81,16 @@ def stage(workdir: str, name: str) -> dict | None:
             for r in evals
         ]
     return out
+
+
+def timeline_events(path: str) -> list[list[str]]:
+    """[[HH:MM:SS, event], ...] of a recipe's timeline.log (tools/experiments/world_gpu.sh
+    writes "[HH:MM:SS] event" lines); [] when there is none."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        lines = [line.strip() for line in f if line.startswith("[") and "] " in line]
+    return [[line[1 : line.index("]")], line[line.index("]") + 2 :]] for line in lines]
 
 
 def collect(workdir: str) -> dict:
@@ -97,6 +121,9 @@ def collect(workdir: str) -> dict:
             **scores,
             "mean_psnr": round(statistics.mean(s["psnr"] for s in scores.values()), 2),
         }
+    timeline = timeline_events(os.path.join(workdir, "timeline.log"))
+    if timeline:
+        result["timeline"] = timeline
     ev = _json(os.path.join(workdir, "eval", "summary.json"))
     if ev:
         result["eval"] = {k: ev[k] for k in ("settings", "checkpoint_steps", "val_loss",
