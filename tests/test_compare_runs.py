@@ -101,3 +101,25 @@ def test_runs_sampled_at_other_settings_compare_where_their_settings_meet(tmp_pa
     # (32 vs 96 scenes) do not; validation losses are printed with their difference.
     assert [r["metric"] for r in result["rows"]] == [g(5), g(3), "val_loss/t=0.5"]
     assert compare_runs.settings_label(None, None) == ""
+
+
+def test_training_losses_compare_step_by_step(tmp_path, capsys):
+    curve = [[200, 1.25], [400, 0.5], [600, 0.25]]
+    a = _workdir(tmp_path, "a", _summary(0.8125, 33.5, 0.75))
+    b = _workdir(tmp_path, "b", _summary(0.8125, 33.5, 0.75))
+    for run, last in ((a, 0.25), (b, 0.2499)):  # the same but for the last logged loss
+        rows = [{"step": s, "loss": v} for s, v in curve[:2]] + [{"step": 600, "loss": last}]
+        rows.append({"step": 600, "sample_shape_acc": 0.5})  # not a loss row
+        os.makedirs(os.path.join(run, "dit"))
+        with open(os.path.join(run, "dit", "metrics.jsonl"), "w") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
+    result = compare_runs.main([a, b])
+    assert result["loss_curves"]["dit"]["steps"] == 3
+    assert result["loss_curves"]["dit"]["identical"] == 2
+    assert result["loss_curves"]["dit"]["max_abs_diff"] == pytest.approx(1e-4)
+    assert "dit training loss: equal at 2 of the 3 logged steps" in capsys.readouterr().out
+    # A world_report JSON carries the curve as dit.loss_curve: itself against itself, all equal.
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({**_summary(0.8125, 33.5, 0.75), "dit": {"loss_curve": curve}}))
+    same = compare_runs.main([str(report), str(report)])["loss_curves"]
+    assert same == {"dit": {"steps": 3, "identical": 3, "max_abs_diff": 0.0}}

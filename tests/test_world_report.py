@@ -74,6 +74,7 @@ def test_report_collects_every_stage_and_the_targets(tmp_path):
         "steps": 400, "first_loss": 1.0, "final_loss": 0.125, "steps_per_s_median": 46.0,
         "eval_during_training": [{"step": 200, "psnr": 24.29, "ssim": 0.8203}],
         "stage_wall_s": 586.4, "heldout_psnr_db": 36.86, "heldout_ssim": 0.9822,
+        "loss_curve": [[100, 1.0], [200, 0.5], [300, 0.25], [400, 0.125]],
     }  # fmt: skip
     assert r["dit"]["steps"] == 600 and r["dit"]["steps_per_s_median"] == 32.5
     assert r["dit"]["final_loss"] == pytest.approx(1 / 3, abs=1e-4)

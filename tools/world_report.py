@@ -60,6 +60,9 @@ def stage(workdir: str, name: str) -> dict | None:
         "first_loss": round(train[0]["loss"], 4),
         "final_loss": round(train[-1]["loss"], 4),
         "steps_per_s_median": round(statistics.median(rates), 1) if rates else None,
+        # Every logged loss at full precision: two runs of the recipe compare step by step
+        # (tools/experiments/compare_runs.py), bit for bit when they are.
+        "loss_curve": [[int(r["step"]), r["loss"]] for r in train],
     }
     # Where a step's time went, steady state: the logged intervals after the first tenth of the
     # steps (the compiles, and the DiT's latent caches built before its first step).

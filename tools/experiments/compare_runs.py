@@ -6,13 +6,14 @@ RUN is a workdir of the recipe (its eval/summary.json is read), the path of such
 JSON, or a tools/world_report.py JSON (as committed under tools/bench/results/). Compared: every
 target of the evaluation suite (sora_jax/eval_suite.py TARGETS), the colour, shape and motion
 accuracy and object permanence of every set and of every sampler variant (`eval.t2v_variants`),
-and the validation losses. A set is matched by its name, its sampling settings and its size: two
-runs whose suites sample at other settings compare where one's variant is the other's setting
-(e.g. t2v at guidance 5: one run's suite, the other's t2v@guidance=5.0). Accuracies and
-permanence are fractions, compared
-in points (100 x the difference) against --points; the others (given-frame PSNR in dB,
-continuity ratios) are printed with their difference and no bound. The table goes to stdout;
---out writes the rows and `all_within` (every fraction within --points) as JSON.
+the validation losses, and the training losses the stages logged (a workdir's metrics.jsonl, or
+a world_report JSON's loss_curve): equal at how many steps. A set is matched by its name, its
+sampling settings and its size: two runs whose suites sample at other settings compare where
+one's variant is the other's setting (e.g. t2v at guidance 5: one run's suite, the other's
+t2v@guidance=5.0). Accuracies and permanence are fractions, compared in points (100 x the
+difference) against --points; the others (given-frame PSNR in dB, continuity ratios, losses)
+are printed with their difference and no bound. The table goes to stdout; --out writes the
+rows, the loss-curve comparison and `all_within` (every fraction within --points) as JSON.
 """
 
 from __future__ import annotations
@@ -23,15 +24,46 @@ import math
 import os
 
 FRACTIONS = ("color_acc", "shape_acc", "motion_acc", "permanence", "last_color_acc")
+STAGES = ("vae", "dit")  # training stages whose logged losses are compared
 
 
 def load_summary(run: str) -> dict:
-    """The eval suite's summary of a recipe workdir, or the summary JSON at `run`."""
+    """The eval suite's summary of a recipe workdir (with its stages' logged losses), or the
+    summary JSON at `run`."""
     path = os.path.join(run, "eval", "summary.json") if os.path.isdir(run) else run
     if not os.path.exists(path):
         raise SystemExit(f"compare_runs: no evaluation summary at {path}.")
     with open(path) as f:
-        return json.load(f)
+        summary = json.load(f)
+    if os.path.isdir(run):
+        for stage in STAGES:
+            rows = _jsonl(os.path.join(run, stage, "metrics.jsonl"))
+            curve = [[int(r["step"]), r["loss"]] for r in rows if "loss" in r]
+            if curve:
+                summary.setdefault(stage, {})["loss_curve"] = curve
+    return summary
+
+
+def _jsonl(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def loss_curves(a: dict, b: dict) -> dict[str, dict]:
+    """Per stage both runs logged losses for: the logged steps they share, at how many of them
+    the losses are equal (bit for bit), and the largest difference."""
+    out = {}
+    for stage in STAGES:
+        ca = dict(map(tuple, (a.get(stage) or {}).get("loss_curve", [])))
+        cb = dict(map(tuple, (b.get(stage) or {}).get("loss_curve", [])))
+        steps = sorted(set(ca) & set(cb))
+        if steps:
+            diffs = [abs(ca[s] - cb[s]) for s in steps]
+            out[stage] = {"steps": len(steps), "identical": sum(d == 0 for d in diffs),
+                          "max_abs_diff": max(diffs)}  # fmt: skip
+    return out
 
 
 def settings_label(settings: dict | None, n) -> str:
@@ -111,12 +143,17 @@ def main(argv=None) -> dict:
     p.add_argument("--points", type=float, default=3.0, help="allowed difference of fractions")
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
-    rows = compare(load_summary(args.run_a), load_summary(args.run_b), args.points)
+    a, b = load_summary(args.run_a), load_summary(args.run_b)
+    rows = compare(a, b, args.points)
     bounded = [r for r in rows if "within" in r]
     result = {"run_a": args.run_a, "run_b": args.run_b, "points": args.points, "rows": rows,
               "all_within": bool(bounded) and all(r["within"] for r in bounded),
-              "max_abs_points": max((abs(r["points"]) for r in bounded), default=None)}  # fmt: skip
+              "max_abs_points": max((abs(r["points"]) for r in bounded), default=None),
+              "loss_curves": loss_curves(a, b)}  # fmt: skip
     print(table(rows, args.points))
+    for stage, c in result["loss_curves"].items():
+        print(f"{stage} training loss: equal at {c['identical']} of the {c['steps']} logged steps "
+              f"both runs have; largest difference {c['max_abs_diff']:.3g}")  # fmt: skip
     print(f"fractions within ±{args.points:g} points: {sum(r['within'] for r in bounded)} of "
           f"{len(bounded)}; largest difference {result['max_abs_points']} points")  # fmt: skip
     if args.out:
