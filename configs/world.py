@@ -277,7 +277,7 @@ def eval_config(**overrides) -> ml_collections.ConfigDict:
             # Third run: t2v shape 0.69 at 8 vs 0.85 at 5; fourth run (2026-12-04,
             # tools/bench/results/world_h200_run4.json): t2v shape 0.91 at 3 vs 0.84 at 5,
             # motion 0.94 vs 0.95, occlusion-scene permanence 0.78 vs 0.66 (32 scenes: chosen
-            # on those, so the 96-scene set above is mostly scenes it was not chosen on).
+            # on those; 95 of the 96 scenes of the set above are others).
             guidance=3.0,
             shift=0.0,  # flow time shift for sampling; 0 = config.flow.shift
             # The sets of `variant_sets` again under other settings (reported beside the sets,
