@@ -151,7 +151,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # 25.9 steps/s on the H200 with deterministic kernels (28 ms compute + 9.5 ms waiting
         # for the batch; tools/bench/results/world_h200_run3.json), 23.5 in the fourth run
         # (12 + 32 ms: with the batch copy moved into the producing thread, since moved back):
-        # the batches came too slowly, not the steps: a new caption's encode (in ~58% of the
+        # the batches came too slowly, not the steps: a new caption's encode (in 59% of the
         # steps) queued behind the train steps on the device. Captions now start encoding 8
         # steps ahead (sora_jax/train/caption_embedder.py; the same numbers). 24,000
         # steps take ~16-17 min, and the stage's compiles run beside the VAE stage

@@ -7,7 +7,7 @@ it: the encoder's program is queued on the device and the caption's entry holds 
 output, read when a later call needs it. The DiT stage requests each batch's captions several
 steps before the batch is due (dit_latent_cache.py), so reading them no longer waits behind the
 train steps already queued on the device (the fourth world run on the H200 stepped 11.9 ms and
-waited 31.6 ms per step for its batch: a new caption's encode, in ~58% of its steps, queued behind
+waited 31.6 ms per step for its batch: a new caption's encode, in 59% of its steps, queued behind
 up to two train steps). Requests made in step order make exactly the encoder calls that plain
 calls in step order make, so the embeddings are the same bit for bit.
 """
