@@ -302,6 +302,7 @@ def test_requested_captions_are_read_later_as_plain_calls_give_them():
     # A second embedder over the same encoder keeps its own cache (training samples).
     other = ahead.sharing_encoder()
     assert other.encoder is ahead.encoder and other.cache == {} and other.disk is None
+    assert other._encode_lock is ahead._encode_lock and other._lock is not ahead._lock
     # (Encoded alone, not in a batch of three: the same numbers to rounding, not bit for bit.)
     np.testing.assert_allclose(other([PROMPTS[1]])[0], want[0][0][1:2], rtol=1e-4, atol=1e-4)
     assert PROMPTS[1] in ahead.cache and len(ahead_calls) == 4  # its call, not ahead's cache

@@ -52,6 +52,7 @@ class CaptionEmbedder:
         self.max_cache = max_cache
         self.disk = None
         self._lock = threading.Lock()  # callers in several threads (the eval suite's sets)
+        self._encode_lock = threading.Lock()  # shared with `sharing_encoder` embedders
         if self.text_cfg.cache_dir:
             namespace = text_lib.cache_namespace(self.text_cfg)
             self.disk = text_cache.TextEmbeddingCache(self.text_cfg.cache_dir, namespace)
@@ -69,7 +70,7 @@ class CaptionEmbedder:
         other = CaptionEmbedder.__new__(CaptionEmbedder)
         other.__dict__.update(self.__dict__)
         other.cache, other._lock, other.disk = {}, threading.Lock(), None
-        other._encoder = self.encoder
+        other._encoder = self.encoder  # one encoder: its calls (tokenizer, dispatch) one at a time
         return other
 
     def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +94,8 @@ class CaptionEmbedder:
             self.cache = keep
         self.cache.update({t: (e.astype(self.store_dtype), m) for t, (e, m) in found.items()})
         if todo:
-            pending = _Pending(todo, *self.encoder.encode(todo))
+            with self._encode_lock:  # returns once the encode is queued on the device
+                pending = _Pending(todo, *self.encoder.encode(todo))
             if self.disk is not None:  # the disk cache writes now: no reason to wait
                 rows = pending.rows(np.dtype(np.float32))
                 self.disk.put_many(todo, np.stack([rows[t][0] for t in todo]),
