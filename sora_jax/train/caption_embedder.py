@@ -93,14 +93,17 @@ class CaptionEmbedder:
             keep = {t: self.cache[t] for t in texts if t in self.cache}
             self.cache = keep
         self.cache.update({t: (e.astype(self.store_dtype), m) for t, (e, m) in found.items()})
-        if todo:
-            with self._encode_lock:  # returns once the encode is queued on the device
-                pending = _Pending(todo, *self.encoder.encode(todo))
-            if self.disk is not None:  # the disk cache writes now: no reason to wait
-                rows = pending.rows(np.dtype(np.float32))
-                self.disk.put_many(todo, np.stack([rows[t][0] for t in todo]),
-                                   np.stack([rows[t][1] for t in todo]))  # fmt: skip
+        if not todo:
+            return
+        with self._encode_lock:  # returns once the encode is queued on the device
+            pending = _Pending(todo, *self.encoder.encode(todo))
+        if self.disk is None:
             self.cache.update(dict.fromkeys(todo, pending))
+            return
+        rows = pending.rows(np.dtype(np.float32))  # the disk cache writes now: no reason to wait
+        self.disk.put_many(todo, np.stack([rows[t][0] for t in todo]),
+                           np.stack([rows[t][1] for t in todo]))  # fmt: skip
+        self.cache.update({t: (e.astype(self.store_dtype), m) for t, (e, m) in rows.items()})
 
     def _gather(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         for t in texts:

@@ -75,13 +75,12 @@ def batches(task: DiTTask, start_step: int) -> Iterator[dict]:
             n = task.buckets[b_idx].batch_size // builder.stream.process_count
             u = buckets_lib.hash_uniform(task.config.seed, step * 4096 + np.arange(n), 11)
             idx = (u * len(texts)).astype(np.int64)
-            step_texts = [texts[i] for i in idx]
+            captions = task.captions(step, [texts[i] for i in idx])
             if request is not None:  # the captions' encode starts now, read TEXT_AHEAD later
-                request(task.captions(step, step_texts))
-            ahead.append((step, latents[idx], step_texts))  # copies: refreshes write in place
+                request(captions)
+            ahead.append(({"latents": latents[idx]}, captions))  # copies: refreshes write in place
             if len(ahead) > TEXT_AHEAD:
-                s, lat, step_texts = ahead.popleft()
-                yield task._with_text(s, {"latents": lat}, step_texts)
+                yield task.with_captions(*ahead.popleft())
     finally:
         builder.stop.set()  # a bucket being encoded ends at its next batch
         encoding.shutdown(wait=True, cancel_futures=True)

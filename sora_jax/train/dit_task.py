@@ -190,14 +190,20 @@ class DiTTask:
 
         embedded: precomputed (emb [B, L, D], mask [B, L]) of `texts` (the latent cache).
         """
-        dropped = self._dropped(step, len(texts))
         if embedded is None:
-            emb, mask = self.embedder(self.captions(step, texts))
-        else:
-            emb, mask = np.array(embedded[0]), np.array(embedded[1])
-            if dropped.any():
-                empty_emb, empty_mask = self.embedder([""])
-                emb[dropped], mask[dropped] = empty_emb[0], empty_mask[0]
+            return self.with_captions(video_or_latents, self.captions(step, texts))
+        dropped = self._dropped(step, len(texts))
+        emb, mask = np.array(embedded[0]), np.array(embedded[1])
+        if dropped.any():
+            empty_emb, empty_mask = self.embedder([""])
+            emb[dropped], mask[dropped] = empty_emb[0], empty_mask[0]
+        emb = emb.astype(self.text_dtype, copy=False)
+        return {**video_or_latents, "text": emb, "text_mask": mask}
+
+    def with_captions(self, video_or_latents: dict, captions: list[str]) -> dict:
+        """Adds the embeddings of `captions`: a step's captions with its dropout applied
+        (`captions`)."""
+        emb, mask = self.embedder(captions)
         emb = emb.astype(self.text_dtype, copy=False)  # a no-op for the embedder's own
         return {**video_or_latents, "text": emb, "text_mask": mask}
 

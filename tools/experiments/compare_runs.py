@@ -22,6 +22,9 @@ import argparse
 import json
 import math
 import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/
 
 FRACTIONS = ("color_acc", "shape_acc", "motion_acc", "permanence", "last_color_acc")
 STAGES = ("vae", "dit")  # training stages whose logged losses are compared
@@ -35,20 +38,14 @@ def load_summary(run: str) -> dict:
         raise SystemExit(f"compare_runs: no evaluation summary at {path}.")
     with open(path) as f:
         summary = json.load(f)
-    if os.path.isdir(run):
-        for stage in STAGES:
-            rows = _jsonl(os.path.join(run, stage, "metrics.jsonl"))
-            curve = [[int(r["step"]), r["loss"]] for r in rows if "loss" in r]
-            if curve:
-                summary.setdefault(stage, {})["loss_curve"] = curve
+    if os.path.isdir(run):  # the stages' logged losses, as tools/world_report.py reports them
+        import world_report  # tools/world_report.py
+
+        for name in STAGES:
+            numbers = world_report.stage(run, name)
+            if numbers is not None:
+                summary.setdefault(name, {})["loss_curve"] = numbers["loss_curve"]
     return summary
-
-
-def _jsonl(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def loss_curves(a: dict, b: dict) -> dict[str, dict]:
