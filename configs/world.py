@@ -153,8 +153,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # (12 + 32 ms: with the batch copy moved into the producing thread, since moved back):
         # the batches came too slowly, not the steps: a new caption's encode (in 59% of the
         # steps) queued behind the train steps on the device. Captions now start encoding 8
-        # steps ahead (sora_jax/train/caption_embedder.py; the same numbers). 24,000
-        # steps take ~16-17 min, and the stage's compiles run beside the VAE stage
+        # steps ahead (sora_jax/train/caption_embedder.py; the same numbers): 28.2 steps/s in
+        # the fifth run (33.1 ms on the device + 2.3 ms for the batch, world_h200_run5.json).
+        # 24,000 steps take ~16.5 min, and the stage's compiles run beside the VAE stage
         # (tools/experiments/world_gpu.sh). With 16,000 steps at lr 3e-4 the shape accuracy of
         # training samples plateaued at 0.72 (main bucket alone, 10k-16k steps); lr 1e-3 had a
         # 15% lower loss at every 1,000 steps of an A/B to 6,000 and kept climbing to 0.79 at
