@@ -1,7 +1,7 @@
 """The world model of issue 9: VAE + DiT on the synthetic world, sized for one H100/H200.
 
-One command trains the VAE (7,500 steps, ~4 min on an H200), caches latents, trains the DiT
-(24,000 steps, ~18 min) and runs the evaluation suite (sora_jax/eval_suite.py:
+One command trains the VAE (15,000 steps, ~7.5 min on an H200), caches latents, trains the DiT
+(24,000 steps, ~16.5 min) and runs the evaluation suite (sora_jax/eval_suite.py:
 every generation mode, graded):
 
   python -m sora_jax.main --config=configs/world.py --workdir=/tmp/world
@@ -95,10 +95,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.vae_train = common.train_config(
         # A fixed number of steps, not a time budget, so that a re-run repeats the run: 330 s
         # held 9,300 and 7,800 steps on two H200 leases (2026-12-03: 32.1 and 31.4 dB held out).
-        # A 20,800-step schedule in 540 s reached 36.9 dB and again 37.8 dB; the i2v target
-        # needs 30 dB on the given frame (the 7,800-step VAE gave 33.6 dB), so the remaining GPU
-        # time goes to the DiT.
-        steps=7500,
+        # A 20,800-step schedule in 540 s reached 36.9 dB and again 37.8 dB. 7,500 steps (the
+        # fourth and fifth runs: 32.2 dB, 42 steps/s, 255 s with compiles and evaluations) kept
+        # the object through the bar in only 0.85 of the 96 occlusion scenes' round trips (their
+        # real clips: 1.00), the ceiling of the DiT's 0.67 (issue 9 asks 0.75); the misses are
+        # small objects (~5-10 px), whose shape a blurrier VAE loses. 15,000 steps cost ~180 s
+        # more, which the session's 1,800 s of device time holds (the fifth run used 1,365 s).
+        steps=15000,
         lr=2e-3,  # the sweep (tools/bench/results/vae_sweep_h200.json): larger batch + lr
         lr_warmup_steps=200,
         b2=0.999,
@@ -171,8 +174,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         ema_decay=0.999,
         log_every_steps=200,
         checkpoint_every_steps=1000,
-        # VAE ~250 s + DiT ~1,100 s (latent caches ~100 s, the steps, six sample rounds ~70 s)
-        # + eval ~70 s + start-up ~100 s fit a 30-minute GPU session. The stage must end by its
+        # VAE ~440 s + DiT ~1,000 s (latent caches ~30 s, the steps, six sample rounds ~70 s)
+        # + eval ~50 s + start-up ~60 s fit a 30-minute GPU session. The stage must end by its
         # step count for a re-run to repeat it (a stop by time lands on another step), so the
         # cap is far above the expected time: only a much slower machine meets it (rerun the
         # stage to train on).

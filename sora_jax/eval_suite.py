@@ -12,7 +12,9 @@ Metrics per set (`evaluate.py` holds their definitions):
   permanence (t2v_occlusion)         `evaluate.object_permanence`: the object seen before the
                                      occluder is seen after it, same colour, size and shape;
                                      permanence_vae_round_trip: that of the VAE's round trips
-                                     of the scenes' real clips (the ceiling)
+                                     of the scenes' real clips (the ceiling);
+                                     permanence_where_vae_keeps: the generated videos'
+                                     permanence over the scenes whose round trip keeps it
   given_psnr (conditioned)           PSNR (dB) of the output's given frames against the given
                                      pixels, after the VAE round trip
   last_color_acc (conditioned)       the last frame's subject colour is the spec's
@@ -165,12 +167,20 @@ def round_trip_grades(gen, cases: Sequence[eval_cases.Case], sizes) -> list[tupl
     return out
 
 
-def round_trip_permanence(gen, cases: Sequence[eval_cases.Case], videos) -> float:
-    """Object permanence of the VAE's round trips of the occlusion scenes' real clips (at the
-    generated videos' sizes): the ceiling a DiT drawing in these latents can reach on the same
-    grader."""
-    grades = round_trip_grades(gen, cases, [v.shape[:3] for v in videos])
-    return _mean([g["permanent"] for _, g in grades])
+def vae_ceiling(gen, cases: Sequence[eval_cases.Case], videos, records: list[dict]) -> dict:
+    """The occlusion scenes' ceiling: `permanence_vae_round_trip`, the object permanence of the
+    VAE's round trips of their real clips (at the generated videos' sizes), what a DiT drawing
+    in these latents can reach on the same grader; and `permanence_where_vae_keeps`, the
+    generated videos' permanence over the scenes whose round trip keeps the object (NaN when
+    none does). Each record gets its round trip's grade (`permanence_vae_round_trip`)."""
+    grades = [g for _, g in round_trip_grades(gen, cases, [v.shape[:3] for v in videos])]
+    for rec, g in zip(records, grades, strict=True):
+        rec["permanence_vae_round_trip"] = g
+    kept = [r["permanence"]["permanent"] for r, g in zip(records, grades) if g["permanent"]]
+    return {
+        "permanence_vae_round_trip": _mean([g["permanent"] for g in grades]),
+        "permanence_where_vae_keeps": _mean(kept),
+    }
 
 
 def _mean(values) -> float:
@@ -337,7 +347,7 @@ def run(
         videos = generate(gen, cases, settings, batch_size)
         metrics, records = score(set_name, cases, videos, tf)
         if label == "t2v_occlusion":
-            metrics["permanence_vae_round_trip"] = round_trip_permanence(gen, cases, videos)
+            metrics.update(vae_ceiling(gen, cases, videos, records))
         metrics["wall_s"] = round(time.time() - t0, 1)  # overlaps the other jobs' times
         return videos, metrics, records
 

@@ -242,8 +242,9 @@ def test_eval_suite_runs_every_set_at_micro_size(tmp_path):
     assert not (out / "t2v_videos.npz").exists()
 
 
-def test_round_trip_permanence_is_the_permanence_of_decoded_real_clips():
+def test_vae_ceiling_grades_the_decoded_real_clips_and_the_dit_where_they_keep_the_object():
     c = load_world_config("micro")
+    c.eval.occlusion_prompts = 4
     cases = eval_cases.build_suite(c)["t2v_occlusion"]
     f, h, w = eval_cases.parse_shape(c.eval.shape)
     videos = [np.zeros((f, h, w, 3), np.uint8)] * len(cases)  # only their sizes are used
@@ -258,8 +259,14 @@ def test_round_trip_permanence_is_the_permanence_of_decoded_real_clips():
             out[:, f // 2 :] = 0
             return out
 
-    assert eval_suite.round_trip_permanence(Lossless(), cases, videos) == 1.0
-    assert eval_suite.round_trip_permanence(Forgets(), cases, videos) == 0.0
+    kept = [True, False, True, True]  # the generated videos' permanence per scene
+    records = [{"permanence": {"permanent": k}} for k in kept]
+    m = eval_suite.vae_ceiling(Lossless(), cases, videos, records)
+    assert m == {"permanence_vae_round_trip": 1.0, "permanence_where_vae_keeps": 0.75}
+    assert all(r["permanence_vae_round_trip"]["permanent"] for r in records)
+    m = eval_suite.vae_ceiling(Forgets(), cases, videos, records)
+    assert m["permanence_vae_round_trip"] == 0.0 and np.isnan(m["permanence_where_vae_keeps"])
+    assert not any(r["permanence_vae_round_trip"]["permanent"] for r in records)
 
 
 def test_failure_sheet_pairs_each_video_with_its_real_clip():
@@ -303,6 +310,9 @@ def test_variants_resample_every_set_of_variant_sets(tmp_path):
     # The suite's settings again: the occlusion set's samples, grades and permanence exactly.
     base = json.loads((tmp_path / "eval" / "t2v_occlusion.json").read_text())["samples"]
     again = json.loads((tmp_path / "eval" / f"{label}.json").read_text())["samples"]
+    # (the suite's own set also grades each scene's VAE round trip: its ceiling)
+    assert all("permanence_vae_round_trip" in r for r in base)
+    base = [{k: v for k, v in r.items() if k != "permanence_vae_round_trip"} for r in base]
     assert again == base and len(base) == 2 and "permanence" in base[0]
     occlusion = summary["sets"]["t2v_occlusion"]
     assert summary["t2v_variants"][label]["permanence"] == occlusion["permanence"]

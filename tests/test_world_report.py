@@ -142,6 +142,14 @@ def test_report_prints_the_occlusion_set_per_sampler_setting(tmp_path, capsys):
     assert "| steps=60 | 1.00 | 0.50 | 0.75 |" in printed  # the t2v table: t2v rows only
     assert ("| t2v, occlusion scenes (32) | 1.00 | 0.80 | 0.70 | object permanence 0.56, "
             "VAE round trips' 0.91 |") in printed  # fmt: skip
+    summary["sets"]["t2v_occlusion"]["permanence_where_vae_keeps"] = 0.6
+    _write(run / "eval" / "summary.json", summary)
+    world_report.main(["--workdir", str(run)])
+    assert ("| t2v, occlusion scenes (32) | 1.00 | 0.80 | 0.70 | object permanence 0.56, "
+            "VAE round trips' 0.91, where those keep it 0.60 |"
+            ) in capsys.readouterr().out.splitlines()  # fmt: skip
+    del summary["sets"]["t2v_occlusion"]["permanence_where_vae_keeps"]
+    _write(run / "eval" / "summary.json", summary)
     assert sum(line.startswith("| steps=60 |") for line in printed) == 2
     assert printed[-4:] == ["| t2v_occlusion sampled with | shape | object permanence |",
                             "|---|---|---|", "| the suite's settings | 0.80 | 0.56 |",

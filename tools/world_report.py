@@ -155,6 +155,8 @@ def markdown(sets: dict) -> str:
             other.append(f"object permanence {s['permanence']:.2f}")
         if s.get("permanence_vae_round_trip") is not None:
             other.append(f"VAE round trips' {s['permanence_vae_round_trip']:.2f}")
+        if s.get("permanence_where_vae_keeps") is not None:  # the DiT where the VAE keeps it
+            other.append(f"where those keep it {s['permanence_where_vae_keeps']:.2f}")
         if "given_psnr" in s:
             other.append(f"given frames {s['given_psnr']:.1f} dB")
         if "last_color_acc" in s:
