@@ -143,16 +143,17 @@ PERMANENCE_KEYS = ("permanent", "hidden", "seen_after", "same_size", "same_shape
 def permanence_metrics(specs: Sequence[dict], grades: Sequence[dict],
                        keys: Sequence[str] = PERMANENCE_KEYS) -> dict:  # fmt: skip
     """Means of `evaluate.object_permanence` grades: `permanence` (of "permanent"),
-    `permanence_<key>` for the other keys, and `permanence_by_motion` (of the subject's motion;
-    grow/shrink/bounce were the misses on the GPU)."""
+    `permanence_<key>` for the other keys, and `permanence_by_motion` / `permanence_by_size`
+    (per the subject's motion and size: grow/shrink and small subjects were the GPU's misses)."""
     out = {}
     for key in keys:
         label = "permanence" if key == "permanent" else f"permanence_{key}"
         out[label] = _mean(g[key] for g in grades)
-    by_motion: dict[str, list[bool]] = {}
-    for spec, g in zip(specs, grades, strict=True):
-        by_motion.setdefault(spec["objects"][0]["motion"], []).append(g["permanent"])
-    out["permanence_by_motion"] = {k: _mean(v) for k, v in sorted(by_motion.items())}
+    for attr in ("motion", "size"):
+        groups: dict[str, list[bool]] = {}
+        for spec, g in zip(specs, grades, strict=True):
+            groups.setdefault(spec["objects"][0][attr], []).append(g["permanent"])
+        out[f"permanence_by_{attr}"] = {k: _mean(v) for k, v in sorted(groups.items())}
     return out
 
 

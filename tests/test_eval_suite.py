@@ -320,6 +320,9 @@ def test_variants_resample_every_set_of_variant_sets(tmp_path):
     motions = {r["spec"]["objects"][0]["motion"] for r in base}
     assert set(occlusion["permanence_by_motion"]) == motions
     assert all(v in (0.0, 0.5, 1.0) for v in occlusion["permanence_by_motion"].values())
+    sizes = {r["spec"]["objects"][0]["size"] for r in base}
+    assert set(occlusion["permanence_by_size"]) == sizes
+    assert all(v in (0.0, 0.5, 1.0) for v in occlusion["permanence_by_size"].values())
 
 
 def test_bad_t2v_variant_fails_before_any_weights_load(tmp_path):

@@ -159,6 +159,12 @@ def test_report_prints_the_occlusion_set_per_sampler_setting(tmp_path, capsys):
     world_report.main(["--workdir", str(run)])
     last = capsys.readouterr().out.splitlines()[-1]
     assert last == "object permanence by the subject's motion: grow 0.00, left 0.75"
+    summary["sets"]["t2v_occlusion"]["permanence_by_size"] = {"large": 0.84, "small": 0.41}
+    _write(run / "eval" / "summary.json", summary)
+    world_report.main(["--workdir", str(run)])
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        "object permanence by the subject's motion: grow 0.00, left 0.75",
+        "object permanence by the subject's size: large 0.84, small 0.41"]  # fmt: skip
 
 
 def test_report_prints_the_vae_round_trip_grades(tmp_path, capsys):

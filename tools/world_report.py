@@ -250,10 +250,11 @@ def main(argv: list[str] | None = None) -> dict:
         ):
             if table:
                 print(table)
-        by_motion = occlusion.get("permanence_by_motion")
-        if by_motion:
-            print("object permanence by the subject's motion: "
-                  + ", ".join(f"{k} {_cell(v)}" for k, v in by_motion.items()))  # fmt: skip
+        for attr in ("motion", "size"):
+            groups = occlusion.get(f"permanence_by_{attr}")
+            if groups:
+                print(f"object permanence by the subject's {attr}: "
+                      + ", ".join(f"{k} {_cell(v)}" for k, v in groups.items()))  # fmt: skip
     return result
 
 
