@@ -39,6 +39,7 @@ def test_lossless_round_trips_keep_every_object_and_forgetful_ones_none():
     out, recons = vae_permanence.grade_round_trips(c, Lossless())
     assert out["n"] == len(recons) == len(out["samples"]) == 12
     assert out["permanence"] == 1.0 and set(out["by_motion"].values()) == {1.0}
+    assert set(out["by_size"]) == {r["size"] for r in out["samples"]}
     assert out["criteria"] == dict.fromkeys(("seen_before", "seen_after", "same_size",
                                              "same_shape"), 1.0)  # fmt: skip
     assert all(r.dtype == np.uint8 and r.shape == (17, 64, 64, 3) for r in recons)

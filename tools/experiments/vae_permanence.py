@@ -6,7 +6,7 @@
 The real clips of the `t2v_occlusion` set (rendered at `eval.shape`) go through the VAE of
 WORKDIR (encode, decode; no DiT: `eval_suite.round_trip_grades`, as the suite's
 permanence_vae_round_trip) and are graded by `evaluate.object_permanence`: the ceiling a DiT
-drawing in these latents can reach, per motion, with each failing criterion. The
+drawing in these latents can reach, per motion and size, with each failing criterion. The
 reconstructions are kept beside the JSON (<out>_videos.npz).
 """
 
@@ -37,13 +37,15 @@ def grade_round_trips(config, gen) -> tuple[dict, list[np.ndarray]]:
     for case, (_, grade) in zip(cases, graded, strict=True):
         subject = case.spec["objects"][0]
         records.append({"seed": case.seed, "motion": subject["motion"], "shape": subject["shape"],
-                        "diameter": subject["diameter"], **grade})  # fmt: skip
+                        "size": subject["size"], "diameter": subject["diameter"],
+                        **grade})  # fmt: skip
     criteria = ("seen_before", "seen_after", "same_size", "same_shape")
     m = eval_suite.permanence_metrics([c.spec for c in cases], [g for _, g in graded],
                                       ("permanent", *criteria))  # fmt: skip
     out = {
         "permanence": m["permanence"],
         "by_motion": m["permanence_by_motion"],
+        "by_size": m["permanence_by_size"],
         "criteria": {k: m[f"permanence_{k}"] for k in criteria},
         "n": len(records),
         "samples": records,
@@ -74,6 +76,8 @@ def main(argv=None) -> dict:
     print(
         f"VAE round-trip permanence {out['permanence']:.3f} over {len(records)}; by motion "
         + ", ".join(f"{m} {v:.2f}" for m, v in out["by_motion"].items())
+        + "; by size "
+        + ", ".join(f"{m} {v:.2f}" for m, v in out["by_size"].items())
     )
     with open(a.out, "w") as fh:
         json.dump(out, fh, indent=1)
