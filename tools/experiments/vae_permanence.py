@@ -73,12 +73,11 @@ def main(argv=None) -> dict:
             areas = f"{r['area_first']}->{r['area_last']}"
             print(f"  {r['motion']:>10} {r['shape']:>8} d={r['diameter']:.2f}: "
                   f"size x{r['size_ratio']} shape {shapes} area {areas}")  # fmt: skip
-    print(
-        f"VAE round-trip permanence {out['permanence']:.3f} over {len(records)}; by motion "
-        + ", ".join(f"{m} {v:.2f}" for m, v in out["by_motion"].items())
-        + "; by size "
-        + ", ".join(f"{m} {v:.2f}" for m, v in out["by_size"].items())
+    groups = "; ".join(
+        f"by {attr} " + ", ".join(f"{k} {v:.2f}" for k, v in out[f"by_{attr}"].items())
+        for attr in ("motion", "size")
     )
+    print(f"VAE round-trip permanence {out['permanence']:.3f} over {len(records)}; {groups}")
     with open(a.out, "w") as fh:
         json.dump(out, fh, indent=1)
     eval_files.save_videos(os.path.splitext(a.out)[0] + "_videos.npz", recons,
