@@ -171,9 +171,26 @@ def test_prompt_suite_is_balanced_and_deterministic():
     assert {(s["objects"][0]["color"], s["objects"][0]["shape"]) for s in held} == {("red", "star")}
 
 
+def test_size_weights_set_the_subjects_size_frequencies():
+    sizes = lambda cfg, n: [World(cfg).spec(i)["objects"][0]["size"] for i in range(n)]  # noqa: E731
+    counts = collections.Counter(sizes(WorldConfig(size_weights=(6, 3, 1)), 3000))
+    np.testing.assert_allclose([counts[s] / 3000 for s in world.ALL_SIZES], (0.6, 0.3, 0.1), atol=0.03)
+    assert counts["large"] > 0 and 0 == collections.Counter(
+        sizes(WorldConfig(size_weights=(1, 1, 0)), 600))["large"]
+    # Equal weights are the unweighted world, clip for clip (the size takes one uniform either
+    # way, so no later draw of a clip moves), and the evaluation prompts ignore the weights.
+    plain, equal = World(WorldConfig()), World(WorldConfig(size_weights=(2.0, 2.0, 2.0)))
+    assert all(plain.spec(i) == equal.spec(i) for i in range(300))
+    assert prompt_suite(WorldConfig(size_weights=(1, 0, 0)), 9) == prompt_suite(WorldConfig(), 9)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
+        {"size_weights": (1.0, 1.0)},
+        {"size_weights": (1.0, -1.0, 1.0)},
+        {"size_weights": (0, 0, 0)},
+        {"size_weights": (1.0, float("nan"), 1.0)},
         {"seed": -1},
         {"colors": ("red", "mauve")},
         {"shapes": ()},

@@ -91,6 +91,9 @@ class WorldConfig:
     colors: tuple[str, ...] = ALL_COLORS
     shapes: tuple[str, ...] = ALL_SHAPES
     sizes: tuple[str, ...] = ALL_SIZES
+    # Relative frequencies of `sizes` for the subject of a clip (one weight per size, any
+    # positive scale); () draws them equally. prompt_suite stays balanced over `sizes`.
+    size_weights: tuple[float, ...] = ()
     motions: tuple[str, ...] = ALL_MOTIONS
     backgrounds: tuple[str, ...] = ALL_BACKGROUNDS
     max_objects: int = 3  # subject + up to 3 distractors (≤ 4)
@@ -142,6 +145,12 @@ def _validate(cfg: WorldConfig) -> None:
     for name in ("image_fraction", "camera_pan_prob", "occluder_prob"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ValueError(f"{name}={getattr(cfg, name)!r} must be a probability in [0, 1].")
+    weights = tuple(cfg.size_weights)
+    if weights and (len(weights) != len(tuple(cfg.sizes)) or sum(weights) <= 0
+                    or not all(isinstance(x, (int, float)) and 0 <= x < float("inf")
+                               for x in weights)):  # fmt: skip
+        raise ValueError(f"size_weights={weights!r} must be one non-negative weight per size of "
+                         f"{tuple(cfg.sizes)} (or empty), not all zero.")  # fmt: skip
     if not positive(cfg.max_objects) or cfg.max_objects > 4:
         raise ValueError(f"max_objects={cfg.max_objects!r} must be an int in [1, 4].")
     if cfg.split not in ("train", "holdout"):
@@ -267,6 +276,15 @@ def _sample_distractors(cfg, subject_color, count, draws) -> list[tuple[str, str
     return out
 
 
+def _draw_size(cfg: WorldConfig, draws: _Draws) -> str:
+    """The subject's size: one uniform either way, so weights move no later draw of the clip."""
+    if not cfg.size_weights:
+        return draws.choice(cfg.sizes)
+    edges = np.cumsum(cfg.size_weights) / sum(cfg.size_weights)
+    i = int(np.searchsorted(edges, draws.uniform(), side="right"))
+    return cfg.sizes[min(i, len(cfg.sizes) - 1)]
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -302,7 +320,7 @@ class World:
         cfg, image = self.cfg, frames == 1
         color, shape = draws.choice(self._pairs)
         motion = "still" if image else draws.choice(cfg.motions)
-        subject = (color, shape, draws.choice(cfg.sizes), motion)
+        subject = (color, shape, _draw_size(cfg, draws), motion)
         kind, tone = draws.choice(cfg.backgrounds), draws.choice(("dark", "light"))
         pan = draws.choice(PAN_DIRECTIONS) if draws.uniform() < cfg.camera_pan_prob else "none"
         occluder = draws.uniform() < cfg.occluder_prob
