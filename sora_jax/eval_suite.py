@@ -142,18 +142,32 @@ PERMANENCE_KEYS = ("permanent", "hidden", "seen_after", "same_size", "same_shape
 
 def permanence_metrics(specs: Sequence[dict], grades: Sequence[dict],
                        keys: Sequence[str] = PERMANENCE_KEYS) -> dict:  # fmt: skip
-    """Means of `evaluate.object_permanence` grades: `permanence` (of "permanent"),
-    `permanence_<key>` for the other keys, and `permanence_by_motion` / `permanence_by_size`
-    (per the subject's motion and size: grow/shrink and small subjects were the GPU's misses)."""
+    """Means of `evaluate.object_permanence` grades: `permanence` (of "permanent"), its binomial
+    standard error `permanence_se`, `permanence_<key>` for the other keys,
+    `permanence_by_motion` / `permanence_by_size` (per the subject's motion and size: grow/shrink
+    and small subjects were the GPU's misses), and `prompted_shape_by_size`: per size, how often
+    the shape read before the bar and after it is the prompted one (a DiT that loses the object
+    behind the bar falls from "before" to "after")."""
     out = {}
     for key in keys:
         label = "permanence" if key == "permanent" else f"permanence_{key}"
         out[label] = _mean(g[key] for g in grades)
+    p, n = out["permanence"], len(grades)
+    out["permanence_se"] = float(np.sqrt(p * (1 - p) / n)) if n else float("nan")
     for attr in ("motion", "size"):
         groups: dict[str, list[bool]] = {}
         for spec, g in zip(specs, grades, strict=True):
             groups.setdefault(spec["objects"][0][attr], []).append(g["permanent"])
         out[f"permanence_by_{attr}"] = {k: _mean(v) for k, v in sorted(groups.items())}
+    reads: dict[str, list[tuple[bool, bool]]] = {}
+    for spec, g in zip(specs, grades, strict=True):
+        subject = spec["objects"][0]
+        reads.setdefault(subject["size"], []).append(
+            (g.get("shape_before") == subject["shape"], g.get("shape_after") == subject["shape"]))
+    out["prompted_shape_by_size"] = {
+        k: {"before": _mean(b for b, _ in v), "after": _mean(a for _, a in v)}
+        for k, v in sorted(reads.items())
+    }
     return out
 
 

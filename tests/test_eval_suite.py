@@ -325,6 +325,26 @@ def test_variants_resample_every_set_of_variant_sets(tmp_path):
     assert all(v in (0.0, 0.5, 1.0) for v in occlusion["permanence_by_size"].values())
 
 
+def test_permanence_metrics_by_size_and_standard_error():
+    spec = lambda size, shape, motion="left": {  # noqa: E731
+        "objects": [{"size": size, "shape": shape, "motion": motion}]}
+    grade = lambda kept, before, after: {  # noqa: E731
+        "permanent": kept, "hidden": True, "seen_after": after is not None, "same_size": True,
+        "same_shape": before == after, "shape_before": before, "shape_after": after}
+    specs = [spec("small", "cross"), spec("small", "star", "shrink"), spec("large", "ring"),
+             spec("small", "cross")]
+    grades = [grade(False, "cross", "diamond"), grade(False, "circle", None),
+              grade(True, "ring", "ring"), grade(True, "cross", "cross")]
+    m = eval_suite.permanence_metrics(specs, grades)
+    assert m["permanence"] == 0.5 and m["permanence_se"] == pytest.approx(0.25)  # sqrt(.25/4)
+    assert m["permanence_by_size"] == {"large": 1.0, "small": 1 / 3}
+    assert m["permanence_by_motion"] == {"left": 2 / 3, "shrink": 0.0}
+    # The prompted shape: small before 2 of 3 (the star read as a circle), after 1 of 3 (a
+    # diamond, then not seen at all).
+    assert m["prompted_shape_by_size"] == {"large": {"before": 1.0, "after": 1.0},
+                                           "small": {"before": 2 / 3, "after": 1 / 3}}
+
+
 def test_bad_t2v_variant_fails_before_any_weights_load(tmp_path):
     c = load_world_config("micro")
     c.eval.t2v_variants = ({"stepz": 60},)

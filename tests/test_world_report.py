@@ -165,6 +165,16 @@ def test_report_prints_the_occlusion_set_per_sampler_setting(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[-2:] == [
         "object permanence by the subject's motion: grow 0.00, left 0.75",
         "object permanence by the subject's size: large 0.84, small 0.41"]  # fmt: skip
+    summary["sets"]["t2v_occlusion"].update(
+        prompted_shape_by_size={"large": {"before": 0.94, "after": 0.91},
+                                "small": {"before": 0.72, "after": 0.5}},
+        permanence=0.71875, permanence_se=0.0459, n=96)  # fmt: skip
+    _write(run / "eval" / "summary.json", summary)
+    world_report.main(["--workdir", str(run)])
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        "the prompted shape before / after the bar by the subject's size: large 0.94 / 0.91, "
+        "small 0.72 / 0.50",
+        "object permanence 0.72 ± 0.05 (binomial standard error, 96 scenes)"]  # fmt: skip
 
 
 def test_report_prints_the_vae_round_trip_grades(tmp_path, capsys):
