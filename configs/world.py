@@ -74,7 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # occlusion scenes, and the misses are the DiT redrawing a small subject after the bar:
         # the prompted shape is right before/after it in 0.72/0.50 of small subjects' scenes,
         # 0.94/0.84 of medium and 0.94/0.91 of large ones, while the VAE's round trips keep
-        # 0.95 of the scenes and the fifth run drew small subjects without a bar at shape 0.94.
+        # 0.95 of the scenes and the t2v set (short prompts, no bar) drew small ones at shape 0.91.
         # Small subjects behind a bar were 13% of the video clips; now 22%. The eval suite's prompts
         # stay balanced over sizes (world.prompt_suite ignores the weights).
         size_weights=(0.45, 0.35, 0.2),  # small, medium, large

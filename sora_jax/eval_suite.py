@@ -163,7 +163,8 @@ def permanence_metrics(specs: Sequence[dict], grades: Sequence[dict],
     for spec, g in zip(specs, grades, strict=True):
         subject = spec["objects"][0]
         reads.setdefault(subject["size"], []).append(
-            (g.get("shape_before") == subject["shape"], g.get("shape_after") == subject["shape"]))
+            (g.get("shape_before") == subject["shape"], g.get("shape_after") == subject["shape"])
+        )
     out["prompted_shape_by_size"] = {
         k: {"before": _mean(b for b, _ in v), "after": _mean(a for _, a in v)}
         for k, v in sorted(reads.items())

@@ -172,11 +172,16 @@ def test_prompt_suite_is_balanced_and_deterministic():
 
 
 def test_size_weights_set_the_subjects_size_frequencies():
-    sizes = lambda cfg, n: [World(cfg).spec(i)["objects"][0]["size"] for i in range(n)]  # noqa: E731
+    def sizes(cfg, n):
+        return [World(cfg).spec(i)["objects"][0]["size"] for i in range(n)]
+
     counts = collections.Counter(sizes(WorldConfig(size_weights=(6, 3, 1)), 3000))
-    np.testing.assert_allclose([counts[s] / 3000 for s in world.ALL_SIZES], (0.6, 0.3, 0.1), atol=0.03)
-    assert counts["large"] > 0 and 0 == collections.Counter(
-        sizes(WorldConfig(size_weights=(1, 1, 0)), 600))["large"]
+    freqs = [counts[s] / 3000 for s in world.ALL_SIZES]
+    np.testing.assert_allclose(freqs, (0.6, 0.3, 0.1), atol=0.03)
+    assert (
+        counts["large"] > 0
+        and 0 == collections.Counter(sizes(WorldConfig(size_weights=(1, 1, 0)), 600))["large"]
+    )
     # Equal weights are the unweighted world, clip for clip (the size takes one uniform either
     # way, so no later draw of a clip moves), and the evaluation prompts ignore the weights.
     plain, equal = World(WorldConfig()), World(WorldConfig(size_weights=(2.0, 2.0, 2.0)))

@@ -257,12 +257,18 @@ def main(argv: list[str] | None = None) -> dict:
                       + ", ".join(f"{k} {_cell(v)}" for k, v in groups.items()))  # fmt: skip
         reads = occlusion.get("prompted_shape_by_size")
         if reads:
-            print("the prompted shape before / after the bar by the subject's size: " + ", ".join(
-                f"{k} {_cell(v['before'])} / {_cell(v['after'])}" for k, v in reads.items()))
+            print(
+                "the prompted shape before / after the bar by the subject's size: "
+                + ", ".join(
+                    f"{k} {_cell(v['before'])} / {_cell(v['after'])}" for k, v in reads.items()
+                )
+            )
         if occlusion.get("permanence_se") is not None:
-            print(f"object permanence {_cell(occlusion['permanence'])} ± "
-                  f"{_cell(occlusion['permanence_se'])} (binomial standard error, "
-                  f"{occlusion.get('n', '?')} scenes)")
+            print(
+                f"object permanence {_cell(occlusion['permanence'])} ± "
+                f"{_cell(occlusion['permanence_se'])} (binomial standard error, "
+                f"{occlusion.get('n', '?')} scenes)"
+            )
     return result
 
 
