@@ -177,6 +177,17 @@ def test_report_prints_the_occlusion_set_per_sampler_setting(tmp_path, capsys):
         "object permanence 0.72 ± 0.05 (binomial standard error, 96 scenes)"]  # fmt: skip
 
 
+def test_versions_come_from_the_run_machines_report(tmp_path):
+    run = _run_dir(tmp_path)
+    here = world_report.main(["--workdir", str(run), "--out", str(run / "report.json")])
+    assert here["device"] is None and here["versions"]["jax"]  # this machine's, written there
+    gpu = {"python": "3.12.3", "jax": "0.11.2", "flax": "0.12.10"}
+    _write(run / "report.json", {**here, "device": "NVIDIA H200", "versions": gpu})
+    copy = world_report.main(["--workdir", str(run), "--out", str(tmp_path / "copy.json")])
+    assert copy["versions"] == gpu and copy["device"] == "NVIDIA H200"
+    assert world_report.main(["--workdir", str(run), "--device", "other"])["device"] == "other"
+
+
 def test_report_prints_the_vae_round_trip_grades(tmp_path, capsys):
     run = _run_dir(tmp_path)
     summary = json.loads((run / "summary.json").read_text())

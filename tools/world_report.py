@@ -227,7 +227,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if not os.path.isdir(args.workdir):
         parser.error(f"--workdir {args.workdir} is not a folder.")
-    result = {"device": args.device or None, "versions": report.versions("jax", "flax"),
+    # The versions are the machine's that ran the recipe: a report.json that world_gpu.sh wrote
+    # there holds them (and the device); read elsewhere, this machine's would be wrong.
+    ran_path = os.path.abspath(os.path.join(args.workdir, "report.json"))
+    same = args.out and os.path.abspath(args.out) == ran_path  # world_gpu.sh writing it
+    ran = {} if same else (_json(ran_path) or {})
+    versions = ran.get("versions") or report.versions("jax", "flax")
+    result = {"device": args.device or ran.get("device") or None, "versions": versions,
               **collect(args.workdir)}  # fmt: skip
     if args.out:
         report.write_json(args.out, result)
