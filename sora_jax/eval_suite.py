@@ -154,17 +154,17 @@ def permanence_metrics(specs: Sequence[dict], grades: Sequence[dict],
         out[label] = _mean(g[key] for g in grades)
     p, n = out["permanence"], len(grades)
     out["permanence_se"] = float(np.sqrt(p * (1 - p) / n)) if n else float("nan")
-    for attr in ("motion", "size"):
-        groups: dict[str, list[bool]] = {}
-        for spec, g in zip(specs, grades, strict=True):
-            groups.setdefault(spec["objects"][0][attr], []).append(g["permanent"])
-        out[f"permanence_by_{attr}"] = {k: _mean(v) for k, v in sorted(groups.items())}
+    groups: dict[str, dict[str, list[bool]]] = {"motion": {}, "size": {}}
     reads: dict[str, list[tuple[bool, bool]]] = {}
     for spec, g in zip(specs, grades, strict=True):
         subject = spec["objects"][0]
+        for attr, by in groups.items():
+            by.setdefault(subject[attr], []).append(g["permanent"])
         reads.setdefault(subject["size"], []).append(
             (g.get("shape_before") == subject["shape"], g.get("shape_after") == subject["shape"])
         )
+    for attr, by in groups.items():
+        out[f"permanence_by_{attr}"] = {k: _mean(v) for k, v in sorted(by.items())}
     out["prompted_shape_by_size"] = {
         k: {"before": _mean(b for b, _ in v), "after": _mean(a for _, a in v)}
         for k, v in sorted(reads.items())

@@ -40,6 +40,7 @@ before, not during, and after. Objects always stay fully inside the frame.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from collections.abc import Sequence
 
@@ -276,13 +277,18 @@ def _sample_distractors(cfg, subject_color, count, draws) -> list[tuple[str, str
     return out
 
 
-def _draw_size(cfg: WorldConfig, draws: _Draws) -> str:
-    """The subject's size: one uniform either way, so weights move no later draw of the clip."""
+def _size_edges(cfg: WorldConfig) -> list[float] | None:
+    """Cumulative `size_weights` normalised to end at 1 (None: sizes drawn equally)."""
     if not cfg.size_weights:
-        return draws.choice(cfg.sizes)
-    edges = np.cumsum(cfg.size_weights) / sum(cfg.size_weights)
-    i = int(np.searchsorted(edges, draws.uniform(), side="right"))
-    return cfg.sizes[min(i, len(cfg.sizes) - 1)]
+        return None
+    return (np.cumsum(cfg.size_weights) / sum(cfg.size_weights)).tolist()
+
+
+def _draw_size(sizes: Sequence[str], edges: list[float] | None, draws: _Draws) -> str:
+    """The subject's size: one uniform either way, so weights move no later draw of the clip."""
+    if edges is None:
+        return draws.choice(sizes)
+    return sizes[min(bisect.bisect_right(edges, draws.uniform()), len(sizes) - 1)]
 
 
 # ----------------------------------------------------------------------------- public API
@@ -295,6 +301,7 @@ class World:
         _validate(cfg)
         self.cfg = cfg
         self._pairs = subject_pairs(cfg)
+        self._size_edges = _size_edges(cfg)
 
     def __len__(self) -> int:
         return self.cfg.num_clips
@@ -320,7 +327,7 @@ class World:
         cfg, image = self.cfg, frames == 1
         color, shape = draws.choice(self._pairs)
         motion = "still" if image else draws.choice(cfg.motions)
-        subject = (color, shape, _draw_size(cfg, draws), motion)
+        subject = (color, shape, _draw_size(cfg.sizes, self._size_edges, draws), motion)
         kind, tone = draws.choice(cfg.backgrounds), draws.choice(("dark", "light"))
         pan = draws.choice(PAN_DIRECTIONS) if draws.uniform() < cfg.camera_pan_prob else "none"
         occluder = draws.uniform() < cfg.occluder_prob
