@@ -127,6 +127,10 @@ class Generator:
         self.mesh = mesh if mesh is not None and mesh.size > 1 else None
         self.latent_mean = jnp.asarray(mean, jnp.float32)
         self.latent_std = jnp.asarray(std, jnp.float32)
+        # Arguments of the jitted functions, not constants baked into them: a program then
+        # depends on the latents' shapes only, so stage dit_compile (an untrained VAE's
+        # statistics) compiles the same training-sample program the DiT stage runs.
+        self._stats = (self.latent_mean, self.latent_std)
         self._vae_def, self._vae_state = nnx.split(vae)
         self._dit_def, self._dit_state = nnx.split(dit)
         self.prediction = str(config.flow.get("prediction", "velocity"))
@@ -136,14 +140,14 @@ class Generator:
         self._runs_lock = threading.Lock()
 
         @jax.jit
-        def encode(vae_state, video):
+        def encode(vae_state, stats, video):
             mean, _ = nnx.merge(self._vae_def, vae_state).encode(vae_task.to_pixels(video))
-            return (mean - self.latent_mean) / self.latent_std
+            return (mean - stats[0]) / stats[1]
 
         @jax.jit
-        def decode(vae_state, z):
+        def decode(vae_state, stats, z):
             vae = nnx.merge(self._vae_def, vae_state)
-            return vae_task.to_uint8(vae.decode(z * self.latent_std + self.latent_mean))
+            return vae_task.to_uint8(vae.decode(z * stats[1] + stats[0]))
 
         self._encode, self._decode = encode, decode
 
@@ -168,11 +172,12 @@ class Generator:
     def encode(self, video: np.ndarray) -> np.ndarray:
         """uint8 [B, F, H, W, 3] -> normalised latents [B, T, h, w, z] (posterior mean)."""
         self.vae.latent_shape(*np.shape(video)[1:4])  # one sentence for a bad size
-        return np.asarray(self._encode(self._vae_state, jnp.asarray(video, jnp.uint8)))
+        return np.asarray(self._encode(self._vae_state, self._stats, jnp.asarray(video, jnp.uint8)))
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """Normalised latents [B, T, h, w, z] -> uint8 [B, F, H, W, 3]."""
-        return np.asarray(self._decode(self._vae_state, jnp.asarray(latents, jnp.float32)))
+        z = jnp.asarray(latents, jnp.float32)
+        return np.asarray(self._decode(self._vae_state, self._stats, z))
 
     # ---- sampling ----
 
@@ -188,8 +193,8 @@ class Generator:
     def _make_run(self, steps: int, sampler: str, interval: tuple, cfg: bool):
         prediction = self.prediction
 
-        def run(dit_state, vae_state, noise, text, neg, given, given_mask, init, start_t, guidance,
-                shift):  # fmt: skip
+        def run(dit_state, vae_state, stats, noise, text, neg, given, given_mask, init, start_t,
+                guidance, shift):  # fmt: skip
             dit = nnx.merge(self._dit_def, dit_state)
             vae = nnx.merge(self._vae_def, vae_state)
             denoise = lambda x, t, c: dit(x, t, c["text"], c["mask"])
@@ -209,7 +214,7 @@ class Generator:
                 start_t=start_t,
                 prediction=prediction,
             )
-            video = vae.decode(z * self.latent_std + self.latent_mean)
+            video = vae.decode(z * stats[1] + stats[0])
             return z, vae_task.to_uint8(video)
 
         return jax.jit(run)
@@ -276,6 +281,7 @@ class Generator:
             z, video = run(
                 self._dit_state,
                 self._vae_state,
+                self._stats,
                 **args,
                 start_t=jnp.float32(plan.start_t),
                 guidance=jnp.float32(guidance),

@@ -25,6 +25,7 @@ spec.loader.exec_module(module)
 config = module.get_config("micro")
 config.compile_cache = True
 config.eval.update(json.loads(sys.argv[3]))
+config.dit_train.update(json.loads(sys.argv[4]))
 events = []  # [program name, "hit" | "miss"] of the persistent cache, in order
 
 class Recorder(logging.Handler):
@@ -42,9 +43,10 @@ print("RESULT " + json.dumps({"events": events, "summary": summary}))
 """
 
 
-def _stage(workdir: str, stages: str, **eval_overrides) -> dict:
+def _stage(workdir: str, stages: str, dit_train: dict | None = None, **eval_overrides) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    argv = [sys.executable, "-c", PROGRAM, workdir, stages, json.dumps(eval_overrides)]
+    overrides = (json.dumps(eval_overrides), json.dumps(dit_train or {}))
+    argv = [sys.executable, "-c", PROGRAM, workdir, stages, *overrides]
     out = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")][-1]
@@ -57,14 +59,21 @@ def _steps(events: list) -> list[str]:
 
 def test_dit_and_eval_stages_load_what_the_compile_stages_left_in_the_cache(tmp_path):
     workdir = str(tmp_path)
-    warm = _stage(workdir, "dit_compile")  # an empty workdir: no VAE trained yet
+    # A training-sample round after step 2: dit_compile samples it once on untrained weights
+    # and an untrained VAE's latent statistics; the DiT stage's round loads that program.
+    samples = {"sample_every_steps": 2, "sample_num_prompts": 2, "sample_steps": 2}
+    warm = _stage(workdir, "dit_compile", samples)  # an empty workdir: no VAE trained yet
     assert _steps(warm["events"]) == ["miss"]  # the micro world config's one bucket
     assert warm["summary"]["dit_compile"]["programs"] == 1
+    assert warm["summary"]["dit_compile"]["periodic_s"] > 0
+    assert [k for n, k in warm["events"] if n == "jit_run"] == ["miss"]
     assert not os.path.exists(os.path.join(workdir, "dit_compile"))  # its scratch is gone
     assert not os.path.exists(os.path.join(workdir, "dit"))
     _stage(workdir, "vae")
-    dit = _stage(workdir, "dit")
+    dit = _stage(workdir, "dit", samples)
     assert _steps(dit["events"]) == ["hit"]  # the step loaded, not compiled
+    assert [k for n, k in dit["events"] if n == "jit_run"] == ["hit"]  # the sampler's program
+    assert os.path.exists(os.path.join(workdir, "dit", "samples", "step_2"))
     # The latent cache's VAE encode too (one clip shape in the micro config).
     assert warm["summary"]["dit_compile"]["encode_programs"] == 1
     assert [k for n, k in dit["events"] if n == "jit_encode_latents"] == ["hit"]

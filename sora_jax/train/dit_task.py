@@ -171,6 +171,18 @@ class DiTTask:
             self.samples = TrainingSamples(self)
         return self.samples(step, ctx)
 
+    def precompile_periodic(self, ctx) -> bool:
+        """Stage dit_compile: one training-sample round on `ctx`'s untrained weights, neither
+        graded nor written, so that the DiT stage's rounds load their programs from the compile
+        cache (on the H200 the first round compiled for 38 s between two training steps).
+        Returns whether it sampled (sampling is on and there is a decoder)."""
+        if int(self.train_cfg.get("sample_every_steps", 0)) <= 0 or self.vae_state is None:
+            return False
+        samples = TrainingSamples(self)
+        gen = samples._generator(ctx.model(use_ema=samples.use_ema), ctx.mesh)
+        gen.generate(samples.prompts, **samples.settings)
+        return True
+
     def source(self):
         """The clip source of `config.data` (the synthetic world by default)."""
         return sources.make_source(self.config, lambda: vae_task.make_world(self.config))

@@ -428,17 +428,30 @@ def compile_steps(
     """Compiles `task`'s train step for every batch shape it lists (`batch_specs`) and trains
     nothing: with the persistent compile cache on (`config.compile_cache`), a later `train` of
     the same task and stage config loads these programs instead of compiling them. `workdir` is
-    scratch (a fresh state; no checkpoint is written). Returns {"programs": n, "compile_s": s}.
+    scratch (a fresh state; no checkpoint is written). A task with `precompile_periodic(ctx)`
+    then runs its periodic work once on the fresh state (the DiT's training-sample round), so
+    that those programs are cached too. Returns {"programs": n, "compile_s": s} and, when the
+    periodic work ran, "periodic_s".
     """
     mesh = mesh or parallel.make_mesh(config.get("mesh", None) and config.mesh.to_dict())
     os.makedirs(workdir, exist_ok=True)
     trainer = _Trainer(task, config, cfg, workdir, mesh)
     t = time.perf_counter()
-    with jax.set_mesh(mesh):
+    result = {}
+    with jax.set_mesh(mesh):  # as in `train`: a program's cache key includes the mesh context
         compiling = trainer.precompile(task.frozen())
         programs = 0 if compiling is None else len(compiling.futures)
         for key in [] if compiling is None else list(compiling.futures):
             compiling.wait(key)
+        result.update(programs=programs, compile_s=round(time.perf_counter() - t, 1))
+        warm = getattr(task, "precompile_periodic", None)
+        if warm is not None:
+            t = time.perf_counter()
+            ctx = PeriodicContext(
+                trainer.start, trainer.state, trainer.graphdef, trainer.rest, workdir, mesh
+            )
+            if warm(ctx):
+                result["periodic_s"] = round(time.perf_counter() - t, 1)
     trainer.checkpointer.close()
     trainer.writer.close()
-    return {"programs": programs, "compile_s": round(time.perf_counter() - t, 1)}
+    return result
