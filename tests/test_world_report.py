@@ -216,3 +216,18 @@ def test_report_prints_t2v_shape_accuracy_per_shape(tmp_path, capsys):
     assert printed[-4:] == ["| t2v shape accuracy | circle | cross |", "|---|---|---|",
                             "| the suite's settings | 1.00 | 0.00 |",
                             "| steps=60 | — | 0.25 |"]  # fmt: skip
+
+
+def test_report_carries_what_ran_when_told(tmp_path):
+    run = _run_dir(tmp_path / "run")
+    plain = world_report.main(["--workdir", str(run)])
+    assert "commit" not in plain and "date" not in plain and plain["xla_flags"] == "x"
+    out = world_report.main(["--workdir", str(run), "--out", str(tmp_path / "r.json"),
+                             "--run", "eighth", "--commit", "abc1234", "--gpu_seconds", "1562",
+                             "--command", "a.sh 1", "--command", "b.sh"])  # fmt: skip
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert list(written)[:5] == ["date", "run", "commit", "commands", "gpu_seconds_lease_held"]
+    assert written["commands"] == ["a.sh 1", "b.sh"] and written["gpu_seconds_lease_held"] == 1562
+    assert written["commit"] == "abc1234" and out["run"] == "eighth"
+    assert written["timeline"] == [["00:21:24", "vae start (XLA_FLAGS=x)"],
+                                   ["00:25:52", "vae done"]]  # fmt: skip

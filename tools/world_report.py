@@ -8,12 +8,18 @@ evaluation set's grades, the issue's targets checked and the stages' timeline.lo
 
   python tools/world_report.py --workdir=/tmp/world --out=tools/bench/results/world_h200.json
 
+A results file of a GPU run also says what ran and what it cost (written first in the JSON):
+  --run="configs/world.py, eighth run: ..." --commit=abc1234 --gpu_seconds=1562 \
+  --command="tools/experiments/world_gpu.sh ..." --command="..."
+(the XLA flags are read from the timeline's "vae start (XLA_FLAGS=...)" line).
+
 Prints the Markdown table of the evaluation sets (README's layout) last.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import statistics
@@ -139,6 +145,23 @@ def collect(workdir: str) -> dict:
     return result
 
 
+def run_metadata(args: argparse.Namespace) -> dict:
+    """The flags that say what ran (--run, --commit, --command, --gpu_seconds) and today's
+    date, in the order a results file lists them; {} when none was given."""
+    meta = {"run": args.run, "commit": args.commit, "commands": args.command,
+            "gpu_seconds_lease_held": args.gpu_seconds}  # fmt: skip
+    meta = {k: v for k, v in meta.items() if v not in ("", [], None)}
+    return {"date": datetime.date.today().isoformat(), **meta} if meta else {}
+
+
+def xla_flags(timeline: list[list[str]]) -> str | None:
+    """The XLA_FLAGS of the timeline's "vae start (XLA_FLAGS=...)" event, stripped."""
+    for _, event in timeline:
+        if event.startswith("vae start (XLA_FLAGS=") and event.endswith(")"):
+            return event[len("vae start (XLA_FLAGS=") : -1].strip()
+    return None
+
+
 def _cell(value, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
@@ -224,6 +247,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workdir", required=True, help="the world run's workdir")
     parser.add_argument("--out", default="", help="also write the JSON here")
     parser.add_argument("--device", default="", help="the device it ran on, for the JSON")
+    parser.add_argument("--run", default="", help="what the run was, for the JSON")
+    parser.add_argument("--commit", default="", help="the commit it ran")
+    parser.add_argument("--gpu_seconds", type=float, default=None,
+                        help="device time the run's lease held")  # fmt: skip
+    parser.add_argument("--command", action="append", default=[],
+                        help="a command of the run (repeat for each)")  # fmt: skip
     args = parser.parse_args(argv)
     if not os.path.isdir(args.workdir):
         parser.error(f"--workdir {args.workdir} is not a folder.")
@@ -233,8 +262,11 @@ def main(argv: list[str] | None = None) -> dict:
     same = args.out and os.path.abspath(args.out) == ran_path  # world_gpu.sh writing it
     ran = {} if same else (_json(ran_path) or {})
     versions = ran.get("versions") or report.versions("jax", "flax")
-    result = {"device": args.device or ran.get("device") or None, "versions": versions,
-              **collect(args.workdir)}  # fmt: skip
+    result = {**run_metadata(args), "device": args.device or ran.get("device") or None,
+              "versions": versions, **collect(args.workdir)}  # fmt: skip
+    flags = xla_flags(result.get("timeline", []))
+    if flags is not None:
+        result["xla_flags"] = flags
     if args.out:
         report.write_json(args.out, result)
     grades = result.get("vae", {}).get("heldout_recon_grades")
