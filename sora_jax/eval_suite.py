@@ -138,6 +138,9 @@ def generate(
 
 
 PERMANENCE_KEYS = ("permanent", "hidden", "seen_after", "same_size", "same_shape")
+# A miss counts under the first check it fails, in this order: (grade key, label).
+_MISS_ORDER = (("seen_before", "unseen_before"), ("seen_after", "unseen_after"),
+               ("same_size", "other_size"), ("same_shape", "other_shape"))  # fmt: skip
 
 
 def permanence_metrics(specs: Sequence[dict], grades: Sequence[dict],
@@ -147,7 +150,9 @@ def permanence_metrics(specs: Sequence[dict], grades: Sequence[dict],
     `permanence_by_motion` / `permanence_by_size` (per the subject's motion and size: grow/shrink
     and small subjects were the GPU's misses), and `prompted_shape_by_size`: per size, how often
     the shape read before the bar and after it is the prompted one (a DiT that loses the object
-    behind the bar falls from "before" to "after")."""
+    behind the bar falls from "before" to "after"); `permanence_misses` counts the misses by the
+    first check they fail: not seen before the bar, not seen after it, back at another size, back
+    as another shape."""
     out = {}
     for key in keys:
         label = "permanence" if key == "permanent" else f"permanence_{key}"
@@ -163,6 +168,12 @@ def permanence_metrics(specs: Sequence[dict], grades: Sequence[dict],
         reads.setdefault(subject["size"], []).append(
             (g.get("shape_before") == subject["shape"], g.get("shape_after") == subject["shape"])
         )
+    misses = dict.fromkeys((label for _, label in _MISS_ORDER), 0)
+    for g in grades:
+        failed = [label for key, label in _MISS_ORDER if not g[key]]
+        if not g["permanent"] and failed:
+            misses[failed[0]] += 1
+    out["permanence_misses"] = misses
     for attr, by in groups.items():
         out[f"permanence_by_{attr}"] = {k: _mean(v) for k, v in sorted(by.items())}
     out["prompted_shape_by_size"] = {

@@ -329,8 +329,9 @@ def test_permanence_metrics_by_size_and_standard_error():
     spec = lambda size, shape, motion="left": {  # noqa: E731
         "objects": [{"size": size, "shape": shape, "motion": motion}]}
     grade = lambda kept, before, after: {  # noqa: E731
-        "permanent": kept, "hidden": True, "seen_after": after is not None, "same_size": True,
-        "same_shape": before == after, "shape_before": before, "shape_after": after}
+        "permanent": kept, "hidden": True, "seen_before": True, "seen_after": after is not None,
+        "same_size": after is not None, "same_shape": before == after, "shape_before": before,
+        "shape_after": after}
     specs = [spec("small", "cross"), spec("small", "star", "shrink"), spec("large", "ring"),
              spec("small", "cross")]
     grades = [grade(False, "cross", "diamond"), grade(False, "circle", None),
@@ -343,6 +344,10 @@ def test_permanence_metrics_by_size_and_standard_error():
     # diamond, then not seen at all).
     assert m["prompted_shape_by_size"] == {"large": {"before": 1.0, "after": 1.0},
                                            "small": {"before": 2 / 3, "after": 1 / 3}}
+    # The two misses under their first failed check: the diamond came back as another shape, the
+    # shrinking star was not seen after the bar (so its size and shape checks fail too).
+    assert m["permanence_misses"] == {"unseen_before": 0, "unseen_after": 1, "other_size": 0,
+                                      "other_shape": 1}
 
 
 def test_bad_t2v_variant_fails_before_any_weights_load(tmp_path):

@@ -175,6 +175,14 @@ def test_report_prints_the_occlusion_set_per_sampler_setting(tmp_path, capsys):
         "the prompted shape before / after the bar by the subject's size: large 0.94 / 0.91, "
         "small 0.72 / 0.50",
         "object permanence 0.72 ± 0.05 (binomial standard error, 96 scenes)"]  # fmt: skip
+    summary["sets"]["t2v_occlusion"]["permanence_misses"] = {
+        "unseen_before": 1, "unseen_after": 3, "other_size": 8, "other_shape": 27}  # fmt: skip
+    _write(run / "eval" / "summary.json", summary)
+    world_report.main(["--workdir", str(run)])
+    assert capsys.readouterr().out.splitlines()[-2] == (
+        "object permanence misses (39): not seen before the bar 1, not seen after it 3, "
+        "back at another size 8, back as another shape 27"
+    )
 
 
 def test_versions_come_from_the_run_machines_report(tmp_path):

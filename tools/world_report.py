@@ -44,6 +44,12 @@ SETS = (  # (name in eval/summary.json, row label)
     ("connect", "connect"),
     ("edit", "v2v edit"),
 )
+MISSES = {  # eval_suite.permanence_metrics' miss labels, in words
+    "unseen_before": "not seen before the bar",
+    "unseen_after": "not seen after it",
+    "other_size": "back at another size",
+    "other_shape": "back as another shape",
+}
 
 
 def _json(path: str) -> dict | None:
@@ -301,6 +307,10 @@ def main(argv: list[str] | None = None) -> dict:
                     f"{k} {_cell(v['before'])} / {_cell(v['after'])}" for k, v in reads.items()
                 )
             )
+        misses = occlusion.get("permanence_misses")
+        if misses:
+            print(f"object permanence misses ({sum(misses.values())}): "
+                  + ", ".join(f"{MISSES.get(k, k)} {v}" for k, v in misses.items()))  # fmt: skip
         if occlusion.get("permanence_se") is not None:
             print(
                 f"object permanence {_cell(occlusion['permanence'])} ± "
