@@ -161,6 +161,7 @@ def permanence_metrics(specs: Sequence[dict], grades: Sequence[dict],
     out["permanence_se"] = float(np.sqrt(p * (1 - p) / n)) if n else float("nan")
     groups: dict[str, dict[str, list[bool]]] = {"motion": {}, "size": {}}
     reads: dict[str, list[tuple[bool, bool]]] = {}
+    misses = dict.fromkeys((label for _, label in _MISS_ORDER), 0)
     for spec, g in zip(specs, grades, strict=True):
         subject = spec["objects"][0]
         for attr, by in groups.items():
@@ -168,11 +169,9 @@ def permanence_metrics(specs: Sequence[dict], grades: Sequence[dict],
         reads.setdefault(subject["size"], []).append(
             (g.get("shape_before") == subject["shape"], g.get("shape_after") == subject["shape"])
         )
-    misses = dict.fromkeys((label for _, label in _MISS_ORDER), 0)
-    for g in grades:
-        failed = [label for key, label in _MISS_ORDER if not g[key]]
+        failed = next((label for key, label in _MISS_ORDER if not g[key]), None)
         if not g["permanent"] and failed:
-            misses[failed[0]] += 1
+            misses[failed] += 1
     out["permanence_misses"] = misses
     for attr, by in groups.items():
         out[f"permanence_by_{attr}"] = {k: _mean(v) for k, v in sorted(by.items())}

@@ -125,12 +125,10 @@ class Generator:
         self.config = config
         self.vae, self.dit, self.embedder = vae, dit, embedder
         self.mesh = mesh if mesh is not None and mesh.size > 1 else None
-        self.latent_mean = jnp.asarray(mean, jnp.float32)
-        self.latent_std = jnp.asarray(std, jnp.float32)
-        # Arguments of the jitted functions, not constants baked into them: a program then
-        # depends on the latents' shapes only, so stage dit_compile (an untrained VAE's
-        # statistics) compiles the same training-sample program the DiT stage runs.
-        self._stats = (self.latent_mean, self.latent_std)
+        # The latents' (mean, std): arguments of the jitted functions, not constants baked into
+        # them, so a program depends on their shapes only and stage dit_compile (an untrained
+        # VAE's statistics) compiles the same training-sample program the DiT stage runs.
+        self._stats = (jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
         self._vae_def, self._vae_state = nnx.split(vae)
         self._dit_def, self._dit_state = nnx.split(dit)
         self.prediction = str(config.flow.get("prediction", "velocity"))

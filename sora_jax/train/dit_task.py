@@ -167,9 +167,7 @@ class DiTTask:
         every = int(self.train_cfg.get("sample_every_steps", 0))
         if not sample_due(step, every) or self.vae_state is None:  # latents-only: no decoder
             return None
-        if self.samples is None:
-            self.samples = TrainingSamples(self)
-        return self.samples(step, ctx)
+        return self._samples()(step, ctx)
 
     def precompile_periodic(self, ctx) -> bool:
         """Stage dit_compile: one training-sample round on `ctx`'s untrained weights, neither
@@ -178,10 +176,13 @@ class DiTTask:
         Returns whether it sampled (sampling is on and there is a decoder)."""
         if int(self.train_cfg.get("sample_every_steps", 0)) <= 0 or self.vae_state is None:
             return False
-        samples = TrainingSamples(self)
-        gen = samples._generator(ctx.model(use_ema=samples.use_ema), ctx.mesh)
-        gen.generate(samples.prompts, **samples.settings)
+        self._samples().videos(ctx)
         return True
+
+    def _samples(self) -> TrainingSamples:
+        if self.samples is None:
+            self.samples = TrainingSamples(self)
+        return self.samples
 
     def source(self):
         """The clip source of `config.data` (the synthetic world by default)."""
@@ -372,9 +373,13 @@ class TrainingSamples:
             self.generator.set_dit(dit)
         return self.generator
 
-    def __call__(self, step: int, ctx) -> dict:
+    def videos(self, ctx) -> np.ndarray:
+        """The prompts' videos from `ctx`'s (EMA) weights, uint8 [N, F, H, W, 3]."""
         gen = self._generator(ctx.model(use_ema=self.use_ema), ctx.mesh)
-        videos = gen.generate(self.prompts, **self.settings)
+        return gen.generate(self.prompts, **self.settings)
+
+    def __call__(self, step: int, ctx) -> dict:
+        videos = self.videos(ctx)
         per_sample = [evaluate.grade(v, s) for v, s in zip(videos, self.specs, strict=True)]
         grades = evaluate.accuracies(per_sample)
         if ctx.is_main_process:
