@@ -316,6 +316,10 @@ def eval_config(**overrides) -> ml_collections.ConfigDict:
             sheet_rows=8,  # samples per contact sheet
             sheet_cols=9,  # frames per contact-sheet row (evenly spaced, first and last kept)
             gifs=2,  # GIFs written per set
+            # The sets to run, e.g. ("t2v", "t2v_occlusion") for the arms of an A/B
+            # (tools/experiments/world_arms.sh); empty: every set. Prompts and seeds stay as in
+            # the whole suite.
+            sets=(),
             # Sets whose generated videos are also kept whole (<set>_videos.npz, uint8; the 32
             # occlusion clips' VAE round trips took 2.6 MB): their failures can be re-graded and
             # looked at later.

@@ -20,6 +20,8 @@ world's vocabulary (`world.prompt_suite`, `world.make_spec`), deterministic in `
   edit             a real clip noised to t = `eval.edit_strength` (SDEdit) and denoised with a
                    prompt that recolours its subject
 
+`eval.sets` names the sets to run (empty: all of them); each keeps its prompts and seeds.
+
 Conditioned modes take their given frames from the real clip rendered for the spec
 (`world.render`) at the very frame positions the output has, so the output is graded against
 a known truth. sora_jax/eval_suite.py samples and grades them.
@@ -186,4 +188,8 @@ def build_suite(config: ml_collections.ConfigDict) -> dict[str, list[Case]]:
     for k, (name, cases) in enumerate(sets.items()):
         out[name] = [Case(*c[:3], seed=seed + 10_000 * k + i, truth=c[3] if len(c) > 3 else None)
                      for i, c in enumerate(cases)]  # fmt: skip
-    return out
+    # `eval.sets`: only these (seeds as in the whole suite, so a set's samples do not change).
+    wanted = tuple(ec.get("sets", ()) or ())
+    if set(wanted) - set(out):
+        raise ValueError(f"eval.sets={wanted} must name sets of the suite {tuple(out)}.")
+    return {name: cases for name, cases in out.items() if not wanted or name in wanted}

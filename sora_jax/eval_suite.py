@@ -97,6 +97,8 @@ def t2v_variants(config: ml_collections.ConfigDict, set_names: Sequence[str]) ->
     settings}; a bad variant or set name fails here, before any weights load."""
     out = {}
     variant_sets = tuple(config.eval.get("variant_sets", ("t2v",)))
+    if not config.eval.get("t2v_variants", ()):
+        return out
     if not variant_sets or set(variant_sets) - set(set_names):
         raise ValueError(f"eval.variant_sets={variant_sets} must name some of the suite's sets "
                          f"{tuple(set_names)}.")  # fmt: skip

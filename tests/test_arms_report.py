@@ -53,3 +53,40 @@ def test_an_arm_that_never_trained_is_a_row_of_dashes(tmp_path, capsys):
     out = arms_report.main([str(tmp_path), "missing"])
     assert out["missing"]["steps"] == 0 and out["missing"]["pooled"]["n"] == 0
     assert capsys.readouterr().out.splitlines()[2] == "| missing | 0 | None | - |  | - |"
+
+
+def _evaluated(root, name, kept):
+    """An arm's eval/: summary.json with two sets and t2v_occlusion.json, one scene per seed."""
+    folder = root / name / "eval"
+    folder.mkdir(parents=True)
+    perm = sum(kept.values()) / len(kept)
+    sets = {"t2v": {"color_acc": 1.0, "shape_acc": 0.75, "motion_acc": 0.5, "n": 4},
+            "t2v_occlusion": {"color_acc": 1.0, "shape_acc": 0.8, "motion_acc": 0.9, "n": len(kept),
+                              "permanence": perm, "permanence_se": 0.1, "wall_s": 3.0}}  # fmt: skip
+    (folder / "summary.json").write_text(json.dumps({"sets": sets}))
+    samples = [{"seed": s, "permanence": {"permanent": k}} for s, k in kept.items()]
+    (folder / "t2v_occlusion.json").write_text(json.dumps({"samples": samples}))
+
+
+def test_evaluated_arms_are_compared_scene_by_scene(tmp_path, capsys):
+    for name in ("base", "res128"):
+        _arm(tmp_path, name, {1000: [("cross", True)]})
+    # 12 scenes: 3 kept by both, 1 by base only, 6 by res128 only, 2 by neither.
+    base = dict.fromkeys(range(3), True) | {3: True} | dict.fromkeys(range(4, 12), False)
+    res = dict.fromkeys(range(3), True) | {3: False} | dict.fromkeys(range(4, 10), True)
+    res |= {10: False, 11: False}
+    _evaluated(tmp_path, "base", base)
+    _evaluated(tmp_path, "res128", res)
+    out = arms_report.main([str(tmp_path), "base", "res128"])
+    pair = out["occlusion_pairs"]["base vs res128"]
+    assert (pair["both"], pair["only_first"], pair["only_second"], pair["neither"]) == (3, 1, 6, 2)
+    # Exact two-sided binomial test of 1 against 6: 2 * (1 + 7) / 2**7 = 0.125.
+    assert pair["p_two_sided"] == pytest.approx(0.125)
+    assert out["res128"]["eval"]["t2v_occlusion"]["permanence"] == pytest.approx(9 / 12)
+    assert "wall_s" not in out["res128"]["eval"]["t2v_occlusion"]
+    saved = json.loads((tmp_path / "arms.json").read_text())
+    assert saved["occlusion_pairs"] == out["occlusion_pairs"]
+    printed = capsys.readouterr().out
+    assert "res128 eval t2v_occlusion (12): colour / shape / motion 1.00 / 0.80 / 0.90, " \
+           "object permanence 0.75 ± 0.10" in printed
+    assert "both 3, first only 1, second only 6, neither 2 (p = 0.125)" in printed

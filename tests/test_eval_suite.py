@@ -147,6 +147,28 @@ def test_occlusion_set_has_its_own_size_and_bad_sizes_fail():
             eval_cases.build_suite(c)
 
 
+def test_eval_sets_runs_a_subset_with_the_whole_suites_prompts_and_seeds():
+    c = load_world_config(None)
+    c.eval.update(num_prompts=4, num_per_set=3, occlusion_prompts=5)
+    whole = eval_cases.build_suite(c)
+    c.eval.sets = ("t2v_occlusion", "t2v")
+    some = eval_cases.build_suite(c)
+    assert list(some) == ["t2v", "t2v_occlusion"]  # the suite's order
+    for name in some:
+        assert [(x.prompt, x.seed) for x in some[name]] == [
+            (x.prompt, x.seed) for x in whole[name]
+        ]
+    c.eval.t2v_variants = ()  # no variants: variant_sets may name sets that do not run
+    c.eval.variant_sets = ("i2v",)
+    assert eval_suite.t2v_variants(c, list(some)) == {}
+    c.eval.t2v_variants = ({"guidance": 2.0},)
+    with pytest.raises(ValueError, match="variant_sets"):
+        eval_suite.t2v_variants(c, list(some))
+    c.eval.sets = ("t2v", "occlusion")
+    with pytest.raises(ValueError, match="eval.sets"):
+        eval_cases.build_suite(c)
+
+
 def test_scoring_real_clips_gives_perfect_marks():
     """The truths themselves as 'generated' videos: the metrics' ceiling."""
     suite = eval_cases.build_suite(load_world_config(None))

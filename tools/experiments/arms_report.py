@@ -5,7 +5,11 @@
 Each arm is a DiT stage in WORKDIR/ARM/dit. Reads its metrics.jsonl (loss, steps/s, the graded
 training samples' accuracies) and its samples' sidecar JSONs (one grade per sample), and pools
 the shape accuracy of the last `--last` sample rounds, with its standard error, so that arms can
-be compared on more than one round of 48 prompts.
+be compared on more than one round of 48 prompts. Where an arm was also evaluated
+(WORKDIR/ARM/eval/summary.json, world_arms.sh with EVAL_SETS), its sets' grades and object
+permanence are reported, and every pair of arms is compared scene by scene on the occlusion set
+(kept by both / by one only / by neither, with the exact two-sided binomial p of the discordant
+scenes).
 """
 
 from __future__ import annotations
@@ -75,6 +79,49 @@ def arm_summary(dit_dir: str, last: int) -> dict:
     }
 
 
+def _json(path: str) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def eval_summary(arm_dir: str) -> dict | None:
+    """The arm's evaluation sets (colour / shape / motion, permanence where graded), or None."""
+    summary = _json(os.path.join(arm_dir, "eval", "summary.json"))
+    if not summary or not summary.get("sets"):
+        return None
+    keys = ("color_acc", "shape_acc", "motion_acc", "n", "permanence", "permanence_se",
+            "permanence_by_size", "permanence_misses", "permanence_vae_round_trip")  # fmt: skip
+    return {name: {k: m[k] for k in keys if k in m} for name, m in summary["sets"].items()}
+
+
+def kept_scenes(arm_dir: str) -> dict[int, bool] | None:
+    """seed -> whether the arm's sample kept the object through the bar (occlusion set)."""
+    data = _json(os.path.join(arm_dir, "eval", "t2v_occlusion.json"))
+    if not data:
+        return None
+    return {int(r["seed"]): bool(r["permanence"]["permanent"]) for r in data["samples"]}
+
+
+def paired(a: dict[int, bool], b: dict[int, bool]) -> dict:
+    """Scene-by-scene comparison of two arms on the same occlusion scenes (McNemar's exact
+    test: under 'no difference' each discordant scene goes either way with probability 1/2)."""
+    seeds = sorted(set(a) & set(b))
+    only_a = sum(a[s] and not b[s] for s in seeds)
+    only_b = sum(b[s] and not a[s] for s in seeds)
+    n = only_a + only_b
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n if n else 0.5
+    return {
+        "scenes": len(seeds),
+        "both": sum(a[s] and b[s] for s in seeds),
+        "only_first": only_a,
+        "only_second": only_b,
+        "neither": sum(not a[s] and not b[s] for s in seeds),
+        "p_two_sided": round(min(1.0, 2 * tail), 4),
+    }
+
+
 def table(out: dict) -> str:
     lines = ["| arm | steps | steps/s | final loss | shape acc. per round (step: acc) | "
              "pooled shape acc. (± s.e., n) |", "|---|---|---|---|---|---|"]  # fmt: skip
@@ -97,13 +144,36 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--last", type=int, default=3, help="sample rounds pooled at the end")
     args = p.parse_args(argv)
     out = {arm: arm_summary(os.path.join(args.workdir, arm, "dit"), args.last) for arm in args.arms}
+    kept = {}
+    for arm in args.arms:
+        evaluated = eval_summary(os.path.join(args.workdir, arm))
+        if evaluated:
+            out[arm]["eval"] = evaluated
+        scenes = kept_scenes(os.path.join(args.workdir, arm))
+        if scenes:
+            kept[arm] = scenes
+    pairs = {f"{a} vs {b}": paired(kept[a], kept[b])
+             for i, a in enumerate(kept) for b in list(kept)[i + 1 :]}  # fmt: skip
     with open(os.path.join(args.workdir, "arms.json"), "w") as f:
-        json.dump(out, f, indent=1)
+        json.dump({**out, "occlusion_pairs": pairs} if pairs else out, f, indent=1)
     print(table(out))
     for arm, r in out.items():
         if r["pooled"]["by_shape"]:
             shapes = ", ".join(f"{k} {v:.2f}" for k, v in r["pooled"]["by_shape"].items())
             print(f"{arm}, pooled rounds {r['pooled']['rounds']}: {shapes}")
+    for arm, r in out.items():
+        for name, m in r.get("eval", {}).items():
+            grades = " / ".join("-" if m.get(k) is None else f"{m[k]:.2f}"
+                                for k in ("color_acc", "shape_acc", "motion_acc"))  # fmt: skip
+            extra = ""
+            if "permanence" in m:
+                extra = f", object permanence {m['permanence']:.2f} ± {m['permanence_se']:.2f}"
+            print(f"{arm} eval {name} ({m.get('n')}): colour / shape / motion {grades}{extra}")
+    for label, p in pairs.items():
+        print(f"occlusion scenes, {label}: both {p['both']}, first only {p['only_first']}, "
+              f"second only {p['only_second']}, neither {p['neither']} (p = {p['p_two_sided']})")
+    if pairs:
+        out["occlusion_pairs"] = pairs
     return out
 
 

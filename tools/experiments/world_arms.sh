@@ -11,7 +11,8 @@
 #   lr1e3="--config.dit_train.lr=1e-3"
 #   patch1="--config.dit.patch_size=(1,1,1) --config.dit_train.buckets=(('17x64x64',32,1.0),)"
 # STEPS sets every arm's schedule length (default: the config's); each arm gets 0.9/N of the
-# GPU's memory. CPU check: CONFIG=configs/world.py:micro SHAPE=9x32x32 BATCH=8 EVERY=2 PROMPTS=2
+# GPU's memory. EVAL_SETS (e.g. t2v,t2v_occlusion) also evaluates every arm on those sets.
+# CPU check: CONFIG=configs/world.py:micro SHAPE=9x32x32 BATCH=8 EVERY=2 PROMPTS=2
 set -uo pipefail
 workdir=${1:?usage: world_arms.sh WORKDIR SECONDS [flags...] -- NAME=FLAGS...}
 seconds=${2:?usage: world_arms.sh WORKDIR SECONDS [flags...] -- NAME=FLAGS...}
@@ -55,5 +56,22 @@ for spec in "$@"; do
 done
 wait
 stamp "arms done"
+# EVAL_SETS=t2v,t2v_occlusion: then each arm runs those sets of the evaluation suite (its own
+# flags apply, e.g. --config.eval.shape; no sampler variants), side by side, and the report
+# compares the arms scene by scene on the occlusion set.
+if [[ -n "${EVAL_SETS:-}" ]]; then
+  sets="($(sed "s/[^,][^,]*/'&'/g" <<<"$EVAL_SETS"),)"
+  stamp "evals start"
+  for spec in "$@"; do
+    name=${spec%%=*}
+    read -ra own <<<"${spec#*=}"
+    XLA_PYTHON_CLIENT_MEM_FRACTION=$fraction main --workdir="$workdir/$name" --mode=eval \
+      --config.dit_train.vae_workdir="$workdir/vae" --config.eval.sets="$sets" \
+      --config.eval.t2v_variants="()" "${common[@]}" "${own[@]}" >"$workdir/$name.eval.log" 2>&1 \
+      || stamp "$name eval failed ($?)" &
+  done
+  wait
+  stamp "evals done"
+fi
 python3 tools/experiments/arms_report.py "$workdir" "${names[@]}"
 stamp "ab done"
