@@ -3,6 +3,8 @@
     python tools/bench/world_dit.py --out tools/bench/results/world_dit_h200.json
     python tools/bench/world_dit.py --tiny --out /tmp/world_dit.json     # CPU check of the script
     python tools/bench/world_dit.py --batches=128 --attention=xla --profile --out ...
+    python tools/bench/world_dit.py --buckets=17x64x64,17x128x128 --batches=32,128 \
+        --attention=xla --override=dit.dim=384 --out ...     # the step at 4x the tokens per clip
 
 The world run trains its ~30M-parameter DiT at ~6% MFU (31-34 steps/s on an H200 at batch
 128 x 80 tokens). Whether a larger batch costs little more time per step (a step bound by
@@ -22,6 +24,7 @@ where a step of this small model goes, since its matmuls are a small part of it)
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import os
 import sys
@@ -45,6 +48,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--scan_layers", default="1", help="1, 0 or 1,0: the DiT's blocks scanned or not"
     )
+    p.add_argument(
+        "--buckets",
+        default="",
+        help="FRAMESxHEIGHTxWIDTH[,...] clip shapes, each measured at every batch size "
+        "(default: the config's main bucket), e.g. 17x64x64,17x128x128",
+    )
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="config override KEY=VALUE (VALUE a Python literal), repeatable: dit.dim=384",
+    )
     p.add_argument("--profile", action="store_true", help="kernel times of each row's step")
     p.add_argument("--trace_dir", default="/tmp/world_dit_profile")
     return p.parse_args(argv)
@@ -56,6 +71,22 @@ def _config(args):
     config = world.get_config("micro" if args.tiny else None)
     if args.tiny:
         config.dit_train.buckets = (("9x32x32", 2, 1.0),)
+    for item in args.override:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--override {item!r}: expected KEY=VALUE, e.g. dit.dim=384.")
+        *path, leaf = key.split(".")
+        node = config
+        for part in path:
+            node = node[part]
+        node[leaf] = ast.literal_eval(value)
+    return config
+
+
+def _bucketed(config, shape: str, batch: int):
+    """The config with one training bucket: `shape` at `batch` clips."""
+    config = config.copy_and_resolve_references()
+    config.dit_train.buckets = ((shape, batch, 1.0),)
     return config
 
 
@@ -150,20 +181,25 @@ def main(argv=None) -> None:
         "rows": [],
     }
     t_start = time.perf_counter()
-    runs = [(a, int(b), s == "1") for s in args.scan_layers.split(",")
-            for a in args.attention.split(",") for b in args.batches.split(",")]  # fmt: skip
-    for attention, b, scan in runs:
+    if args.override:
+        out["overrides"] = args.override
+    shapes = args.buckets.split(",") if args.buckets else [config.dit_train.buckets[0][0]]
+    runs = [(x, a, int(b), s == "1") for s in args.scan_layers.split(",")
+            for a in args.attention.split(",") for x in shapes
+            for b in args.batches.split(",")]  # fmt: skip
+    for shape, attention, b, scan in runs:
         if args.budget_s and time.perf_counter() - t_start > args.budget_s:
-            out["rows"].append({"batch": b, "attention": attention, "error": "budget"})
+            out["rows"].append({"bucket": shape, "batch": b, "attention": attention,
+                                "error": "budget"})  # fmt: skip
             continue
         try:
-            name = f"{attention}_{b}" + ("" if scan else "_unscanned")
+            name = f"{shape}_{attention}_{b}" + ("" if scan else "_unscanned")
             trace = os.path.join(args.trace_dir, name) if args.profile else ""
-            row = measure(config, b, attention, args.steps, trace, scan)
+            row = measure(_bucketed(config, shape, b), b, attention, args.steps, trace, scan)
         except Exception as e:  # one failing row (e.g. cuDNN on CPU) keeps the others
             error = f"{type(e).__name__}: {e}"[:300]
             row = {"batch": b, "attention": attention, "scan_layers": scan, "error": error}
-        out["rows"].append(row)
+        out["rows"].append({"bucket": shape, **row})
         report.write_json(args.out, out)  # after every row: a cut-short run keeps it
     # Ratios against the recipe's setting (the first row: batch 128, XLA attention).
     base = next((r for r in out["rows"] if "error" not in r), None)
@@ -171,7 +207,7 @@ def main(argv=None) -> None:
         if base and "error" not in r:
             r["clips_per_s_vs_first"] = r["clips_per_s"] / base["clips_per_s"]
     report.write_json(args.out, out)
-    cols = ["attention", "scan_layers", "batch", "step_s", "steps_per_s", "clips_per_s",
+    cols = ["bucket", "attention", "scan_layers", "batch", "tokens_per_step", "step_s", "steps_per_s", "clips_per_s",
             "clips_per_s_vs_first", "mfu", "compile_s"]  # fmt: skip
     print(" ".join(f"{c:>12}" for c in cols))
     for r in out["rows"]:
@@ -180,7 +216,8 @@ def main(argv=None) -> None:
     for r in out["rows"]:
         if "profile" in r:
             scan = "" if r["scan_layers"] else ", unscanned"
-            dit_profile.print_pass(f"{r['attention']}, batch {r['batch']}{scan}", r["profile"])
+            label = f"{r['bucket']}, {r['attention']}, batch {r['batch']}{scan}"
+            dit_profile.print_pass(label, r["profile"])
 
 
 if __name__ == "__main__":

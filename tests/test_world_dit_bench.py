@@ -1,0 +1,30 @@
+"""tools/bench/world_dit.py: rows per (bucket, batch), config overrides, a bad override fails."""
+
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "bench"))
+import world_dit  # noqa: E402
+
+
+def test_rows_per_bucket_and_batch_with_overrides(tmp_path, capsys):
+    out = tmp_path / "world_dit.json"
+    world_dit.main(["--tiny", f"--out={out}", "--buckets=9x32x32,9x64x64", "--batches=2",
+                    "--attention=xla", "--steps=1", "--override=dit.num_layers=1"])  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["overrides"] == ["dit.num_layers=1"]
+    rows = result["rows"]
+    assert [(r["bucket"], r["batch"]) for r in rows] == [("9x32x32", 2), ("9x64x64", 2)]
+    assert all("error" not in r and r["step_s"] > 0 for r in rows)
+    # Twice the height and width: four times the tokens of a clip (the micro VAE's 4x4x4 latents).
+    assert rows[1]["tokens_per_step"] == 4 * rows[0]["tokens_per_step"]
+    assert rows[0]["clips_per_s_vs_first"] == 1.0
+    assert "9x64x64" in capsys.readouterr().out
+
+
+def test_a_bad_override_fails_with_one_sentence(tmp_path):
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        world_dit.main(["--tiny", f"--out={tmp_path / 'x.json'}", "--override=dit.dim"])
