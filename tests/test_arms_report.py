@@ -87,6 +87,8 @@ def test_evaluated_arms_are_compared_scene_by_scene(tmp_path, capsys):
     saved = json.loads((tmp_path / "arms.json").read_text())
     assert saved["occlusion_pairs"] == out["occlusion_pairs"]
     printed = capsys.readouterr().out
-    assert "res128 eval t2v_occlusion (12): colour / shape / motion 1.00 / 0.80 / 0.90, " \
-           "object permanence 0.75 ± 0.10" in printed
+    assert (
+        "res128 eval t2v_occlusion (12): colour / shape / motion 1.00 / 0.80 / 0.90, "
+        "object permanence 0.75 ± 0.10" in printed
+    )
     assert "both 3, first only 1, second only 6, neither 2 (p = 0.125)" in printed

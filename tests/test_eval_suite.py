@@ -155,9 +155,7 @@ def test_eval_sets_runs_a_subset_with_the_whole_suites_prompts_and_seeds():
     some = eval_cases.build_suite(c)
     assert list(some) == ["t2v", "t2v_occlusion"]  # the suite's order
     for name in some:
-        assert [(x.prompt, x.seed) for x in some[name]] == [
-            (x.prompt, x.seed) for x in whole[name]
-        ]
+        assert [(x.prompt, x.seed) for x in some[name]] == [(x.prompt, x.seed) for x in whole[name]]
     c.eval.t2v_variants = ()  # no variants: variant_sets may name sets that do not run
     c.eval.variant_sets = ("i2v",)
     assert eval_suite.t2v_variants(c, list(some)) == {}
@@ -349,27 +347,48 @@ def test_variants_resample_every_set_of_variant_sets(tmp_path):
 
 def test_permanence_metrics_by_size_and_standard_error():
     spec = lambda size, shape, motion="left": {  # noqa: E731
-        "objects": [{"size": size, "shape": shape, "motion": motion}]}
+        "objects": [{"size": size, "shape": shape, "motion": motion}]
+    }
     grade = lambda kept, before, after: {  # noqa: E731
-        "permanent": kept, "hidden": True, "seen_before": True, "seen_after": after is not None,
-        "same_size": after is not None, "same_shape": before == after, "shape_before": before,
-        "shape_after": after}
-    specs = [spec("small", "cross"), spec("small", "star", "shrink"), spec("large", "ring"),
-             spec("small", "cross")]
-    grades = [grade(False, "cross", "diamond"), grade(False, "circle", None),
-              grade(True, "ring", "ring"), grade(True, "cross", "cross")]
+        "permanent": kept,
+        "hidden": True,
+        "seen_before": True,
+        "seen_after": after is not None,
+        "same_size": after is not None,
+        "same_shape": before == after,
+        "shape_before": before,
+        "shape_after": after,
+    }
+    specs = [
+        spec("small", "cross"),
+        spec("small", "star", "shrink"),
+        spec("large", "ring"),
+        spec("small", "cross"),
+    ]
+    grades = [
+        grade(False, "cross", "diamond"),
+        grade(False, "circle", None),
+        grade(True, "ring", "ring"),
+        grade(True, "cross", "cross"),
+    ]
     m = eval_suite.permanence_metrics(specs, grades)
     assert m["permanence"] == 0.5 and m["permanence_se"] == pytest.approx(0.25)  # sqrt(.25/4)
     assert m["permanence_by_size"] == {"large": 1.0, "small": 1 / 3}
     assert m["permanence_by_motion"] == {"left": 2 / 3, "shrink": 0.0}
     # The prompted shape: small before 2 of 3 (the star read as a circle), after 1 of 3 (a
     # diamond, then not seen at all).
-    assert m["prompted_shape_by_size"] == {"large": {"before": 1.0, "after": 1.0},
-                                           "small": {"before": 2 / 3, "after": 1 / 3}}
+    assert m["prompted_shape_by_size"] == {
+        "large": {"before": 1.0, "after": 1.0},
+        "small": {"before": 2 / 3, "after": 1 / 3},
+    }
     # The two misses under their first failed check: the diamond came back as another shape, the
     # shrinking star was not seen after the bar (so its size and shape checks fail too).
-    assert m["permanence_misses"] == {"unseen_before": 0, "unseen_after": 1, "other_size": 0,
-                                      "other_shape": 1}
+    assert m["permanence_misses"] == {
+        "unseen_before": 0,
+        "unseen_after": 1,
+        "other_size": 0,
+        "other_shape": 1,
+    }
 
 
 def test_bad_t2v_variant_fails_before_any_weights_load(tmp_path):

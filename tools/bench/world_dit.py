@@ -207,8 +207,8 @@ def main(argv=None) -> None:
         if base and "error" not in r:
             r["clips_per_s_vs_first"] = r["clips_per_s"] / base["clips_per_s"]
     report.write_json(args.out, out)
-    cols = ["bucket", "attention", "scan_layers", "batch", "tokens_per_step", "step_s", "steps_per_s", "clips_per_s",
-            "clips_per_s_vs_first", "mfu", "compile_s"]  # fmt: skip
+    cols = ["bucket", "attention", "scan_layers", "batch", "tokens_per_step", "step_s",
+            "steps_per_s", "clips_per_s", "clips_per_s_vs_first", "mfu", "compile_s"]  # fmt: skip
     print(" ".join(f"{c:>12}" for c in cols))
     for r in out["rows"]:
         cells = [r.get(c, r.get("error", "")[:12] if c == "step_s" else "") for c in cols]

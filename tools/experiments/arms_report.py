@@ -170,8 +170,10 @@ def main(argv: list[str] | None = None) -> dict:
                 extra = f", object permanence {m['permanence']:.2f} ± {m['permanence_se']:.2f}"
             print(f"{arm} eval {name} ({m.get('n')}): colour / shape / motion {grades}{extra}")
     for label, p in pairs.items():
-        print(f"occlusion scenes, {label}: both {p['both']}, first only {p['only_first']}, "
-              f"second only {p['only_second']}, neither {p['neither']} (p = {p['p_two_sided']})")
+        print(
+            f"occlusion scenes, {label}: both {p['both']}, first only {p['only_first']}, "
+            f"second only {p['only_second']}, neither {p['neither']} (p = {p['p_two_sided']})"
+        )
     if pairs:
         out["occlusion_pairs"] = pairs
     return out
