@@ -298,6 +298,26 @@ def object_permanence(
     }
 
 
+def paired_outcomes(a: dict, b: dict) -> dict:
+    """Two runs' pass/fail on the same cases ({case id: bool}, e.g. occlusion scene seed ->
+    object kept), compared case by case over the ids both have: kept by both, by the first only,
+    by the second only, by neither, and McNemar's exact two-sided p (under "no difference" each
+    discordant case goes either way with probability 1/2)."""
+    ids = sorted(set(a) & set(b))
+    only_a = sum(bool(a[i]) and not b[i] for i in ids)
+    only_b = sum(bool(b[i]) and not a[i] for i in ids)
+    n = only_a + only_b
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2**n if n else 0.5
+    return {
+        "cases": len(ids),
+        "both": sum(bool(a[i]) and bool(b[i]) for i in ids),
+        "only_first": only_a,
+        "only_second": only_b,
+        "neither": sum(not a[i] and not b[i] for i in ids),
+        "p_two_sided": round(min(1.0, 2 * tail), 4),
+    }
+
+
 def frame_differences(video: np.ndarray) -> np.ndarray:
     """float [F - 1]: mean absolute difference (0-255 levels) of each pair of consecutive frames."""
     v = _as_uint8(video).astype(np.int16)

@@ -123,3 +123,38 @@ def test_training_losses_compare_step_by_step(tmp_path, capsys):
     report.write_text(json.dumps({**_summary(0.8125, 33.5, 0.75), "dit": {"loss_curve": curve}}))
     same = compare_runs.main([str(report), str(report)])["loss_curves"]
     assert same == {"dit": {"steps": 3, "identical": 3, "max_abs_diff": 0.0}}
+
+
+def test_occlusion_scenes_compare_one_by_one_from_workdirs_and_reports(tmp_path, capsys):
+    """Equal permanence (4 of 8 in each run) can hide scenes that changed: paired by seed."""
+    kept_a = [True, True, True, True, False, False, False, False]
+    kept_b = [True, False, False, False, True, True, True, False]
+
+    def occlusion(kept):
+        return {"samples": [{"seed": 100 + i, "permanence": {"permanent": k},
+                             "permanence_vae_round_trip": {"permanent": True}}
+                            for i, k in enumerate(kept)]}  # fmt: skip
+
+    a = _workdir(tmp_path, "a", _summary(0.8, 33.0, 0.5))
+    b = _workdir(tmp_path, "b", _summary(0.8, 33.0, 0.5))
+    for run, kept in ((a, kept_a), (b, kept_b)):
+        with open(os.path.join(run, "eval", "t2v_occlusion.json"), "w") as f:
+            json.dump(occlusion(kept), f)
+    out = compare_runs.main([a, b])
+    pairs = out["occlusion_scene_pairs"]
+    assert (pairs["both"], pairs["only_first"], pairs["only_second"], pairs["neither"]) == (
+        1, 3, 3, 1)  # fmt: skip
+    assert pairs["cases"] == 8 and pairs["p_two_sided"] == 1.0
+    assert "by run A only 3, by run B only 3, by neither 1" in capsys.readouterr().out
+    # The same from a tools/world_report.py JSON (occlusion_scenes) against the workdir.
+    import world_report  # tools/world_report.py
+
+    report = {"eval_sets": _summary(0.8, 33.0, 0.5)["sets"],
+              "occlusion_scenes": world_report.occlusion_scenes(a)}  # fmt: skip
+    assert report["occlusion_scenes"]["vae_kept"] == [True] * 8
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    assert compare_runs.main([str(path), b])["occlusion_scene_pairs"] == pairs
+    # A run without per-scene outcomes: no pairs, no error.
+    assert "occlusion_scene_pairs" not in compare_runs.main([_workdir(tmp_path, "c", _summary(
+        0.8, 33.0, 0.5)), b])  # fmt: skip

@@ -103,3 +103,16 @@ def test_bad_inputs_raise_value_error():
         evaluate.grade(np.zeros((9, 64, 64)), spec)
     with pytest.raises(ValueError, match="videos"):
         evaluate.grade_many([np.zeros((9, 64, 64, 3), np.uint8)], [])
+
+
+def test_paired_outcomes_counts_cases_and_gives_mcnemars_exact_p():
+    a = {1: True, 2: True, 3: False, 4: False, 5: True, 9: True}
+    b = {1: True, 2: False, 3: True, 4: False, 5: False, 7: True}  # ids 7 and 9: one run only
+    out = evaluate.paired_outcomes(a, b)
+    assert out == {"cases": 5, "both": 1, "only_first": 2, "only_second": 1, "neither": 1,
+                   "p_two_sided": 1.0}  # fmt: skip
+    # 9 discordant cases split 8 : 1 -> 2 * (1 + 9) / 2**9 = 0.0391 (run 6 vs 7 had 21 : 9).
+    lop = {i: i < 8 for i in range(9)}
+    out = evaluate.paired_outcomes(lop, {i: not v for i, v in lop.items()})
+    assert out["p_two_sided"] == pytest.approx(20 / 512, abs=1e-4)
+    assert evaluate.paired_outcomes({}, {})["p_two_sided"] == 1.0

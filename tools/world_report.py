@@ -148,7 +148,26 @@ def collect(workdir: str) -> dict:
             result["eval_t2v_variants"] = ev["t2v_variants"]
         result["targets_met"] = sum(bool(t["ok"]) for t in ev.get("targets", []))
         result["targets_total"] = len(ev.get("targets", []))
+    scenes = occlusion_scenes(workdir)
+    if scenes:
+        result["occlusion_scenes"] = scenes
     return result
+
+
+def occlusion_scenes(workdir: str) -> dict | None:
+    """Each occlusion scene's outcome, by its seed: whether the sample kept the object through
+    the bar and whether the VAE's round trip of its real clip did (eval/t2v_occlusion.json), so
+    that two runs compare scene by scene from their committed reports
+    (tools/experiments/compare_runs.py)."""
+    data = _json(os.path.join(workdir, "eval", "t2v_occlusion.json"))
+    if not data:
+        return None
+    samples = data["samples"]
+    out = {"seed": [int(r["seed"]) for r in samples],
+           "kept": [bool(r["permanence"]["permanent"]) for r in samples]}  # fmt: skip
+    if all("permanence_vae_round_trip" in r for r in samples):
+        out["vae_kept"] = [bool(r["permanence_vae_round_trip"]["permanent"]) for r in samples]
+    return out
 
 
 def run_metadata(args: argparse.Namespace) -> dict:

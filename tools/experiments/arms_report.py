@@ -104,24 +104,6 @@ def kept_scenes(arm_dir: str) -> dict[int, bool] | None:
     return {int(r["seed"]): bool(r["permanence"]["permanent"]) for r in data["samples"]}
 
 
-def paired(a: dict[int, bool], b: dict[int, bool]) -> dict:
-    """Scene-by-scene comparison of two arms on the same occlusion scenes (McNemar's exact
-    test: under 'no difference' each discordant scene goes either way with probability 1/2)."""
-    seeds = sorted(set(a) & set(b))
-    only_a = sum(a[s] and not b[s] for s in seeds)
-    only_b = sum(b[s] and not a[s] for s in seeds)
-    n = only_a + only_b
-    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n if n else 0.5
-    return {
-        "scenes": len(seeds),
-        "both": sum(a[s] and b[s] for s in seeds),
-        "only_first": only_a,
-        "only_second": only_b,
-        "neither": sum(not a[s] and not b[s] for s in seeds),
-        "p_two_sided": round(min(1.0, 2 * tail), 4),
-    }
-
-
 def table(out: dict) -> str:
     lines = ["| arm | steps | steps/s | final loss | shape acc. per round (step: acc) | "
              "pooled shape acc. (± s.e., n) |", "|---|---|---|---|---|---|"]  # fmt: skip
@@ -152,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         scenes = kept_scenes(os.path.join(args.workdir, arm))
         if scenes:
             kept[arm] = scenes
-    pairs = {f"{a} vs {b}": paired(kept[a], kept[b])
+    pairs = {f"{a} vs {b}": evaluate.paired_outcomes(kept[a], kept[b])
              for i, a in enumerate(kept) for b in list(kept)[i + 1 :]}  # fmt: skip
     with open(os.path.join(args.workdir, "arms.json"), "w") as f:
         json.dump({**out, "occlusion_pairs": pairs} if pairs else out, f, indent=1)

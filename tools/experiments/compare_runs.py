@@ -12,8 +12,12 @@ sampling settings and its size: two runs whose suites sample at other settings c
 one's variant is the other's setting (e.g. t2v at guidance 5: one run's suite, the other's
 t2v@guidance=5.0). Accuracies and permanence are fractions, compared in points (100 x the
 difference) against --points; the others (given-frame PSNR in dB, continuity ratios, losses)
-are printed with their difference and no bound. The table goes to stdout; --out writes the
-rows, the loss-curve comparison and `all_within` (every fraction within --points) as JSON.
+are printed with their difference and no bound. Where both runs have their occlusion scenes'
+outcomes (a workdir's eval/t2v_occlusion.json, or a world_report JSON's `occlusion_scenes`), the
+scenes are also compared one by one (kept by both / by one run only / by neither, with the exact
+McNemar p): a difference of a few points in permanence may hide many scenes that changed. The
+table goes to stdout; --out writes the rows, the loss-curve comparison, the scene pairs and
+`all_within` (every fraction within --points) as JSON.
 """
 
 from __future__ import annotations
@@ -31,21 +35,36 @@ STAGES = ("vae", "dit")  # training stages whose logged losses are compared
 
 
 def load_summary(run: str) -> dict:
-    """The eval suite's summary of a recipe workdir (with its stages' logged losses), or the
-    summary JSON at `run`."""
+    """The eval suite's summary of a recipe workdir (with its stages' logged losses and its
+    occlusion scenes' outcomes), or the summary JSON at `run`."""
     path = os.path.join(run, "eval", "summary.json") if os.path.isdir(run) else run
     if not os.path.exists(path):
         raise SystemExit(f"compare_runs: no evaluation summary at {path}.")
     with open(path) as f:
         summary = json.load(f)
-    if os.path.isdir(run):  # the stages' logged losses, as tools/world_report.py reports them
+    if os.path.isdir(run):  # as tools/world_report.py reports them
         import world_report  # tools/world_report.py
 
         for name in STAGES:
             numbers = world_report.stage(run, name)
             if numbers is not None:
                 summary.setdefault(name, {})["loss_curve"] = numbers["loss_curve"]
+        scenes = world_report.occlusion_scenes(run)
+        if scenes:
+            summary["occlusion_scenes"] = scenes
     return summary
+
+
+def scene_pairs(a: dict, b: dict) -> dict | None:
+    """The occlusion scenes both runs sampled, compared scene by scene (object kept or not), or
+    None when a run has no per-scene outcomes."""
+    sa, sb = a.get("occlusion_scenes"), b.get("occlusion_scenes")
+    if not sa or not sb:
+        return None
+    from sora_jax import evaluate
+
+    return evaluate.paired_outcomes(dict(zip(sa["seed"], sa["kept"])),
+                                    dict(zip(sb["seed"], sb["kept"])))  # fmt: skip
 
 
 def loss_curves(a: dict, b: dict) -> dict[str, dict]:
@@ -147,12 +166,20 @@ def main(argv=None) -> dict:
               "all_within": bool(bounded) and all(r["within"] for r in bounded),
               "max_abs_points": max((abs(r["points"]) for r in bounded), default=None),
               "loss_curves": loss_curves(a, b)}  # fmt: skip
+    pairs = scene_pairs(a, b)
+    if pairs:
+        result["occlusion_scene_pairs"] = pairs
     print(table(rows, args.points))
     for stage, c in result["loss_curves"].items():
         print(f"{stage} training loss: equal at {c['identical']} of the {c['steps']} logged steps "
               f"both runs have; largest difference {c['max_abs_diff']:.3g}")  # fmt: skip
     print(f"fractions within ±{args.points:g} points: {sum(r['within'] for r in bounded)} of "
           f"{len(bounded)}; largest difference {result['max_abs_points']} points")  # fmt: skip
+    if pairs:
+        print(f"occlusion scenes ({pairs['cases']} in both): the object kept by both "
+              f"{pairs['both']}, by run A only {pairs['only_first']}, by run B only "
+              f"{pairs['only_second']}, by neither {pairs['neither']} (exact McNemar p = "
+              f"{pairs['p_two_sided']})")  # fmt: skip
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
