@@ -1,7 +1,7 @@
 """The world model of issue 9: VAE + DiT on the synthetic world, sized for one H100/H200.
 
 One command trains the VAE (15,000 steps, ~7.5 min on an H200), caches latents, trains the DiT
-(20,000 steps, ~17 min) and runs the evaluation suite (sora_jax/eval_suite.py:
+(16,000 steps of 256 clips, ~17 min) and runs the evaluation suite (sora_jax/eval_suite.py:
 every generation mode, graded):
 
   python -m sora_jax.main --config=configs/world.py --workdir=/tmp/world
@@ -23,7 +23,7 @@ bars, flat / gradient / textured backgrounds and still images; three colour x sh
 held out of training entirely (`world.holdout`) to measure generalisation. Frames are 64x64,
 64x96 and 96x64 (aspect buckets) with 1, 17 and 33 frames (each bucket is one compile of the
 train step, so there are five; 128x128 would add tokens and compiles, not learning). The
-VAE compresses 4x8x8 to 16 channels (a 17x64x64 clip -> 5x8x8x16 latents); the DiT (~53M
+VAE compresses 4x8x8 to 16 channels (a 17x64x64 clip -> 5x8x8x16 latents); the DiT (~30M
 parameters) patches 1x2x2, so a 17x64x64 clip is 80 tokens and batches are large.
 
 Measured on an H200 (tools/bench/results/world_h200_run3.json, 2026-12-03): the VAE (2x2
@@ -134,16 +134,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.text = dict(encoder="minilm", path="", max_length=96, dtype="float32", cache_dir="")
 
     c.dit = dict(
-        # 512 wide (was 384: 30M parameters, now 53M). Runs 5-7 drew training samples at shape
-        # 0.81-0.88 from 16,000 steps to 24,000 while the loss still fell, and their misses of
-        # object permanence are shapes redrawn wrong after the bar (a cross comes back a diamond,
-        # a diamond a circle), also where the given frame shows the shape (i2v shape 0.84-0.91).
-        # The wider model does 1.8x the FLOPs per step for 1.27x the time on the H200 (the width
-        # arm of tools/bench/results/world_arms_h200.json): at ~7% MFU, width is the cheapest
-        # capacity there is. The step count below fits it into the same session.
-        dim=512,
-        ffn_dim=2048,
-        num_heads=8,  # head_dim 64, as before
+        # 384 wide (30M parameters). The eighth run tried 512 (53M, 1.28x the time per step):
+        # object permanence 0.72 as the 384-wide sixth run, 11 scenes kept by one run only and
+        # 11 by the other (tools/bench/results/world_h200_run8.json): capacity is not what the
+        # shapes lack (dit_train.buckets: the clips per step may be).
+        dim=384,
+        ffn_dim=1536,
+        num_heads=6,  # head_dim 64
         num_layers=12,
         in_channels=c.vae.z_channels,
         out_channels=c.vae.z_channels,
@@ -174,19 +171,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # With 16,000 steps at lr 3e-4 the shape accuracy of training samples plateaued at 0.72
         # (main bucket alone, 10k-16k steps); lr 1e-3 had a 15% lower loss at every 1,000 steps
         # of an A/B to 6,000 and kept climbing to 0.79 at 14,000 when trained on
-        # (tools/bench/results/world_arms_h200.json), so the recipe trains longer at 1e-3. The
-        # 512-wide DiT is 1.27x slower per step: 20,000 steps (~33 ms x 1.27 + 2 ms each,
-        # ~15 min) keep the VAE + DiT + eval within a session's 1,800 s of device time with
-        # ~200 s to spare (the seventh run held the machine 1,562 s). A re-run must repeat every
-        # step, so the run cannot be cut short to fit.
-        steps=20000,
+        # (tools/bench/results/world_arms_h200.json), so the recipe trains longer at 1e-3.
+        # Twice the clips per step of runs 1-8 (dit_train.buckets) cost ~1.75x the time per step
+        # (51 against 29 ms in tools/bench/results/world_dit_h200.json; ~60 ms in a run with its
+        # data and rounds): 16,000 steps (~16.5 min, 4.1M clips seen; the sixth run 24,000 steps
+        # of 128, 3.1M) keep the VAE + DiT + eval within a session's 1,800 s of device time. A
+        # re-run must repeat every step, so the run cannot be cut short to fit.
+        steps=16000,
         lr=1e-3,
         lr_warmup_steps=300,
         weight_decay=0.0,
         ema_decay=0.999,
         log_every_steps=200,
         checkpoint_every_steps=1000,
-        # VAE ~440 s + DiT ~1,000 s (latent caches ~30 s, the steps, six sample rounds ~70 s)
+        # VAE ~440 s + DiT ~1,030 s (latent caches ~30 s, the steps, four sample rounds ~40 s)
         # + eval ~50 s + start-up ~60 s fit a 30-minute GPU session. The stage must end by its
         # step count for a re-run to repeat it (a stop by time lands on another step), so the
         # cap is far above the expected time: only a much slower machine meets it (rerun the
@@ -194,13 +192,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         max_train_seconds=1800,
         # ('FRAMESxHEIGHTxWIDTH', batch, weight): tokens per clip in brackets. Each bucket is
         # one compile of the step (and of the latent-cache encode), so there are few, and
-        # the eval suite samples only trained shapes.
+        # the eval suite samples only trained shapes. Twice the clips of runs 1-8: in the
+        # patch-size A/B (world_patch_ab_h200.json) 128 clips of 80 tokens per step learned
+        # shapes far faster than 32 clips of 320 tokens (0.54 against 0.29 in the same time),
+        # and neither width (the eighth run) nor steps past 16,000 (runs 5-8) moved the shapes:
+        # a step's prompts, one per clip, are what the shapes are learned from.
         buckets=(
-            ("17x64x64", 128, 0.45),  # [80] the main shape: every conditioned eval mode
-            ("17x64x96", 96, 0.1),  # [120] landscape
-            ("17x96x64", 96, 0.1),  # [120] portrait
-            ("33x64x64", 64, 0.15),  # [144] long clips
-            ("1x64x64", 512, 0.2),  # [16] images (joint image + video training)
+            ("17x64x64", 256, 0.45),  # [80] the main shape: every conditioned eval mode
+            ("17x64x96", 192, 0.1),  # [120] landscape
+            ("17x96x64", 192, 0.1),  # [120] portrait
+            ("33x64x64", 128, 0.15),  # [144] long clips
+            ("1x64x64", 1024, 0.2),  # [16] images (joint image + video training)
         ),
         # Short prompts ("a red circle moving left") and long recaptions (every object, the
         # background, pans and occluders), as the report trains on both.
@@ -208,14 +210,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         caption_dropout=0.1,  # empty caption: the unconditional branch of CFG
         vae_workdir="",  # "" = <workdir>/vae
         # Encode this many clips per bucket (frozen VAE) and train on their latents; every 500
-        # steps each bucket swaps 512 of them for clips it has not seen (rendered and encoded
-        # beside the steps), so 20,000 steps see ~25,000 clips per bucket instead of the same
-        # 4,096 again and again. On the H200 (2026-12-03, second run) it cost no speed: 32 steps/s
+        # steps each bucket swaps 1,024 of them for clips it has not seen (rendered and encoded
+        # beside the steps), so 16,000 steps see ~37,000 clips per bucket instead of the same
+        # 4,096 again and again (each seen about as often as with 512 per 500 steps at half the
+        # batch). On the H200 (2026-12-03, second run) it cost no speed: 32 steps/s
         # between refreshes, none waited for; training loss at 8,000 steps 0.144 against 0.139
         # with a fixed cache of 8,192 clips. The refresh renders in the trainer process.
         latent_cache_clips=4096,
         latent_cache_refresh_steps=500,
-        latent_cache_refresh_clips=512,
+        latent_cache_refresh_clips=1024,
         latent_cache_dir="",  # or tools/cache_latents.py output
         # Graded samples of the EMA weights every N steps (<workdir>/dit/samples/, accuracies in
         # metrics.jsonl); 0 = off. The eval stage grades every mode at the end; these rounds (one
