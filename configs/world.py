@@ -1,7 +1,7 @@
 """The world model of issue 9: VAE + DiT on the synthetic world, sized for one H100/H200.
 
 One command trains the VAE (15,000 steps, ~7.5 min on an H200), caches latents, trains the DiT
-(16,000 steps of 256 clips, ~17 min) and runs the evaluation suite (sora_jax/eval_suite.py:
+(15,000 steps of 256 clips, ~17 min) and runs the evaluation suite (sora_jax/eval_suite.py:
 every generation mode, graded):
 
   python -m sora_jax.main --config=configs/world.py --workdir=/tmp/world
@@ -174,17 +174,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # (tools/bench/results/world_arms_h200.json), so the recipe trains longer at 1e-3.
         # Twice the clips per step of runs 1-8 (dit_train.buckets) cost ~1.75x the time per step
         # (51 against 29 ms in tools/bench/results/world_dit_h200.json; ~60 ms in a run with its
-        # data and rounds): 16,000 steps (~16.5 min, 4.1M clips seen; the sixth run 24,000 steps
-        # of 128, 3.1M) keep the VAE + DiT + eval within a session's 1,800 s of device time. A
-        # re-run must repeat every step, so the run cannot be cut short to fit.
-        steps=16000,
+        # data): 15,000 steps (~17.5 min with the stage's rounds and caches, 3.8M clips seen; the
+        # sixth run 24,000 steps of 128, 3.1M) keep the VAE + DiT + eval within a session's
+        # 1,800 s of device time. A re-run must repeat every step, so the run cannot be cut
+        # short to fit.
+        steps=15000,
         lr=1e-3,
         lr_warmup_steps=300,
         weight_decay=0.0,
         ema_decay=0.999,
         log_every_steps=200,
         checkpoint_every_steps=1000,
-        # VAE ~440 s + DiT ~1,030 s (latent caches ~30 s, the steps, four sample rounds ~40 s)
+        # VAE ~440 s + DiT ~1,000 s (latent caches ~30 s, the steps, three sample rounds ~30 s)
         # + eval ~50 s + start-up ~60 s fit a 30-minute GPU session. The stage must end by its
         # step count for a re-run to repeat it (a stop by time lands on another step), so the
         # cap is far above the expected time: only a much slower machine meets it (rerun the
@@ -211,7 +212,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         vae_workdir="",  # "" = <workdir>/vae
         # Encode this many clips per bucket (frozen VAE) and train on their latents; every 500
         # steps each bucket swaps 1,024 of them for clips it has not seen (rendered and encoded
-        # beside the steps), so 16,000 steps see ~37,000 clips per bucket instead of the same
+        # beside the steps), so 15,000 steps see ~35,000 clips per bucket instead of the same
         # 4,096 again and again (each seen about as often as with 512 per 500 steps at half the
         # batch). On the H200 (2026-12-03, second run) it cost no speed: 32 steps/s
         # between refreshes, none waited for; training loss at 8,000 steps 0.144 against 0.139
@@ -225,7 +226,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # compile, then seconds each) leave numbers behind when a run is cut short: two GPU
         # runs lost their machine before the eval stage. 48 prompts (as the A/B arms had): one
         # round's shape accuracy then has a standard error of ~0.07, not ~0.12.
-        sample_every_steps=4000,
+        sample_every_steps=5000,  # 5k, 10k and the last step
         sample_num_prompts=48,
         sample_steps=20,
         sample_guidance=5.0,

@@ -22,6 +22,9 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/
+import world_report  # noqa: E402  (tools/world_report.py: each occlusion scene's outcome)
+
 from sora_jax import evaluate  # noqa: E402
 
 
@@ -98,10 +101,8 @@ def eval_summary(arm_dir: str) -> dict | None:
 
 def kept_scenes(arm_dir: str) -> dict[int, bool] | None:
     """seed -> whether the arm's sample kept the object through the bar (occlusion set)."""
-    data = _json(os.path.join(arm_dir, "eval", "t2v_occlusion.json"))
-    if not data:
-        return None
-    return {int(r["seed"]): bool(r["permanence"]["permanent"]) for r in data["samples"]}
+    scenes = world_report.occlusion_scenes(arm_dir)
+    return dict(zip(scenes["seed"], scenes["kept"])) if scenes else None
 
 
 def table(out: dict) -> str:
@@ -151,10 +152,11 @@ def main(argv: list[str] | None = None) -> dict:
             if "permanence" in m:
                 extra = f", object permanence {m['permanence']:.2f} ± {m['permanence_se']:.2f}"
             print(f"{arm} eval {name} ({m.get('n')}): colour / shape / motion {grades}{extra}")
-    for label, p in pairs.items():
+    for label, pair in pairs.items():
         print(
-            f"occlusion scenes, {label}: both {p['both']}, first only {p['only_first']}, "
-            f"second only {p['only_second']}, neither {p['neither']} (p = {p['p_two_sided']})"
+            f"occlusion scenes, {label}: both {pair['both']}, first only {pair['only_first']}, "
+            f"second only {pair['only_second']}, neither {pair['neither']} "
+            f"(p = {pair['p_two_sided']})"
         )
     if pairs:
         out["occlusion_pairs"] = pairs
