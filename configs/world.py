@@ -22,7 +22,7 @@ The world: 1-3 objects (a subject and up to two smaller distractors), camera pan
 bars, flat / gradient / textured backgrounds and still images; three colour x shape pairs are
 held out of training entirely (`world.holdout`) to measure generalisation. Frames are 64x64,
 64x96 and 96x64 (aspect buckets) with 1, 17 and 33 frames (each bucket is one compile of the
-train step, so there are five; 128x128 would add tokens and compiles, not learning). The
+train step, so there are five; tools/experiments/world_res_ab.sh tries 128x128). The
 VAE compresses 4x8x8 to 16 channels (a 17x64x64 clip -> 5x8x8x16 latents); the DiT (~30M
 parameters) patches 1x2x2, so a 17x64x64 clip is 80 tokens and batches are large.
 
