@@ -89,6 +89,14 @@ def test_report_collects_every_stage_and_the_targets(tmp_path):
     assert r["vae_real_footage"]["carphone"] == {"psnr": 17.3, "ssim": 0.489}
     assert (r["targets_met"], r["targets_total"]) == (1, 2)
     assert r["eval"]["val_loss"] == {"t=0.5": 0.23}
+    assert "occlusion_scenes" not in r  # no per-scene records in this workdir
+    records = [{"seed": 7, "permanence": {"permanent": True},
+                "permanence_vae_round_trip": {"permanent": True}},
+               {"seed": 3, "permanence": {"permanent": False},
+                "permanence_vae_round_trip": {"permanent": True}}]  # fmt: skip
+    _write(tmp_path / "eval" / "t2v_occlusion.json", {"samples": records})
+    scenes = world_report.collect(str(tmp_path))["occlusion_scenes"]
+    assert scenes == {"seed": [7, 3], "kept": [True, False], "vae_kept": [True, True]}
 
 
 def test_report_table_has_a_row_per_set_with_its_extra_grades(tmp_path):
