@@ -96,9 +96,9 @@ def t2v_variants(config: ml_collections.ConfigDict, set_names: Sequence[str]) ->
     suite's), reported beside the sets, not as targets. Returns {"<set>@key=value,...":
     settings}; a bad variant or set name fails here, before any weights load."""
     out = {}
-    variant_sets = tuple(config.eval.get("variant_sets", ("t2v",)))
     if not config.eval.get("t2v_variants", ()):
         return out
+    variant_sets = tuple(config.eval.get("variant_sets", ("t2v",)))
     if not variant_sets or set(variant_sets) - set(set_names):
         raise ValueError(f"eval.variant_sets={variant_sets} must name some of the suite's sets "
                          f"{tuple(set_names)}.")  # fmt: skip

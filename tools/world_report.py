@@ -52,7 +52,8 @@ MISSES = {  # eval_suite.permanence_metrics' miss labels, in words
 }
 
 
-def _json(path: str) -> dict | None:
+def read_json(path: str) -> dict | None:
+    """The JSON object at `path`, or None when there is no such file."""
     if not os.path.exists(path):
         return None
     with open(path) as f:
@@ -110,7 +111,7 @@ def timeline_events(path: str) -> list[list[str]]:
 
 def collect(workdir: str) -> dict:
     """Everything the run left in `workdir`, in one dict (missing stages are left out)."""
-    summary = _json(os.path.join(workdir, "summary.json")) or {}
+    summary = read_json(os.path.join(workdir, "summary.json")) or {}
     result: dict = {"workdir": os.path.abspath(workdir)}
     for name in ("vae", "dit"):
         numbers = stage(workdir, name)
@@ -128,7 +129,7 @@ def collect(workdir: str) -> dict:
             result["vae"]["heldout_recon_grades"] = grades
         if "recon_mad_ratio" in vae:  # flicker of the round trip: the continuity ratio's floor
             result["vae"]["heldout_recon_mad_ratio"] = round(vae["recon_mad_ratio"], 3)
-    footage = _json(os.path.join(workdir, "vae", "footage_eval.json"))
+    footage = read_json(os.path.join(workdir, "vae", "footage_eval.json"))
     if footage:
         scores = {k.split(":")[-1]: {"psnr": round(v["psnr"], 2), "ssim": round(v["ssim"], 3)}
                   for k, v in footage.items() if isinstance(v, dict) and "psnr" in v}  # fmt: skip
@@ -139,7 +140,7 @@ def collect(workdir: str) -> dict:
     timeline = timeline_events(os.path.join(workdir, "timeline.log"))
     if timeline:
         result["timeline"] = timeline
-    ev = _json(os.path.join(workdir, "eval", "summary.json"))
+    ev = read_json(os.path.join(workdir, "eval", "summary.json"))
     if ev:
         result["eval"] = {k: ev[k] for k in ("settings", "checkpoint_steps", "val_loss",
                                              "targets", "wall_s") if k in ev}  # fmt: skip
@@ -159,7 +160,7 @@ def occlusion_scenes(workdir: str) -> dict | None:
     the bar and whether the VAE's round trip of its real clip did (eval/t2v_occlusion.json), so
     that two runs compare scene by scene from their committed reports
     (tools/experiments/compare_runs.py)."""
-    data = _json(os.path.join(workdir, "eval", "t2v_occlusion.json"))
+    data = read_json(os.path.join(workdir, "eval", "t2v_occlusion.json"))
     if not data:
         return None
     samples = data["samples"]
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
     # there holds them (and the device); read elsewhere, this machine's would be wrong.
     ran_path = os.path.abspath(os.path.join(args.workdir, "report.json"))
     same = args.out and os.path.abspath(args.out) == ran_path  # world_gpu.sh writing it
-    ran = {} if same else (_json(ran_path) or {})
+    ran = {} if same else (read_json(ran_path) or {})
     versions = ran.get("versions") or report.versions("jax", "flax")
     result = {**run_metadata(args), "device": args.device or ran.get("device") or None,
               "versions": versions, **collect(args.workdir)}  # fmt: skip

@@ -299,13 +299,17 @@ class _Trainer:
         self.checkpointer.save(number, self.state, self.config.to_dict(), self.meta)
         self.progress.add("checkpoint_s", time.perf_counter() - t)
 
+    def context(self, number: int) -> PeriodicContext:
+        """What a task's periodic work sees after step `number`: the current state."""
+        return PeriodicContext(number, self.state, self.graphdef, self.rest, self.workdir,
+                               self.mesh)  # fmt: skip
+
     def hooks(self, number: int) -> None:
         periodic = getattr(self.task, "periodic", None)
         if periodic is None:
             return
         t = time.perf_counter()
-        ctx = PeriodicContext(number, self.state, self.graphdef, self.rest, self.workdir, self.mesh)
-        periodic(number, ctx)
+        periodic(number, self.context(number))
         self.progress.add("hooks_s", time.perf_counter() - t)
 
     def precompile(self, frozen) -> precompile_lib.Precompiler | None:
@@ -447,10 +451,7 @@ def compile_steps(
         warm = getattr(task, "precompile_periodic", None)
         if warm is not None:
             t = time.perf_counter()
-            ctx = PeriodicContext(
-                trainer.start, trainer.state, trainer.graphdef, trainer.rest, workdir, mesh
-            )
-            if warm(ctx):
+            if warm(trainer.context(trainer.start)):
                 result["periodic_s"] = round(time.perf_counter() - t, 1)
     trainer.checkpointer.close()
     trainer.writer.close()

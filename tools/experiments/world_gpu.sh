@@ -44,8 +44,9 @@ stamp "vae start (XLA_FLAGS=${XLA_FLAGS:-})"
 # Beside the VAE stage, the DiT's train steps, latent-cache encodes and training-sample round
 # (sampled once on untrained weights) compile into <workdir>/xla_cache (stage dit_compile; needs
 # compile_cache=True, as configs/world.py has), so the DiT stage loads them (~3 s each) instead
-# of compiling them at its start (~90-120 s each on an H200) or at its first round (38 s). Three compile
-# threads leave the VAE's data workers most of the CPU; it allocates GPU memory only as needed.
+# of compiling them at its start (~90-120 s each on an H200) or at its first round (38 s).
+# Three compile threads leave the VAE's data workers most of the CPU; it allocates GPU memory
+# only as needed.
 if [[ "${DIT_COMPILE:-1}" == 1 ]]; then
   XLA_PYTHON_CLIENT_PREALLOCATE=false main --stages=dit_compile \
     --config.dit_train.precompile_threads=3 "$@" >"$workdir/dit_compile.log" 2>&1 &
