@@ -20,11 +20,14 @@ Results land in <workdir>/summary.json (losses, VAE PSNR, wall times) and <workd
 
 The world: 1-3 objects (a subject and up to two smaller distractors), camera pans, occluding
 bars, flat / gradient / textured backgrounds and still images; three colour x shape pairs are
-held out of training entirely (`world.holdout`) to measure generalisation. Frames are 64x64,
-64x96 and 96x64 (aspect buckets) with 1, 17 and 33 frames (each bucket is one compile of the
-train step, so there are five; tools/experiments/world_res_ab.sh tries 128x128). The
-VAE compresses 4x8x8 to 16 channels (a 17x64x64 clip -> 5x8x8x16 latents); the DiT (~30M
-parameters) patches 1x2x2, so a 17x64x64 clip is 80 tokens and batches are large.
+held out of training entirely (`world.holdout`) to measure generalisation. Frames are
+128x128, 128x192 and 192x128 (aspect buckets) with 1, 17 and 33 frames (each bucket is one
+compile of the train step, so there are five). The VAE compresses 4x8x8 to 16 channels (a
+17x128x128 clip -> 5x16x16x16 latents); the DiT (~30M parameters) patches 1x4x4, so a 17x128x128
+clip is 80 tokens and batches are large. Runs 1-9 rendered the world at 64x64 with 1x2x2 patches
+(the same tokens): small subjects then covered about one latent pixel, and the DiT drew their
+shapes wrong (README, "World model, ninth full run"); tools/experiments/world_res_ab.sh compares
+the two sizes side by side.
 
 Measured on an H200 (tools/bench/results/world_h200_run3.json, 2026-12-03): the VAE (2x2
 patches, one 17x64x64 bucket at batch 32, clips rendered by 8 worker processes) ran 7,500 steps
@@ -57,7 +60,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The synthetic world (sora_jax/data/world.py). Training clips are rendered at each
     # bucket's size, so `resolutions` and `num_frames` only shape `world[i]` items.
     c.world = common.world_config(
-        resolutions=((64, 64), (64, 96), (96, 64)),
+        # 128x128 (was 64x64 in runs 1-9): a small subject (0.16 of the frame) is ~20 pixels,
+        # 2.5 latent pixels across instead of 1.25.
+        resolutions=((128, 128), (128, 192), (192, 128)),
         num_frames=(1, 9, 17, 33),
         image_fraction=0.1,  # specs that are stills: static scenes captioned "an image of ..."
         max_objects=3,  # the subject + up to 2 distractors (0.45x its size, other colours)
@@ -88,7 +93,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         num_res_blocks=1,
         temporal_downsample=(True, True),  # 4x in time, as Wan 2.1
         z_channels=16,
-        mid_attention=False,  # 8x8 latents: convolutions already see the whole frame
+        mid_attention=False,  # 16x16 latents: the convolutions see most of the frame
         dropout=0.0,
         dtype="bfloat16",  # convolutions in bf16; parameters and loss in fp32
         # 2x2 pixels per token before the first conv: every level runs at half the resolution.
@@ -116,8 +121,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         max_train_seconds=600,  # a safety net only: the recipe's runs end by `steps`
         # One bucket, one compile: the VAE is causal and its convolutions are the same at every
         # time step after the first frame (encoded alone, as an image), so 17-frame clips train
-        # the 1-, 17- and 33-frame paths the DiT uses.
-        buckets=(("17x64x64", 32, 1.0),),
+        # the 1-, 17- and 33-frame paths the DiT uses. 8 clips of 128x128: the pixels per step
+        # of runs 1-9 (32 clips of 64x64), so the same time per step.
+        buckets=(("17x128x128", 8, 1.0),),
         # MSE dominates (PSNR is MSE; L1 drops small objects, configs/tiny.py), SSIM for edges.
         l1_weight=0.0,
         l2_weight=10.0,
@@ -137,14 +143,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # 384 wide (30M parameters). The eighth run tried 512 (53M, 1.28x the time per step):
         # object permanence 0.72 as the 384-wide sixth run, 11 scenes kept by one run only and
         # 11 by the other (tools/bench/results/world_h200_run8.json): capacity is not what the
-        # shapes lack (dit_train.buckets: the clips per step may be).
+        # shapes lack, nor (the ninth run, dit_train.buckets) the clips per step.
         dim=384,
         ffn_dim=1536,
         num_heads=6,  # head_dim 64
         num_layers=12,
         in_channels=c.vae.z_channels,
         out_channels=c.vae.z_channels,
-        patch_size=(1, 2, 2),
+        # 4x4 latent pixels per token (32x32 pixels): a 17x128x128 clip is 80 tokens, as a
+        # 17x64x64 clip was with 1x2x2 patches, so the clips and tokens per step are those of
+        # the ninth run (tools/bench/results/world_dit_res128_h200.json: 128x128 at 1x2x2
+        # costs 4x the tokens per clip).
+        patch_size=(1, 4, 4),
         text_dim=384,
         dtype="bfloat16",  # matmuls and attention in bf16; norms, modulation, residuals fp32
         # XLA's attention: the runs that measured this recipe used it. cuDNN's step is 1.25x
@@ -197,13 +207,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # patch-size A/B (world_patch_ab_h200.json) 128 clips of 80 tokens per step learned
         # shapes far faster than 32 clips of 320 tokens (0.54 against 0.29 in the same time),
         # and neither width (the eighth run) nor steps past 16,000 (runs 5-8) moved the shapes:
-        # a step's prompts, one per clip, are what the shapes are learned from.
+        # a step's prompts, one per clip, are what the shapes are learned from. The ninth run
+        # (these batches at 64x64, tools/bench/results/world_h200_run9.json) kept the object
+        # through the bar in 0.71 of the scenes (the sixth 0.72, 61 scenes kept by both, 8 and
+        # 7 by one only): the batches stay, so that the 128x128 world is the one change.
         buckets=(
-            ("17x64x64", 256, 0.45),  # [80] the main shape: every conditioned eval mode
-            ("17x64x96", 192, 0.1),  # [120] landscape
-            ("17x96x64", 192, 0.1),  # [120] portrait
-            ("33x64x64", 128, 0.15),  # [144] long clips
-            ("1x64x64", 1024, 0.2),  # [16] images (joint image + video training)
+            ("17x128x128", 256, 0.45),  # [80] the main shape: every conditioned eval mode
+            ("17x128x192", 192, 0.1),  # [120] landscape
+            ("17x192x128", 192, 0.1),  # [120] portrait
+            ("33x128x128", 128, 0.15),  # [144] long clips
+            ("1x128x128", 1024, 0.2),  # [16] images (joint image + video training)
         ),
         # Short prompts ("a red circle moving left") and long recaptions (every object, the
         # background, pans and occluders), as the report trains on both.
@@ -253,8 +266,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         num_prompts=16,
         prompts=(),
         num_frames=17,
-        height=64,
-        width=64,
+        height=128,
+        width=128,
         steps=60,  # as the evaluation suite (eval_config)
         sampler="euler",
         guidance=3.0,
@@ -285,9 +298,9 @@ def eval_config(**overrides) -> ml_collections.ConfigDict:
             # as wide as issue 9's +-3-point reproducibility band, and the standard error of a
             # permanence near 0.7 is 0.08 (0.05 at 96). Batches of 16: no new program.
             occlusion_prompts=96,
-            shape="17x64x64",  # FRAMESxHEIGHTxWIDTH of t2v and of every conditioned mode
+            shape="17x128x128",  # FRAMESxHEIGHTxWIDTH of t2v and of every conditioned mode
             # The resolution / aspect / duration sweep: num_per_set prompts at each of these.
-            sweep_shapes=("17x64x96", "17x96x64", "33x64x64"),
+            sweep_shapes=("17x128x192", "17x192x128", "33x128x128"),
             # 60 Euler steps: in two GPU runs the t2v set re-sampled with 60 steps instead of 30
             # scored shape 0.57 vs 0.49 (8,000 DiT steps) and 0.89 vs 0.85, motion 0.95 vs 0.88
             # (26,600 steps), on the same prompts and seeds (tools/bench/results/world_h200_run*).
@@ -303,11 +316,14 @@ def eval_config(**overrides) -> ml_collections.ConfigDict:
             # The sets of `variant_sets` again under other settings (reported beside the sets,
             # not as targets): how much the grades owe to sampling. Guidance 5 was the setting
             # of the runs before 2026-12-04, and 30 steps of those before the fourth.
+            # Shift 2: SD3's resolution shift sqrt(4) for the 4x latent pixels of 128x128 over
+            # the 64x64 world the training shift (flow.shift = 1) was chosen on.
             t2v_variants=(
                 {"guidance": 5.0},
                 {"guidance": 2.0},
                 {"steps": 30},
                 {"sampler": "dpmpp_2m"},
+                {"shift": 2.0},
             ),
             variant_sets=("t2v", "t2v_occlusion"),  # occlusion: object permanence per setting
             batch_size=16,  # text-only sets; conditioned modes sample one clip per call

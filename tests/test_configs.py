@@ -78,7 +78,7 @@ def test_world_config_compresses_4x8x8_and_has_a_bucket_for_every_eval_shape(arg
         lambda: vae_lib.CausalVAE(vae_lib.VAEConfig(**c.vae.to_dict()), rngs=nnx.Rngs(0))
     )
     if arg is None:  # the DiT trained on every shape the suite samples
-        assert vae.latent_shape(17, 64, 64) == (5, 8, 8, 16)
+        assert vae.latent_shape(17, 128, 128) == (5, 16, 16, 16)
         trained = {b.name for b in buckets.parse_buckets(c.dit_train.buckets)}
         assert {c.eval.shape, *c.eval.sweep_shapes} <= trained
     assert eval_cases.build_suite(c)  # every eval set builds from the config alone

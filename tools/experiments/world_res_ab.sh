@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Issue 9: the world rendered at 128x128 against 64x64, side by side on one GPU and one VAE
-# (tools/experiments/world_arms.sh), every arm at the same time per step
+# (tools/experiments/world_arms.sh), every arm at the same tokens per step
 # (tools/bench/results/world_dit_res128_h200.json):
-#   base64    17x64x64 clips at batch BATCH (128), 1x2x2 patches: 80 tokens a clip
+#   base64    17x64x64 clips at batch BATCH (128), 1x2x2 patches: 80 tokens a clip (the world
+#             of runs 1-9)
 #   res128    17x128x128 clips at batch RES_BATCH (32), 1x2x2 patches: 320 tokens a clip (an
 #             object covers twice the latent pixels in each direction; a quarter of the clips)
 #   res128p4  17x128x128 clips at batch BATCH, 1x4x4 patches: 80 tokens a clip, each token 4x4
-#             latent pixels (the latents of res128, the clips and tokens of base64)
-# All with the 384-wide DiT, STEPS steps (10,000) with the cosine schedule ending there, graded
+#             latent pixels (the latents of res128, the clips and tokens of base64; the
+#             world of configs/world.py since run 10)
+# Every arm names its size, patches and bucket, so none depends on the config's defaults. All
+# with the 384-wide DiT, STEPS steps (10,000) with the cosine schedule ending there, graded
 # training samples every EVERY steps, then the t2v and occlusion sets of the evaluation suite per
 # arm (the same prompts, seeds and scenes at either size) and the scene-by-scene comparison
-# (WORKDIR/arms.json). ARMS picks some of them (default: all three).
+# (WORKDIR/arms.json). ARMS picks some of them (default: all three). The one VAE is the config's
+# (trained on 17x128x128 clips).
 #
 #   tools/experiments/world_res_ab.sh WORKDIR [flags for every stage, e.g. --config.text.path=DIR]
 #
@@ -22,15 +26,21 @@ workdir=${1:?usage: world_res_ab.sh WORKDIR [flags...]}
 shift
 export STEPS=${STEPS:-10000} EVERY=${EVERY:-2000} EVAL_SETS=${EVAL_SETS:-t2v,t2v_occlusion}
 batch=${BATCH:-128}
+shape=${SHAPE:-17x64x64}
 res_shape=${RES_SHAPE:-17x128x128}
 res_batch=${RES_BATCH:-32}
-IFS=x read -r _ res_h res_w <<<"$res_shape"
-at_res="--config.world.resolutions=(($res_h,$res_w),) --config.sample.height=$res_h"
-at_res+=" --config.sample.width=$res_w --config.eval.shape=$res_shape"
+# at SHAPE BATCH PATCH: the flags of an arm that trains and samples at SHAPE.
+at() {
+  local h w
+  IFS=x read -r _ h w <<<"$1"
+  echo "--config.dit_train.buckets=(('$1',$2,1.0),) --config.world.resolutions=(($h,$w),)" \
+    "--config.sample.height=$h --config.sample.width=$w --config.eval.shape=$1" \
+    "--config.dit.patch_size=$3"
+}
 declare -A flags=(
-  [base64]=""
-  [res128]="--config.dit_train.buckets=(('$res_shape',$res_batch,1.0),) $at_res"
-  [res128p4]="--config.dit_train.buckets=(('$res_shape',$batch,1.0),) $at_res --config.dit.patch_size=(1,4,4)"
+  [base64]="$(at "$shape" "$batch" "(1,2,2)")"
+  [res128]="$(at "$res_shape" "$res_batch" "(1,2,2)")"
+  [res128p4]="$(at "$res_shape" "$batch" "(1,4,4)")"
 )
 arms=()
 for name in ${ARMS:-base64 res128 res128p4}; do

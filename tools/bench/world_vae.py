@@ -1,0 +1,139 @@
+"""Benchmark: the world VAE's train step (configs/world.py) against its training bucket.
+
+    python tools/bench/world_vae.py --buckets=17x64x64@32,17x128x128@8 \
+        --out tools/bench/results/world_vae_res128_h200.json
+    python tools/bench/world_vae.py --tiny --out /tmp/world_vae.json     # CPU check of the script
+
+Run 10 of issue 9 renders the world at 128x128 and trains the VAE on 8 clips of 17x128x128 per
+step, the pixels per step of runs 1-9 (32 clips of 17x64x64). Whether that keeps the time per
+step (the VAE stage is ~a quarter of the session's device time) is measured here: the real train
+step (`state_lib.build_step` over `VAETask`: encode, reparameterised sample, decode, the
+recipe's MSE + SSIM + KL loss, AdamW, clipping, EMA, non-finite guard; state donated) on random
+uint8 clips of each BUCKET@BATCH, in one process. The first row is the reference the others'
+ratios are taken against. Rows: seconds per step, steps/s, pixels/s and the compile time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "configs"))
+import report  # noqa: E402  (tools/bench/report.py)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--tiny", action="store_true", help="world.py:micro sizes (script check)")
+    p.add_argument(
+        "--buckets",
+        default="17x64x64@32,17x128x128@8",
+        help="FRAMESxHEIGHTxWIDTH@BATCH[,...], one row each; the first is the reference",
+    )
+    p.add_argument("--steps", type=int, default=30, help="timed steps per row")
+    p.add_argument("--budget_s", type=float, default=0.0, help="skip rows after this (0: none)")
+    return p.parse_args(argv)
+
+
+def parse_rows(text: str) -> list[tuple[str, int]]:
+    rows = []
+    for item in text.split(","):
+        shape, sep, batch = item.partition("@")
+        if not sep or not batch.isdigit():
+            raise SystemExit(f"--buckets {item!r}: expected FRAMESxHEIGHTxWIDTH@BATCH.")
+        rows.append((shape, int(batch)))
+    return rows
+
+
+def measure(config, shape: str, batch_size: int, steps: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from sora_jax import parallel
+    from sora_jax.train import state as state_lib
+    from sora_jax.train import vae_task
+
+    config = config.copy_and_resolve_references()
+    config.vae_train.buckets = ((shape, batch_size, 1.0),)
+    task = vae_task.VAETask(config)
+    b = task.buckets[0]
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 256, (batch_size, b.num_frames, b.height, b.width, 3), np.uint8)
+    batch = {"video": jnp.asarray(video), "step": jnp.asarray(0, jnp.int32)}
+    mesh = parallel.make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
+    graphdef, state, rest, tx, _ = state_lib.init_state(task, config.vae_train, mesh, seed=0)
+    ema = float(config.vae_train.ema_decay)
+    step = jax.jit(state_lib.build_step(task, graphdef, rest, tx, ema), donate_argnums=(0,))
+    with jax.set_mesh(mesh):
+        t0 = time.perf_counter()
+        compiled = step.lower(state, task.frozen() or {}, batch).compile()
+        compile_s = time.perf_counter() - t0
+        frozen = task.frozen() or {}
+        for _ in range(3):  # warm-up (conv autotuning)
+            state, out, _ = compiled(state, frozen, batch)
+        jax.block_until_ready(state)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            state, out, _ = compiled(state, frozen, batch)
+        jax.block_until_ready(state)
+        sec = (time.perf_counter() - t0) / steps
+    pixels = batch_size * b.num_frames * b.height * b.width
+    return {
+        "batch": batch_size,
+        "step_s": sec,
+        "steps_per_s": 1 / sec,
+        "pixels_per_s": pixels / sec,
+        "compile_s": compile_s,
+        "loss": float(out["loss"]),
+    }
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    import jax
+    import world  # configs/world.py
+
+    config = world.get_config("micro" if args.tiny else None)
+    rows = parse_rows(args.buckets)
+    out = {
+        "benchmark": "world_vae",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
+        "versions": report.versions("jax", "jaxlib", "flax", "optax"),
+        "config": "configs/world.py" + (":micro" if args.tiny else ""),
+        "rows": [],
+    }
+    t_start = time.perf_counter()
+    for shape, batch in rows:
+        if args.budget_s and time.perf_counter() - t_start > args.budget_s:
+            out["rows"].append({"bucket": shape, "batch": batch, "error": "budget"})
+            continue
+        try:
+            row = measure(config, shape, batch, args.steps)
+        except Exception as e:  # one failing row keeps the others
+            row = {"batch": batch, "error": f"{type(e).__name__}: {e}"[:300]}
+        out["rows"].append({"bucket": shape, **row})
+        report.write_json(args.out, out)  # after every row: a cut-short run keeps it
+    base = next((r for r in out["rows"] if "error" not in r), None)
+    for r in out["rows"]:
+        if base and "error" not in r:
+            r["step_s_vs_first"] = r["step_s"] / base["step_s"]
+    report.write_json(args.out, out)
+    cols = ["bucket", "batch", "step_s", "steps_per_s", "pixels_per_s", "step_s_vs_first",
+            "compile_s"]  # fmt: skip
+    print(" ".join(f"{c:>15}" for c in cols))
+    for r in out["rows"]:
+        cells = [r.get(c, r.get("error", "")[:15] if c == "step_s" else "") for c in cols]
+        print(" ".join(f"{x:>15.4g}" if isinstance(x, float) else f"{x!s:>15}" for x in cells))
+    return out
+
+
+if __name__ == "__main__":
+    main()
