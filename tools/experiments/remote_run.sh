@@ -12,13 +12,15 @@
 #       tools/experiments/world_gpu.sh WORKDIR "" --config.text.path=DIR
 #   remote_run.sh poll WORKDIR LIMIT MARKER OUT
 #       waits up to LIMIT seconds for MARKER in WORKDIR/timeline.log, then packs the small result
-#       files (json, jsonl, log, md, txt, png, gif under 1.5 MB, the eval's <set>_videos.npz
-#       under 12 MB; no checkpoints or compile caches; over 15 MB in all, training-sample
-#       pictures and then all pictures are left out) into
-#       OUT/results.tgz, WORKDIR/xla_cache into OUT/xla_cache.tgz (in 15 MB parts
-#       xla_cache.tgz.00, .01, ... when larger; at most 5, since a call returns 8 files)
-#       (a later session's identical programs load from it), WORKDIR/autotune (XLA's kernel
-#       choices, world_gpu.sh) into OUT/autotune.tgz, and prints the timeline and the logs' tails.
+#       files (json, jsonl, log, md, txt, png, gif under 4 MB: contact sheets of 128x128 clips
+#       are ~1.2-1.5 MB; the eval's <set>_videos.npz under 30 MB; no checkpoints or compile
+#       caches; over RESULTS_LIMIT bytes (45 MB) in all, training-sample pictures and then all
+#       pictures are left out) into OUT/results.tgz, in 15 MB parts results.tgz.00, .01, ...
+#       when larger (a call returns files of 16 MiB at most, 8 of them, 64 MiB together;
+#       `cat results.tgz* | tar xz` unpacks either), WORKDIR/xla_cache into OUT/xla_cache.tgz
+#       (in parts likewise; left behind when it does not fit beside the results; a later
+#       session's identical programs load from it), WORKDIR/autotune (XLA's kernel choices,
+#       world_gpu.sh) into OUT/autotune.tgz, and prints the timeline and the logs' tails.
 set -uo pipefail
 verb=${1:?usage: remote_run.sh start|poll WORKDIR ...}
 workdir=${2:?usage: remote_run.sh start|poll WORKDIR ...}
@@ -47,26 +49,38 @@ case "$verb" in
       sleep 10
     done
     cd "$workdir" || exit 3
-    # A set's videos (the eval's <set>_videos.npz: 32 generated occlusion clips took 2.9 MB in
-    # the fourth world run, so the 96 of the suite now ~8.6 MB) up to 12 MB.
+    # A set's videos (the eval's <set>_videos.npz: the 96 generated occlusion clips took 7.3 MB
+    # at 17x64x64 in the ninth world run, so ~29 MB at 17x128x128) up to 30 MB.
     find . \( -name checkpoints -o -name xla_cache -o -name autotune -o -name code \) -prune -o -type f \
-      \( -size -1500k \( -name '*.json' -o -name '*.jsonl' -o -name '*.log' -o -name '*.md' \
+      \( -size -4000k \( -name '*.json' -o -name '*.jsonl' -o -name '*.log' -o -name '*.md' \
       -o -name '*.out' -o -name '*.txt' -o -name '*.png' -o -name '*.gif' \) \
-      -o -size -12000k -name '*_videos.npz' \) -print >"$out/.pack"
-    # Over 15 MB: leave the training samples' pictures behind (seven rounds of 48 GIFs), then,
-    # if still over, every picture (the evaluation's contact sheets and GIFs go last).
+      -o -size -30000k -name '*_videos.npz' \) -print >"$out/.pack"
+    # Over the limit: leave the training samples' pictures behind (rounds of 48 GIFs), then, if
+    # still over, every picture (the evaluation's contact sheets and GIFs go last).
+    limit_bytes=${RESULTS_LIMIT:-45000000}
     for drop in '^$' '/samples/.*\.\(png\|gif\)$' '\.png$\|\.gif$'; do
       grep -v -- "$drop" "$out/.pack" | tar czf "$out/results.tgz" -T -
-      (( $(stat -c %s "$out/results.tgz") > 15000000 )) || break
+      (( $(stat -c %s "$out/results.tgz") > limit_bytes )) || break
     done
     rm -f "$out/.pack"
+    # in_parts FILE: FILE in 15 MB parts FILE.00, FILE.01, ... when it is larger than one part.
+    in_parts() {
+      (( $(stat -c %s "$1") > 15000000 )) || return 0
+      split -b 15000000 -d "$1" "$1." && rm "$1"
+    }
+    results_size=$(stat -c %s "$out/results.tgz")
+    in_parts "$out/results.tgz"
     if [[ -d xla_cache ]]; then
       tar czf "$out/xla_cache.tgz" xla_cache
       size=$(stat -c %s "$out/xla_cache.tgz")
-      if (( size > 75000000 )); then
-        rm "$out/xla_cache.tgz"; echo "xla_cache.tgz: $size bytes, over 5 parts: left behind"
-      elif (( size > 15000000 )); then
-        split -b 15000000 -d "$out/xla_cache.tgz" "$out/xla_cache.tgz." && rm "$out/xla_cache.tgz"
+      # 8 files and 64 MiB a call: the results' parts, autotune.tgz, then what is left.
+      parts=$(( 7 - $(ls "$out" | grep -c '^results\.tgz') ))
+      room=$(( 62000000 - results_size ))
+      if (( size > room || size > parts * 15000000 )); then
+        rm "$out/xla_cache.tgz"
+        echo "xla_cache.tgz: $size bytes, no room beside the results: left behind"
+      else
+        in_parts "$out/xla_cache.tgz"
       fi
     fi
     if [[ -d autotune ]]; then tar czf "$out/autotune.tgz" autotune; fi
