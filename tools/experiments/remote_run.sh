@@ -13,8 +13,8 @@
 #   remote_run.sh poll WORKDIR LIMIT MARKER OUT
 #       waits up to LIMIT seconds for MARKER in WORKDIR/timeline.log, then packs the small result
 #       files (json, jsonl, log, md, txt, png, gif under 4 MB: contact sheets of 128x128 clips
-#       are ~1.2-1.5 MB; the eval's <set>_videos.npz under 30 MB; no checkpoints or compile
-#       caches; over RESULTS_LIMIT bytes (45 MB) in all, training-sample pictures and then all
+#       are ~1.2-1.5 MB; the eval's <set>_videos.npz under 40 MB; no checkpoints or compile
+#       caches; over RESULTS_LIMIT bytes (55 MB) in all, training-sample pictures and then all
 #       pictures are left out) into OUT/results.tgz, in 15 MB parts results.tgz.00, .01, ...
 #       when larger (a call returns files of 16 MiB at most, 8 of them, 64 MiB together;
 #       `cat results.tgz* | tar xz` unpacks either), WORKDIR/xla_cache into OUT/xla_cache.tgz
@@ -50,14 +50,14 @@ case "$verb" in
     done
     cd "$workdir" || exit 3
     # A set's videos (the eval's <set>_videos.npz: the 96 generated occlusion clips took 7.3 MB
-    # at 17x64x64 in the ninth world run, so ~29 MB at 17x128x128) up to 30 MB.
+    # at 17x64x64 in the ninth world run, so up to ~29 MB at 17x128x128) up to 40 MB.
     find . \( -name checkpoints -o -name xla_cache -o -name autotune -o -name code \) -prune -o -type f \
       \( -size -4000k \( -name '*.json' -o -name '*.jsonl' -o -name '*.log' -o -name '*.md' \
       -o -name '*.out' -o -name '*.txt' -o -name '*.png' -o -name '*.gif' \) \
-      -o -size -30000k -name '*_videos.npz' \) -print >"$out/.pack"
+      -o -size -40000k -name '*_videos.npz' \) -print >"$out/.pack"
     # Over the limit: leave the training samples' pictures behind (rounds of 48 GIFs), then, if
     # still over, every picture (the evaluation's contact sheets and GIFs go last).
-    limit_bytes=${RESULTS_LIMIT:-45000000}
+    limit_bytes=${RESULTS_LIMIT:-55000000}
     for drop in '^$' '/samples/.*\.\(png\|gif\)$' '\.png$\|\.gif$'; do
       grep -v -- "$drop" "$out/.pack" | tar czf "$out/results.tgz" -T -
       (( $(stat -c %s "$out/results.tgz") > limit_bytes )) || break
