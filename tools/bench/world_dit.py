@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import datetime
 import os
 import sys
 import time
@@ -165,54 +164,37 @@ def measure(
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    import jax
 
     from sora_jax.train import metrics
 
     config = _config(args)
-    out = {
-        "benchmark": "world_dit",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
-        "versions": report.versions("jax", "jaxlib", "flax", "optax"),
-        "config": "configs/world.py" + (":micro" if args.tiny else ""),
-        "bucket": config.dit_train.buckets[0][0],
-        "peak_flops": metrics.peak_flops(),
-        "rows": [],
-    }
-    t_start = time.perf_counter()
+    out = report.jax_header(
+        "world_dit",
+        config="configs/world.py" + (":micro" if args.tiny else ""),
+        bucket=config.dit_train.buckets[0][0],
+        peak_flops=metrics.peak_flops(),
+    )
     if args.override:
         out["overrides"] = args.override
     shapes = args.buckets.split(",") if args.buckets else [config.dit_train.buckets[0][0]]
     runs = [(x, a, int(b), s == "1") for s in args.scan_layers.split(",")
             for a in args.attention.split(",") for x in shapes
             for b in args.batches.split(",")]  # fmt: skip
-    for shape, attention, b, scan in runs:
-        if args.budget_s and time.perf_counter() - t_start > args.budget_s:
-            out["rows"].append({"bucket": shape, "batch": b, "attention": attention,
-                                "error": "budget"})  # fmt: skip
-            continue
-        try:
-            name = f"{shape}_{attention}_{b}" + ("" if scan else "_unscanned")
-            trace = os.path.join(args.trace_dir, name) if args.profile else ""
-            row = measure(_bucketed(config, shape, b), b, attention, args.steps, trace, scan)
-        except Exception as e:  # one failing row (e.g. cuDNN on CPU) keeps the others
-            error = f"{type(e).__name__}: {e}"[:300]
-            row = {"batch": b, "attention": attention, "scan_layers": scan, "error": error}
-        out["rows"].append({"bucket": shape, **row})
-        report.write_json(args.out, out)  # after every row: a cut-short run keeps it
+
+    def row(shape: str, attention: str, b: int, scan: bool):
+        keys = {"bucket": shape, "batch": b, "attention": attention, "scan_layers": scan}
+        name = f"{shape}_{attention}_{b}" + ("" if scan else "_unscanned")
+        trace = os.path.join(args.trace_dir, name) if args.profile else ""
+        return keys, lambda: measure(_bucketed(config, shape, b), b, attention, args.steps,
+                                     trace, scan)  # fmt: skip
+
+    report.measure_rows(out, args.out, (row(*r) for r in runs), args.budget_s)
     # Ratios against the recipe's setting (the first row: batch 128, XLA attention).
-    base = next((r for r in out["rows"] if "error" not in r), None)
-    for r in out["rows"]:
-        if base and "error" not in r:
-            r["clips_per_s_vs_first"] = r["clips_per_s"] / base["clips_per_s"]
+    report.ratios_to_first(out["rows"], "clips_per_s", "clips_per_s_vs_first")
     report.write_json(args.out, out)
     cols = ["bucket", "attention", "scan_layers", "batch", "tokens_per_step", "step_s",
             "steps_per_s", "clips_per_s", "clips_per_s_vs_first", "mfu", "compile_s"]  # fmt: skip
-    print(" ".join(f"{c:>12}" for c in cols))
-    for r in out["rows"]:
-        cells = [r.get(c, r.get("error", "")[:12] if c == "step_s" else "") for c in cols]
-        print(" ".join(f"{x:>12.4g}" if isinstance(x, float) else f"{x!s:>12}" for x in cells))
+    report.print_table(out["rows"], cols)
     for r in out["rows"]:
         if "profile" in r:
             scan = "" if r["scan_layers"] else ", unscanned"

@@ -16,7 +16,6 @@ ratios are taken against. Rows: seconds per step, steps/s, pixels/s and the comp
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import sys
 import time
@@ -97,41 +96,21 @@ def measure(config, shape: str, batch_size: int, steps: int) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    import jax
     import world  # configs/world.py
 
     config = world.get_config("micro" if args.tiny else None)
     rows = parse_rows(args.buckets)
-    out = {
-        "benchmark": "world_vae",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
-        "versions": report.versions("jax", "jaxlib", "flax", "optax"),
-        "config": "configs/world.py" + (":micro" if args.tiny else ""),
-        "rows": [],
-    }
-    t_start = time.perf_counter()
-    for shape, batch in rows:
-        if args.budget_s and time.perf_counter() - t_start > args.budget_s:
-            out["rows"].append({"bucket": shape, "batch": batch, "error": "budget"})
-            continue
-        try:
-            row = measure(config, shape, batch, args.steps)
-        except Exception as e:  # one failing row keeps the others
-            row = {"batch": batch, "error": f"{type(e).__name__}: {e}"[:300]}
-        out["rows"].append({"bucket": shape, **row})
-        report.write_json(args.out, out)  # after every row: a cut-short run keeps it
-    base = next((r for r in out["rows"] if "error" not in r), None)
-    for r in out["rows"]:
-        if base and "error" not in r:
-            r["step_s_vs_first"] = r["step_s"] / base["step_s"]
+    out = report.jax_header("world_vae", config="configs/world.py" + (":micro" * args.tiny))
+
+    def row(shape: str, batch: int):
+        return {"bucket": shape, "batch": batch}, lambda: measure(config, shape, batch, args.steps)
+
+    report.measure_rows(out, args.out, (row(*r) for r in rows), args.budget_s)
+    report.ratios_to_first(out["rows"], "step_s", "step_s_vs_first")
     report.write_json(args.out, out)
     cols = ["bucket", "batch", "step_s", "steps_per_s", "pixels_per_s", "step_s_vs_first",
             "compile_s"]  # fmt: skip
-    print(" ".join(f"{c:>15}" for c in cols))
-    for r in out["rows"]:
-        cells = [r.get(c, r.get("error", "")[:15] if c == "step_s" else "") for c in cols]
-        print(" ".join(f"{x:>15.4g}" if isinstance(x, float) else f"{x!s:>15}" for x in cells))
+    report.print_table(out["rows"], cols, 15)
     return out
 
 
