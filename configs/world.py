@@ -121,8 +121,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         max_train_seconds=600,  # a safety net only: the recipe's runs end by `steps`
         # One bucket, one compile: the VAE is causal and its convolutions are the same at every
         # time step after the first frame (encoded alone, as an image), so 17-frame clips train
-        # the 1-, 17- and 33-frame paths the DiT uses. 8 clips of 128x128: the pixels per step
-        # of runs 1-9 (32 clips of 64x64), so the same time per step.
+        # the 1-, 17- and 33-frame paths the DiT uses. 8 clips of 128x128: the pixels (and the
+        # convolutions' FLOPs) per step of runs 1-9's 32 clips of 64x64, which took 22.8 ms per
+        # step on the H200 (tools/bench/world_vae.py; this bucket's row not yet measured).
         buckets=(("17x128x128", 8, 1.0),),
         # MSE dominates (PSNR is MSE; L1 drops small objects, configs/tiny.py), SSIM for edges.
         l1_weight=0.0,
