@@ -70,11 +70,16 @@ def load_config(spec: str, overrides: list[str]):
         raise ValueError(f"config file {path!r} does not exist.")
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    config = module.get_config(arg or None)
+    return apply_overrides(module.get_config(arg or None), overrides)
+
+
+def apply_overrides(config, overrides: list[str]):
+    """Sets each `a.b=value` of `overrides` on `config` (value a Python literal, else the string
+    itself) and returns it."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise ValueError(f"override {item!r} must read key=value, e.g. dit.num_layers=4.")
+            raise ValueError(f"override {item!r} must read KEY=VALUE, e.g. dit.num_layers=4.")
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):

@@ -171,6 +171,11 @@ def occlusion_scenes(workdir: str) -> dict | None:
     return out
 
 
+def kept_by_seed(scenes: dict) -> dict[int, bool]:
+    """seed -> whether the sample kept the object, from `occlusion_scenes`' lists."""
+    return dict(zip(scenes["seed"], scenes["kept"], strict=True))
+
+
 def run_metadata(args: argparse.Namespace) -> dict:
     """The flags that say what ran (--run, --commit, --command, --gpu_seconds) and today's
     date, in the order a results file lists them; {} when none was given."""

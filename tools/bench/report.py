@@ -1,4 +1,5 @@
-"""What every benchmark records beside its numbers: package versions, and the JSON file itself."""
+"""What the benchmarks share: the JSON they write (device, versions, date, rows), their rows
+measured one by one (a failing row kept, a time budget), ratios to the first row, the table."""
 
 from __future__ import annotations
 

@@ -24,14 +24,14 @@ where a step of this small model goes, since its matmuls are a small part of it)
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "configs"))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import aot_compile  # noqa: E402  (tools/aot_compile.py: a config file by path, overrides)
 import dit_profile  # noqa: E402  (tools/bench/dit_profile.py: kernel times from a trace)
 import report  # noqa: E402  (tools/bench/report.py)
 
@@ -57,7 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--override",
         action="append",
         default=[],
-        help="config override KEY=VALUE (VALUE a Python literal), repeatable: dit.dim=384",
+        help="config override KEY=VALUE (VALUE a Python literal or a string), repeatable: "
+        "dit.dim=384",
     )
     p.add_argument("--profile", action="store_true", help="kernel times of each row's step")
     p.add_argument("--trace_dir", default="/tmp/world_dit_profile")
@@ -65,21 +66,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _config(args):
-    import world  # configs/world.py
-
-    config = world.get_config("micro" if args.tiny else None)
+    # By path: `import world` could find tools/bench/world.py (the renderer's benchmark).
+    path = os.path.join(ROOT, "configs", "world.py") + ":micro" * args.tiny
+    config = aot_compile.load_config(path, [])
     if args.tiny:
         config.dit_train.buckets = (("9x32x32", 2, 1.0),)
-    for item in args.override:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--override {item!r}: expected KEY=VALUE, e.g. dit.dim=384.")
-        *path, leaf = key.split(".")
-        node = config
-        for part in path:
-            node = node[part]
-        node[leaf] = ast.literal_eval(value)
-    return config
+    try:
+        return aot_compile.apply_overrides(config, args.override)
+    except ValueError as e:
+        raise SystemExit(f"--override: {e}") from None
 
 
 def _bucketed(config, shape: str, batch: int):

@@ -22,7 +22,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "configs"))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import aot_compile  # noqa: E402  (tools/aot_compile.py: a config file by path)
 import report  # noqa: E402  (tools/bench/report.py)
 
 
@@ -96,9 +97,9 @@ def measure(config, shape: str, batch_size: int, steps: int) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    import world  # configs/world.py
-
-    config = world.get_config("micro" if args.tiny else None)
+    # By path: `import world` could find tools/bench/world.py (the renderer's benchmark).
+    path = os.path.join(ROOT, "configs", "world.py") + ":micro" * args.tiny
+    config = aot_compile.load_config(path, [])
     rows = parse_rows(args.buckets)
     out = report.jax_header("world_vae", config="configs/world.py" + (":micro" * args.tiny))
 

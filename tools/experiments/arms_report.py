@@ -95,7 +95,7 @@ def eval_summary(arm_dir: str) -> dict | None:
 def kept_scenes(arm_dir: str) -> dict[int, bool] | None:
     """seed -> whether the arm's sample kept the object through the bar (occlusion set)."""
     scenes = world_report.occlusion_scenes(arm_dir)
-    return dict(zip(scenes["seed"], scenes["kept"])) if scenes else None
+    return world_report.kept_by_seed(scenes) if scenes else None
 
 
 def table(out: dict) -> str:
@@ -130,8 +130,9 @@ def main(argv: list[str] | None = None) -> dict:
             kept[arm] = scenes
     pairs = {f"{a} vs {b}": evaluate.paired_outcomes(kept[a], kept[b])
              for i, a in enumerate(kept) for b in list(kept)[i + 1 :]}  # fmt: skip
+    result = {**out, "occlusion_pairs": pairs} if pairs else out
     with open(os.path.join(args.workdir, "arms.json"), "w") as f:
-        json.dump({**out, "occlusion_pairs": pairs} if pairs else out, f, indent=1)
+        json.dump(result, f, indent=1)
     print(table(out))
     for arm, r in out.items():
         if r["pooled"]["by_shape"]:
@@ -151,9 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"second only {pair['only_second']}, neither {pair['neither']} "
             f"(p = {pair['p_two_sided']})"
         )
-    if pairs:
-        out["occlusion_pairs"] = pairs
-    return out
+    return result
 
 
 if __name__ == "__main__":

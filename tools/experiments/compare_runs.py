@@ -61,10 +61,11 @@ def scene_pairs(a: dict, b: dict) -> dict | None:
     sa, sb = a.get("occlusion_scenes"), b.get("occlusion_scenes")
     if not sa or not sb:
         return None
+    import world_report  # tools/world_report.py
+
     from sora_jax import evaluate
 
-    return evaluate.paired_outcomes(dict(zip(sa["seed"], sa["kept"])),
-                                    dict(zip(sb["seed"], sb["kept"])))  # fmt: skip
+    return evaluate.paired_outcomes(world_report.kept_by_seed(sa), world_report.kept_by_seed(sb))
 
 
 def loss_curves(a: dict, b: dict) -> dict[str, dict]:
