@@ -2,18 +2,20 @@
 # Issue 9: the world rendered at 128x128 against 64x64, side by side on one GPU and one VAE
 # (tools/experiments/world_arms.sh), every arm at the same tokens per step
 # (tools/bench/results/world_dit_res128_h200.json):
-#   base64    17x64x64 clips at batch BATCH (128), 1x2x2 patches: 80 tokens a clip (the world
-#             of runs 1-9)
-#   res128    17x128x128 clips at batch RES_BATCH (32), 1x2x2 patches: 320 tokens a clip (an
-#             object covers twice the latent pixels in each direction; a quarter of the clips)
-#   res128p4  17x128x128 clips at batch BATCH, 1x4x4 patches: 80 tokens a clip, each token 4x4
-#             latent pixels (the latents of res128, the clips and tokens of base64; the
-#             world of configs/world.py since run 10)
-# Every arm names its size, patches and bucket, so none depends on the config's defaults. All
+#   base64      17x64x64 clips at batch BATCH (128), 1x2x2 patches: 80 tokens a clip, flow
+#               shift 1 (the world of runs 1-9)
+#   res128      17x128x128 clips at batch RES_BATCH (32), 1x2x2 patches: 320 tokens a clip (an
+#               object covers twice the latent pixels in each direction; a quarter of the
+#               clips), flow shift 2 (SD3's resolution shift for 4x the latent pixels)
+#   res128p4    17x128x128 clips at batch BATCH, 1x4x4 patches: 80 tokens a clip, each token
+#               4x4 latent pixels (the latents of res128, the clips and tokens of base64),
+#               flow shift 2: the world of configs/world.py since run 11
+#   res128p4s1  res128p4 at flow shift 1 (the tenth run's recipe)
+# Every arm names its size, patches, bucket and shift, so none depends on the config. All
 # with the 384-wide DiT, STEPS steps (10,000) with the cosine schedule ending there, graded
 # training samples every EVERY steps, then the t2v and occlusion sets of the evaluation suite per
 # arm (the same prompts, seeds and scenes at either size) and the scene-by-scene comparison
-# (WORKDIR/arms.json). ARMS picks some of them (default: all three). The one VAE is the config's
+# (WORKDIR/arms.json). ARMS picks some of them (default: all four). The one VAE is the config's
 # (trained on 17x128x128 clips).
 #
 #   tools/experiments/world_res_ab.sh WORKDIR [flags for every stage, e.g. --config.text.path=DIR]
@@ -29,21 +31,22 @@ batch=${BATCH:-128}
 shape=${SHAPE:-17x64x64}
 res_shape=${RES_SHAPE:-17x128x128}
 res_batch=${RES_BATCH:-32}
-# at SHAPE BATCH PATCH: the flags of an arm that trains and samples at SHAPE.
+# at SHAPE BATCH PATCH SHIFT: the flags of an arm that trains and samples at SHAPE.
 at() {
   local h w
   IFS=x read -r _ h w <<<"$1"
   echo "--config.dit_train.buckets=(('$1',$2,1.0),) --config.world.resolutions=(($h,$w),)" \
     "--config.sample.height=$h --config.sample.width=$w --config.eval.shape=$1" \
-    "--config.dit.patch_size=$3"
+    "--config.dit.patch_size=$3 --config.flow.shift=$4"
 }
 declare -A flags=(
-  [base64]="$(at "$shape" "$batch" "(1,2,2)")"
-  [res128]="$(at "$res_shape" "$res_batch" "(1,2,2)")"
-  [res128p4]="$(at "$res_shape" "$batch" "(1,4,4)")"
+  [base64]="$(at "$shape" "$batch" "(1,2,2)" 1.0)"
+  [res128]="$(at "$res_shape" "$res_batch" "(1,2,2)" 2.0)"
+  [res128p4]="$(at "$res_shape" "$batch" "(1,4,4)" 2.0)"
+  [res128p4s1]="$(at "$res_shape" "$batch" "(1,4,4)" 1.0)"
 )
 arms=()
-for name in ${ARMS:-base64 res128 res128p4}; do
+for name in ${ARMS:-base64 res128 res128p4 res128p4s1}; do
   [[ -v "flags[$name]" ]] || { echo "world_res_ab.sh: unknown arm $name" >&2; exit 2; }
   arms+=("$name=${flags[$name]}")
 done
