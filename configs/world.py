@@ -203,10 +203,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         checkpoint_every_steps=1000,
         # VAE ~355 s + DiT ~1,090 s (latent caches ~55 s, the steps at 15.5/s, three sample
         # rounds ~40 s) + eval ~60 s + the machine's start ~90 s: ~1,600 s of the session's
-        # 1,800 (the tenth run's 15,000 VAE steps needed ~1,780 and lost the machine). The stage must end by its
-        # step count for a re-run to repeat it (a stop by time lands on another step), so the
-        # cap is far above the expected time: only a much slower machine meets it (rerun the
-        # stage to train on).
+        # 1,800 (the tenth run's 15,000 VAE steps needed ~1,780 and lost the machine). The
+        # stage must end by its step count for a re-run to repeat it (a stop by time lands on
+        # another step), so the cap is far above the expected time: only a much slower machine
+        # meets it (rerun the stage to train on).
         max_train_seconds=1800,
         # ('FRAMESxHEIGHTxWIDTH', batch, weight): tokens per clip in brackets. Each bucket is
         # one compile of the step (and of the latent-cache encode), so there are few, and

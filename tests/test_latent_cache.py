@@ -160,3 +160,21 @@ def test_bf16_dit_trains_on_bf16_text_with_the_very_same_loss(cached, tmp_path):
     loss = jax.jit(lambda p, b, r: t16.loss(nnx.merge(graphdef, p), t16.frozen(), b, r)[0])
     rng = jax.random.key(5)
     assert float(loss(params, b16, rng)) == float(loss(params, b32, rng))
+
+
+def test_training_times_follow_the_configured_flow_shift(cached):
+    """`flow.shift` moves the training times towards noise (SD3's resolution shift): with shift
+    2 each logit-normal draw t becomes 2t / (1 + t), so the median 0.5 becomes 2/3."""
+    import copy
+
+    from sora_jax.diffusion import flow
+
+    task, _, _ = cached
+    rng, times = jax.random.key(3), {}
+    for shift in (1.0, 2.0):
+        clone = copy.copy(task)  # sample_times reads only config.flow
+        clone.config = copy.deepcopy(task.config)
+        clone.config.flow.shift = shift
+        times[shift] = np.asarray(clone.sample_times(rng, 4096))
+    np.testing.assert_allclose(times[2.0], np.asarray(flow.shift_t(times[1.0], 2.0)), rtol=1e-6)
+    assert abs(np.median(times[1.0]) - 0.5) < 0.02 and abs(np.median(times[2.0]) - 2 / 3) < 0.02

@@ -122,6 +122,13 @@ class DiTTask:
             mean, _ = vae.encode(pixels)
         return jax.lax.stop_gradient((mean - frozen["mean"]) / frozen["std"])
 
+    def sample_times(self, rng: jax.Array, n: int) -> jax.Array:
+        """`n` training times: logit-normal (`flow.logit_mean`, `flow.logit_std`), then moved
+        towards noise by `flow.shift` (SD3's resolution shift; 1 leaves them)."""
+        fcfg = self.config.flow
+        t = flow.sample_t(rng, (n,), logit_mean=fcfg.logit_mean, logit_std=fcfg.logit_std)
+        return flow.shift_t(t, fcfg.shift)
+
     def loss(self, model: dit_lib.DiT, frozen, batch: dict, rng: jax.Array):
         if "latents" in batch:  # from the latent cache
             x0 = batch["latents"].astype(jnp.float32)
@@ -130,9 +137,7 @@ class DiTTask:
         b, t_frames = x0.shape[:2]
         rng_t, rng_eps = jax.random.split(rng)
         fcfg = self.config.flow
-        t = flow.sample_t(rng_t, (b,), logit_mean=fcfg.logit_mean, logit_std=fcfg.logit_std)
-        t = flow.shift_t(t, fcfg.shift)
-        t_sample = t
+        t = t_sample = self.sample_times(rng_t, b)
         t = jnp.broadcast_to(t[:, None], (b, t_frames))
         eps = jax.random.normal(rng_eps, x0.shape, jnp.float32)
         xt = flow.add_noise(x0, eps, t)
