@@ -1,8 +1,10 @@
 """What the benchmarks share: the JSON they write (device, versions, date, rows), their rows
-measured one by one (a failing row kept, a time budget), ratios to the first row, the table."""
+measured one by one (a failing row kept, a time budget) and those rows' flags, ratios to the
+first row, the table."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import importlib.metadata
 import json
@@ -53,6 +55,17 @@ def jax_header(benchmark: str, **fields) -> dict:
         **fields,
         "rows": [],
     }
+
+
+def rows_parser(tiny_help: str) -> argparse.ArgumentParser:
+    """The flags of a benchmark measured row by row (measure_rows): --out (the JSON), --tiny
+    (sizes for a check on any backend; `tiny_help` says which), --steps and --budget_s."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--tiny", action="store_true", help=tiny_help)
+    p.add_argument("--steps", type=int, default=30, help="timed steps per row")
+    p.add_argument("--budget_s", type=float, default=0.0, help="skip rows after this (0: none)")
+    return p
 
 
 def measure_rows(out: dict, path: str, rows: Iterable[tuple[dict, Callable[[], dict]]],

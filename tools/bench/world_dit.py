@@ -37,13 +37,9 @@ import report  # noqa: E402  (tools/bench/report.py)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    p.add_argument("--out", required=True)
-    p.add_argument("--tiny", action="store_true", help="world.py:micro sizes (script check)")
+    p = report.rows_parser("world.py:micro sizes (script check)")
     p.add_argument("--batches", default="128,256,512")
     p.add_argument("--attention", default="xla,cudnn")
-    p.add_argument("--steps", type=int, default=30, help="timed steps per row")
-    p.add_argument("--budget_s", type=float, default=0.0, help="skip rows after this (0: none)")
     p.add_argument(
         "--scan_layers", default="1", help="1, 0 or 1,0: the DiT's blocks scanned or not"
     )

@@ -28,16 +28,12 @@ import report  # noqa: E402  (tools/bench/report.py)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    p.add_argument("--out", required=True)
-    p.add_argument("--tiny", action="store_true", help="world.py:micro sizes (script check)")
+    p = report.rows_parser("world.py:micro sizes (script check)")
     p.add_argument(
         "--buckets",
         default="17x64x64@32,17x128x128@8",
         help="FRAMESxHEIGHTxWIDTH@BATCH[,...], one row each; the first is the reference",
     )
-    p.add_argument("--steps", type=int, default=30, help="timed steps per row")
-    p.add_argument("--budget_s", type=float, default=0.0, help="skip rows after this (0: none)")
     return p.parse_args(argv)
 
 
