@@ -3,6 +3,7 @@
 import os
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,75 @@ def test_large_compile_cache_comes_back_in_parts_and_unpacks_whole(workdir, tmp_
                    cwd=SCRIPT.parents[2], capture_output=True)  # fmt: skip
     unpacked = rerun / "xla_cache" / "jit_step-cache"
     assert unpacked.read_bytes() == (workdir / "xla_cache" / "jit_step-cache").read_bytes()
+
+
+def _poll_all(workdirs: list[Path], out: Path, limit: int, wait_s: int = 5) -> dict[str, list]:
+    """Polls runs made side by side; per run, the names in its results (parts joined)."""
+    out.mkdir()
+    env = {**os.environ, "RESULTS_LIMIT": str(limit)}
+    subprocess.run(["bash", str(SCRIPT), "poll_all", str(wait_s), "eval done", str(out),
+                    *map(str, workdirs)], check=True, capture_output=True, env=env)  # fmt: skip
+    got = {}
+    for run in sorted(p for p in out.iterdir()):
+        parts = sorted(run.glob("results.tgz*"))
+        joined = out.parent / f"{run.name}_joined.tgz"
+        joined.write_bytes(b"".join(p.read_bytes() for p in parts))
+        with tarfile.open(joined) as tar:
+            got[run.name] = sorted(n.removeprefix("./") for n in tar.getnames())
+    return got
+
+
+def _run_copy(root: Path, name: str) -> Path:
+    """A finished world run as a multi-GPU machine leaves one per GPU."""
+    w = root / name
+    (w / "eval").mkdir(parents=True)
+    (w / "timeline.log").write_text("[00:00:00] eval done\n")
+    (w / "eval" / "summary.json").write_text("{}")
+    _write(w / "eval" / "t2v_0.gif", 1_400_000)
+    _write(w / "autotune" / "fusion.textproto", 100)
+    _write(w / "xla_cache" / "jit_step-cache", 1_000)  # runs side by side need no cache
+    return w
+
+
+def test_poll_all_packs_each_run_in_its_own_folder_with_its_autotune(tmp_path):
+    runs = [_run_copy(tmp_path, "world0"), _run_copy(tmp_path, "world1")]
+    got = _poll_all(runs, tmp_path / "out", limit=62_000_000)
+    expected = ["autotune", "autotune/fusion.textproto", "eval/summary.json", "eval/t2v_0.gif",
+                "timeline.log"]  # fmt: skip
+    assert got == {"world0": expected, "world1": expected}
+    assert not list((tmp_path / "out").rglob("xla_cache*"))
+
+
+def test_poll_all_shares_one_calls_limits_among_the_runs(tmp_path):
+    # Two 17x128x128 runs, each with ~30 MB of occlusion videos; one call returns 64 MiB and 8
+    # files, so each run gets 31 MB: the training samples' pictures go, then the videos (in the
+    # first run only: the second's fit).
+    runs = [_run_copy(tmp_path, f"world{i}") for i in range(2)]
+    for w, videos in zip(runs, (30_000_000, 27_500_000)):
+        _write(w / "eval" / "t2v_occlusion_videos.npz", videos)
+        _write(w / "dit" / "samples" / "step_5000" / "000.gif", 3_000_000)
+    got = _poll_all(runs, tmp_path / "out", limit=62_000_000)
+    assert "eval/t2v_occlusion_videos.npz" not in got["world0"]
+    assert "eval/t2v_occlusion_videos.npz" in got["world1"]
+    for name in ("world0", "world1"):
+        assert "dit/samples/step_5000/000.gif" not in got[name]
+        assert "eval/t2v_0.gif" in got[name]  # the evaluation's pictures stay
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert len(files) <= 8 and sum(p.stat().st_size for p in files) <= 62_000_000
+    assert all(p.stat().st_size <= 15_000_000 for p in files)
+
+
+def test_poll_all_waits_for_every_run(tmp_path):
+    done, running = _run_copy(tmp_path, "world0"), _run_copy(tmp_path, "world1")
+    (running / "timeline.log").write_text("[00:00:00] dit done\n")
+    t0 = time.monotonic()
+    got = _poll_all([done, running], tmp_path / "out", limit=62_000_000, wait_s=3)
+    assert time.monotonic() - t0 >= 3  # it waited its limit for the unfinished run
+    assert set(got) == {"world0", "world1"}  # and packed both all the same
+
+
+def test_poll_all_refuses_workdirs_of_one_name(tmp_path):
+    a, b = _run_copy(tmp_path / "a", "world"), _run_copy(tmp_path / "b", "world")
+    res = subprocess.run(["bash", str(SCRIPT), "poll_all", "1", "eval done", str(tmp_path),
+                          str(a), str(b)], capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 2 and "must differ" in res.stderr
