@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The world model on one GPU (issue 9), stage by stage (configs/world.py: ~25 min on an H200):
-#   VAE (15,000 steps; the DiT's steps compile beside it) -> VAE on real footage (optional)
+#   VAE (10,000 steps; the DiT's steps compile beside it) -> VAE on real footage (optional)
 #   -> DiT (15,000 steps of 256 clips; the eval suite's programs compile beside it) -> eval suite.
 #
 #   tools/experiments/world_gpu.sh WORKDIR [FOOTAGE.npz|mp4,...] [extra main.py flags...]
@@ -11,6 +11,9 @@
 # training where a call's end or a stage's time cap stopped it. Logs: WORKDIR/<stage>.log;
 # results: WORKDIR/summary.json, WORKDIR/eval/, WORKDIR/vae/footage_eval.json, and all of them
 # in WORKDIR/report.json and WORKDIR/report.md (the table of the evaluation sets).
+# Everything it starts runs on the GPUs it is given: on a machine of several GPUs, one copy per
+# GPU (CUDA_VISIBLE_DEVICES=0, 1, ...; each with its own WORKDIR) trains a run and its re-run side
+# by side (tools/experiments/remote_run.sh poll_all returns them together).
 set -uo pipefail
 workdir=${1:?usage: world_gpu.sh WORKDIR [FOOTAGE] [flags...]}
 footage=${2:-}
