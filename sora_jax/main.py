@@ -155,8 +155,13 @@ def main(argv) -> None:
         raise app.UsageError("--config and --workdir are required.")
     sys.path.insert(0, os.getcwd())
     logging.getLogger().setLevel(logging.INFO)
+    from sora_jax import config_check
     from sora_jax.train import loop, runtime
 
+    try:
+        config_check.check(FLAGS.config)  # a bad setting fails here, before any work
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     runtime.use_compile_cache(FLAGS.config, FLAGS.workdir)  # before the first compile
     runtime.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     try:

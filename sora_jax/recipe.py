@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from sora_jax import evaluate
+from sora_jax import config_check, evaluate
 from sora_jax.data import world as world_lib
 from sora_jax.train import dit_latent_cache, dit_task, loop, vae_task
 from sora_jax.train import state as state_lib
@@ -229,6 +229,7 @@ RUNNERS = {"vae": run_vae, "dit": run_dit, "dit_compile": run_dit_compile, "samp
 
 def run(config: ml_collections.ConfigDict, workdir: str, stages: str | None = None) -> dict:
     """Runs the configured stages in order; each one resumes or skips work already done."""
+    config_check.check(config)  # a bad setting fails before any stage starts
     names = [s.strip() for s in (stages or config.stages).split(",") if s.strip()]
     unknown = [s for s in names if s not in STAGES]
     if unknown:
