@@ -41,7 +41,7 @@ def without_subject_after_occluder(clip: dict) -> np.ndarray:
     return video
 
 
-@pytest.mark.parametrize("size", [(64, 64, 17), (64, 96, 9)])
+@pytest.mark.parametrize("size", [(64, 64, 17), (64, 96, 9), (128, 128, 17), (128, 192, 17)])
 def test_object_permanence_is_one_on_real_occlusion_clips(size):
     clips = occlusion_clips(60, (size[0], size[1], size[2]))
     results = [evaluate.object_permanence(c["video"], c["spec"]) for c in clips]
