@@ -70,7 +70,11 @@ def load_config(spec: str, overrides: list[str]):
         raise ValueError(f"config file {path!r} does not exist.")
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return apply_overrides(module.get_config(arg or None), overrides)
+    config = apply_overrides(module.get_config(arg or None), overrides)
+    from sora_jax import config_check
+
+    config_check.check(config)  # a bad setting fails here, in one sentence
+    return config
 
 
 def apply_overrides(config, overrides: list[str]):

@@ -25,6 +25,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from sora_jax import config_check  # noqa: E402
 from sora_jax.data import latent_cache, pipeline  # noqa: E402
 from sora_jax.train import dit_task, vae_task  # noqa: E402
 from sora_jax.train import state as state_lib
@@ -112,6 +113,10 @@ flags.DEFINE_enum("emb_dtype", "float32", ["float32", "bfloat16", "float16"], "S
 
 def main(_) -> None:
     f = flags.FLAGS
+    try:
+        config_check.check(f.config)  # a bad setting fails before any encode
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     cache_dir = f.cache_dir or os.path.join(f.workdir, "latent_cache")
     meta = cache_latents(
         f.config, f.workdir, cache_dir, clips_per_bucket=f.clips_per_bucket,
