@@ -60,6 +60,10 @@ _TRAIN = {
     "keep_every_steps": _NONNEG_INT,
     "max_train_seconds": _NONNEG,
     "precompile_threads": _POS_INT,
+    "profile_steps": (
+        lambda v: len(v) == 0 or (len(v) == 2 and all(map(_int, v)) and 0 < v[0] < v[1]),
+        "() or (a, b) with 0 < a < b",
+    ),
 }
 _DATA_SOURCES = ("world", "array_record", "tfds")  # sora_jax/data/sources.py
 _LOSS_WEIGHTS = ("l1_weight", "l2_weight", "ssim_weight", "grad_loss_weight", "kl_weight",

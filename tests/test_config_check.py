@@ -42,6 +42,7 @@ def test_every_shipped_config_passes(name, arg):
         ("dit_train.caption_dropout", 1.2, "a number in [0, 1]"),
         ("dit_train.checkpoint_every_steps", 0, "an int >= 1"),
         ("dit_train.keep_checkpoints", 0, "an int >= 1"),
+        ("dit_train.profile_steps", (5, 5), "() or (a, b) with 0 < a < b"),
         ("dit_train.grad_clip_norm", -1.0, "a finite number >= 0"),
         ("vae_train.kl_weight", -1e-6, "a finite number >= 0"),
         ("flow.shift", 0.0, "a finite number > 0"),  # t -> 0 for every step

@@ -3,6 +3,7 @@ optimizer settings from the config, metrics (aux averages, timestep bins, time s
 profiling and the model-shape check on resume."""
 
 import glob
+import json
 import os
 import signal
 import time
@@ -281,6 +282,13 @@ def test_time_split_adds_up_and_profile_trace_is_written(tmp_path):
         parts = sum(r[f"time_{k}"] for k in ("data_s", "compute_s", "checkpoint_s", "hooks_s"))
         np.testing.assert_allclose(parts, 1.0 / r["steps_per_s"], rtol=1e-6)
     assert glob.glob(str(tmp_path / "profile" / "plugins" / "profile" / "*" / "*.xplane.pb"))
+    # The kernels of the 2 traced steps, summed: small enough to come back from a GPU machine.
+    with open(tmp_path / "profile" / "summary.json") as f:
+        summary = json.load(f)
+    assert summary["steps"] == [2, 4] and summary["backend"] == "cpu"
+    assert summary["total_ms"] > 0 and summary["kernels"] >= 1
+    np.testing.assert_allclose(sum(r["ms_per_iter"] for r in summary["rows"]),
+                               summary["total_ms"], rtol=1e-6)  # fmt: skip
 
 
 def test_periodic_hook_runs_after_every_step_with_the_model(tmp_path):

@@ -97,6 +97,10 @@ def test_report_collects_every_stage_and_the_targets(tmp_path):
     _write(tmp_path / "eval" / "t2v_occlusion.json", {"samples": records})
     scenes = world_report.collect(str(tmp_path))["occlusion_scenes"]
     assert scenes == {"seed": [7, 3], "kept": [True, False], "vae_kept": [True, True]}
+    assert "profile" not in r["dit"]
+    profile = {"steps": [3101, 3104], "total_ms": 55.0, "categories": {"matmul": {"pct": 40.0}}}
+    _write(tmp_path / "dit" / "profile" / "summary.json", profile)  # the stage's traced steps
+    assert world_report.collect(str(tmp_path))["dit"]["profile"] == profile
 
 
 def test_report_table_has_a_row_per_set_with_its_extra_grades(tmp_path):

@@ -118,6 +118,10 @@ def collect(workdir: str) -> dict:
         if numbers is not None:
             wall = (summary.get(name) or {}).get("wall_s")
             result[name] = {**numbers, "stage_wall_s": wall}
+            # Kernel time of the steps the stage traced (`profile_steps`; train/metrics.py).
+            profile = read_json(os.path.join(workdir, name, "profile", "summary.json"))
+            if profile:
+                result[name]["profile"] = profile
     vae = summary.get("vae") or {}
     if "psnr" in vae and "vae" in result:
         result["vae"].update(heldout_psnr_db=round(vae["psnr"], 2),

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sora_jax.train import trace_summary
+
 # Datasheet dense bf16 peak FLOP/s per device kind (substring of `device.device_kind`).
 PEAK_BF16_FLOPS = (
     ("H200", 989e12),
@@ -200,6 +202,9 @@ class Profiler:
 
     The trace starts before step a is dispatched and stops once step b-1 has finished, into
     `<workdir>/profile` (TensorBoard's profile plugin or Perfetto read it). Process 0 only.
+    Then the device time per kernel of those steps goes to `<workdir>/profile/summary.json`
+    (sora_jax/train/trace_summary.py: top kernels, time per category, per step), small enough
+    to come back from a machine whose traces stay there.
     """
 
     def __init__(self, workdir: str, steps: Sequence[int] | None):
@@ -212,7 +217,7 @@ class Profiler:
 
     def before(self, step_number: int) -> None:
         if self.window and step_number == self.window[0] and jax.process_index() == 0:
-            jax.profiler.start_trace(self.logdir)
+            jax.profiler.start_trace(self.logdir, create_perfetto_trace=True)
             self.active = True
             logging.info("profiling steps [%d, %d) into %s", *self.window, self.logdir)
 
@@ -225,3 +230,18 @@ class Profiler:
         if self.active:
             jax.profiler.stop_trace()
             self.active = False
+            self._summarize()
+
+    def _summarize(self) -> None:
+        """Writes summary.json; a trace it cannot read costs a warning, never the run."""
+        steps = self.window[1] - self.window[0]
+        try:
+            summary = trace_summary.summarize_dir(self.logdir, steps)
+        except (OSError, ValueError, KeyError) as e:
+            logging.warning("profile summary of steps [%d, %d) failed: %s", *self.window, e)
+            return
+        out = {"steps": list(self.window), "backend": jax.default_backend(), **summary}
+        with open(os.path.join(self.logdir, "summary.json"), "w") as f:
+            json.dump(out, f, indent=1)
+        cats = ", ".join(f"{c} {v['ms_per_iter']:.2f} ms" for c, v in summary["categories"].items())
+        logging.info("profile: %.2f ms of kernels per step (%s)", summary["total_ms"], cats)

@@ -7,20 +7,13 @@ The block and shape are dit_block.py's (one Wan 1.3B block, D 1536, FFN 8960, 12
 480x832x81 video = 32,760 tokens, 512 text tokens, bf16). Each pass (the jitted forward, and the
 forward+backward: gradients of the block's parameters and input) is warmed up and timed untraced
 (`wall_ms`), then run `--iters` times under `jax.profiler.trace(..., create_perfetto_trace=True)`.
-The trace's JSON is read here with gzip + json and its device-side events are summed per kernel:
-on GPU the CUPTI kernels and memcpys on the "Stream #..." tracks of the "/device:GPU:N" process;
-on CPU (no device process) the XLA op events of the host threads (the ones carrying `hlo_op`).
-Times are per iteration; % is of the pass's summed kernel time (kernels that overlap on several
-streams are each counted in full). The traces stay in --trace_dir for ui.perfetto.dev.
+The trace's device-side events are summed per kernel (sora_jax/train/trace_summary.py); times are
+per iteration. The traces stay in --trace_dir for ui.perfetto.dev.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
-import glob
-import gzip
-import json
 import os
 import sys
 
@@ -30,13 +23,7 @@ import dit  # noqa: E402  (tools/bench/dit.py: the timing helper)
 import dit_block  # noqa: E402  (tools/bench/dit_block.py: the block, its shape and JSON header)
 import report  # noqa: E402  (tools/bench/report.py)
 
-TOP = 25  # rows per pass before "other"
-CATEGORIES = (  # first match wins: a fused attention kernel is "attention", not a GEMM
-    ("attention", ("attention", "fmha", "flash", "cudnn", "sdpa")),
-    ("matmul", ("matmul", "gemm", "cublas", "dot")),
-    ("fusion", ("fusion", "loop", "reduce", "elementwise")),
-    ("copy", ("copy", "transpose", "memcpy", "memset")),
-)
+from sora_jax.train.trace_summary import summarize_dir  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,68 +41,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def category(name: str) -> str:
-    low = name.lower()
-    return next((c for c, keys in CATEGORIES if any(k in low for k in keys)), "other")
-
-
-def kernel_events(trace: dict) -> list[tuple[str, float]]:
-    """(name, duration in us) of each device-side event of a Chrome/Perfetto trace JSON."""
-    events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    procs, threads = {}, {}
-    for e in events:
-        if e.get("ph") == "M" and e.get("name") == "process_name":
-            procs[e["pid"]] = e["args"]["name"]
-        elif e.get("ph") == "M" and e.get("name") == "thread_name":
-            threads[(e["pid"], e["tid"])] = e["args"]["name"]
-    timed = [e for e in events if e.get("ph") == "X" and e.get("dur", 0) > 0]
-    devices = {pid for pid, name in procs.items() if "/device:" in name}
-    if not devices:  # CPU: thunks run on the client's pool (or inline on the caller), tagged hlo_op
-        return [(e["name"], float(e["dur"])) for e in timed if "hlo_op" in e.get("args", {})]
-    # GPU: CUPTI puts kernels and memcpys on "Stream #<id>(Kernel,...)" lines of "/device:GPU:N";
-    # kernel launches (which carry hlo_op too) are host events; "CUPTI overhead" is left out.
-    on = {k for k, name in threads.items() if k[0] in devices and name.startswith("Stream")}
-    on = on or {k for k, name in threads.items() if k[0] in devices and name == "XLA Ops"}  # TPU
-    return [(e["name"], float(e["dur"])) for e in timed if (e["pid"], e["tid"]) in on]
-
-
-def load_trace(trace_dir: str) -> dict:
-    """The newest *.trace.json.gz the profiler wrote under `trace_dir`."""
-    paths = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
-    if not paths:
-        raise SystemExit(f"No *.trace.json.gz under {trace_dir}: did jax.profiler.trace run?")
-    with gzip.open(max(paths, key=os.path.getmtime)) as f:
-        return json.load(f)
-
-
-def summarize(events: list[tuple[str, float]], iters: int) -> dict:
-    """Top kernels by time (per iteration), the rest as "other", and totals per category."""
-    calls, us = collections.Counter(), collections.Counter()
-    for name, dur in events:
-        calls[name] += 1
-        us[name] += dur
-    total_ms = sum(us.values()) / iters / 1e3
-    if not total_ms:
-        raise SystemExit("The trace holds no kernel events; see kernel_events() for the filter.")
-
-    def row(name, n, t_us, cat):
-        ms = t_us / iters / 1e3
-        return {"kernel": name, "category": cat, "calls_per_iter": n / iters,
-                "ms_per_iter": ms, "pct": 100 * ms / total_ms}  # fmt: skip
-
-    ranked = [row(k, calls[k], t, category(k)) for k, t in us.most_common()]
-    rest = ranked[TOP:]
-    rows = ranked[:TOP]
-    if rest:
-        rows.append(row("other", sum(calls[r["kernel"]] for r in rest),
-                        sum(us[r["kernel"]] for r in rest), "-"))  # fmt: skip
-    cats = collections.Counter()
-    for r in ranked:
-        cats[r["category"]] += r["ms_per_iter"]
-    categories = {c: {"ms_per_iter": ms, "pct": 100 * ms / total_ms} for c, ms in cats.items()}
-    return {"rows": rows, "kernels": len(ranked), "total_ms": total_ms, "categories": categories}
-
-
 def profile_pass(fn, args, iters: int, trace_dir: str) -> dict:
     import jax
 
@@ -123,7 +48,7 @@ def profile_pass(fn, args, iters: int, trace_dir: str) -> dict:
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
         for _ in range(iters):
             jax.block_until_ready(fn(*args))
-    out = summarize(kernel_events(load_trace(trace_dir)), iters)
+    out = summarize_dir(trace_dir, iters)
     return {"wall_ms": wall_s * 1e3, **out, "trace_dir": trace_dir}
 
 

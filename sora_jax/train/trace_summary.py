@@ -1,0 +1,94 @@
+"""Device time per kernel from a `jax.profiler` trace: what a step's time is spent in.
+
+`jax.profiler.trace(dir, create_perfetto_trace=True)` (or `start_trace` with the same flag)
+writes a Chrome/Perfetto trace JSON (`*.trace.json.gz`); this reads it with gzip + json and sums
+the device-side events per kernel: on GPU the CUPTI kernels and memcpys on the "Stream #..."
+tracks of the "/device:GPU:N" process; on TPU the "XLA Ops" track; on CPU (no device process)
+the XLA op events of the host threads (the ones carrying `hlo_op`). Times are per iteration (one
+traced call or train step); a row's % is of the summed kernel time (kernels that overlap on
+several streams are each counted in full). Used by the train loop's `profile_steps` (it writes
+`<workdir>/profile/summary.json`) and by tools/bench/dit_profile.py.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import gzip
+import json
+import os
+
+TOP = 25  # rows before "other"
+CATEGORIES = (  # first match wins: a fused attention kernel is "attention", not a GEMM
+    ("attention", ("attention", "fmha", "flash", "cudnn", "sdpa")),
+    ("matmul", ("matmul", "gemm", "cublas", "dot", "nvjet")),
+    ("fusion", ("fusion", "loop", "reduce", "elementwise")),
+    ("copy", ("copy", "transpose", "memcpy", "memset")),
+)
+
+
+def category(name: str) -> str:
+    low = name.lower()
+    return next((c for c, keys in CATEGORIES if any(k in low for k in keys)), "other")
+
+
+def kernel_events(trace: dict) -> list[tuple[str, float]]:
+    """(name, duration in us) of each device-side event of a Chrome/Perfetto trace JSON."""
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    procs, threads = {}, {}
+    for e in events:
+        if e.get("ph") == "M" and e.get("name") == "process_name":
+            procs[e["pid"]] = e["args"]["name"]
+        elif e.get("ph") == "M" and e.get("name") == "thread_name":
+            threads[(e["pid"], e["tid"])] = e["args"]["name"]
+    timed = [e for e in events if e.get("ph") == "X" and e.get("dur", 0) > 0]
+    devices = {pid for pid, name in procs.items() if "/device:" in name}
+    if not devices:  # CPU: thunks run on the client's pool (or inline on the caller), tagged hlo_op
+        return [(e["name"], float(e["dur"])) for e in timed if "hlo_op" in e.get("args", {})]
+    # GPU: CUPTI puts kernels and memcpys on "Stream #<id>(Kernel,...)" lines of "/device:GPU:N";
+    # kernel launches (which carry hlo_op too) are host events; "CUPTI overhead" is left out.
+    on = {k for k, name in threads.items() if k[0] in devices and name.startswith("Stream")}
+    on = on or {k for k, name in threads.items() if k[0] in devices and name == "XLA Ops"}  # TPU
+    return [(e["name"], float(e["dur"])) for e in timed if (e["pid"], e["tid"]) in on]
+
+
+def load_trace(trace_dir: str) -> dict:
+    """The newest *.trace.json.gz the profiler wrote under `trace_dir`."""
+    paths = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
+    if not paths:
+        raise FileNotFoundError(f"no *.trace.json.gz under {trace_dir}: did jax.profiler run?")
+    with gzip.open(max(paths, key=os.path.getmtime)) as f:
+        return json.load(f)
+
+
+def summarize(events: list[tuple[str, float]], iters: int) -> dict:
+    """Top kernels by time (per iteration), the rest as "other", and totals per category."""
+    calls, us = collections.Counter(), collections.Counter()
+    for name, dur in events:
+        calls[name] += 1
+        us[name] += dur
+    total_ms = sum(us.values()) / iters / 1e3
+    if not total_ms:
+        raise ValueError("the trace holds no kernel events; see kernel_events() for the filter.")
+
+    def row(name, n, t_us, cat):
+        ms = t_us / iters / 1e3
+        return {"kernel": name, "category": cat, "calls_per_iter": n / iters,
+                "ms_per_iter": ms, "pct": 100 * ms / total_ms}  # fmt: skip
+
+    ranked = [row(k, calls[k], t, category(k)) for k, t in us.most_common()]
+    rest = ranked[TOP:]
+    rows = ranked[:TOP]
+    if rest:
+        rows.append(row("other", sum(calls[r["kernel"]] for r in rest),
+                        sum(us[r["kernel"]] for r in rest), "-"))  # fmt: skip
+    cats = collections.Counter()
+    for r in ranked:
+        cats[r["category"]] += r["ms_per_iter"]
+    categories = {c: {"ms_per_iter": ms, "pct": 100 * ms / total_ms} for c, ms in cats.items()}
+    return {"rows": rows, "kernels": len(ranked), "total_ms": total_ms, "categories": categories}
+
+
+def summarize_dir(trace_dir: str, iters: int) -> dict:
+    """`summarize` of the newest trace under `trace_dir`."""
+    return summarize(kernel_events(load_trace(trace_dir)), iters)

@@ -1,0 +1,58 @@
+"""sora_jax/train/trace_summary.py: device time per kernel read from a profiler trace."""
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from sora_jax.train import trace_summary
+
+
+def _gpu_trace() -> dict:
+    """A Perfetto trace as CUPTI writes it on one GPU: kernels on a stream of /device:GPU:0,
+    their launches (also tagged hlo_op) on a host thread, and CUPTI's own overhead."""
+    meta = [
+        {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
+        {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/device:GPU:0"}},
+        {"ph": "M", "name": "thread_name", "pid": 1, "tid": 7, "args": {"name": "python"}},
+        {"ph": "M", "name": "thread_name", "pid": 2, "tid": 1,
+         "args": {"name": "Stream #13(Kernel,MemcpyH2D)"}},
+        {"ph": "M", "name": "thread_name", "pid": 2, "tid": 2, "args": {"name": "CUPTI overhead"}},
+    ]  # fmt: skip
+    kernel = lambda name, dur: {"ph": "X", "pid": 2, "tid": 1, "name": name, "dur": dur}  # noqa: E731
+    events = [kernel("nvjet_sm90_tst_256x128", 300.0), kernel("loop_add_fusion", 50.0),
+              kernel("cudnn_sdpa_flash_fprop", 150.0)] * 2  # fmt: skip
+    events += [
+        {"ph": "X", "pid": 1, "tid": 7, "name": "launch", "dur": 999.0, "args": {"hlo_op": "x"}},
+        {"ph": "X", "pid": 2, "tid": 2, "name": "overhead", "dur": 999.0},
+        {"ph": "X", "pid": 2, "tid": 1, "name": "zero_length", "dur": 0},
+    ]
+    return {"traceEvents": meta + events}
+
+
+def test_gpu_kernels_are_read_from_the_device_streams_only():
+    events = trace_summary.kernel_events(_gpu_trace())
+    assert sorted({n for n, _ in events}) == [
+        "cudnn_sdpa_flash_fprop", "loop_add_fusion", "nvjet_sm90_tst_256x128"]  # fmt: skip
+    assert sum(d for _, d in events) == 1000.0
+
+
+def test_summary_is_per_iteration_and_categorised(tmp_path):
+    path = tmp_path / "plugins" / "profile" / "run" / "host.trace.json.gz"
+    path.parent.mkdir(parents=True)
+    with gzip.open(path, "wt") as f:
+        json.dump(_gpu_trace(), f)
+    s = trace_summary.summarize_dir(str(tmp_path), iters=2)
+    assert s["total_ms"] == pytest.approx(0.5) and s["kernels"] == 3
+    cats = {c: round(v["ms_per_iter"], 6) for c, v in s["categories"].items()}
+    assert cats == {"matmul": 0.3, "attention": 0.15, "fusion": 0.05}  # nvjet: cuBLASLt GEMMs
+    assert [r["kernel"] for r in s["rows"]][0] == "nvjet_sm90_tst_256x128"
+    np.testing.assert_allclose(sum(r["pct"] for r in s["rows"]), 100.0)
+
+
+def test_no_trace_or_no_kernels_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no \\*.trace.json.gz under"):
+        trace_summary.summarize_dir(str(tmp_path), iters=1)
+    with pytest.raises(ValueError, match="no kernel events"):
+        trace_summary.summarize([], iters=1)
