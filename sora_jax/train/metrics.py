@@ -217,7 +217,13 @@ class Profiler:
 
     def before(self, step_number: int) -> None:
         if self.window and step_number == self.window[0] and jax.process_index() == 0:
-            jax.profiler.start_trace(self.logdir, create_perfetto_trace=True)
+            # No Python tracer: every Python call of every thread (the data threads, a step's
+            # first trace) would fill the trace's event cap before the kernels got in.
+            options = jax.profiler.ProfileOptions()
+            options.python_tracer_level = 0
+            jax.profiler.start_trace(
+                self.logdir, create_perfetto_trace=True, profiler_options=options
+            )
             self.active = True
             logging.info("profiling steps [%d, %d) into %s", *self.window, self.logdir)
 
