@@ -15,8 +15,9 @@ time continues where it stopped):
   python -m sora_jax.main --config=configs/world.py --workdir=/tmp/world --mode=sample \
       --prompt="a red triangle moving left"      # a held-out colour x shape pair
 
-Results land in <workdir>/summary.json (losses, VAE PSNR, wall times) and <workdir>/eval/
-(<set>.json, <set>.png contact sheets, GIFs, summary.json with the issue's targets checked).
+Results land in <workdir>/summary.json (losses, VAE PSNR, wall times), <workdir>/eval/
+(<set>.json, <set>.png contact sheets, GIFs, summary.json with the issue's targets checked) and
+<workdir>/{vae,dit}/profile/summary.json (device time per kernel of three traced steps).
 
 The world: 1-3 objects (a subject and up to two smaller distractors), camera pans, occluding
 bars, flat / gradient / textured backgrounds and still images; three colour x shape pairs are
