@@ -291,6 +291,19 @@ def test_time_split_adds_up_and_profile_trace_is_written(tmp_path):
                                summary["total_ms"], rtol=1e-6)  # fmt: skip
 
 
+def test_a_trace_that_cannot_start_costs_a_warning_not_the_run(tmp_path, caplog):
+    jax.profiler.start_trace(str(tmp_path / "other"))  # one trace at a time per process
+    try:
+        loop.train(ToyTask(), _config(), _cfg(4, log_every_steps=2, profile_steps=(2, 3)),
+                   str(tmp_path / "run"))  # fmt: skip
+    finally:
+        jax.profiler.stop_trace()
+    rows = metrics_lib.read_jsonl(str(tmp_path / "run" / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [2, 4]  # every step trained
+    assert "did not start" in caplog.text
+    assert not (tmp_path / "run" / "profile" / "summary.json").exists()
+
+
 def test_periodic_hook_runs_after_every_step_with_the_model(tmp_path):
     seen = []
 

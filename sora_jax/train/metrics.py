@@ -221,9 +221,13 @@ class Profiler:
             # first trace) would fill the trace's event cap before the kernels got in.
             options = jax.profiler.ProfileOptions()
             options.python_tracer_level = 0
-            jax.profiler.start_trace(
-                self.logdir, create_perfetto_trace=True, profiler_options=options
-            )
+            try:  # a trace is a diagnostic: one that cannot start must not stop the training
+                jax.profiler.start_trace(
+                    self.logdir, create_perfetto_trace=True, profiler_options=options
+                )
+            except Exception as e:  # e.g. another trace is running in this process
+                logging.warning("profiling steps [%d, %d) did not start: %s", *self.window, e)
+                return
             self.active = True
             logging.info("profiling steps [%d, %d) into %s", *self.window, self.logdir)
 
@@ -234,8 +238,13 @@ class Profiler:
 
     def stop(self) -> None:
         if self.active:
-            jax.profiler.stop_trace()
             self.active = False
+            try:
+                jax.profiler.stop_trace()
+            except Exception as e:  # the trace is lost, the run goes on
+                logging.warning("profile of steps [%d, %d) could not be written: %s",
+                                *self.window, e)  # fmt: skip
+                return
             self._summarize()
 
     def _summarize(self) -> None:
