@@ -3,10 +3,11 @@ sentence naming the field, the value and what was expected, instead of hours lat
 (a negative step count trains nothing; `flow.shift` 0 trains every step at t = 0; an EMA decay
 above 1 diverges quietly).
 
-This covers the scalar settings of the training stages, the flow, sampling and the evaluation
-suite. Values whose checks need more than the config stay with the code that owns them: bucket
-tables (sora_jax/data/buckets.py), model shapes (DiTConfig, VAEConfig), the world's vocabulary
-(sora_jax/data/world.py), conditioning mixtures (sora_jax/diffusion/conditioning.py).
+This covers the scalar settings of the training stages, the data pipeline, the text encoder,
+the flow, sampling and the evaluation suite, and the weights of the caption and conditioning
+mixtures. Values whose checks need more than the config stay with the code that owns them:
+bucket tables (sora_jax/data/buckets.py), model shapes (DiTConfig, VAEConfig), the world's
+vocabulary (sora_jax/data/world.py), the mixtures' mode names (sora_jax/diffusion/conditioning.py).
 """
 
 from __future__ import annotations
