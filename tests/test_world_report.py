@@ -251,3 +251,22 @@ def test_report_carries_what_ran_when_told(tmp_path):
     assert written["commit"] == "abc1234" and out["run"] == "eighth"
     assert written["timeline"] == [["00:21:24", "vae start (XLA_FLAGS=x)"],
                                    ["00:25:52", "vae done"]]  # fmt: skip
+
+
+def test_an_evaluation_cut_short_reports_the_sets_that_finished(tmp_path):
+    # The suite writes <set>.json as each set finishes and summary.json last.
+    _write(tmp_path / "eval" / "t2v.json", {"set": "t2v", "metrics": {
+        "color_acc": 1.0, "shape_acc": 0.85, "motion_acc": 0.7}, "samples": []})  # fmt: skip
+    _write(tmp_path / "eval" / "t2v_occlusion.json",
+           {"set": "t2v_occlusion", "metrics": {"permanence": 0.8}, "samples": []})  # fmt: skip
+    _write(tmp_path / "eval" / "t2v@steps=30.json",  # a variant: not a set of the targets
+           {"set": "t2v@steps=30", "metrics": {"color_acc": 0.0}, "samples": []})  # fmt: skip
+    r = world_report.collect(str(tmp_path))
+    assert r["eval_partial_sets"] == ["t2v", "t2v_occlusion"]
+    assert r["eval_sets"]["t2v"]["shape_acc"] == 0.85
+    ok = {(t["set"], t["metric"]): t["ok"] for t in r["eval"]["targets"]}
+    assert ok == {("t2v", "color_acc"): True, ("t2v", "shape_acc"): True,
+                  ("t2v", "motion_acc"): False, ("t2v_occlusion", "permanence"): True}  # fmt: skip
+    assert (r["targets_met"], r["targets_total"]) == (3, 4)
+    _write(tmp_path / "eval" / "summary.json", {"sets": {}, "targets": []})  # a whole eval wins
+    assert "eval_partial_sets" not in world_report.collect(str(tmp_path))

@@ -144,19 +144,41 @@ def collect(workdir: str) -> dict:
     timeline = timeline_events(os.path.join(workdir, "timeline.log"))
     if timeline:
         result["timeline"] = timeline
-    ev = read_json(os.path.join(workdir, "eval", "summary.json"))
+    ev = read_json(os.path.join(workdir, "eval", "summary.json")) or partial_eval(workdir)
     if ev:
         result["eval"] = {k: ev[k] for k in ("settings", "checkpoint_steps", "val_loss",
                                              "targets", "wall_s") if k in ev}  # fmt: skip
         result["eval_sets"] = ev["sets"]
         if ev.get("t2v_variants"):
             result["eval_t2v_variants"] = ev["t2v_variants"]
+        if ev.get("partial"):
+            result["eval_partial_sets"] = ev["partial"]
         result["targets_met"] = sum(bool(t["ok"]) for t in ev.get("targets", []))
         result["targets_total"] = len(ev.get("targets", []))
     scenes = occlusion_scenes(workdir)
     if scenes:
         result["occlusion_scenes"] = scenes
     return result
+
+
+def partial_eval(workdir: str) -> dict | None:
+    """The sets of an evaluation that stopped before its summary.json (a lost machine, a call
+    that ran out): the suite writes each set's <set>.json as it finishes, so the targets of the
+    sets that did finish are checked here (`partial` lists the sets; variants are left out)."""
+    folder = os.path.join(workdir, "eval")
+    if not os.path.isdir(folder):
+        return None
+    sets = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".json") and "@" not in name and name != "summary.json":
+            data = read_json(os.path.join(folder, name)) or {}
+            if "set" in data and "metrics" in data:
+                sets[data["set"]] = data["metrics"]
+    if not sets:
+        return None
+    from sora_jax import eval_suite
+
+    return {"sets": sets, "targets": eval_suite.check_targets(sets), "partial": sorted(sets)}
 
 
 def occlusion_scenes(workdir: str) -> dict | None:
