@@ -22,7 +22,8 @@ def _gpu_trace() -> dict:
     ]  # fmt: skip
     kernel = lambda name, dur: {"ph": "X", "pid": 2, "tid": 1, "name": name, "dur": dur}  # noqa: E731
     events = [kernel("nvjet_sm90_tst_256x128", 300.0), kernel("loop_add_fusion", 50.0),
-              kernel("cudnn_sdpa_flash_fprop", 150.0)] * 2  # fmt: skip
+              kernel("cudnn_generated_fort_native_sdpa_sm90_flash_fprop", 150.0),
+              kernel("sm90_xmma_fprop_implicit_gemm_bf16", 100.0)] * 2  # fmt: skip
     events += [
         {"ph": "X", "pid": 1, "tid": 7, "name": "launch", "dur": 999.0, "args": {"hlo_op": "x"}},
         {"ph": "X", "pid": 2, "tid": 2, "name": "overhead", "dur": 999.0},
@@ -34,8 +35,9 @@ def _gpu_trace() -> dict:
 def test_gpu_kernels_are_read_from_the_device_streams_only():
     events = trace_summary.kernel_events(_gpu_trace())
     assert sorted({n for n, _ in events}) == [
-        "cudnn_sdpa_flash_fprop", "loop_add_fusion", "nvjet_sm90_tst_256x128"]  # fmt: skip
-    assert sum(d for _, d in events) == 1000.0
+        "cudnn_generated_fort_native_sdpa_sm90_flash_fprop", "loop_add_fusion",
+        "nvjet_sm90_tst_256x128", "sm90_xmma_fprop_implicit_gemm_bf16"]  # fmt: skip
+    assert sum(d for _, d in events) == 1200.0
 
 
 def test_summary_is_per_iteration_and_categorised(tmp_path):
@@ -44,9 +46,10 @@ def test_summary_is_per_iteration_and_categorised(tmp_path):
     with gzip.open(path, "wt") as f:
         json.dump(_gpu_trace(), f)
     s = trace_summary.summarize_dir(str(tmp_path), iters=2)
-    assert s["total_ms"] == pytest.approx(0.5) and s["kernels"] == 3
+    assert s["total_ms"] == pytest.approx(0.6) and s["kernels"] == 4
     cats = {c: round(v["ms_per_iter"], 6) for c, v in s["categories"].items()}
-    assert cats == {"matmul": 0.3, "attention": 0.15, "fusion": 0.05}  # nvjet: cuBLASLt GEMMs
+    # nvjet: cuBLASLt's GEMMs; cuDNN's flash attention is attention, its convolutions conv.
+    assert cats == {"matmul": 0.3, "attention": 0.15, "conv": 0.1, "fusion": 0.05}
     assert [r["kernel"] for r in s["rows"]][0] == "nvjet_sm90_tst_256x128"
     np.testing.assert_allclose(sum(r["pct"] for r in s["rows"]), 100.0)
 

@@ -20,7 +20,9 @@ import os
 
 TOP = 25  # rows before "other"
 CATEGORIES = (  # first match wins: a fused attention kernel is "attention", not a GEMM
-    ("attention", ("attention", "fmha", "flash", "cudnn", "sdpa")),
+    ("attention", ("attention", "fmha", "flash", "sdpa")),
+    # cuDNN's convolutions (the VAE): implicit GEMMs, forward / data-grad / weight-grad kernels.
+    ("conv", ("conv", "implicit_gemm", "fprop", "dgrad", "wgrad")),
     ("matmul", ("matmul", "gemm", "cublas", "dot", "nvjet")),
     ("fusion", ("fusion", "loop", "reduce", "elementwise")),
     ("copy", ("copy", "transpose", "memcpy", "memset")),
