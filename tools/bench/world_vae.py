@@ -67,11 +67,11 @@ def measure(config, shape: str, batch_size: int, steps: int) -> dict:
     graphdef, state, rest, tx, _ = state_lib.init_state(task, config.vae_train, mesh, seed=0)
     ema = float(config.vae_train.ema_decay)
     step = jax.jit(state_lib.build_step(task, graphdef, rest, tx, ema), donate_argnums=(0,))
+    frozen = task.frozen() or {}
     with jax.set_mesh(mesh):
         t0 = time.perf_counter()
-        compiled = step.lower(state, task.frozen() or {}, batch).compile()
+        compiled = step.lower(state, frozen, batch).compile()
         compile_s = time.perf_counter() - t0
-        frozen = task.frozen() or {}
         for _ in range(3):  # warm-up (conv autotuning)
             state, out, _ = compiled(state, frozen, batch)
         jax.block_until_ready(state)
