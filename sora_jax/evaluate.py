@@ -43,7 +43,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sora_jax.data import world, world_geometry
+from sora_jax.data import world, world_geometry, world_render
 
 _COLORS = world.ALL_COLORS
 _NEUTRALS = np.array(
@@ -327,6 +327,24 @@ def frame_differences(video: np.ndarray) -> np.ndarray:
 def mean_frame_difference(videos: Sequence[np.ndarray]) -> float:
     """The mean over videos of each one's mean `frame_differences` (how much a frame changes)."""
     return float(np.mean([frame_differences(v).mean() for v in videos]))
+
+
+def flicker_ratio(videos: Sequence[np.ndarray], specs: Sequence[dict]) -> float:
+    """How much generated frames change from one to the next, over how much the real clips of
+    the same specs do (rendered at each video's size): ``mean_frame_difference`` of the videos
+    over that of the renders. ~1 = as smooth as the world; a DiT whose latent frames disagree
+    (objects that jump, double or change shape between frames) scores several times that,
+    before its shapes and motions can be graded. NaN without a video of >= 2 frames whose real
+    clip moves."""
+    if len(videos) != len(specs):
+        raise ValueError(f"Got {len(videos)} videos but {len(specs)} specs; expected one each.")
+    pairs = [(_as_uint8(v), s) for v, s in zip(videos, specs, strict=True)]
+    pairs = [(v, s) for v, s in pairs if len(v) >= 2]
+    real = [world_render.render(s, v.shape[1], v.shape[2], v.shape[0]) for v, s in pairs]
+    real_mad = mean_frame_difference(real) if real else 0.0
+    if real_mad <= 0.0:
+        return float("nan")
+    return mean_frame_difference([v for v, _ in pairs]) / real_mad
 
 
 def boundaries(given: Sequence[bool]) -> list[int]:

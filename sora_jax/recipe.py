@@ -211,6 +211,8 @@ def run_sample(config: ml_collections.ConfigDict, workdir: str) -> dict:
         )
         files.append(paths.get("mp4", paths["gif"]))  # no mp4 encoder: the gif
     grades = evaluate.grade_many(list(videos[: len(specs)]), specs) if specs else {}
+    if specs:
+        grades["flicker_ratio"] = evaluate.flicker_ratio(list(videos[: len(specs)]), specs)
     logging.info("grader on %d samples: %s", len(specs), grades)
     return {"grader": grades, "samples": files, "prompts": prompts}
 

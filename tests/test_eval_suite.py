@@ -183,6 +183,7 @@ def test_scoring_real_clips_gives_perfect_marks():
     videos = [world.render(c.spec, 64, 64, 17) for c in cases]
     metrics, _ = eval_suite.score("t2v_occlusion", cases, videos, 4)
     assert metrics["permanence"] == 1.0 and metrics["color_acc"] == 1.0
+    assert metrics["flicker_ratio"] == pytest.approx(1.0)  # the specs' own clips
 
 
 def test_shape_accuracy_per_shape_weights_back_to_the_set_accuracy():
@@ -245,6 +246,8 @@ def test_eval_suite_runs_every_set_at_micro_size(tmp_path):
                 assert 0.0 <= metrics[key] <= 1.0, (name, key)
     assert summary["sets"]["i2v"]["given_psnr"] > 0
     assert np.isfinite(summary["sets"]["extend_forward"]["continuity_ratio"])
+    assert summary["sets"]["t2v"]["flicker_ratio"] > 0  # text-only sets: against the specs' clips
+    assert "flicker_ratio" not in summary["sets"]["i2v"]  # conditioned: continuity_ratio
     assert "9x32x32" in summary["sets"]["t2v_sweep"]
     assert len(summary["val_loss"]) == 5 and all(v > 0 for v in summary["val_loss"].values())
     assert "vae" not in summary

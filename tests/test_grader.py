@@ -116,3 +116,32 @@ def test_paired_outcomes_counts_cases_and_gives_mcnemars_exact_p():
     out = evaluate.paired_outcomes(lop, {i: not v for i, v in lop.items()})
     assert out["p_two_sided"] == pytest.approx(20 / 512, abs=1e-4)
     assert evaluate.paired_outcomes({}, {})["p_two_sided"] == 1.0
+
+
+def test_flicker_ratio_is_one_on_real_clips_and_grows_when_frames_jump(clips64):
+    videos, specs = clips64
+    assert evaluate.flicker_ratio(videos, specs) == pytest.approx(1.0, abs=1e-9)
+    assert evaluate.flicker_ratio(videos[:20], specs[:20]) == pytest.approx(1.0, abs=1e-9)
+    # Played backwards: the same changes between frames.
+    backwards = [v[::-1] for v in videos]
+    assert evaluate.flicker_ratio(backwards, specs) == pytest.approx(1.0, abs=1e-9)
+    # Frames in a random order: objects jump (and occluders with them) from frame to frame.
+    rng = np.random.default_rng(0)
+    jumping = [v[rng.permutation(len(v))] for v in videos]
+    assert evaluate.flicker_ratio(jumping, specs) > 1.5
+    # Another clip's frame every other frame: the layout changes between frames.
+    mixed = [np.where((np.arange(len(v)) % 2 == 1)[:, None, None, None], videos[i - 1], v)
+             for i, v in enumerate(videos)]  # fmt: skip
+    assert evaluate.flicker_ratio(mixed, specs) > 3.0
+    # Each generated frame holds still (the first frame repeated): no change at all.
+    frozen = [np.repeat(v[:1], len(v), axis=0) for v in videos]
+    assert evaluate.flicker_ratio(frozen, specs) == 0.0
+
+
+def test_flicker_ratio_needs_moving_real_clips_and_one_spec_per_video():
+    spec = make_spec("red", "circle", "still", size="large")
+    still = render(spec, 32, 32, 5)
+    assert np.isnan(evaluate.flicker_ratio([still], [spec]))  # nothing moves in the real clip
+    assert np.isnan(evaluate.flicker_ratio([still[:1]], [spec]))  # one frame: no change to measure
+    with pytest.raises(ValueError, match="one each"):
+        evaluate.flicker_ratio([still, still], [spec])

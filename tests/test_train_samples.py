@@ -88,6 +88,8 @@ def test_samples_written_at_every_nth_step_with_the_grader_in_the_metrics(traine
     assert all(0.0 <= r["sample_color_acc"] <= 1.0 for r in graded)
     for r in graded:  # the sidecars' grades add up to the logged accuracy
         assert r["sample_shape_acc"] == np.mean(shape_ok[r["step"]])
+        # How much the frames change against the real clips of the prompts (untrained: noise).
+        assert r["sample_flicker_ratio"] > 0.0
     # One generator for the whole run, whose sampler compiled once for both steps.
     (run,) = task.samples.generator._runs.values()
     assert run._cache_size() == 1

@@ -338,7 +338,8 @@ class TrainingSamples:
     (`config.sample.seed`) every time, so successive steps show what training changed. Sampling
     goes through one `sora_jax.sample.Generator` that gets the new weights each time, so it
     compiles once. Process 0 writes `<stage_dir>/samples/step_<N>/<i>.gif/.mp4/.json` and a
-    metrics.jsonl row with `sample_color_acc`, `sample_shape_acc` (and `sample_motion_acc`).
+    metrics.jsonl row with `sample_color_acc`, `sample_shape_acc` (and `sample_motion_acc`) and
+    `sample_flicker_ratio` (`evaluate.flicker_ratio`: frame-to-frame change over the real clips').
     """
 
     def __init__(self, task: DiTTask):
@@ -387,10 +388,12 @@ class TrainingSamples:
         videos = self.videos(ctx)
         per_sample = [evaluate.grade(v, s) for v, s in zip(videos, self.specs, strict=True)]
         grades = evaluate.accuracies(per_sample)
+        grades["flicker_ratio"] = evaluate.flicker_ratio(videos, self.specs)
         if ctx.is_main_process:
             folder = os.path.join(ctx.workdir, "samples", f"step_{step}")
             self.write(folder, videos, step, per_sample)
-            scalars = {f"sample_{k}": v for k, v in grades.items() if k.endswith("_acc")}
+            scalars = {f"sample_{k}": v for k, v in grades.items()
+                       if k.endswith("_acc") or k == "flicker_ratio"}  # fmt: skip
             writer = metrics_lib.create_writer(ctx.workdir, prefix="dit samples ")
             writer.write_scalars(step, {k: v for k, v in scalars.items() if np.isfinite(v)})
             writer.close()
