@@ -271,7 +271,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # noise ratio: at shift 1 the tenth run's samples after 5,000 steps drew shapes 0.15
         # and motions 0.19 (chance), objects doubled and occluders jumped from frame to frame,
         # the layout that the noisiest steps decide. Shift 2 divides the SNR at every t by 4
-        # (flow.shift_t), in training and sampling alike.
+        # (flow.shift_t), in training and sampling alike. Not yet run on the GPU; a CPU analog
+        # (README, "A CPU analog of the tenth run": the tiny DiT on a 64x64 world, 16x16 latents
+        # and 1x4x4 patches) drew motion 0.06 at shift 1 and 0.16 at shift 2, against 0.53 on the
+        # 32x32 world's 8x8 latents: the training samples' `sample_flicker_ratio` at 5,000 steps
+        # tells early which way this run goes (the tenth run's: 8.6x; ~1 is the world's).
         shift=2.0,
         # Conditioning modes drawn per training sample (sora_jax/diffusion/conditioning.py):
         # one model for text->video, image->video, extension, connection, infill and loops.
