@@ -210,9 +210,11 @@ def run_sample(config: ml_collections.ConfigDict, workdir: str) -> dict:
             os.path.join(workdir, "samples", f"{i:03d}"), video, world_cfg.fps, meta
         )
         files.append(paths.get("mp4", paths["gif"]))  # no mp4 encoder: the gif
-    grades = evaluate.grade_many(list(videos[: len(specs)]), specs) if specs else {}
-    if specs:
-        grades["flicker_ratio"] = evaluate.flicker_ratio(list(videos[: len(specs)]), specs)
+    grades = {}
+    if specs:  # the suite's videos (extra free-text prompts have no spec to grade against)
+        graded = list(videos[: len(specs)])
+        grades = evaluate.grade_many(graded, specs)
+        grades["flicker_ratio"] = evaluate.flicker_ratio(graded, specs)
     logging.info("grader on %d samples: %s", len(specs), grades)
     return {"grader": grades, "samples": files, "prompts": prompts}
 
