@@ -23,12 +23,13 @@ The world: 1-3 objects (a subject and up to two smaller distractors), camera pan
 bars, flat / gradient / textured backgrounds and still images; three colour x shape pairs are
 held out of training entirely (`world.holdout`) to measure generalisation. Frames are
 128x128, 128x192 and 192x128 (aspect buckets) with 1, 17 and 33 frames (each bucket is one
-compile of the train step, so there are five). The VAE compresses 4x8x8 to 16 channels (a
-17x128x128 clip -> 5x16x16x16 latents); the DiT (~30M parameters) patches 1x4x4, so a 17x128x128
-clip is 80 tokens and batches are large. Runs 1-9 rendered the world at 64x64 with 1x2x2 patches
-(the same tokens): small subjects then covered about one latent pixel, and the DiT drew their
-shapes wrong (README, "World model, ninth full run"); tools/experiments/world_res_ab.sh compares
-the two sizes side by side.
+compile of the train step, so there are five). The VAE compresses 4x16x16 to 32 channels (a
+17x128x128 clip -> 5x8x8x32 latents); the DiT (~30M parameters) patches 1x2x2, so a 17x128x128
+clip is 80 tokens and batches are large. Runs 1-9 rendered the world at 64x64 through a 4x8x8
+VAE to 16 channels: the same 8x8 latent frames and tokens, but small subjects then covered about
+one latent pixel of 16 channels, and the DiT drew their shapes wrong (README, "World model, ninth
+full run"). The tenth run kept that VAE at 128x128 (16x16 latents, 1x4x4 patches) and its DiT
+drew no motion; tools/experiments/world_res_ab.sh compares the sizes side by side.
 
 Measured on an H200 at 128x128 (tools/bench/results/world_h200_run10_lost.json, 2026-12-04):
 the VAE (2x2 patches, one 17x128x128 bucket at batch 8, clips rendered by 8 worker processes)
@@ -88,14 +89,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # this 2-core CPU: 64 batches/s).
     c.data = common.data_config(num_threads=1, num_workers=8)
 
-    # Causal 3D VAE, 4x8x8 compression to 16 channels (issue 3: >= 34 dB at this shape).
+    # Causal 3D VAE, 4x16x16 compression to 32 channels. Runs 1-10 compressed 4x8x8 to 16
+    # channels; at 128x128 that left 16x16 latent frames, on which the tenth run's DiT drew
+    # objects doubled and occluders jumping from frame to frame (training samples at 5,000
+    # steps: shape 0.15, motion 0.19, flicker 8.6x), and a CPU analog lost motion the same way
+    # (README, "A CPU analog of the tenth run": 0.53 on 8x8 latent frames, 0.06 on 16x16 at the
+    # same tokens, 0.16 with flow shift 2). One more spatial level keeps the DiT on the 8x8
+    # latent frames of runs 1-9, each latent pixel 16x16 pixels in twice the channels (the
+    # compression of pixel values 96x instead of 48x; DC-AE compresses 32x32 to 32 channels).
     c.vae = dict(
         base_channels=64,
-        channel_mults=(1, 2, 4),  # 2 spatial downsamples after the 2x2 patch: 8x
+        channel_mults=(1, 2, 4, 4),  # 3 spatial downsamples after the 2x2 patch: 16x
         num_res_blocks=1,
-        temporal_downsample=(True, True),  # 4x in time, as Wan 2.1
-        z_channels=16,
-        mid_attention=False,  # 16x16 latents: the convolutions see most of the frame
+        # 4x in time on the first two levels, as runs 1-10 (Wan 2.1 halves time on the last
+        # two): the levels at 64x64 and 32x32 pixels cost what they did, the new one at 8x8
+        # latent pixels little.
+        temporal_downsample=(True, True, False),
+        z_channels=32,
+        mid_attention=False,  # 8x8 latents: the convolutions see most of the frame
         dropout=0.0,
         dtype="bfloat16",  # convolutions in bf16; parameters and loss in fp32
         # 2x2 pixels per token before the first conv: every level runs at half the resolution.
@@ -160,11 +171,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         num_layers=12,
         in_channels=c.vae.z_channels,
         out_channels=c.vae.z_channels,
-        # 4x4 latent pixels per token (32x32 pixels): a 17x128x128 clip is 80 tokens, as a
-        # 17x64x64 clip was with 1x2x2 patches, so the clips and tokens per step are those of
-        # the ninth run (tools/bench/results/world_dit_res128_h200.json: 128x128 at 1x2x2
-        # costs 4x the tokens per clip).
-        patch_size=(1, 4, 4),
+        # 2x2 latent pixels per token (32x32 pixels, 128 values): a 17x128x128 clip is 80
+        # tokens, as a 17x64x64 clip was in runs 1-9, so the clips and tokens per step are the
+        # ninth run's (the tenth run's 1x4x4 patches of 16x16 latents: the same tokens).
+        patch_size=(1, 2, 2),
         text_dim=384,
         dtype="bfloat16",  # matmuls and attention in bf16; norms, modulation, residuals fp32
         # XLA's attention: the runs that measured this recipe used it. cuDNN's step is 1.25x
@@ -264,18 +274,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.flow = dict(
         logit_mean=0.0,
         logit_std=1.0,
-        # SD3's resolution shift, sqrt of the ratio of latent pixels: runs 1-9 (8x8 latents a
-        # frame) trained and sampled at 1, and their training samples after 5,000 steps drew
-        # shapes 0.48 and motions 0.81 (ninth run). 16x16 latents a frame hold each object and
-        # the layout in 4x the latent pixels, so a noise level leaves them ~4x the signal-to-
-        # noise ratio: at shift 1 the tenth run's samples after 5,000 steps drew shapes 0.15
-        # and motions 0.19 (chance), objects doubled and occluders jumped from frame to frame,
-        # the layout that the noisiest steps decide. Shift 2 divides the SNR at every t by 4
-        # (flow.shift_t), in training and sampling alike. Not yet run on the GPU; a CPU analog
-        # (README, "A CPU analog of the tenth run": the tiny DiT on a 64x64 world, 16x16 latents
-        # and 1x4x4 patches) drew motion 0.06 at shift 1 and 0.16 at shift 2, against 0.53 on the
-        # 32x32 world's 8x8 latents: the training samples' `sample_flicker_ratio` at 5,000 steps
-        # tells early which way this run goes (the tenth run's: 8.6x; ~1 is the world's).
+        # SD3's resolution shift. Runs 1-9 (64x64, 8x8x16 latents a frame) trained and sampled
+        # at 1; their training samples after 5,000 steps drew shapes 0.48 and motions 0.81
+        # (ninth run). The tenth run (128x128, 16x16x16 latents) at 1 drew shapes 0.15 and
+        # motions 0.19, objects doubled and occluders jumping: the layout, which the noisiest
+        # steps decide. SD3 shifts by the square root of the ratio of pixels (4x here: 2);
+        # on the CPU, shift 2 alone brought back little of the motion of 16x16 latents (0.06 ->
+        # 0.16; README, "A CPU analog of the tenth run"), so the eleventh run also keeps 8x8
+        # latent frames (vae above). Its frames are 4x the pixels of runs 1-9 in twice the
+        # channels, so it trains and samples at 2; the eval suite's variants sample at 1 and 3.
+        # The training samples' `sample_flicker_ratio` at 5,000 steps tells early which way a
+        # run goes (the tenth run's: 8.6x; the world's own clips: 1.0).
         shift=2.0,
         # Conditioning modes drawn per training sample (sora_jax/diffusion/conditioning.py):
         # one model for text->video, image->video, extension, connection, infill and loops.
