@@ -9,14 +9,15 @@
 #               clips), flow shift 2 (SD3's resolution shift for 4x the latent pixels)
 #   res128p4    17x128x128 clips at batch BATCH, 1x4x4 patches: 80 tokens a clip, each token
 #               4x4 latent pixels (the latents of res128, the clips and tokens of base64),
-#               flow shift 2: the world of configs/world.py since run 11
+#               flow shift 2
 #   res128p4s1  res128p4 at flow shift 1 (the tenth run's recipe)
 # Every arm names its size, patches, bucket and shift, so none depends on the config. All
 # with the 384-wide DiT, STEPS steps (10,000) with the cosine schedule ending there, graded
 # training samples every EVERY steps, then the t2v and occlusion sets of the evaluation suite per
 # arm (the same prompts, seeds and scenes at either size) and the scene-by-scene comparison
-# (WORKDIR/arms.json). ARMS picks some of them (default: all four). The one VAE is the config's
-# (trained on 17x128x128 clips).
+# (WORKDIR/arms.json). ARMS picks some of them (default: all four). The one VAE is runs 1-10's,
+# 4x8x8 to 16 channels, trained on 17x128x128 clips (`vae8` below: configs/world.py compresses
+# 4x16x16 to 32 channels since the eleventh run).
 #
 #   tools/experiments/world_res_ab.sh WORKDIR [flags for every stage, e.g. --config.text.path=DIR]
 #
@@ -50,5 +51,8 @@ for name in ${ARMS:-base64 res128 res128p4 res128p4s1}; do
   [[ -v "flags[$name]" ]] || { echo "world_res_ab.sh: unknown arm $name" >&2; exit 2; }
   arms+=("$name=${flags[$name]}")
 done
+vae8=(--config.vae.channel_mults="(1,2,4)" --config.vae.temporal_downsample="(True,True)"
+  --config.vae.z_channels=16 --config.dit.in_channels=16 --config.dit.out_channels=16)
 BATCH=$batch exec bash "$(dirname "$0")/world_arms.sh" "$workdir" "${CAP_SECONDS:-1100}" \
-  --config.dit.dim=384 --config.dit.ffn_dim=1536 --config.dit.num_heads=6 "$@" -- "${arms[@]}"
+  --config.dit.dim=384 --config.dit.ffn_dim=1536 --config.dit.num_heads=6 "${vae8[@]}" "$@" \
+  -- "${arms[@]}"
