@@ -208,6 +208,13 @@ def test_versions_come_from_the_run_machines_report(tmp_path):
     assert world_report.main(["--workdir", str(run), "--device", "other"])["device"] == "other"
 
 
+def test_a_run_cut_short_before_its_report_keeps_the_versions_it_started_with(tmp_path):
+    run = _run_dir(tmp_path)  # no report.json: world_gpu.sh writes it after the eval stage
+    gpu = {"python": "3.12.3", "jax": "0.11.2", "flax": "0.12.10"}
+    _write(run / "versions.json", gpu)  # world_gpu.sh writes this at its start
+    assert world_report.main(["--workdir", str(run)])["versions"] == gpu
+
+
 def test_report_prints_the_vae_round_trip_grades(tmp_path, capsys):
     run = _run_dir(tmp_path)
     summary = json.loads((run / "summary.json").read_text())

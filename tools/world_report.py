@@ -318,7 +318,9 @@ def main(argv: list[str] | None = None) -> dict:
     ran_path = os.path.abspath(os.path.join(args.workdir, "report.json"))
     same = args.out and os.path.abspath(args.out) == ran_path  # world_gpu.sh writing it
     ran = {} if same else (read_json(ran_path) or {})
-    versions = ran.get("versions") or report.versions("jax", "flax")
+    # world_gpu.sh also writes versions.json at its start, for runs cut short before report.json.
+    started = read_json(os.path.join(args.workdir, "versions.json")) or {}
+    versions = ran.get("versions") or started or report.versions("jax", "flax")
     result = {**run_metadata(args), "device": args.device or ran.get("device") or None,
               "versions": versions, **collect(args.workdir)}  # fmt: skip
     flags = xla_flags(result.get("timeline", []))
