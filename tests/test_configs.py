@@ -49,7 +49,7 @@ def test_every_config_builds_its_models(name, arg):
     vae = nnx.eval_shape(
         lambda: vae_lib.CausalVAE(vae_lib.VAEConfig(**c.vae.to_dict()), rngs=nnx.Rngs(0))
     )
-    # tiny: 2x2x2 (its first frame keeps >= 30 dB, issue 5); the rest 4x4x4 or 4x8x8
+    # tiny: 2x2x2 (its first frame keeps >= 30 dB, issue 5); world 4x16x16; the rest 4x4x4 or 4x8x8
     assert (vae.temporal_factor, vae.spatial_factor) in {(2, 2), (4, 4), (4, 8), (4, 16)}
     dit = dit_lib.DiTConfig(**c.dit.to_dict())
     assert dit.in_channels == c.vae.z_channels

@@ -44,8 +44,8 @@ fi
 autotune=${AUTOTUNE_DIR:-$workdir/autotune}
 mkdir -p "$autotune" && export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_per_fusion_autotune_cache_dir=$autotune"
 # The machine's versions, for tools/world_report.py when the run ends before its report.json.
-python3 -c "import json, platform, jax, flax; print(json.dumps({'python': platform.python_version(),
-  'jax': jax.__version__, 'flax': flax.__version__}))" >"$workdir/versions.json" 2>/dev/null || true
+PYTHONPATH="tools${PYTHONPATH:+:$PYTHONPATH}" python3 -c "import json; from bench import report
+print(json.dumps(report.versions('jax', 'flax')))" >"$workdir/versions.json" 2>/dev/null || true
 stamp "vae start (XLA_FLAGS=${XLA_FLAGS:-})"
 # Beside the VAE stage, the DiT's train steps, latent-cache encodes and training-sample round
 # (sampled once on untrained weights) compile into <workdir>/xla_cache (stage dit_compile; needs
