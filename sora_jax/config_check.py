@@ -75,12 +75,14 @@ _SECTIONS = {
         **dict.fromkeys(_LOSS_WEIGHTS, _NONNEG),
         "eval_every_steps": _NONNEG_INT,
         "eval_clips": _POS_INT,
+        "eval_occlusion_clips": _NONNEG_INT,
     },
     "dit_train": {
         **_TRAIN,
         "caption_dropout": _FRACTION,
         "sample_every_steps": _NONNEG_INT,
         "sample_num_prompts": _POS_INT,
+        "sample_num_occlusion": _NONNEG_INT,
         "sample_steps": _POS_INT,
         "sample_guidance": _NONNEG,
         "latent_cache_clips": _NONNEG_INT,
@@ -172,3 +174,11 @@ def check(config: ml_collections.ConfigDict) -> None:
         cfg = config.get(section)
         if cfg is not None and key in cfg and cfg[key] is not None:
             _check(f"{section}.{key}", dict(cfg[key]) if cfg[key] else {}, (_weights, expected))
+    train, sample = config.get("dit_train"), config.get("sample")
+    if train is not None and sample is not None and train.get("sample_num_occlusion", 0):
+        # Occlusion scenes are graded on frames before and after the bar's window.
+        frames = sample.get("num_frames", 0)
+        if not _int(frames) or frames < 9:
+            raise ValueError(f"config.dit_train.sample_num_occlusion="
+                             f"{train.sample_num_occlusion} needs config.sample.num_frames >= 9 "
+                             f"(frames before and after the bar), got {frames!r}.")  # fmt: skip

@@ -72,14 +72,6 @@ def _prompt_specs(world_cfg: world_lib.WorldConfig, n: int, seed: int, **changes
     return world_lib.prompt_suite(dataclasses.replace(world_cfg, **changes), n, seed=seed)
 
 
-def _respec(spec: dict, seed: int, *, motion: str = "", **kwargs) -> dict:
-    """The subject of a suite spec in a new scene (occluder, distractors, image) via make_spec."""
-    s, bg = spec["objects"][0], spec["background"]
-    return world_lib.make_spec(s["color"], s["shape"], motion or s["motion"], size=s["size"],
-                               background=bg["kind"], tone=bg["tone"], seed=seed,
-                               **kwargs)  # fmt: skip
-
-
 def _distractors(cfg: world_lib.WorldConfig, spec: dict, count: int, rng) -> list[tuple]:
     """Distractors of other colours whose colour x shape pair is not held out."""
     held, out = set(cfg.holdout), []
@@ -163,18 +155,18 @@ def build_suite(config: ml_collections.ConfigDict) -> dict[str, list[Case]]:
     sets["t2v"] = text(_prompt_specs(cfg, n, seed), "short")
     if cfg.holdout:
         sets["t2v_holdout"] = text(_prompt_specs(cfg, m, seed + 1, split="holdout"), "short")
-    base = _prompt_specs(cfg, occlusion_count(ec), seed + 2)
-    occluded = [_respec(s, seed * 7919 + i, occluder=True) for i, s in enumerate(base)]
+    occluded = world_lib.occlusion_suite(cfg, occlusion_count(ec), seed=seed + 2,
+                                         scene_seed=seed * 7919)  # fmt: skip
     sets["t2v_occlusion"] = text(occluded, "long")
     base = _prompt_specs(cfg, m, seed + 3)
-    multi = [_respec(s, seed * 7919 + i, distractors=_distractors(cfg, s, 1 + i % 2, rng))
+    multi = [world_lib.respec(s, seed * 7919 + i, distractors=_distractors(cfg, s, 1 + i % 2, rng))
              for i, s in enumerate(base)]  # fmt: skip
     sets["t2v_multi"] = text(multi, "long")
     sweep = [parse_shape(x) for x in ec.sweep_shapes]
     base = _prompt_specs(cfg, m * len(sweep), seed + 4)
     sets["t2v_sweep"] = [case for j, size in enumerate(sweep)
                          for case in text(base[j * m : (j + 1) * m], "short", size)]  # fmt: skip
-    stills = [_respec(s, seed * 7919 + i, motion="still", image=True)
+    stills = [world_lib.respec(s, seed * 7919 + i, motion="still", image=True)
               for i, s in enumerate(_prompt_specs(cfg, m, seed + 5))]  # fmt: skip
     sets["t2i"] = text(stills, "short", (1, h, w))
     for j, mode in enumerate((*CONDITIONED, "edit")):

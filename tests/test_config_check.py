@@ -80,6 +80,23 @@ def test_weights_must_be_nonnegative_with_a_positive_sum(section, key, value):
         config_check.check(config)
 
 
+def test_occlusion_samples_need_frames_before_and_after_the_bar():
+    config = _config("tiny", "micro")
+    config.dit_train.sample_num_occlusion = 2
+    assert config.sample.num_frames == 5
+    with pytest.raises(ValueError) as e:
+        config_check.check(config)
+    assert str(e.value) == (
+        "config.dit_train.sample_num_occlusion=2 needs config.sample.num_frames >= 9 (frames "
+        "before and after the bar), got 5."
+    )
+    config.sample.num_frames = 9
+    config_check.check(config)
+    config.dit_train.sample_num_occlusion = -1
+    with pytest.raises(ValueError, match=r"sample_num_occlusion=-1 is not valid; expected an int"):
+        config_check.check(config)
+
+
 def test_sections_a_config_lacks_are_skipped():
     config = _config("tiny", "micro")  # no eval section
     assert "eval" not in config

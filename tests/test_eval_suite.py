@@ -13,6 +13,7 @@ import pytest
 
 from sora_jax import eval_cases, eval_files, eval_suite, evaluate
 from sora_jax.data import world
+from sora_jax.train import vae_task
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -139,6 +140,12 @@ def test_occlusion_set_has_its_own_size_and_bad_sizes_fail():
     c.eval.update(num_prompts=4, num_per_set=3, occlusion_prompts=7)
     suite = eval_cases.build_suite(c)
     assert len(suite["t2v_occlusion"]) == 7
+    # The scenes the VAE's round trips and the DiT's training samples also grade (eval.seed 0).
+    scenes = world.occlusion_suite(vae_task.make_world(c).cfg, 7, seed=2, scene_seed=0)
+    assert [case.spec for case in suite["t2v_occlusion"]] == scenes
+    assert [case.prompt for case in suite["t2v_occlusion"]] == [
+        world.describe(s, "long") for s in scenes
+    ]
     assert {len(suite[k]) for k in ("t2v_holdout", "t2v_multi", "t2i", "i2v")} == {3}
     del c.eval["occlusion_prompts"]  # absent: num_per_set, as before the field existed
     assert len(eval_cases.build_suite(c)["t2v_occlusion"]) == 3

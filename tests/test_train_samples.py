@@ -57,6 +57,9 @@ def trained(tmp_path_factory):
     """A 4-step micro DiT run that samples at steps 2 and 4."""
     workdir = str(tmp_path_factory.mktemp("run"))
     config = _micro_config()
+    # Two occlusion scenes beside the prompts: 9 frames hold frames before and after the bar.
+    config.dit_train.sample_num_occlusion = 2
+    config.sample.num_frames = 9
     task = _task(config, workdir)
     stage_dir = os.path.join(workdir, "dit")
     result = loop.train(task, config, config.dit_train, stage_dir)
@@ -90,6 +93,16 @@ def test_samples_written_at_every_nth_step_with_the_grader_in_the_metrics(traine
         assert r["sample_shape_acc"] == np.mean(shape_ok[r["step"]])
         # How much the frames change against the real clips of the prompts (untrained: noise).
         assert r["sample_flicker_ratio"] > 0.0
+        # The occlusion scenes: sampled with the prompts, graded by object permanence only.
+        kept = []
+        for i, spec in enumerate(task.samples.occlusion_specs):
+            with open(os.path.join(samples, f"step_{r['step']}", f"occlusion_{i:03d}.json")) as f:
+                meta = json.load(f)
+            assert meta["spec"] == spec and spec["occluder"] is not None
+            assert meta["prompt"] == task.samples.occlusion_prompts[i]
+            assert " bar sweeps " in meta["prompt"]  # the long caption, which names the bar
+            kept.append(meta["grade"]["permanent"])
+        assert r["sample_permanence"] == np.mean(kept)
     # One generator for the whole run, whose sampler compiled once for both steps.
     (run,) = task.samples.generator._runs.values()
     assert run._cache_size() == 1
@@ -100,7 +113,8 @@ def test_written_samples_come_from_the_ema_weights_of_that_step(trained, tmp_pat
     mesh = parallel.make_mesh(config.mesh.to_dict())
     ctx = loop.PeriodicContext(4, result.state, result.graphdef, result.rest, str(tmp_path), mesh)
     grades = task.periodic(4, ctx)
-    assert grades["n"] == 2
+    assert grades["n"] == 2  # the accuracies grade the prompts; the occlusion scenes apart
+    assert 0.0 <= grades["permanence"] <= 1.0
     for i in range(2):
         again = (tmp_path / "samples" / "step_4" / f"{i:03d}.gif").read_bytes()
         with open(os.path.join(stage_dir, "samples", "step_4", f"{i:03d}.gif"), "rb") as f:

@@ -93,10 +93,16 @@ def stage(workdir: str, name: str) -> dict | None:
     evals = [r for r in rows if "eval_psnr" in r]
     if evals:
         out["eval_during_training"] = [
-            {"step": r["step"], "psnr": round(r["eval_psnr"], 2), "ssim": round(r["eval_ssim"], 4)}
+            {"step": r["step"], "psnr": round(r["eval_psnr"], 2), "ssim": round(r["eval_ssim"], 4),
+             # the round trips' grades and object permanence (the DiT's ceilings), where logged
+             **{k[len("eval_") :]: round(r[k], 3) for k in _RECON_KEYS if k in r}}
             for r in evals
-        ]
+        ]  # fmt: skip
     return out
+
+
+_RECON_KEYS = ("eval_recon_color_acc", "eval_recon_shape_acc", "eval_recon_motion_acc",
+               "eval_recon_permanence")  # fmt: skip
 
 
 def timeline_events(path: str) -> list[list[str]]:
@@ -133,6 +139,8 @@ def collect(workdir: str) -> dict:
             result["vae"]["heldout_recon_grades"] = grades
         if "recon_mad_ratio" in vae:  # flicker of the round trip: the continuity ratio's floor
             result["vae"]["heldout_recon_mad_ratio"] = round(vae["recon_mad_ratio"], 3)
+        if "recon_permanence" in vae:  # occlusion scenes kept by the round trip: its ceiling
+            result["vae"]["occlusion_recon_permanence"] = round(vae["recon_permanence"], 3)
     footage = read_json(os.path.join(workdir, "vae", "footage_eval.json"))
     if footage:
         scores = {k.split(":")[-1]: {"psnr": round(v["psnr"], 2), "ssim": round(v["ssim"], 3)}
@@ -335,6 +343,18 @@ def main(argv: list[str] | None = None) -> dict:
     mad = result.get("vae", {}).get("heldout_recon_mad_ratio")
     if mad is not None:
         print(f"VAE round trips' frame differences over the clips' (continuity floor): {mad:.2f}")
+    kept = result.get("vae", {}).get("occlusion_recon_permanence")
+    if kept is not None:
+        print(
+            f"VAE round trips of the occlusion scenes, object permanence (the ceiling): {kept:.2f}"
+        )
+    for row in result.get("dit", {}).get("training_samples", []):
+        print(
+            f"DiT training samples at step {row['step']}: "
+            + ", ".join(
+                f"{k[len('sample_') :]} {v:.2f}" for k, v in row.items() if k.startswith("sample_")
+            )
+        )
     if "eval_sets" in result:
         t2v, variants = result["eval_sets"].get("t2v"), result.get("eval_t2v_variants", {})
         print(markdown(result["eval_sets"]))

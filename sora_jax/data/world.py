@@ -409,3 +409,20 @@ def prompt_suite(cfg: WorldConfig, n: int, *, seed: int = 0) -> list[dict]:
         subject = (color, shape, cfg.sizes[size_i[i]], cfg.motions[motion_i[i]])
         specs.append(build_spec(subject, [], kind, tone, "none", False, False, draws))
     return specs
+
+
+def respec(spec: dict, seed: int, *, motion: str = "", **kwargs) -> dict:
+    """The subject of `spec` (colour, shape, size, motion unless given, background) in a new
+    scene drawn by `make_spec` with `seed` and `kwargs` (occluder, distractors, image, ...)."""
+    s, bg = spec["objects"][0], spec["background"]
+    return make_spec(s["color"], s["shape"], motion or s["motion"], size=s["size"],
+                     background=bg["kind"], tone=bg["tone"], seed=seed, **kwargs)  # fmt: skip
+
+
+def occlusion_suite(cfg: WorldConfig, n: int, *, seed: int = 0, scene_seed: int = 0) -> list[dict]:
+    """n occlusion scenes: the subjects of `prompt_suite(cfg, n, seed=seed)`, each redrawn with a
+    bar that hides it mid-clip (scene i from seed `scene_seed + i`). The evaluation suite's
+    t2v_occlusion set, the DiT's training samples and the VAE's round trips grade them with
+    `sora_jax.evaluate.object_permanence`."""
+    return [respec(s, scene_seed + i, occluder=True)
+            for i, s in enumerate(prompt_suite(cfg, n, seed=seed))]  # fmt: skip

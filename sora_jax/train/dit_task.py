@@ -340,6 +340,11 @@ class TrainingSamples:
     compiles once. Process 0 writes `<stage_dir>/samples/step_<N>/<i>.gif/.mp4/.json` and a
     metrics.jsonl row with `sample_color_acc`, `sample_shape_acc` (and `sample_motion_acc`) and
     `sample_flicker_ratio` (`evaluate.flicker_ratio`: frame-to-frame change over the real clips').
+
+    `dit_train.sample_num_occlusion` > 0 adds that many occlusion scenes (`world.occlusion_suite`,
+    the evaluation suite's t2v_occlusion scenes at `eval.seed` 0, prompted by their long
+    captions), sampled with the rest and graded by `evaluate.object_permanence` into
+    `sample_permanence`; they are written as occlusion_<i>.* and left out of the accuracies.
     """
 
     def __init__(self, task: DiTTask):
@@ -349,6 +354,9 @@ class TrainingSamples:
         n = int(cfg.get("sample_num_prompts", 4))
         self.specs = world_lib.prompt_suite(world_cfg, n, seed=int(scfg.seed))
         self.prompts = [world_lib.describe(s, "short") for s in self.specs]
+        n_occlusion = int(cfg.get("sample_num_occlusion", 0))
+        self.occlusion_specs = world_lib.occlusion_suite(world_cfg, n_occlusion, seed=2)
+        self.occlusion_prompts = [world_lib.describe(s, "long") for s in self.occlusion_specs]
         self.fps = float(world_cfg.fps)
         self.use_ema = bool(cfg.get("sample_use_ema", True))
         self.settings = dict(
@@ -380,20 +388,25 @@ class TrainingSamples:
         return self.generator
 
     def videos(self, ctx) -> np.ndarray:
-        """The prompts' videos from `ctx`'s (EMA) weights, uint8 [N, F, H, W, 3]."""
+        """The prompts' videos, then the occlusion scenes', from `ctx`'s (EMA) weights, uint8
+        [N, F, H, W, 3]."""
         gen = self._generator(ctx.model(use_ema=self.use_ema), ctx.mesh)
-        return gen.generate(self.prompts, **self.settings)
+        return gen.generate(self.prompts + self.occlusion_prompts, **self.settings)
 
     def __call__(self, step: int, ctx) -> dict:
-        videos = self.videos(ctx)
+        all_videos = self.videos(ctx)
+        videos, occluded = all_videos[: len(self.specs)], all_videos[len(self.specs) :]
         per_sample = [evaluate.grade(v, s) for v, s in zip(videos, self.specs, strict=True)]
         grades = evaluate.accuracies(per_sample)
         grades["flicker_ratio"] = evaluate.flicker_ratio(videos, self.specs)
+        kept = [evaluate.object_permanence(v, s) for v, s in zip(occluded, self.occlusion_specs)]
+        if kept:
+            grades["permanence"] = float(np.mean([k["permanent"] for k in kept]))
         if ctx.is_main_process:
             folder = os.path.join(ctx.workdir, "samples", f"step_{step}")
-            self.write(folder, videos, step, per_sample)
+            self.write(folder, all_videos, step, per_sample + kept)
             scalars = {f"sample_{k}": v for k, v in grades.items()
-                       if k.endswith("_acc") or k == "flicker_ratio"}  # fmt: skip
+                       if k.endswith("_acc") or k in ("flicker_ratio", "permanence")}  # fmt: skip
             writer = metrics_lib.create_writer(ctx.workdir, prefix="dit samples ")
             writer.write_scalars(step, {k: v for k, v in scalars.items() if np.isfinite(v)})
             writer.close()
@@ -404,9 +417,13 @@ class TrainingSamples:
         from sora_jax import sample_run  # sample.py builds on this module
 
         weights = "ema" if self.use_ema else "params"
-        rows = zip(self.prompts, self.specs, videos, grades, strict=True)
-        for i, (prompt, spec, video, grade) in enumerate(rows):
+        n = len(self.specs)
+        names = [f"{i:03d}" for i in range(n)]
+        names += [f"occlusion_{i:03d}" for i in range(len(self.occlusion_specs))]
+        prompts, specs = self.prompts + self.occlusion_prompts, self.specs + self.occlusion_specs
+        rows = zip(names, prompts, specs, videos, grades, strict=True)
+        for name, prompt, spec, video, grade in rows:
             meta = {"prompt": prompt, "spec": spec, "step": step, "weights": weights,
                     **self.settings, "grade": grade}  # fmt: skip
-            sample_run.save_video(os.path.join(folder, f"{i:03d}"), video, self.fps, meta)
+            sample_run.save_video(os.path.join(folder, name), video, self.fps, meta)
         logging.info("dit: %d training samples of step %d in %s", len(videos), step, folder)

@@ -212,6 +212,20 @@ def heldout_clips(
     return np.stack([c["video"] for c in clips]), [c["spec"] for c in clips]
 
 
+# Occlusion scenes need frames before and after the bar's window (t < 0.12, t > 0.88).
+PERMANENCE_FRAMES = 9
+
+
+def occlusion_clips(
+    config: ml_collections.ConfigDict, n: int, bucket: buckets_lib.Bucket
+) -> tuple[np.ndarray, list[dict]]:
+    """The first n occlusion scenes of the evaluation suite (at `eval.seed` 0) rendered at the
+    bucket's size, and their specs."""
+    specs = world_lib.occlusion_suite(make_world(config).cfg, n, seed=2, scene_seed=0)
+    f, h, w = bucket.num_frames, bucket.height, bucket.width
+    return np.stack([world_lib.render(s, h, w, f) for s in specs]), specs
+
+
 _EVAL_FNS: dict = {}
 
 
@@ -249,9 +263,16 @@ def evaluate_model(
     of several frames) is the mean |frame f - frame f-1| of the reconstructions over that of the
     clips: flicker the round trip adds to every decoded video, so roughly a floor under the eval
     suite's continuity ratio (boundaries of generated videos against real clips).
+
+    With `vae_train.eval_occlusion_clips` > 0, that many occlusion scenes
+    (`world.occlusion_suite`, the evaluation suite's t2v_occlusion scenes at `eval.seed` 0) are
+    rendered at each bucket of >= 9 frames and their round trips graded by
+    `evaluate.object_permanence` (`recon_permanence_<bucket>`, `recon_permanence`): the share of
+    scenes whose object this VAE keeps through the bar, the ceiling of the DiT's permanence.
     """
     buckets = buckets_lib.parse_buckets(config.vae_train.buckets)
     n = int(config.vae_train.get("eval_clips", 16))
+    n_occlusion = int(config.vae_train.get("eval_occlusion_clips", 0))
     graphdef, state = nnx.split(model)
     run = _eval_fn(graphdef)
     result, latents = {}, []
@@ -271,8 +292,19 @@ def evaluate_model(
             result[f"recon_mad_ratio_{b.name}"] = mad / max(real, 1e-6)
         if with_latents:
             latents.append(means)
+        if n_occlusion and b.num_frames >= PERMANENCE_FRAMES:
+            key = f"occlusion_{b.name}"
+            if cache is None or key not in cache:
+                clips = occlusion_clips(config, n_occlusion, b)
+                if cache is not None:
+                    cache[key] = clips
+            videos, specs = cache[key] if cache is not None else clips
+            recon = np.concatenate([np.asarray(run(state, videos[i : i + b.batch_size])[3])
+                                    for i in range(0, n_occlusion, b.batch_size)])  # fmt: skip
+            kept = [evaluate.object_permanence(r, s)["permanent"] for r, s in zip(recon, specs)]
+            result[f"recon_permanence_{b.name}"] = float(np.mean(kept))
     metrics = ("psnr", "ssim", "recon_color_acc", "recon_shape_acc", "recon_motion_acc",
-               "recon_mad_ratio")  # fmt: skip
+               "recon_mad_ratio", "recon_permanence")  # fmt: skip
     for metric in metrics:
         values = [result[k] for k in (f"{metric}_{b.name}" for b in buckets) if k in result]
         if values:
