@@ -227,13 +227,24 @@ def test_eval_grades_the_reconstructions(monkeypatch):
     config = make_config(buckets=(("5x16x16", 2, 1.0), ("1x16x16", 2, 1.0)), eval_clips=4)
     model = vae_task.VAETask(config).create_model(nnx.Rngs(0))
     got = vae_task.evaluate_model(model, config)
-    bucket = buckets_lib.parse_buckets(config.vae_train.buckets)[0]
-    videos, specs = vae_task.heldout_clips(config, 4, bucket)
+    buckets = buckets_lib.parse_buckets(config.vae_train.buckets)
+    videos, specs = vae_task.heldout_clips(config, 4, buckets[0])
     x = vae_task.to_pixels(jnp.asarray(videos))
     recon = np.asarray(vae_task.to_uint8(model.decode(model.encode(x)[0])))
     want = evaluate.grade_many(list(recon), specs)
     assert got["recon_shape_acc_5x16x16"] == want["shape_acc"]
     assert got["recon_color_acc_5x16x16"] == want["color_acc"]
+    # Frame 0 alone (the image path), per bucket and averaged; a still is its frame 0.
+    x16 = vae_task.to_pixels(jnp.asarray(vae_task.heldout_clips(config, 4, buckets[1])[0]))
+
+    def first(v):
+        return evaluate.psnr(model.decode(model.encode(v)[0])[:, :1], v[:, :1], per_item=True)
+
+    want_first = [float(np.mean(first(v))) for v in (x, x16)]
+    np.testing.assert_allclose([got["psnr_first_5x16x16"], got["psnr_first_1x16x16"]], want_first,
+                               rtol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(got["psnr_first_1x16x16"], got["psnr_1x16x16"], rtol=1e-5)
+    np.testing.assert_allclose(got["psnr_first"], np.mean(want_first), rtol=1e-4)
     # Stills have no motion to grade: the 1-frame bucket reports none, the mean is the 5-frame's.
     assert "recon_motion_acc_1x16x16" not in got
     assert got["recon_motion_acc"] == got["recon_motion_acc_5x16x16"]
@@ -245,7 +256,9 @@ def test_eval_grades_the_reconstructions(monkeypatch):
     assert "recon_mad_ratio_1x16x16" not in got
     assert got["recon_mad_ratio"] == got["recon_mad_ratio_5x16x16"]
     # A lossless round trip grades exactly as the clips themselves (the specs stay aligned).
-    identity = lambda state, video: (np.zeros(len(video)), np.zeros(len(video)), video, video)
+    identity = lambda state, video: (
+        (np.zeros(len(video)),) * 2 + (video, video, np.zeros(len(video)))
+    )
     monkeypatch.setattr(vae_task, "_eval_fn", lambda graphdef: identity)
     lossless = vae_task.evaluate_model(model, config)
     truth = evaluate.grade_many(list(videos), specs)
@@ -274,7 +287,9 @@ def test_eval_grades_object_permanence_of_occlusion_round_trips(monkeypatch):
     assert got["recon_permanence"] == got["recon_permanence_9x32x32"]
     # A lossless round trip grades as the rendered clips do (the specs stay aligned; at 32x32
     # the grader loses one of these three small subjects' shapes on the real clips too).
-    identity = lambda state, video: (np.zeros(len(video)), np.zeros(len(video)), video, video)
+    identity = lambda state, video: (
+        (np.zeros(len(video)),) * 2 + (video, video, np.zeros(len(video)))
+    )
     monkeypatch.setattr(vae_task, "_eval_fn", lambda graphdef: identity)
     truth = [evaluate.object_permanence(v, s)["permanent"] for v, s in zip(videos, specs)]
     assert vae_task.evaluate_model(model, config)["recon_permanence"] == np.mean(truth) == 2 / 3

@@ -219,35 +219,26 @@ def test_report_prints_the_vae_round_trip_grades(tmp_path, capsys):
     run = _run_dir(tmp_path)
     summary = json.loads((run / "summary.json").read_text())
     summary["vae"].update(recon_color_acc=1.0, recon_shape_acc=0.84375, recon_motion_acc=0.9,
-                          recon_mad_ratio=1.4372, recon_permanence=0.90625)  # fmt: skip
+                          recon_mad_ratio=1.4372, recon_permanence=0.90625,
+                          psnr_first=30.1234)  # fmt: skip
     _write(run / "summary.json", summary)
-    with open(run / "vae" / "metrics.jsonl", "a") as f:  # an eval with the round trips' grades
-        f.write(
-            json.dumps(
-                {
-                    "step": 400,
-                    "eval_psnr": 28.0,
-                    "eval_ssim": 0.9,
-                    "eval_recon_shape_acc": 0.65625,
-                    "eval_recon_permanence": 0.75,
-                }
-            )
-            + "\n"
-        )
+    # An eval during training with frame 0's PSNR and the round trips' grades.
+    row = {"step": 400, "eval_psnr": 28.0, "eval_ssim": 0.9, "eval_psnr_first": 29.0,
+           "eval_recon_shape_acc": 0.65625, "eval_recon_permanence": 0.75}  # fmt: skip
+    with open(run / "vae" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    row = {"step": 800, "sample_color_acc": 1.0, "sample_shape_acc": 0.9,
+           "sample_permanence": 0.6875}  # fmt: skip
     with open(run / "dit" / "metrics.jsonl", "a") as f:  # occlusion scenes among the samples
-        f.write(json.dumps({"step": 800, "sample_color_acc": 1.0, "sample_shape_acc": 0.9,
-                            "sample_permanence": 0.6875}) + "\n")  # fmt: skip
+        f.write(json.dumps(row) + "\n")
     out = world_report.main(["--workdir", str(run)])
     assert out["vae"]["heldout_recon_grades"] == {"color": 1.0, "shape": 0.844, "motion": 0.9}
     assert out["vae"]["heldout_recon_mad_ratio"] == 1.437
     assert out["vae"]["occlusion_recon_permanence"] == 0.906
+    assert out["vae"]["heldout_psnr_first_frame_db"] == 30.12
     assert out["vae"]["eval_during_training"][-1] == {
-        "step": 400,
-        "psnr": 28.0,
-        "ssim": 0.9,
-        "recon_shape_acc": 0.656,
-        "recon_permanence": 0.75,
-    }
+        "step": 400, "psnr": 28.0, "ssim": 0.9, "psnr_first": 29.0, "recon_shape_acc": 0.656,
+        "recon_permanence": 0.75}  # fmt: skip
     assert out["dit"]["training_samples"][-1]["sample_permanence"] == 0.6875
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].endswith("videos): color 1.00, shape 0.84, motion 0.90")

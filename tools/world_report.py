@@ -101,8 +101,8 @@ def stage(workdir: str, name: str) -> dict | None:
     return out
 
 
-_RECON_KEYS = ("eval_recon_color_acc", "eval_recon_shape_acc", "eval_recon_motion_acc",
-               "eval_recon_permanence")  # fmt: skip
+_RECON_KEYS = ("eval_psnr_first", "eval_recon_color_acc", "eval_recon_shape_acc",
+               "eval_recon_motion_acc", "eval_recon_permanence")  # fmt: skip
 
 
 def timeline_events(path: str) -> list[list[str]]:
@@ -132,6 +132,8 @@ def collect(workdir: str) -> dict:
     if "psnr" in vae and "vae" in result:
         result["vae"].update(heldout_psnr_db=round(vae["psnr"], 2),
                              heldout_ssim=round(vae["ssim"], 4))  # fmt: skip
+        if "psnr_first" in vae:  # frame 0 alone: the image path image->video's given frame takes
+            result["vae"]["heldout_psnr_first_frame_db"] = round(vae["psnr_first"], 2)
         # The grader on the VAE's round trips: a ceiling for what the DiT's samples can score.
         grades = {k: round(vae[f"recon_{k}_acc"], 3) for k in ("color", "shape", "motion")
                   if f"recon_{k}_acc" in vae}  # fmt: skip

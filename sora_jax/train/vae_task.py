@@ -231,7 +231,7 @@ _EVAL_FNS: dict = {}
 
 def _eval_fn(graphdef):
     """Jitted (state, uint8 video) -> (per-clip PSNR, per-clip SSIM, latent means, uint8
-    reconstructions)."""
+    reconstructions, per-clip PSNR of frame 0)."""
     if graphdef not in _EVAL_FNS:
 
         @jax.jit
@@ -241,7 +241,8 @@ def _eval_fn(graphdef):
             mean, _ = vae.encode(x)
             recon = vae.decode(mean)
             return (evaluate.psnr(recon, x, per_item=True),
-                    evaluate.ssim(recon, x, per_item=True), mean, to_uint8(recon))  # fmt: skip
+                    evaluate.ssim(recon, x, per_item=True), mean, to_uint8(recon),
+                    evaluate.psnr(recon[:, :1], x[:, :1], per_item=True))  # fmt: skip
 
         _EVAL_FNS[graphdef] = run
     return _EVAL_FNS[graphdef]
@@ -254,8 +255,9 @@ def evaluate_model(
     cache: dict | None = None,
     with_latents: bool = False,
 ):
-    """Held-out PSNR and SSIM per bucket (`psnr_<bucket>`, `ssim_<bucket>`) and their means
-    over buckets (`psnr`, `ssim`); with `with_latents`, also the latent means per bucket.
+    """Held-out PSNR and SSIM per bucket (`psnr_<bucket>`, `ssim_<bucket>`, and `psnr_first_`
+    of frame 0 alone, the image path) and their means over buckets (`psnr`, `ssim`,
+    `psnr_first`); with `with_latents`, also the latent means per bucket.
 
     The reconstructions are also graded against their specs (`recon_{color,shape,motion}_acc`
     per bucket and averaged; sora_jax.evaluate.grade): what survives the round trip bounds what
@@ -283,9 +285,12 @@ def evaluate_model(
                 cache[b.name] = clips
         videos, specs = cache[b.name] if cache is not None else clips
         outs = [run(state, videos[i : i + b.batch_size]) for i in range(0, n, b.batch_size)]
-        psnr, ssim, means, recon = (np.concatenate([np.asarray(x) for x in z]) for z in zip(*outs))
+        psnr, ssim, means, recon, first = (np.concatenate([np.asarray(x) for x in z])
+                                           for z in zip(*outs))  # fmt: skip
         result[f"psnr_{b.name}"] = float(np.mean(psnr))
         result[f"ssim_{b.name}"] = float(np.mean(ssim))
+        # Frame 0 is encoded alone: the image path that image->video's given frame takes.
+        result[f"psnr_first_{b.name}"] = float(np.mean(first))
         result.update(_recon_grades(recon, specs, b.name))
         if b.num_frames > 1:
             mad, real = (evaluate.mean_frame_difference(v) for v in (recon, videos))
@@ -303,8 +308,8 @@ def evaluate_model(
                                     for i in range(0, n_occlusion, b.batch_size)])  # fmt: skip
             kept = [evaluate.object_permanence(r, s)["permanent"] for r, s in zip(recon, specs)]
             result[f"recon_permanence_{b.name}"] = float(np.mean(kept))
-    metrics = ("psnr", "ssim", "recon_color_acc", "recon_shape_acc", "recon_motion_acc",
-               "recon_mad_ratio", "recon_permanence")  # fmt: skip
+    metrics = ("psnr", "ssim", "psnr_first", "recon_color_acc", "recon_shape_acc",
+               "recon_motion_acc", "recon_mad_ratio", "recon_permanence")  # fmt: skip
     for metric in metrics:
         values = [result[k] for k in (f"{metric}_{b.name}" for b in buckets) if k in result]
         if values:
@@ -328,7 +333,7 @@ def evaluate_videos(model: vae_lib.CausalVAE, videos: dict[str, np.ndarray]) -> 
     run = _eval_fn(graphdef)
     out = {}
     for name, video in videos.items():
-        p, s, _, _ = run(state, np.asarray(video, np.uint8)[None])
+        p, s, *_ = run(state, np.asarray(video, np.uint8)[None])
         out[name] = {"psnr": float(np.asarray(p)[0]), "ssim": float(np.asarray(s)[0]),
                      "shape": list(np.shape(video))}  # fmt: skip
     return out
