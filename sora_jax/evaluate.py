@@ -335,7 +335,9 @@ def flicker_ratio(videos: Sequence[np.ndarray], specs: Sequence[dict]) -> float:
     over that of the renders. ~1 = as smooth as the world; a DiT whose latent frames disagree
     (objects that jump, double or change shape between frames) scores several times that,
     before its shapes and motions can be graded. NaN without a video of >= 2 frames whose real
-    clip moves."""
+    clip moves. A short prompt names only the subject, so a model that draws the world's
+    occluding bars or camera pans for it (as its training clips have them) also scores above 1
+    against the prompt's bare scene: `sweeps` tells those samples apart."""
     if len(videos) != len(specs):
         raise ValueError(f"Got {len(videos)} videos but {len(specs)} specs; expected one each.")
     pairs = [(_as_uint8(v), s) for v, s in zip(videos, specs, strict=True)]
@@ -345,6 +347,17 @@ def flicker_ratio(videos: Sequence[np.ndarray], specs: Sequence[dict]) -> float:
     if real_mad <= 0.0:
         return float("nan")
     return mean_frame_difference([v for v, _ in pairs]) / real_mad
+
+
+def sweeps(video: np.ndarray, *, level: int = 24, fraction: float = 0.9) -> bool:
+    """Whether a whole column or row of the frame changes between two consecutive frames (by
+    > `level` in some channel over >= `fraction` of its length): an occluding bar passing or the
+    camera panning over a textured background, which a moving object alone never does."""
+    v = _as_uint8(video).astype(np.int16)
+    if len(v) < 2:
+        return False
+    changed = np.abs(np.diff(v, axis=0)).max(-1) > level  # [F - 1, H, W]
+    return bool((changed.mean(1) >= fraction).any() or (changed.mean(2) >= fraction).any())
 
 
 def boundaries(given: Sequence[bool]) -> list[int]:
