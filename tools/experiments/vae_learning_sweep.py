@@ -7,9 +7,10 @@ Prints held-out PSNR (all frames, and frame 0 alone: the image path that image->
 and the grader's colour/shape accuracy on reconstructions at 300, 600, 800, 1200, 2400 and 4800
 steps, and writes $OUT/vs_NAME.json. NORM=none|ln|gn swaps the VAE's RMS norm (diagnostic only).
 Arguments (JSON): steps, B (batch), lr, b2, clip, rng, loss (l2 | l1l2), w0 (loss weight of
-frame 0), and the VAE: bc (base channels), mults, nres, td (temporal downsampling per level),
-z, sc (shortcuts), patch (patch_size), dtype; the data: res, frames, full_world
-(configs/world.py's world instead of the one-object one); evals (steps to evaluate at).
+frame 0), seed (initialisation and training clips), and the VAE: bc (base channels), mults,
+nres, td (temporal downsampling per level), z, sc (shortcuts), patch (patch_size), dtype; the
+data: res, frames, full_world (configs/world.py's world instead of the one-object one); evals
+(steps to evaluate at).
 The world VAE of configs/world.py, for example:
 
   python tools/experiments/vae_learning_sweep.py world '{"full_world": true, "res": 64,
@@ -78,8 +79,11 @@ else:  # configs/tiny.py's world: one object on a flat background
 w = world_lib.World(wcfg)
 
 
+SEED = A.get("seed", 0)  # the VAE's initialisation and the training clips (held-out ones fixed)
+
+
 def clips(s, B, F):
-    return [w.clip(s * B + i, res, res, F) for i in range(B)]
+    return [w.clip(SEED * 500_000 + s * B + i, res, res, F) for i in range(B)]
 
 
 def batch(s, B, F):
@@ -102,7 +106,7 @@ cfg = v.VAEConfig(
     patch_size=A.get("patch", 1),
     dtype=A.get("dtype", "float32"),
 )
-m = v.CausalVAE(cfg, rngs=nnx.Rngs(0))
+m = v.CausalVAE(cfg, rngs=nnx.Rngs(SEED))
 m.quant_conv.bias.value = m.quant_conv.bias[...].at[z:].set(-8.0)
 g, p = nnx.split(m)
 chain = [optax.clip_by_global_norm(1.0)] if A.get("clip", True) else []
