@@ -76,6 +76,7 @@ _SECTIONS = {
         "eval_every_steps": _NONNEG_INT,
         "eval_clips": _POS_INT,
         "eval_occlusion_clips": _NONNEG_INT,
+        "first_frame_weight": _NONNEG,
     },
     "dit_train": {
         **_TRAIN,
