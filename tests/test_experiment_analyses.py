@@ -1,4 +1,5 @@
-"""evaluate.sweeps and tools/experiments/sample_sweeps.py: bars the prompt did not ask for."""
+"""Analyses of world runs: evaluate.sweeps and tools/experiments/sample_sweeps.py (bars the
+prompt did not ask for), tools/experiments/blur_permanence.py (permanence of blurred scenes)."""
 
 import json
 import os
@@ -10,6 +11,7 @@ from sora_jax import evaluate, sample_run
 from sora_jax.data import world
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "experiments"))
+import blur_permanence  # noqa: E402
 import sample_sweeps  # noqa: E402
 
 CFG = world.WorldConfig(resolutions=((64, 64),), num_frames=(17,))
@@ -43,3 +45,19 @@ def test_split_compares_bar_samples_with_the_bare_scenes_of_their_prompts(tmp_pa
     np.testing.assert_allclose(rows["flicker_ratio_with_bar"], want)
     assert want > 2.0
     np.testing.assert_allclose(rows["flicker_ratio"], evaluate.flicker_ratio(videos, specs))
+
+
+def test_blur_permanence_grades_the_suites_scenes_blurred():
+    rows = blur_permanence.main(["--sigmas=0,3", "--scenes=4"])
+    assert [r["sigma"] for r in rows] == [0.0, 3.0]
+    sharp, blurred = rows
+    assert sharp["permanence"] == 1.0 and sharp["psnr_db"] > 100  # the clips themselves
+    assert blurred["psnr_db"] < 30
+    video = world.render(world.occlusion_suite(CFG, 1, seed=2)[0], 64, 64, 17)
+    np.testing.assert_array_equal(blur_permanence.blur(video, 0.0), video)
+    soft = blur_permanence.blur(video, 2.0)
+    assert soft.dtype == np.uint8 and soft.shape == video.shape
+    assert (
+        np.abs(np.diff(soft.astype(int), axis=2)).max()
+        < np.abs(np.diff(video.astype(int), axis=2)).max()
+    )
