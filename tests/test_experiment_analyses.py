@@ -45,6 +45,7 @@ def test_split_compares_bar_samples_with_the_bare_scenes_of_their_prompts(tmp_pa
     np.testing.assert_allclose(rows["flicker_ratio_with_bar"], want)
     assert want > 2.0
     np.testing.assert_allclose(rows["flicker_ratio"], evaluate.flicker_ratio(videos, specs))
+    assert (rows["kept_with_bar"], rows["kept_without_bar"]) == (2, 2)  # real clips keep it
 
 
 def test_blur_permanence_grades_the_suites_scenes_blurred():

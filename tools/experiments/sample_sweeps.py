@@ -6,7 +6,9 @@ Reads every step_<N>/ folder of the DiT's graded training samples (each sample's
 .json sidecar with the spec) and splits the samples by `evaluate.sweeps` (a whole column or row
 of the frame changes between two frames: an occluding bar passing). A short prompt names only
 the subject, and the flicker ratio compares each sample with its prompt's bare scene, so a
-sample that draws one of the world's bars changes far more per frame than its reference. For
+sample that draws one of the world's bars changes far more per frame than its reference. Each
+group also counts the samples that keep their object (`evaluate.object_permanence` against the
+prompt's spec: seen first and last, at the size, of one shape; through their bar if any). For
 scale it also counts the bars in as many clips of the training world (configs/world.py at
 --size). Prints one row per step and writes the rows as JSON with --out.
 """
@@ -54,6 +56,9 @@ def split(videos: list[np.ndarray], specs: list[dict]) -> dict:
     bar = [evaluate.sweeps(v) for v in videos]
     row = {"samples": len(videos), "with_bar": int(sum(bar)),
            "flicker_ratio": evaluate.flicker_ratio(videos, specs)}  # fmt: skip
+    # `evaluate.object_permanence` of each sample against its prompt's spec: the subject seen in
+    # the first and the last frames at the size and of the same shape (through the bar if any).
+    kept = [evaluate.object_permanence(v, s)["permanent"] for v, s in zip(videos, specs)]
     for name, keep in (("with_bar", True), ("without_bar", False)):
         pick = [i for i, b in enumerate(bar) if b == keep]
         row[f"flicker_ratio_{name}"] = (
@@ -61,6 +66,7 @@ def split(videos: list[np.ndarray], specs: list[dict]) -> dict:
             if pick
             else float("nan")
         )
+        row[f"kept_{name}"] = int(sum(kept[i] for i in pick))
     return row
 
 
@@ -97,7 +103,8 @@ def main(argv=None) -> list[dict]:
         with_bar, without = row["flicker_ratio_with_bar"], row["flicker_ratio_without_bar"]
         print(f"step {row['step']}: {row['with_bar']} of {row['samples']} samples draw a bar; "
               f"flicker ratio {row['flicker_ratio']:.2f} (with a bar {with_bar:.2f}, "
-              f"without {without:.2f})")  # fmt: skip
+              f"without {without:.2f}); the object kept through the clip by "
+              f"{row['kept_with_bar']} with a bar, {row['kept_without_bar']} without")  # fmt: skip
     result = {"samples": os.path.abspath(args.samples), "steps": rows}
     if args.world_clips:
         size = tuple(int(x) for x in args.size.split("x"))
