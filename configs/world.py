@@ -1,7 +1,7 @@
 """The world model of issue 9: VAE + DiT on the synthetic world, sized for one H100/H200.
 
 One command trains the VAE (10,000 steps, ~6 min on an H200), caches latents, trains the DiT
-(12,000 steps of 256 clips, ~14 min) and runs the evaluation suite (sora_jax/eval_suite.py:
+(12,000 steps of 256 clips, ~15 min) and runs the evaluation suite (sora_jax/eval_suite.py:
 every generation mode, graded):
 
   python -m sora_jax.main --config=configs/world.py --workdir=/tmp/world
@@ -236,12 +236,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         ema_decay=0.999,
         log_every_steps=200,
         checkpoint_every_steps=1000,
-        # VAE ~390 s + DiT ~850 s (latent caches ~50 s, the steps at 15.9/s, three sample
-        # rounds ~40 s) + eval ~60 s: ~1,300 s, and the machine's start 90-270 s, of the
-        # session's 1,800 (the eleventh run's 15,000 DiT steps needed ~1,800 with its start). The
-        # stage must end by its step count for a re-run to repeat it (a stop by time lands on
-        # another step), so the cap is far above the expected time: only a much slower machine
-        # meets it (rerun the stage to train on).
+        # VAE ~390 s + DiT ~890 s (latent caches ~50 s, the steps at 15.9/s, three sample
+        # rounds ~40 s, ~80 s with their occlusion scenes: twice the videos) + eval ~60 s:
+        # ~1,340 s, and the machine's start 90-270 s, of the session's 1,800 (the eleventh run's
+        # 15,000 DiT steps needed ~1,800 with its start). The stage must end by its step count
+        # for a re-run to repeat it (a stop by time lands on another step), so the cap is far
+        # above the expected time: only a much slower machine meets it (rerun the stage to train
+        # on).
         max_train_seconds=1800,
         # ('FRAMESxHEIGHTxWIDTH', batch, weight): tokens per clip in brackets. Each bucket is
         # one compile of the step (and of the latent-cache encode), so there are few, and
