@@ -27,7 +27,10 @@ Metrics per set (`evaluate.py` holds their definitions):
   flicker_ratio (text-only sets)     `evaluate.flicker_ratio`: the mean |frame f - frame f-1| of
                                      the outputs over that of the specs' real clips (~1 = as
                                      smooth as the world; objects that jump or change shape
-                                     between frames raise it)
+                                     between frames raise it, and so do bars a short prompt
+                                     did not ask for); bar_rate, the share of outputs where
+                                     a bar passes (`evaluate.sweeps`), and
+                                     flicker_ratio_without_bar, the ratio over the others
 and for the whole model: the DiT's rectified-flow validation loss at fixed t on held-out world
 clips (another world seed), and the VAE's held-out PSNR/SSIM.
 
@@ -264,6 +267,7 @@ def score(name: str, cases: Sequence[eval_cases.Case], videos: Sequence[np.ndarr
             metrics[size] = {k: g[k] for k in ("color_acc", "shape_acc", "motion_acc", "n")}
     if cases and cases[0].truth is None:  # text-only sets: the specs' renders are the truth
         metrics["flicker_ratio"] = evaluate.flicker_ratio(videos, [c.spec for c in cases])
+        metrics.update(evaluate.bar_metrics(videos, [c.spec for c in cases]))
     if cases and cases[0].truth is not None:
         metrics["last_color_acc"] = _mean(
             r["last_color"] == c.spec["objects"][0]["color"] for r, c in zip(records, cases)

@@ -337,7 +337,7 @@ def flicker_ratio(videos: Sequence[np.ndarray], specs: Sequence[dict]) -> float:
     before its shapes and motions can be graded. NaN without a video of >= 2 frames whose real
     clip moves. A short prompt names only the subject, so a model that draws the world's
     occluding bars or camera pans for it (as its training clips have them) also scores above 1
-    against the prompt's bare scene: `sweeps` tells those samples apart."""
+    against the prompt's bare scene: `sweeps` tells those samples apart (`bar_metrics`)."""
     if len(videos) != len(specs):
         raise ValueError(f"Got {len(videos)} videos but {len(specs)} specs; expected one each.")
     pairs = [(_as_uint8(v), s) for v, s in zip(videos, specs, strict=True)]
@@ -358,6 +358,22 @@ def sweeps(video: np.ndarray, *, level: int = 24, fraction: float = 0.9) -> bool
         return False
     changed = np.abs(np.diff(v, axis=0)).max(-1) > level  # [F - 1, H, W]
     return bool((changed.mean(1) >= fraction).any() or (changed.mean(2) >= fraction).any())
+
+
+def bar_metrics(videos: Sequence[np.ndarray], specs: Sequence[dict]) -> dict:
+    """`bar_rate`: the share of the videos in which `sweeps` sees a bar pass (prompted in the
+    occlusion scenes; in a short prompt's video, one the model added), and
+    `flicker_ratio_without_bar`: `flicker_ratio` over the other videos (NaN if none)."""
+    bar = [sweeps(v) for v in videos]
+    rest = [i for i, b in enumerate(bar) if not b]
+    return {
+        "bar_rate": float(np.mean(bar)) if bar else float("nan"),
+        "flicker_ratio_without_bar": (
+            flicker_ratio([videos[i] for i in rest], [specs[i] for i in rest])
+            if rest
+            else float("nan")
+        ),
+    }
 
 
 def boundaries(given: Sequence[bool]) -> list[int]:

@@ -254,6 +254,7 @@ def test_eval_suite_runs_every_set_at_micro_size(tmp_path):
     assert summary["sets"]["i2v"]["given_psnr"] > 0
     assert np.isfinite(summary["sets"]["extend_forward"]["continuity_ratio"])
     assert summary["sets"]["t2v"]["flicker_ratio"] > 0  # text-only sets: against the specs' clips
+    assert 0.0 <= summary["sets"]["t2v"]["bar_rate"] <= 1.0  # bars the short prompts left open
     assert "flicker_ratio" not in summary["sets"]["i2v"]  # conditioned: continuity_ratio
     assert "9x32x32" in summary["sets"]["t2v_sweep"]
     assert len(summary["val_loss"]) == 5 and all(v > 0 for v in summary["val_loss"].values())
@@ -267,6 +268,7 @@ def test_eval_suite_runs_every_set_at_micro_size(tmp_path):
     videos, seeds = eval_files.load_videos(str(out / "t2v_occlusion_videos.npz"))
     detail = json.loads((out / "t2v_occlusion.json").read_text())
     assert list(seeds) == [r["seed"] for r in detail["samples"]]
+    assert detail["metrics"]["bar_rate"] == np.mean([evaluate.sweeps(v) for v in videos])
     cases = eval_cases.build_suite(c)["t2v_occlusion"]
     for v, case, rec in zip(videos, cases, detail["samples"], strict=True):
         assert v.dtype == np.uint8 and evaluate.object_permanence(v, case.spec) == rec["permanence"]

@@ -46,6 +46,11 @@ def test_split_compares_bar_samples_with_the_bare_scenes_of_their_prompts(tmp_pa
     assert want > 2.0
     np.testing.assert_allclose(rows["flicker_ratio"], evaluate.flicker_ratio(videos, specs))
     assert (rows["kept_with_bar"], rows["kept_without_bar"]) == (2, 2)  # real clips keep it
+    # What the eval suite and the training samples log of the same videos.
+    bars = evaluate.bar_metrics(videos, specs)
+    assert bars["bar_rate"] == 0.5
+    assert bars["flicker_ratio_without_bar"] == rows["flicker_ratio_without_bar"]
+    assert np.isnan(evaluate.bar_metrics([videos[1]], [specs[1]])["flicker_ratio_without_bar"])
 
 
 def test_blur_permanence_grades_the_suites_scenes_blurred():

@@ -93,6 +93,7 @@ def test_samples_written_at_every_nth_step_with_the_grader_in_the_metrics(traine
         assert r["sample_shape_acc"] == np.mean(shape_ok[r["step"]])
         # How much the frames change against the real clips of the prompts (untrained: noise).
         assert r["sample_flicker_ratio"] > 0.0
+        assert 0.0 <= r["sample_bar_rate"] <= 1.0  # bars the prompts did not ask for
         # The occlusion scenes: sampled with the prompts, graded by object permanence only.
         kept = []
         for i, spec in enumerate(task.samples.occlusion_specs):

@@ -339,7 +339,9 @@ class TrainingSamples:
     goes through one `sora_jax.sample.Generator` that gets the new weights each time, so it
     compiles once. Process 0 writes `<stage_dir>/samples/step_<N>/<i>.gif/.mp4/.json` and a
     metrics.jsonl row with `sample_color_acc`, `sample_shape_acc` (and `sample_motion_acc`) and
-    `sample_flicker_ratio` (`evaluate.flicker_ratio`: frame-to-frame change over the real clips').
+    `sample_flicker_ratio` (`evaluate.flicker_ratio`: frame-to-frame change over the real clips'),
+    `sample_bar_rate` and `sample_flicker_ratio_without_bar` (`evaluate.bar_metrics`: how often
+    the model drew a bar the short prompt did not ask for, and the flicker of the others).
 
     `dit_train.sample_num_occlusion` > 0 adds that many occlusion scenes (`world.occlusion_suite`,
     the evaluation suite's t2v_occlusion scenes at `eval.seed` 0, prompted by their long
@@ -399,6 +401,7 @@ class TrainingSamples:
         per_sample = [evaluate.grade(v, s) for v, s in zip(videos, self.specs, strict=True)]
         grades = evaluate.accuracies(per_sample)
         grades["flicker_ratio"] = evaluate.flicker_ratio(videos, self.specs)
+        grades.update(evaluate.bar_metrics(videos, self.specs))  # bars the prompts left open
         kept = [evaluate.object_permanence(v, s) for v, s in zip(occluded, self.occlusion_specs)]
         if kept:
             grades["permanence"] = float(np.mean([k["permanent"] for k in kept]))
@@ -406,7 +409,8 @@ class TrainingSamples:
             folder = os.path.join(ctx.workdir, "samples", f"step_{step}")
             self.write(folder, all_videos, step, per_sample + kept)
             scalars = {f"sample_{k}": v for k, v in grades.items()
-                       if k.endswith("_acc") or k in ("flicker_ratio", "permanence")}  # fmt: skip
+                       if k.endswith("_acc") or k.startswith("flicker_ratio")
+                       or k in ("bar_rate", "permanence")}  # fmt: skip
             writer = metrics_lib.create_writer(ctx.workdir, prefix="dit samples ")
             writer.write_scalars(step, {k: v for k, v in scalars.items() if np.isfinite(v)})
             writer.close()
