@@ -310,7 +310,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # latent frames (vae above). Its frames are 4x the pixels of runs 1-9 in twice the
         # channels, so it trains and samples at 2; the eval suite's variants sample at 1 and 3.
         # The training samples' `sample_flicker_ratio` at 5,000 steps tells early which way a
-        # run goes (the tenth run's: 8.6x; the world's own clips: 1.0).
+        # run goes (the tenth run's: 8.6x, bars drawn in 46 of 48 samples; the eleventh's 5.5x,
+        # bars in 27: `sample_bar_rate`; without them 3.5x and 2.5x; the world's clips: 1.0).
         shift=2.0,
         # Conditioning modes drawn per training sample (sora_jax/diffusion/conditioning.py):
         # one model for text->video, image->video, extension, connection, infill and loops.
