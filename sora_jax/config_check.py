@@ -18,6 +18,7 @@ from typing import Any
 
 import ml_collections
 
+from sora_jax import evaluate
 from sora_jax.diffusion import samplers
 
 
@@ -178,8 +179,9 @@ def check(config: ml_collections.ConfigDict) -> None:
     train, sample = config.get("dit_train"), config.get("sample")
     if train is not None and sample is not None and train.get("sample_num_occlusion", 0):
         # Occlusion scenes are graded on frames before and after the bar's window.
-        frames = sample.get("num_frames", 0)
-        if not _int(frames) or frames < 9:
-            raise ValueError(f"config.dit_train.sample_num_occlusion="
-                             f"{train.sample_num_occlusion} needs config.sample.num_frames >= 9 "
-                             f"(frames before and after the bar), got {frames!r}.")  # fmt: skip
+        frames, least = sample.get("num_frames", 0), evaluate.PERMANENCE_FRAMES
+        if not _int(frames) or frames < least:
+            n = train.sample_num_occlusion
+            raise ValueError(f"config.dit_train.sample_num_occlusion={n} needs "
+                             f"config.sample.num_frames >= {least} (frames before and after the "
+                             f"bar), got {frames!r}.")  # fmt: skip

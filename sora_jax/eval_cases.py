@@ -155,8 +155,7 @@ def build_suite(config: ml_collections.ConfigDict) -> dict[str, list[Case]]:
     sets["t2v"] = text(_prompt_specs(cfg, n, seed), "short")
     if cfg.holdout:
         sets["t2v_holdout"] = text(_prompt_specs(cfg, m, seed + 1, split="holdout"), "short")
-    occluded = world_lib.occlusion_suite(cfg, occlusion_count(ec), seed=seed + 2,
-                                         scene_seed=seed * 7919)  # fmt: skip
+    occluded = world_lib.occlusion_suite(cfg, occlusion_count(ec), seed=seed)
     sets["t2v_occlusion"] = text(occluded, "long")
     base = _prompt_specs(cfg, m, seed + 3)
     multi = [world_lib.respec(s, seed * 7919 + i, distractors=_distractors(cfg, s, 1 + i % 2, rng))

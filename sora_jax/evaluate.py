@@ -227,6 +227,8 @@ def accuracy_by_shape(specs: Sequence[dict], shape_right: Sequence[bool]) -> dic
 # ---- object permanence and continuity (occlusion scenes, conditioned modes) ----
 
 _CLEAR_T = 0.12  # the world's occluder never touches the subject at t < 0.12 or t > 0.88
+# Clips this long have frames on both sides of that window to grade (occlusion scenes).
+PERMANENCE_FRAMES = 9
 
 
 def _subject_area(spec: dict, height: int, width: int, t: float) -> float:

@@ -419,10 +419,11 @@ def respec(spec: dict, seed: int, *, motion: str = "", **kwargs) -> dict:
                      background=bg["kind"], tone=bg["tone"], seed=seed, **kwargs)  # fmt: skip
 
 
-def occlusion_suite(cfg: WorldConfig, n: int, *, seed: int = 0, scene_seed: int = 0) -> list[dict]:
-    """n occlusion scenes: the subjects of `prompt_suite(cfg, n, seed=seed)`, each redrawn with a
-    bar that hides it mid-clip (scene i from seed `scene_seed + i`). The evaluation suite's
-    t2v_occlusion set, the DiT's training samples and the VAE's round trips grade them with
+def occlusion_suite(cfg: WorldConfig, n: int, *, seed: int = 0) -> list[dict]:
+    """The evaluation suite's n occlusion scenes (its t2v_occlusion set) for `eval.seed` = seed:
+    the subjects of `prompt_suite(cfg, n, seed=seed + 2)`, each redrawn with a bar that hides it
+    mid-clip (scene i from seed `seed * 7919 + i`, the suite's rule for redrawn scenes). The
+    suite, the DiT's training samples and the VAE's round trips grade them with
     `sora_jax.evaluate.object_permanence`."""
-    return [respec(s, scene_seed + i, occluder=True)
-            for i, s in enumerate(prompt_suite(cfg, n, seed=seed))]  # fmt: skip
+    return [respec(s, seed * 7919 + i, occluder=True)
+            for i, s in enumerate(prompt_suite(cfg, n, seed=seed + 2))]  # fmt: skip

@@ -357,7 +357,7 @@ class TrainingSamples:
         self.specs = world_lib.prompt_suite(world_cfg, n, seed=int(scfg.seed))
         self.prompts = [world_lib.describe(s, "short") for s in self.specs]
         n_occlusion = int(cfg.get("sample_num_occlusion", 0))
-        self.occlusion_specs = world_lib.occlusion_suite(world_cfg, n_occlusion, seed=2)
+        self.occlusion_specs = world_lib.occlusion_suite(world_cfg, n_occlusion)
         self.occlusion_prompts = [world_lib.describe(s, "long") for s in self.occlusion_specs]
         self.fps = float(world_cfg.fps)
         self.use_ema = bool(cfg.get("sample_use_ema", True))

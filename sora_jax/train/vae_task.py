@@ -212,16 +212,12 @@ def heldout_clips(
     return np.stack([c["video"] for c in clips]), [c["spec"] for c in clips]
 
 
-# Occlusion scenes need frames before and after the bar's window (t < 0.12, t > 0.88).
-PERMANENCE_FRAMES = 9
-
-
 def occlusion_clips(
     config: ml_collections.ConfigDict, n: int, bucket: buckets_lib.Bucket
 ) -> tuple[np.ndarray, list[dict]]:
     """The first n occlusion scenes of the evaluation suite (at `eval.seed` 0) rendered at the
     bucket's size, and their specs."""
-    specs = world_lib.occlusion_suite(make_world(config).cfg, n, seed=2, scene_seed=0)
+    specs = world_lib.occlusion_suite(make_world(config).cfg, n)
     f, h, w = bucket.num_frames, bucket.height, bucket.width
     return np.stack([world_lib.render(s, h, w, f) for s in specs]), specs
 
@@ -268,22 +264,26 @@ def evaluate_model(
 
     With `vae_train.eval_occlusion_clips` > 0, that many occlusion scenes
     (`world.occlusion_suite`, the evaluation suite's t2v_occlusion scenes at `eval.seed` 0) are
-    rendered at each bucket of >= 9 frames and their round trips graded by
-    `evaluate.object_permanence` (`recon_permanence_<bucket>`, `recon_permanence`): the share of
-    scenes whose object this VAE keeps through the bar, the ceiling of the DiT's permanence.
+    rendered at each bucket of >= `evaluate.PERMANENCE_FRAMES` frames and their round trips
+    graded by `evaluate.object_permanence` (`recon_permanence_<bucket>`, `recon_permanence`):
+    the share of scenes whose object this VAE keeps through the bar, the ceiling of the DiT's
+    permanence.
     """
     buckets = buckets_lib.parse_buckets(config.vae_train.buckets)
     n = int(config.vae_train.get("eval_clips", 16))
     n_occlusion = int(config.vae_train.get("eval_occlusion_clips", 0))
     graphdef, state = nnx.split(model)
     run = _eval_fn(graphdef)
+    cache = {} if cache is None else cache  # rendered clips by name, kept for the next call
+
+    def clips(key: str, make, count: int, bucket) -> tuple[np.ndarray, list[dict]]:
+        if key not in cache:
+            cache[key] = make(config, count, bucket)
+        return cache[key]
+
     result, latents = {}, []
     for b in buckets:
-        if cache is None or b.name not in cache:
-            clips = heldout_clips(config, n, b)
-            if cache is not None:
-                cache[b.name] = clips
-        videos, specs = cache[b.name] if cache is not None else clips
+        videos, specs = clips(b.name, heldout_clips, n, b)
         outs = [run(state, videos[i : i + b.batch_size]) for i in range(0, n, b.batch_size)]
         psnr, ssim, means, recon, first = (np.concatenate([np.asarray(x) for x in z])
                                            for z in zip(*outs))  # fmt: skip
@@ -297,13 +297,8 @@ def evaluate_model(
             result[f"recon_mad_ratio_{b.name}"] = mad / max(real, 1e-6)
         if with_latents:
             latents.append(means)
-        if n_occlusion and b.num_frames >= PERMANENCE_FRAMES:
-            key = f"occlusion_{b.name}"
-            if cache is None or key not in cache:
-                clips = occlusion_clips(config, n_occlusion, b)
-                if cache is not None:
-                    cache[key] = clips
-            videos, specs = cache[key] if cache is not None else clips
+        if n_occlusion and b.num_frames >= evaluate.PERMANENCE_FRAMES:
+            videos, specs = clips(f"occlusion_{b.name}", occlusion_clips, n_occlusion, b)
             recon = np.concatenate([np.asarray(run(state, videos[i : i + b.batch_size])[3])
                                     for i in range(0, n_occlusion, b.batch_size)])  # fmt: skip
             kept = [evaluate.object_permanence(r, s)["permanent"] for r, s in zip(recon, specs)]

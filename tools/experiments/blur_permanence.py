@@ -15,7 +15,6 @@ per subject size) and writes them as JSON with --out.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -25,17 +24,13 @@ from scipy.ndimage import gaussian_filter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+import aot_compile  # noqa: E402  (tools/aot_compile.py: a config file by path)
 
 from sora_jax import eval_cases, evaluate  # noqa: E402
 from sora_jax.data import world  # noqa: E402
 from sora_jax.train import vae_task  # noqa: E402
-
-
-def load_config(path: str):
-    spec = importlib.util.spec_from_file_location("blur_permanence_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def blur(video: np.ndarray, sigma: float) -> np.ndarray:
@@ -68,12 +63,10 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--scenes", type=int, default=0, help="0 = eval.occlusion_prompts")
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
-    config = load_config(args.config)
+    config = aot_compile.load_config(args.config, [])
     n = args.scenes or eval_cases.occlusion_count(config.eval)
     f, h, w = eval_cases.parse_shape(config.eval.shape)
-    specs = world.occlusion_suite(vae_task.make_world(config).cfg, n,
-                                  seed=int(config.eval.seed) + 2,
-                                  scene_seed=int(config.eval.seed) * 7919)  # fmt: skip
+    specs = world.occlusion_suite(vae_task.make_world(config).cfg, n, seed=int(config.eval.seed))
     clips = [world.render(s, h, w, f) for s in specs]
     rows = []
     for sigma in (float(x) for x in args.sigmas.split(",")):

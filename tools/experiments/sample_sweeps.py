@@ -24,7 +24,7 @@ import sys
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "configs"))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 from PIL import Image, ImageSequence  # noqa: E402
 
@@ -72,11 +72,12 @@ def split(videos: list[np.ndarray], specs: list[dict]) -> dict:
 
 def world_bar_rate(n: int, size: tuple[int, int, int]) -> float:
     """The share of n training clips of configs/world.py's world (F, H, W) with a bar."""
-    import world as world_config  # configs/world.py
+    import aot_compile  # tools/aot_compile.py: a config file by path
 
     from sora_jax.train import vae_task
 
-    source = vae_task.make_world(world_config.get_config())
+    config = aot_compile.load_config(os.path.join(ROOT, "configs", "world.py"), [])
+    source = vae_task.make_world(config)
     f, h, w = size
     return float(np.mean([evaluate.sweeps(source.clip(i, h, w, f)["video"]) for i in range(n)]))
 
