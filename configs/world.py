@@ -27,9 +27,10 @@ compile of the train step, so there are five). The VAE compresses 4x16x16 to 32 
 17x128x128 clip -> 5x8x8x32 latents); the DiT (~30M parameters) patches 1x2x2, so a 17x128x128
 clip is 80 tokens and batches are large. Runs 1-9 rendered the world at 64x64 through a 4x8x8
 VAE to 16 channels: the same 8x8 latent frames and tokens, but small subjects then covered about
-one latent pixel of 16 channels, and the DiT drew their shapes wrong (README, "World model, ninth
-full run"). The tenth run kept that VAE at 128x128 (16x16 latents, 1x4x4 patches) and its DiT
-drew no motion; tools/experiments/world_res_ab.sh compares the sizes side by side.
+one latent pixel of 16 channels, and the DiT drew their shapes wrong
+(tools/bench/results/world_runs.md, "World model, ninth full run"). The tenth run kept that VAE
+at 128x128 (16x16 latents, 1x4x4 patches) and its DiT drew no motion;
+tools/experiments/world_res_ab.sh compares the sizes side by side.
 
 Measured on an H200 at 128x128 (tools/bench/results/world_h200_run11_noeval.json, 2026-12-05):
 the VAE (2x2 patches, one 17x128x128 bucket at batch 8, clips rendered by 8 worker processes)
@@ -92,10 +93,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # channels; at 128x128 that left 16x16 latent frames, on which the tenth run's DiT drew
     # objects doubled and occluders jumping from frame to frame (training samples at 5,000
     # steps: shape 0.15, motion 0.19, flicker 8.6x), and a CPU analog lost motion the same way
-    # (README, "A CPU analog of the tenth run": 0.53 on 8x8 latent frames, 0.06 on 16x16 at the
-    # same tokens, 0.16 with flow shift 2). One more spatial level keeps the DiT on the 8x8
-    # latent frames of runs 1-9, each latent pixel 16x16 pixels in twice the channels (the
-    # compression of pixel values 96x instead of 48x; DC-AE compresses 32x32 to 32 channels).
+    # (tools/bench/results/world_runs.md, "A CPU analog of the tenth run": 0.53 on 8x8 latent
+    # frames, 0.06 on 16x16 at the same tokens, 0.16 with flow shift 2). One more spatial level
+    # keeps the DiT on the 8x8 latent frames of runs 1-9, each latent pixel 16x16 pixels in
+    # twice the channels (the compression of pixel values 96x instead of 48x; DC-AE compresses
+    # 32x32 to 32 channels).
     c.vae = dict(
         base_channels=64,
         channel_mults=(1, 2, 4, 4),  # 3 spatial downsamples after the 2x2 patch: 16x
@@ -306,7 +308,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # motions 0.19, objects doubled and occluders jumping: the layout, which the noisiest
         # steps decide. SD3 shifts by the square root of the ratio of pixels (4x here: 2);
         # on the CPU, shift 2 alone brought back little of the motion of 16x16 latents (0.06 ->
-        # 0.16; README, "A CPU analog of the tenth run"), so the eleventh run also keeps 8x8
+        # 0.16; world_runs.md, "A CPU analog of the tenth run"), so the eleventh run also keeps 8x8
         # latent frames (vae above). Its frames are 4x the pixels of runs 1-9 in twice the
         # channels, so it trains and samples at 2; the eval suite's variants sample at 1 and 3.
         # The training samples' `sample_flicker_ratio` at 5,000 steps tells early which way a
