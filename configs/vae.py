@@ -65,7 +65,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if args.runlocal:
         c.vae_train.update(
             steps=4,
-            buckets=(("5x32x32", 2, 0.7), ("1x32x32", 2, 0.3)),
+            # 9 frames: 3 latent frames, the fewest that train a causal VAE for longer clips
+            # (sora_jax/train/vae_task.py MIN_TRAIN_LATENT_FRAMES).
+            buckets=(("9x32x32", 2, 0.7), ("1x32x32", 2, 0.3)),
             log_every_steps=2,
             checkpoint_every_steps=2,
             disc_start_step=2,

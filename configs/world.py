@@ -149,7 +149,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # the 1-, 17- and 33-frame paths the DiT uses. 8 clips of 128x128: the pixels (and the
         # convolutions' FLOPs) per step of runs 1-9's 32 clips of 64x64, which took 22.8 ms per
         # step on the H200 (tools/bench/world_vae.py); in the tenth run 23-26 ms per step on the
-        # device + 1.5 ms for the batch (39 steps/s).
+        # device + 1.5 ms for the batch (39 steps/s). Fewer, longer clips or more, shorter ones
+        # at the same frames per step: on a 64x64 analog (tools/bench/results/
+        # vae16_clip_length_cpu.json) 8 clips of 9 frames, 4 of 17 and 2 of 33 did alike on
+        # 17-frame clips (20.6, 20.7, 20.3 dB) and on 33-frame ones, 16 of 5 frames did not (17.8).
         buckets=(("17x128x128", 8, 1.0),),
         # MSE dominates (PSNR is MSE; L1 drops small objects, configs/tiny.py), SSIM for edges.
         l1_weight=0.0,

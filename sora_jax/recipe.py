@@ -60,6 +60,8 @@ def update_summary(workdir: str, **entries) -> dict:
 
 def run_vae(config: ml_collections.ConfigDict, workdir: str) -> dict:
     stage_dir = os.path.join(workdir, "vae")
+    if note := vae_task.clip_length_warning(config):
+        logging.warning(note)
     task = vae_task.VAETask(config)
     result = loop.train(task, config, config.vae_train, stage_dir)
     # The trained EMA weights are in memory: no need to read back the checkpoint just saved.

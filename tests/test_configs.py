@@ -55,6 +55,27 @@ def test_every_config_builds_its_models(name, arg):
     assert dit.in_channels == c.vae.z_channels
 
 
+@pytest.mark.parametrize("name", ["tiny", "vae", "s", "b", "l", "xl", "world"])
+@pytest.mark.parametrize("arg", [None, "runlocal"])
+def test_every_config_trains_its_vae_on_clips_long_enough(name, arg):
+    from sora_jax.train import vae_task
+
+    assert vae_task.clip_length_warning(load_config(name, arg)) is None
+
+
+def test_short_vae_clips_warn_with_the_frames_to_use():
+    from sora_jax.train import vae_task
+
+    c = load_config("world", "micro")  # 4x temporal compression, 9-frame DiT clips
+    c.vae_train.buckets = (("5x32x32", 2, 1.0), ("1x32x32", 2, 1.0))
+    note = vae_task.clip_length_warning(c)
+    assert "at most 5 frames (2 latent frames)" in note and "9-frame" in note
+    assert note.endswith("train it on clips of >= 9 frames.")
+    c.dit_train.buckets = (("5x32x32", 2, 1.0),)
+    c.sample.num_frames = 5
+    assert vae_task.clip_length_warning(c) is None  # nothing longer than it trained on
+
+
 def test_bad_config_argument_fails_with_a_sentence():
     with pytest.raises(ValueError, match="unknown config argument"):
         load_config("l", "resolution=480")

@@ -203,6 +203,37 @@ class VAETask:
 _CHECKPOINT_FIELDS = ("disc_weight", "disc_channels", "disc_layers", "grad_clip_norm")
 
 
+# A causal VAE encodes frame 0 alone and each later latent frame from its frames and the cached
+# ones before them; clips of 2 latent frames never train the later frames' steady state. On a
+# 64x64 analog of the world VAE, 5-frame clips (2 latent frames) reconstructed 17-frame clips at
+# 17.8 dB, 9- and 17-frame clips at 20.6-20.7 dB, and those reconstructed 33-frame clips as well
+# (tools/bench/results/vae16_clip_length_cpu.json).
+MIN_TRAIN_LATENT_FRAMES = 3
+
+
+def clip_length_warning(config: ml_collections.ConfigDict) -> str | None:
+    """One sentence when the VAE trains on clips of fewer than `MIN_TRAIN_LATENT_FRAMES` latent
+    frames while the DiT or the sampler uses longer clips; None when its clips are long enough."""
+    tf = 2 ** sum(bool(t) for t in config.vae.temporal_downsample)
+    latents = lambda frames: 1 + (frames - 1) // tf  # noqa: E731
+    trained = max(b.num_frames for b in buckets_lib.parse_buckets(config.vae_train.buckets))
+    used = [trained]
+    if "dit_train" in config:
+        used += [b.num_frames for b in buckets_lib.parse_buckets(config.dit_train.buckets)]
+    if "sample" in config:
+        used.append(int(config.sample.num_frames))
+    longest = max(used)
+    if latents(trained) >= MIN_TRAIN_LATENT_FRAMES or latents(longest) <= latents(trained):
+        return None
+    return (
+        f"vae_train.buckets trains the VAE on clips of at most {trained} frames "
+        f"({latents(trained)} latent frames) while the DiT or the sampler uses {longest}-frame "
+        f"clips: a causal VAE trained on so few latent frames reconstructs longer clips worse "
+        f"(~3 dB in tools/bench/results/vae16_clip_length_cpu.json); train it on clips of "
+        f">= {1 + (MIN_TRAIN_LATENT_FRAMES - 1) * tf} frames."
+    )
+
+
 def heldout_clips(
     config: ml_collections.ConfigDict, n: int, bucket: buckets_lib.Bucket
 ) -> tuple[np.ndarray, list[dict]]:

@@ -9,8 +9,8 @@ steps, and writes $OUT/vs_NAME.json. NORM=none|ln|gn swaps the VAE's RMS norm (d
 Arguments (JSON): steps, B (batch), lr, b2, clip, rng, loss (l2 | l1l2), w0 (loss weight of
 frame 0), seed (initialisation and training clips), and the VAE: bc (base channels), mults,
 nres, td (temporal downsampling per level), z, sc (shortcuts), patch (patch_size), dtype; the
-data: res, frames, full_world (configs/world.py's world instead of the one-object one); evals
-(steps to evaluate at).
+data: res, frames, test_frames (the held-out clips' length; default frames), full_world
+(configs/world.py's world instead of the one-object one); evals (steps to evaluate at).
 The world VAE of configs/world.py, for example:
 
   python tools/experiments/vae_learning_sweep.py world '{"full_world": true, "res": 64,
@@ -63,6 +63,7 @@ A = json.loads(sys.argv[2])
 name = sys.argv[1]
 res = A.get("res", 32)
 F = A.get("frames", 5)  # clip length (1 + 4k)
+TF = A.get("test_frames", F)  # held-out clips' length: the clips-vs-frames trade
 if A.get("full_world", False):  # configs/world.py's world: distractors, pans, occluders, textures
     wcfg = world_lib.WorldConfig(resolutions=((res, res),), num_frames=(F,), max_objects=3,
                                  camera_pan_prob=0.2, occluder_prob=0.25)  # fmt: skip
@@ -90,7 +91,7 @@ def batch(s, B, F):
     return jnp.asarray(np.stack([c["video"] for c in clips(s, B, F)]), jnp.float32) / 127.5 - 1
 
 
-test_clips = [w.clip(900000 + i, res, res, F) for i in range(64)]
+test_clips = [w.clip(900000 + i, res, res, TF) for i in range(64)]
 test5 = jnp.asarray(np.stack([c["video"] for c in test_clips]), jnp.float32) / 127.5 - 1
 psnr = lambda a, b: float(10 * jnp.log10(4.0 / jnp.mean((a - b) ** 2)))
 steps, lr, B = A.get("steps", 1200), A.get("lr", 1e-3), A.get("B", 8)
