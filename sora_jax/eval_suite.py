@@ -369,7 +369,7 @@ def run(
     summary: dict = {"sets": {}, "settings": _settings(config)}
     summary["checkpoint_steps"] = getattr(gen, "checkpoint_steps", {})
     # Every set and variant is one job; `eval.threads` of them run at once (their compiles,
-    # most of the suite's time on a GPU, overlap), and they are written in this order.
+    # most of the suite's time on a GPU, overlap), and the summary lists them in this order.
     jobs = [(name, name, cases, _settings(config)) for name, cases in cases_by_set.items()]
     jobs += [(label, label.split("@")[0], cases_by_set[label.split("@")[0]], s)
              for label, s in variants.items()]  # fmt: skip
@@ -389,25 +389,38 @@ def run(
         metrics["wall_s"] = round(time.time() - t0, 1)  # overlaps the other jobs' times
         return videos, metrics, records
 
+    def write(item, result) -> None:
+        label, _, cases, settings = item
+        videos, metrics, records = result
+        if not writes:
+            return
+        if label in variants:
+            eval_files.write_json(out_dir, label, metrics, settings, records)
+        else:
+            eval_files.write_set(out_dir, label, metrics, settings, records, cases, videos,
+                                 config, tf)  # fmt: skip
+
     with concurrent.futures.ThreadPoolExecutor(min(threads, len(jobs))) as pool:
         # The validation loss and the VAE's evaluation compile their own programs: first in line.
         val_loss = pool.submit(validation_loss, gen, config)
         vae_eval = None
         if config.eval.get("vae", True):
             vae_eval = pool.submit(vae_task.evaluate_model, gen.vae, config)
-        for (label, _, cases, settings), (videos, metrics, records) in zip(
-            jobs, pool.map(job, jobs), strict=True
-        ):
+        futures = {pool.submit(job, item): k for k, item in enumerate(jobs)}
+        results = [None] * len(jobs)
+        # Each set's files are written as soon as it is graded, so a run whose device time ends
+        # mid-suite (three GPU runs did) keeps every set that finished; the summary keeps the
+        # suite's order.
+        for future in concurrent.futures.as_completed(futures):
+            k = futures[future]
+            results[k] = future.result()
+            write(jobs[k], results[k])
+            logging.info("eval %s: %s", jobs[k][0], results[k][1])
+        for (label, _, _, settings), (_, metrics, _) in zip(jobs, results, strict=True):
             if label in variants:
-                if writes:
-                    eval_files.write_json(out_dir, label, metrics, settings, records)
                 summary.setdefault("t2v_variants", {})[label] = {**metrics, "settings": settings}
             else:
-                if writes:
-                    eval_files.write_set(out_dir, label, metrics, settings, records, cases,
-                                         videos, config, tf)  # fmt: skip
                 summary["sets"][label] = metrics
-            logging.info("eval %s: %s", label, metrics)
         summary["val_loss"] = val_loss.result()
         if vae_eval is not None:
             summary["vae"] = vae_eval.result()

@@ -7,6 +7,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -476,3 +477,30 @@ def test_bad_eval_threads_fail_before_any_weights_load(tmp_path):
     c.eval.threads = 0
     with pytest.raises(ValueError, match="eval.threads must be a positive int"):
         eval_suite.run(c, str(tmp_path), generator=object())
+
+
+def test_a_set_is_written_when_it_is_graded_not_after_the_sets_before_it(tmp_path, monkeypatch):
+    """A run whose device time ends mid-suite keeps every set that finished: here the first set
+    (t2v) samples only once the second (t2v_holdout) is on disk, which would never happen if
+    sets were written in the suite's order."""
+    c = load_world_config("micro")
+    c.eval.update(num_prompts=2, num_per_set=1, batch_size=2, val_clips=1, vae=False, threads=2,
+                  sets=("t2v", "t2v_holdout"), t2v_variants=())  # fmt: skip
+    gen = _micro_generator(c)
+    written = tmp_path / "eval" / "t2v_holdout.json"
+    real_generate = eval_suite.generate
+
+    def generate(gen_, cases, settings, batch_size):
+        if cases[0].prompt == first_prompt:  # the t2v set waits for the other set's file
+            for _ in range(600):
+                if written.exists():
+                    break
+                time.sleep(0.1)
+            assert written.exists(), "t2v_holdout was not written while t2v was still sampling"
+        return real_generate(gen_, cases, settings, batch_size)
+
+    first_prompt = eval_cases.build_suite(c)["t2v"][0].prompt
+    monkeypatch.setattr(eval_suite, "generate", generate)
+    summary = eval_suite.run(c, str(tmp_path), generator=gen)
+    assert list(summary["sets"]) == ["t2v", "t2v_holdout"]  # the summary keeps the suite's order
+    assert (tmp_path / "eval" / "t2v.json").exists()
