@@ -40,8 +40,11 @@ compiles ran beside it, then it cached latents and trained 15.9 steps/s (60.8 ms
 tools/bench/results/world_h100_run12_noeval.json): VAE 32.5 steps/s (425 s for the stage), DiT
 12.8 steps/s (949 s for the stage at 10,000 steps). Stages end by their step counts;
 `max_train_seconds` only stops one that runs far slower than that (it resumes when run again).
-Arguments: `micro` (CPU, 2 steps per stage and 1-2 samples per eval set, for tests) and
-`runlocal` (CPU, 50 steps per stage: the whole recipe in a few minutes, learning little).
+Arguments: `micro` (CPU, 2 steps per stage and 1-2 samples per eval set, for tests),
+`runlocal` (CPU, 50 steps per stage: the whole recipe in a few minutes, learning little) and
+`res=64`: the ninth run's recipe on the current code (64x64 world, 4x8x8 VAE to 16 channels,
+15,000 VAE and DiT steps, flow shift 1; 9 of issue 9's 10 targets, object permanence 0.71;
+~1,480 s of an H200 after its start), e.g. `--config=configs/world.py:res=64`.
 """
 
 import os
@@ -53,7 +56,9 @@ import ml_collections  # noqa: E402
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = common.parse_arg(arg, micro=False, runlocal=False)
+    args = common.parse_arg(arg, micro=False, runlocal=False, res=128)
+    if args.res not in (64, 128):
+        raise ValueError(f"configs/world.py: res={args.res} is not a recipe; expected 128 or 64.")
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.stages = "vae,dit,eval"  # eval: sora_jax/eval_suite.py (also --mode=eval)
@@ -353,9 +358,36 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     c.eval = eval_config()
 
+    if args.res == 64:
+        _ninth_run(c)
     if args.micro or args.runlocal:
         _shrink(c, steps=50 if args.runlocal else 2)
     return c
+
+
+def _ninth_run(c: ml_collections.ConfigDict) -> None:
+    """The 64x64 recipe of runs 6-9 as the ninth run (commit dab4fc0) trained it: the world at
+    64x64 (and 64x96, 96x64), a 4x8x8 VAE to 16 channels without shortcuts or frame-0 weight
+    (8x8 latent frames, 80 tokens a 17-frame clip, as at 128x128), 15,000 steps per stage, flow
+    shift 1 (tools/bench/results/world_h200_run9.json). The evaluation suite's shapes follow."""
+    c.world.resolutions = ((64, 64), (64, 96), (96, 64))
+    c.vae.update(channel_mults=(1, 2, 4), temporal_downsample=(True, True), z_channels=16,
+                 shortcuts=False)  # fmt: skip
+    c.vae_train.update(steps=15000, buckets=(("17x64x64", 32, 1.0),), first_frame_weight=1.0)
+    c.dit.update(in_channels=16, out_channels=16)
+    c.dit_train.update(
+        steps=15000,
+        buckets=(
+            ("17x64x64", 256, 0.45),
+            ("17x64x96", 192, 0.1),
+            ("17x96x64", 192, 0.1),
+            ("33x64x64", 128, 0.15),
+            ("1x64x64", 1024, 0.2),
+        ),
+    )
+    c.flow.shift = 1.0
+    c.sample.update(height=64, width=64)
+    c.eval.update(shape="17x64x64", sweep_shapes=("17x64x96", "17x96x64", "33x64x64"))
 
 
 def eval_config(**overrides) -> ml_collections.ConfigDict:

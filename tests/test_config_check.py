@@ -22,7 +22,8 @@ def _config(name: str, arg: str | None = None):
 
 @pytest.mark.parametrize(
     "name,arg",
-    [("tiny", None), ("tiny", "micro"), ("world", None), ("world", "micro"), ("vae", None),
+    [("tiny", None), ("tiny", "micro"), ("world", None), ("world", "micro"), ("world", "res=64"),
+     ("vae", None),
      ("s", None), ("b", None), ("l", None), ("xl", None), ("l", "runlocal")],
 )  # fmt: skip
 def test_every_shipped_config_passes(name, arg):

@@ -103,3 +103,19 @@ def test_world_config_compresses_4x16x16_and_has_a_bucket_for_every_eval_shape(a
         trained = {b.name for b in buckets.parse_buckets(c.dit_train.buckets)}
         assert {c.eval.shape, *c.eval.sweep_shapes} <= trained
     assert eval_cases.build_suite(c)  # every eval set builds from the config alone
+
+
+def test_world_res64_is_the_ninth_runs_recipe():
+    c = load_config("world", "res=64")
+    vae = nnx.eval_shape(
+        lambda: vae_lib.CausalVAE(vae_lib.VAEConfig(**c.vae.to_dict()), rngs=nnx.Rngs(0))
+    )
+    assert vae.latent_shape(17, 64, 64) == (5, 8, 8, 16)  # 8x8 latent frames, as at 128x128
+    assert c.dit.in_channels == c.dit.out_channels == 16 and tuple(c.dit.patch_size) == (1, 2, 2)
+    assert c.vae_train.steps == c.dit_train.steps == 15000 and c.flow.shift == 1.0
+    assert c.vae_train.buckets == (("17x64x64", 32, 1.0),)
+    assert [b[0] for b in c.dit_train.buckets] == [
+        "17x64x64", "17x64x96", "17x96x64", "33x64x64", "1x64x64"]  # fmt: skip
+    assert c.eval.shape == "17x64x64" and c.sample.height == c.sample.width == 64
+    with pytest.raises(ValueError, match="res=96 is not a recipe"):
+        load_config("world", "res=96")
