@@ -214,7 +214,7 @@ MIN_TRAIN_LATENT_FRAMES = 3
 def clip_length_warning(config: ml_collections.ConfigDict) -> str | None:
     """One sentence when the VAE trains on clips of fewer than `MIN_TRAIN_LATENT_FRAMES` latent
     frames while the DiT or the sampler uses longer clips; None when its clips are long enough."""
-    tf = 2 ** sum(bool(t) for t in config.vae.temporal_downsample)
+    tf = vae_lib.VAEConfig(**config.vae.to_dict()).temporal_factor
     latents = lambda frames: 1 + (frames - 1) // tf  # noqa: E731
     trained = max(b.num_frames for b in buckets_lib.parse_buckets(config.vae_train.buckets))
     used = [trained]
