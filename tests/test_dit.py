@@ -138,6 +138,26 @@ def test_remat_policy_gives_same_output_and_gradient(policy, no_remat_reference)
     assert max(jax.tree.leaves(jax.tree.map(lambda a: float(jnp.abs(a).max()), g_ref))) > 0
 
 
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_fused_projections_give_same_output_and_gradient(scan_layers, no_remat_reference):
+    """`fused_projections` concatenates the q/k/v kernels at call time: the same parameters
+    (so the same checkpoints) and, in fp32, the same outputs and gradients as three matmuls."""
+    args, (out_ref, g_ref) = no_remat_reference
+    if not scan_layers:  # the reference's weights, unstacked, against unfused unscanned
+        unscanned = _unstacked_copy(_model())
+        ref = nnx.split(unscanned)
+        fused = dataclasses.replace(TINY, scan_layers=False, fused_projections=True)
+        graphdef = nnx.graphdef(DiT(fused, rngs=nnx.Rngs(0)))
+        out = _jit_apply(graphdef, ref[1], *args)
+        assert float(jnp.abs(out - _jit_apply(*ref, *args)).max()) <= 1e-5
+        return
+    out, g = _out_and_grad(dataclasses.replace(TINY, fused_projections=True), args)
+    assert jax.tree.structure(g) == jax.tree.structure(g_ref)
+    assert float(jnp.abs(out - out_ref).max()) <= 1e-5
+    gdiff = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), g, g_ref)
+    assert max(jax.tree.leaves(gdiff)) <= 1e-5
+
+
 @pytest.mark.parametrize("pooled_text", [False, True])
 def test_padded_text_tokens_have_no_effect(pooled_text):
     model = _model(dataclasses.replace(TINY, pooled_text=pooled_text))

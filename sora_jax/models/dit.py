@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
@@ -76,6 +77,10 @@ class DiTConfig:
     # adaLN then sees the prompt, not only its cross-attention. Off in Wan (and its weights).
     pooled_text: bool = False
     scan_layers: bool = True  # blocks' params stacked on a leading 'layers' axis
+    # Self-attention's q, k, v (and cross-attention's k, v) as one matmul over their kernels
+    # concatenated at call time: fewer, larger kernels for small models; the parameters, and so
+    # checkpoints and loaded weights, are the same as unfused.
+    fused_projections: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
@@ -151,12 +156,26 @@ def remat_policy(name: str) -> Callable | None:
     return policies[name]
 
 
+def _fused_dense(projections: tuple[nnx.Linear, ...], x: Array, dtype) -> list[Array]:
+    """Several biased linear maps of the same x as one matmul: [B, N, D] -> each [B, N, D_i].
+
+    Their kernels and biases are concatenated along the output axis at call time, which equals
+    applying each `nnx.Linear` (in `dtype`, fp32 params) up to the matmul's summation order.
+    """
+    kernel = jnp.concatenate([p.kernel[...] for p in projections], axis=1).astype(dtype)
+    bias = jnp.concatenate([p.bias[...] for p in projections]).astype(dtype)
+    y = jnp.einsum("bnd,de->bne", x.astype(dtype), kernel) + bias
+    sizes = np.cumsum([p.kernel.shape[1] for p in projections])[:-1]
+    return jnp.split(y, sizes, axis=-1)
+
+
 class Attention(nnx.Module):
     """Multi-head attention with Wan's full-dim QK RMSNorm; self- (with RoPE) or cross-."""
 
     def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs, implementation: str = ""):
         d, dt = cfg.dim, jnp.dtype(cfg.dtype)
         self.num_heads, self.impl = cfg.num_heads, implementation or cfg.attention
+        self.fused, self.dtype = cfg.fused_projections, dt
         self.to_q = layers.dense(d, d, axes=("embed", "heads"), dtype=dt, rngs=rngs)
         self.to_k = layers.dense(d, d, axes=("embed", "heads"), dtype=dt, rngs=rngs)
         self.to_v = layers.dense(d, d, axes=("embed", "heads"), dtype=dt, rngs=rngs)
@@ -177,7 +196,13 @@ class Attention(nnx.Module):
     ) -> Array:
         """x [B, N, D] attends to itself (context None) or to context [B, L, D] -> [B, N, D]."""
         src = x if context is None else context
-        q, k, v = self.to_q(x), self.to_k(src), self.to_v(src)
+        if not self.fused:
+            q, k, v = self.to_q(x), self.to_k(src), self.to_v(src)
+        elif context is None:
+            q, k, v = _fused_dense((self.to_q, self.to_k, self.to_v), x, self.dtype)
+        else:
+            q = self.to_q(x)
+            k, v = _fused_dense((self.to_k, self.to_v), src, self.dtype)
         q, k, v = (checkpoint_name(a, nm) for a, nm in zip((q, k, v), _PROJ_NAMES))
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)

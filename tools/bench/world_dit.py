@@ -56,15 +56,25 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="config override KEY=VALUE (VALUE a Python literal or a string), repeatable: "
         "dit.dim=384",
     )
+    p.add_argument(
+        "--config_arg",
+        default="",
+        help="configs/world.py's argument, e.g. res=64 (the ninth run's recipe); '' = default",
+    )
     p.add_argument("--profile", action="store_true", help="kernel times of each row's step")
     p.add_argument("--trace_dir", default="/tmp/world_dit_profile")
     return p.parse_args(argv)
 
 
+def _config_spec(args) -> str:
+    """configs/world.py[:ARG] as this run loads it."""
+    arg = ",".join(a for a in (args.config_arg, "micro" * args.tiny) if a)
+    return "configs/world.py" + (f":{arg}" if arg else "")
+
+
 def _config(args):
     # By path: `import world` could find tools/bench/world.py (the renderer's benchmark).
-    path = os.path.join(ROOT, "configs", "world.py") + ":micro" * args.tiny
-    config = aot_compile.load_config(path, [])
+    config = aot_compile.load_config(os.path.join(ROOT, _config_spec(args)), [])
     if args.tiny:
         config.dit_train.buckets = (("9x32x32", 2, 1.0),)
     try:
@@ -161,7 +171,7 @@ def main(argv=None) -> None:
     config = _config(args)
     out = report.jax_header(
         "world_dit",
-        config="configs/world.py" + (":micro" if args.tiny else ""),
+        config=_config_spec(args),
         bucket=config.dit_train.buckets[0][0],
         peak_flops=metrics.peak_flops(),
     )
