@@ -218,7 +218,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         attention="xla",
         cross_attention="",  # the text attention's kernel; "" = `attention`
         pooled_text=False,  # the mean text token also drives the modulation (DiTConfig)
-        scan_layers=True,  # one compiled block scanned 12 times; False unrolls (longer compiles)
+        # The 12 blocks unrolled, q/k/v as one matmul: the step of the res=64 recipe's main
+        # bucket (256 clips of 17x64x64, XLA attention) took 64.1 ms scanned, 62.8 fused, 51.4
+        # unrolled and 46.7 both (1.37x; H100, tools/bench/results/world_dit_res64_h100.json),
+        # same loss to 1e-5 after 33 steps. Unrolled compiles take 133-138 s against 74-81 s a
+        # bucket; world_gpu.sh compiles them beside the VAE stage.
+        scan_layers=False,
+        fused_projections=True,
         remat="none",  # ~100-300 tokens per clip: activations are small
     )
     c.dit_train = common.train_config(
