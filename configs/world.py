@@ -38,13 +38,18 @@ ran 10,000 steps at ~35 steps/s, 386 s with its compile and evaluations; the DiT
 compiles ran beside it, then it cached latents and trained 15.9 steps/s (60.8 ms on the device
 + 2.6 ms for the batch) with deterministic kernels. On an H100 (the twelfth run,
 tools/bench/results/world_h100_run12_noeval.json): VAE 32.5 steps/s (425 s for the stage), DiT
-12.8 steps/s (949 s for the stage at 10,000 steps). Stages end by their step counts;
-`max_train_seconds` only stops one that runs far slower than that (it resumes when run again).
+12.8 steps/s (949 s for the stage at 10,000 steps). Those runs scanned the DiT's blocks; unrolled
+with q/k/v fused (as now) its step is 1.37x faster on the H100 (the res=64 main bucket: 64.1 ->
+46.7 ms, tools/bench/results/world_dit_res64_h100.json), not yet timed in a whole run. Stages
+end by their step counts; `max_train_seconds` only stops one that runs far slower than that (it
+resumes when run again), or one that would overrun a deadline (tools/experiments/world_gpu.sh
+with DEADLINE set).
 Arguments: `micro` (CPU, 2 steps per stage and 1-2 samples per eval set, for tests),
 `runlocal` (CPU, 50 steps per stage: the whole recipe in a few minutes, learning little) and
 `res=64`: the ninth run's recipe on the current code (64x64 world, 4x8x8 VAE to 16 channels,
 15,000 VAE and DiT steps, flow shift 1; 9 of issue 9's 10 targets, object permanence 0.71;
-~1,480 s of an H200 after its start), e.g. `--config=configs/world.py:res=64`.
+~1,480 s of an H200 after its start with the DiT's blocks scanned), e.g.
+`--config=configs/world.py:res=64`.
 """
 
 import os

@@ -172,3 +172,29 @@ def test_poll_all_refuses_workdirs_of_one_name(tmp_path):
     res = subprocess.run(["bash", str(SCRIPT), "poll_all", "1", "eval done", str(tmp_path),
                           str(a), str(b)], capture_output=True, text=True)  # fmt: skip
     assert res.returncode == 2 and "must differ" in res.stderr
+
+
+DEADLINE_SH = SCRIPT.parent / "deadline.sh"
+
+
+def _cap(fraction: str, deadline_in: int | None, reserve: str = "") -> str:
+    """`cap_flag vae_train FRACTION` with DEADLINE `deadline_in` seconds from now (None: unset)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DEADLINE", "EVAL_RESERVE")}
+    if deadline_in is not None:
+        env["DEADLINE"] = str(int(time.time()) + deadline_in)
+    if reserve:
+        env["EVAL_RESERVE"] = reserve
+    cmd = f"source {DEADLINE_SH}; cap_flag vae_train {fraction}"
+    return subprocess.run(["bash", "-c", cmd], check=True, capture_output=True, text=True,
+                          env=env).stdout.strip()  # fmt: skip
+
+
+def test_stage_caps_share_what_is_left_before_the_deadline():
+    """world_gpu.sh's caps: a fraction of (deadline - now - the evaluation's reserve), >= 60 s,
+    and no flag at all without a deadline (the config's own cap stands)."""
+    assert _cap("0.33", None) == ""
+    flag = "--config.vae_train.max_train_seconds="
+    # 1,150 s left, 150 reserved: a third of 1,000 (a second may tick between the two clocks).
+    assert _cap("0.33", 1150) in (f"{flag}330", f"{flag}329")
+    assert _cap("1.0", 1150, reserve="400") in (f"{flag}750", f"{flag}749")
+    assert _cap("1.0", 100) == f"{flag}60"  # past the reserve: a minute, not 0 (= no limit)

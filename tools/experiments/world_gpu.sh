@@ -22,6 +22,8 @@ mkdir -p "$workdir"
 config=${CONFIG:-configs/world.py}  # e.g. CONFIG=configs/world.py:micro for a CPU check
 main() { python -m sora_jax.main --config="$config" --workdir="$workdir" "$@"; }
 stamp() { echo "[$(date +%T)] $*" | tee -a "$workdir/timeline.log"; }
+# DEADLINE=<unix seconds>: the training stages stop in time for the evaluation (deadline.sh).
+source "$(dirname "${BASH_SOURCE[0]}")/deadline.sh"
 
 # Only deterministic kernels (XLA leaves out the ones that are not, e.g. convolution algorithms
 # that accumulate with atomics), so that a re-run repeats the numbers (issue 9's reproducibility;
@@ -46,7 +48,11 @@ mkdir -p "$autotune" && export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_per_fusion_au
 # The machine's versions, for tools/world_report.py when the run ends before its report.json.
 PYTHONPATH="tools${PYTHONPATH:+:$PYTHONPATH}" python3 -c "import json; from bench import report
 print(json.dumps(report.versions('jax', 'flax')))" >"$workdir/versions.json" 2>/dev/null || true
-stamp "vae start (XLA_FLAGS=${XLA_FLAGS:-})"
+# The VAE may take a third of what is left before the deadline (the recipes' VAE stages took
+# 0.3 of their training time), the DiT the rest; flags given to this script come after, so
+# theirs win.
+vae_cap=$(cap_flag vae_train 0.33)
+stamp "vae start (XLA_FLAGS=${XLA_FLAGS:-}${vae_cap:+; $vae_cap})"
 # Beside the VAE stage, the DiT's train steps, latent-cache encodes and training-sample round
 # (sampled once on untrained weights) compile into <workdir>/xla_cache (stage dit_compile; needs
 # compile_cache=True, as configs/world.py has), so the DiT stage loads them (~3 s each) instead
@@ -58,7 +64,7 @@ if [[ "${DIT_COMPILE:-1}" == 1 ]]; then
     --config.dit_train.precompile_threads=3 "$@" >"$workdir/dit_compile.log" 2>&1 &
   compiling=$!
 fi
-main --stages=vae "$@" >"$workdir/vae.log" 2>&1 || stamp "vae failed ($?)"
+main --stages=vae $vae_cap "$@" >"$workdir/vae.log" 2>&1 || stamp "vae failed ($?)"
 stamp "vae done"
 if [[ -n "${compiling:-}" ]]; then
   wait "$compiling" || stamp "dit_compile failed (see dit_compile.log)"
@@ -77,7 +83,9 @@ if [[ "${EVAL_COMPILE:-1}" == 1 ]]; then
     >"$workdir/eval_compile.log" 2>&1 &
   eval_compiling=$!
 fi
-main --stages=dit "$@" >"$workdir/dit.log" 2>&1 || stamp "dit failed ($?)"
+dit_cap=$(cap_flag dit_train 1.0)
+[[ -z "$dit_cap" ]] || stamp "dit start ($dit_cap)"
+main --stages=dit $dit_cap "$@" >"$workdir/dit.log" 2>&1 || stamp "dit failed ($?)"
 stamp "dit done"
 if [[ -n "${eval_compiling:-}" ]]; then
   wait "$eval_compiling" || stamp "eval_compile failed (see eval_compile.log)"
