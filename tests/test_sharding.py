@@ -42,10 +42,10 @@ WORKER = textwrap.dedent(
     MICRO = json.loads(sys.argv[1])
     B, T, H, W, L = 8, 3, 4, 4, 5  # 12 tokens per sample
 
-    def config(attention):
+    def config(attention, **dit):
         return ml_collections.ConfigDict(dict(
             seed=0,
-            dit=dict(MICRO, attention=attention),
+            dit=dict(MICRO, attention=attention, **dit),
             dit_train=dict(steps=10, lr=1e-2, lr_warmup_steps=1, weight_decay=0.01,
                            grad_clip_norm=1.0, b1=0.9, b2=0.99, ema_decay=0.9,
                            buckets=(("9x32x32", B, 1.0),)),
@@ -61,9 +61,9 @@ WORKER = textwrap.dedent(
         "text_mask": np.arange(L)[None, :] < text_len,
     }
 
-    def run(mesh_sizes, attention, devices):
+    def run(mesh_sizes, attention, devices, **dit):
         mesh = parallel.make_mesh(mesh_sizes, devices=jax.devices()[:devices])
-        cfg = config(attention)
+        cfg = config(attention, **dit)
         task = dit_task.DiTTask.for_latents(cfg)
         graphdef, state, rest, tx, _ = state_lib.init_state(task, cfg.dit_train, mesh, seed=0)
         # Random weights everywhere (zero-initialised outputs would zero most gradients).
@@ -96,9 +96,12 @@ WORKER = textwrap.dedent(
         "fsdp8": ({"fsdp": 8}, "xla"),
         "fsdp2_tensor2_context2": ({"fsdp": 2, "tensor": 2, "context": 2}, "xla"),
         "ulysses_context4": ({"fsdp": 2, "context": 4}, "ulysses:xla"),
+        # q/k/v kernels concatenated at call time across their tensor-parallel shards
+        "fsdp2_tensor2_context2_fused": ({"fsdp": 2, "tensor": 2, "context": 2}, "xla",
+                                         {"fused_projections": True}),
     }
-    for name, (sizes, attn) in cases.items():
-        out, arrays = run(sizes, attn, 8)
+    for name, (sizes, attn, *dit) in cases.items():
+        out, arrays = run(sizes, attn, 8, **(dit[0] if dit else {}))
         out["loss_rel"] = abs(out["loss"] - ref["loss"]) / abs(ref["loss"])
         out["grad_norm_rel"] = abs(out["grad_norm"] - ref["grad_norm"]) / ref["grad_norm"]
         out["params_rel"] = rel(arrays["params"], ref_arrays["params"])
@@ -145,7 +148,7 @@ def report() -> dict:
     return json.loads(lines[-1][len("REPORT ") :])
 
 
-SHARDED = ["fsdp8", "fsdp2_tensor2_context2", "ulysses_context4"]
+SHARDED = ["fsdp8", "fsdp2_tensor2_context2", "ulysses_context4", "fsdp2_tensor2_context2_fused"]
 
 
 @pytest.mark.parametrize("case", SHARDED)
