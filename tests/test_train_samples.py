@@ -71,6 +71,16 @@ def test_sample_due_every_n_steps_and_never_when_zero():
     assert not any(dit_task.sample_due(s, 0) for s in range(1, 13))
 
 
+def test_training_samples_without_occlusion_scenes(tmp_path):
+    """sample_num_occlusion = 0 (every config but the world's): the prompts alone. It crashed
+    the tiny config's DiT stage at its first sample round (step 1,000) while it was untested."""
+    config = _micro_config()
+    assert config.dit_train.get("sample_num_occlusion", 0) == 0
+    samples = dit_task.TrainingSamples(_task(config, str(tmp_path)))
+    assert samples.occlusion_specs == [] and samples.occlusion_prompts == []
+    assert len(samples.prompts) == 2
+
+
 def test_samples_written_at_every_nth_step_with_the_grader_in_the_metrics(trained):
     _, task, _, stage_dir = trained
     samples = os.path.join(stage_dir, "samples")

@@ -167,6 +167,7 @@ def test_prompt_suite_is_balanced_and_deterministic():
     motions = collections.Counter(s["objects"][0]["motion"] for s in suite)
     assert motions == {"left": 4, "right": 4, "still": 4}
     assert all(len(s["objects"]) == 1 and s["occluder"] is None for s in suite)
+    assert prompt_suite(cfg, 0) == [] and world.occlusion_suite(cfg, 0) == []
     held = prompt_suite(WorldConfig(holdout=("red:star",), split="holdout"), 5)
     assert {(s["objects"][0]["color"], s["objects"][0]["shape"]) for s in held} == {("red", "star")}
 

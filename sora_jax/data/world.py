@@ -393,6 +393,8 @@ def prompt_suite(cfg: WorldConfig, n: int, *, seed: int = 0) -> list[dict]:
     _validate(cfg)
     if n < 0:
         raise ValueError(f"n={n} must be ≥ 0.")
+    if n == 0:  # e.g. no occlusion scenes among a stage's training samples
+        return []
     pairs = subject_pairs(cfg)
     rng = np.random.default_rng([seed, 0xE7A1])
 
