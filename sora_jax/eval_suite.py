@@ -82,19 +82,27 @@ TARGETS = (
 # ---------------------------------------------------------------------------- generation
 
 
-VARIANT_KEYS = ("steps", "sampler", "guidance", "shift")  # the sampler settings of `config.eval`
+# The sampler settings of `config.eval`; guidance_interval (lo, hi) is optional there: guidance
+# applies while lo <= t <= hi (Kynkäänniemi et al. 2024), the whole trajectory by default.
+VARIANT_KEYS = ("steps", "sampler", "guidance", "shift", "guidance_interval")
 
 
 def _settings(config: ml_collections.ConfigDict, **overrides) -> dict:
     """The suite's sampler settings (`config.eval`), with `overrides` of VARIANT_KEYS."""
-    ec = {**{k: config.eval[k] for k in VARIANT_KEYS}, **overrides}
+    defaults = {"guidance_interval": (0.0, 1.0)}
+    ec = {**{k: config.eval.get(k, defaults.get(k)) for k in VARIANT_KEYS}, **overrides}
     return {
         "steps": int(ec["steps"]),
         "guidance": float(ec["guidance"]),
         "sampler": str(ec["sampler"]),
         "shift": float(ec["shift"]) if float(ec["shift"]) > 0 else None,
-        "guidance_interval": (0.0, 1.0),
+        "guidance_interval": tuple(float(v) for v in ec["guidance_interval"]),
     }
+
+
+def _label(value) -> str:
+    """A variant's value in its set's name (and file names): a tuple as lo-hi, no spaces."""
+    return "-".join(str(v) for v in value) if isinstance(value, (tuple, list)) else str(value)
 
 
 def t2v_variants(config: ml_collections.ConfigDict, set_names: Sequence[str]) -> dict[str, dict]:
@@ -116,7 +124,7 @@ def t2v_variants(config: ml_collections.ConfigDict, set_names: Sequence[str]) ->
                              f"{VARIANT_KEYS} and nothing else.")  # fmt: skip
         settings = _settings(config, **overrides)
         sample_lib.check_settings(**settings)
-        suffix = "@" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+        suffix = "@" + ",".join(f"{k}={_label(v)}" for k, v in sorted(overrides.items()))
         out.update({name + suffix: settings for name in variant_sets})
     return out
 

@@ -146,8 +146,11 @@ def _jit_init(create):
     return nnx.merge(graphdef, jax.jit(lambda: nnx.state(create()))())
 
 
-def _micro_generator(config):
-    """Untrained micro models in memory: the suite's mechanics, not its numbers."""
+def _micro_generator(config, random_dit: bool = False):
+    """Untrained micro models in memory: the suite's mechanics, not its numbers. `random_dit`:
+    noise in every DiT weight (its zero-initialised output layer predicts 0 otherwise, which
+    no sampler setting changes)."""
+    import jax
     from flax import nnx
 
     from sora_jax import sample
@@ -156,6 +159,11 @@ def _micro_generator(config):
 
     v = _jit_init(lambda: vae.CausalVAE(vae.VAEConfig(**config.vae.to_dict()), rngs=nnx.Rngs(0)))
     d = _jit_init(lambda: dit.DiT(dit.DiTConfig(**config.dit.to_dict()), rngs=nnx.Rngs(1)))
+    if random_dit:
+        leaves, treedef = jax.tree.flatten(nnx.state(d, nnx.Param))
+        keys = jax.random.split(jax.random.key(2), len(leaves))
+        noise = [0.2 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
+        nnx.update(d, jax.tree.unflatten(treedef, noise))
     z = config.vae.z_channels
     return sample.Generator.from_models(
         config, v, d, np.zeros(z), np.ones(z), caption_embedder.CaptionEmbedder(config.text)
@@ -245,17 +253,36 @@ def test_t2v_variants_resample_the_t2v_set_under_other_settings(tmp_path):
     c = load_world_config("micro")
     c.eval.update(num_prompts=2, num_per_set=1, batch_size=2, val_clips=1, vae=False,
                   sweep_shapes=("9x32x32",),
-                  t2v_variants=({"guidance": c.eval.guidance}, {"steps": 1}))  # fmt: skip
+                  t2v_variants=({"guidance": c.eval.guidance}, {"steps": 1},
+                                {"guidance_interval": (0.0, 1.0)},
+                                {"guidance_interval": (0.2, 0.85)}))  # fmt: skip
     summary = eval_suite.run(c, str(tmp_path), generator=_micro_generator(c))
     same, fewer = f"t2v@guidance={c.eval.guidance}", "t2v@steps=1"
-    assert list(summary["t2v_variants"]) == [same, fewer]
+    whole, middle = "t2v@guidance_interval=0.0-1.0", "t2v@guidance_interval=0.2-0.85"
+    assert list(summary["t2v_variants"]) == [same, fewer, whole, middle]
     assert summary["t2v_variants"][fewer]["settings"]["steps"] == 1
-    # The suite's own settings again: the very same samples and grades as the t2v set.
+    assert summary["t2v_variants"][middle]["settings"]["guidance_interval"] == [0.2, 0.85]
+    # The suite's own settings again: the very same samples and grades as the t2v set (guidance
+    # over the whole trajectory is the suite's default interval).
     base = json.loads((tmp_path / "eval" / "t2v.json").read_text())["samples"]
-    again = json.loads((tmp_path / "eval" / f"{same}.json").read_text())["samples"]
-    assert again == base and len(base) == 2
+    for label in (same, whole):
+        again = json.loads((tmp_path / "eval" / f"{label}.json").read_text())["samples"]
+        assert again == base and len(base) == 2
     assert len(json.loads((tmp_path / "eval" / f"{fewer}.json").read_text())["samples"]) == 2
     assert all(t["set"] != same for t in summary["targets"])  # reported, not a target
+
+
+def test_guidance_interval_reaches_the_sampler():
+    """A variant's guidance_interval changes the samples: guidance over part of the trajectory
+    is neither the whole (the suite's default) nor none (guidance 1)."""
+    c = load_world_config("micro")
+    gen = _micro_generator(c, random_dit=True)
+    cases = eval_cases.build_suite(c)["t2v"][:1]
+    base = eval_suite._settings(c, guidance=4.0)
+    run = lambda **kw: eval_suite.generate(gen, cases, {**base, **kw}, 1)[0]  # noqa: E731
+    whole, part, off = run(), run(guidance_interval=(0.3, 0.7)), run(guidance=1.0)
+    np.testing.assert_array_equal(whole, run(guidance_interval=(0.0, 1.0)))
+    assert np.abs(part.astype(int) - whole).max() > 0 and np.abs(part.astype(int) - off).max() > 0
 
 
 def test_variants_resample_every_set_of_variant_sets(tmp_path):
@@ -343,6 +370,9 @@ def test_bad_t2v_variant_fails_before_any_weights_load(tmp_path):
     c.eval.variant_sets = ("t2v",)
     c.eval.t2v_variants = ({"sampler": "rk4"},)
     with pytest.raises(ValueError, match="sampler must be one of"):
+        eval_suite.run(c, str(tmp_path), generator=object())
+    c.eval.t2v_variants = ({"guidance_interval": (0.9, 0.1)},)
+    with pytest.raises(ValueError, match="guidance_interval must be 0 <= lo <= hi <= 1"):
         eval_suite.run(c, str(tmp_path), generator=object())
 
 
