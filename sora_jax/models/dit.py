@@ -156,12 +156,13 @@ def remat_policy(name: str) -> Callable | None:
     return policies[name]
 
 
-def _fused_dense(projections: tuple[nnx.Linear, ...], x: Array, dtype) -> list[Array]:
+def _fused_dense(projections: tuple[nnx.Linear, ...], x: Array) -> list[Array]:
     """Several biased linear maps of the same x as one matmul: [B, N, D] -> each [B, N, D_i].
 
     Their kernels and biases are concatenated along the output axis at call time, which equals
-    applying each `nnx.Linear` (in `dtype`, fp32 params) up to the matmul's summation order.
+    applying each `nnx.Linear` (in its compute dtype) up to the matmul's summation order.
     """
+    dtype = projections[0].dtype
     kernel = jnp.concatenate([p.kernel[...] for p in projections], axis=1).astype(dtype)
     bias = jnp.concatenate([p.bias[...] for p in projections]).astype(dtype)
     y = jnp.einsum("bnd,de->bne", x.astype(dtype), kernel) + bias
@@ -175,7 +176,7 @@ class Attention(nnx.Module):
     def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs, implementation: str = ""):
         d, dt = cfg.dim, jnp.dtype(cfg.dtype)
         self.num_heads, self.impl = cfg.num_heads, implementation or cfg.attention
-        self.fused, self.dtype = cfg.fused_projections, dt
+        self.fused = cfg.fused_projections
         self.to_q = layers.dense(d, d, axes=("embed", "heads"), dtype=dt, rngs=rngs)
         self.to_k = layers.dense(d, d, axes=("embed", "heads"), dtype=dt, rngs=rngs)
         self.to_v = layers.dense(d, d, axes=("embed", "heads"), dtype=dt, rngs=rngs)
@@ -199,10 +200,10 @@ class Attention(nnx.Module):
         if not self.fused:
             q, k, v = self.to_q(x), self.to_k(src), self.to_v(src)
         elif context is None:
-            q, k, v = _fused_dense((self.to_q, self.to_k, self.to_v), x, self.dtype)
+            q, k, v = _fused_dense((self.to_q, self.to_k, self.to_v), x)
         else:
             q = self.to_q(x)
-            k, v = _fused_dense((self.to_k, self.to_v), src, self.dtype)
+            k, v = _fused_dense((self.to_k, self.to_v), src)
         q, k, v = (checkpoint_name(a, nm) for a, nm in zip((q, k, v), _PROJ_NAMES))
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
