@@ -58,6 +58,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import ml_collections  # noqa: E402
+import world_eval  # noqa: E402  (configs/world_eval.py: the evaluation suite's settings)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -367,7 +368,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         seed=0,
         batch_size=16,
     )
-    c.eval = eval_config()
+    c.eval = world_eval.eval_config()
 
     if args.res == 64:
         _ninth_run(c)
@@ -399,80 +400,6 @@ def _ninth_run(c: ml_collections.ConfigDict) -> None:
     c.flow.shift = 1.0
     c.sample.update(height=64, width=64)
     c.eval.update(shape="17x64x64", sweep_shapes=("17x64x96", "17x96x64", "33x64x64"))
-
-
-def eval_config(**overrides) -> ml_collections.ConfigDict:
-    """The evaluation suite (sora_jax/eval_suite.py): ~700 samples; 277 s on the H200 with the
-    sets one after another (2026-12-03), mostly compiles: one per sampled shape, batch size and
-    sampler, about ten here. `threads` samples the sets side by side (on this 2-core CPU the micro
-    suite took 32.8 s with 4 threads against 37.4 s with 1; the GPU host has 16 cores)."""
-    cfg = ml_collections.ConfigDict(
-        dict(
-            seed=0,  # prompts, truths and sampling noise are all functions of this seed
-            # In-distribution text->video prompts at `shape`, and the prompts of every other set
-            # (held-out pairs, occlusion, modes...). One prompt is 1 and 3 points of a set's
-            # accuracy; sampling them took 0.3-6 s per set of 16 on the H200 after its compile.
-            num_prompts=96,
-            num_per_set=32,
-            # Object permanence over 96 occlusion scenes, not 32: at 32 one scene is 3 points,
-            # as wide as issue 9's +-3-point reproducibility band, and the standard error of a
-            # permanence near 0.7 is 0.08 (0.05 at 96). Batches of 16: no new program.
-            occlusion_prompts=96,
-            shape="17x128x128",  # FRAMESxHEIGHTxWIDTH of t2v and of every conditioned mode
-            # The resolution / aspect / duration sweep: num_per_set prompts at each of these.
-            sweep_shapes=("17x128x192", "17x192x128", "33x128x128"),
-            # 60 Euler steps: in two GPU runs the t2v set re-sampled with 60 steps instead of 30
-            # scored shape 0.57 vs 0.49 (8,000 DiT steps) and 0.89 vs 0.85, motion 0.95 vs 0.88
-            # (26,600 steps), on the same prompts and seeds (tools/bench/results/world_h200_run*).
-            steps=60,
-            sampler="euler",
-            # Guidance 3, was 5: shape falls as guidance rises, on the same prompts and seeds.
-            # Third run: t2v shape 0.69 at 8 vs 0.85 at 5; fourth run (2026-12-04,
-            # tools/bench/results/world_h200_run4.json): t2v shape 0.91 at 3 vs 0.84 at 5,
-            # motion 0.94 vs 0.95, occlusion-scene permanence 0.78 vs 0.66 (32 scenes: chosen
-            # on those; 95 of the 96 scenes of the set above are others).
-            guidance=3.0,
-            shift=0.0,  # flow time shift for sampling; 0 = config.flow.shift
-            # The sets of `variant_sets` again under other settings (reported beside the sets,
-            # not as targets): how much the grades owe to sampling. Guidance 5 was the setting
-            # of the runs before 2026-12-04, and 30 steps of those before the fourth.
-            # Shifts 1 and 3 beside the trained 2 (flow.shift): how much the sampling schedule
-            # owes to the resolution shift. Guidance 5 over the middle of the trajectory alone
-            # (t in [0.2, 0.75], sigma ~0.25-3 for flow's sigma = t / (1 - t); Kynkäänniemi et
-            # al. 2024 guide in such an interval): not yet measured on the world.
-            t2v_variants=(
-                {"guidance": 5.0},
-                {"guidance": 2.0},
-                {"steps": 30},
-                {"sampler": "dpmpp_2m"},
-                {"shift": 1.0},
-                {"shift": 3.0},
-                {"guidance": 5.0, "guidance_interval": (0.2, 0.75)},
-            ),
-            variant_sets=("t2v", "t2v_occlusion"),  # occlusion: object permanence per setting
-            batch_size=16,  # text-only sets; conditioned modes sample one clip per call
-            # Sets sampled at once, each in a thread: their compiles (one per shape, sampler and
-            # batch size) are most of the suite's time on a GPU and run side by side.
-            threads=8,
-            edit_strength=0.7,  # SDEdit noise level of the v2v edit set (recolours a clip)
-            val_clips=64,  # held-out clips for the DiT validation loss at fixed timesteps
-            val_timesteps=(0.1, 0.3, 0.5, 0.7, 0.9),
-            sheet_rows=8,  # samples per contact sheet
-            sheet_cols=9,  # frames per contact-sheet row (evenly spaced, first and last kept)
-            gifs=2,  # GIFs written per set
-            # The sets to run, e.g. ("t2v", "t2v_occlusion") for the arms of an A/B
-            # (tools/experiments/world_arms.sh); empty: every set. Prompts and seeds stay as in
-            # the whole suite.
-            sets=(),
-            # Sets whose generated videos are also kept whole (<set>_videos.npz, uint8; the 32
-            # occlusion clips' VAE round trips took 2.6 MB): their failures can be re-graded and
-            # looked at later.
-            save_videos=("t2v_occlusion",),
-            vae=True,  # also held-out VAE PSNR/SSIM (sora_jax/train/vae_task.py)
-        )
-    )
-    cfg.update(overrides)
-    return cfg
 
 
 def _shrink(c: ml_collections.ConfigDict, steps: int) -> None:

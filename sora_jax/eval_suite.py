@@ -82,15 +82,14 @@ TARGETS = (
 # ---------------------------------------------------------------------------- generation
 
 
-# The sampler settings of `config.eval`; guidance_interval (lo, hi) is optional there: guidance
-# applies while lo <= t <= hi (Kynkäänniemi et al. 2024), the whole trajectory by default.
+# The sampler settings of `config.eval`; guidance_interval (lo, hi): guidance applies while
+# lo <= t <= hi (Kynkäänniemi et al. 2024).
 VARIANT_KEYS = ("steps", "sampler", "guidance", "shift", "guidance_interval")
 
 
 def _settings(config: ml_collections.ConfigDict, **overrides) -> dict:
     """The suite's sampler settings (`config.eval`), with `overrides` of VARIANT_KEYS."""
-    defaults = {"guidance_interval": (0.0, 1.0)}
-    ec = {**{k: config.eval.get(k, defaults.get(k)) for k in VARIANT_KEYS}, **overrides}
+    ec = {**{k: config.eval[k] for k in VARIANT_KEYS}, **overrides}
     return {
         "steps": int(ec["steps"]),
         "guidance": float(ec["guidance"]),
@@ -363,7 +362,7 @@ def run(
     if "eval" not in config:
         raise ValueError(
             "--mode=eval needs an 'eval' section in the config (prompt counts, shapes, sampler);"
-            " configs/world.py has one (eval_config)."
+            " configs/world.py has one (configs/world_eval.py)."
         )
     cases_by_set = eval_cases.build_suite(config)  # bad eval settings fail before any weights load
     sample_lib.check_settings(**_settings(config))
