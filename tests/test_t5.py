@@ -149,10 +149,13 @@ def test_hidden_states_match_hf_encoder(pair):
     assert hidden.dtype == jnp.float32 and hidden.shape == (50, MAX_LEN, TINY["d_model"])
     ids, mask_np = enc.tokenize(STRINGS)
     ref = _hf_hidden(hf, ids, mask_np)
-    # Every position, padded queries included: both mask keys only.
-    err = np.abs(np.asarray(hidden) - ref).max()
+    err = np.abs(np.asarray(hidden) - ref)[mask_np].max()
     assert err <= 1e-5, err
     assert np.abs(ref).max() > 1.0  # a meaningful comparison, not near-zero outputs
+    assert not np.asarray(hidden)[~mask_np].any()  # `encode` zeroes padded tokens
+    # The model itself, every position, padded queries included: both mask keys only.
+    full = np.asarray(enc.model(jnp.asarray(ids), jnp.asarray(mask_np)))
+    assert np.abs(full - ref).max() <= 1e-5
 
 
 def test_bf16_checkpoint_loads_exactly(tmp_path, tokenizer_dir):
@@ -161,7 +164,7 @@ def test_bf16_checkpoint_loads_exactly(tmp_path, tokenizer_dir):
     enc = TextEncoder(TextConfig(encoder="t5", path=str(tmp_path), max_length=MAX_LEN))
     ids, mask = enc.tokenize(STRINGS[:8])
     ref = _hf_hidden(hf.to(torch.float32), ids, mask)  # bf16-rounded weights, fp32 compute
-    err = np.abs(np.asarray(enc.encode(STRINGS[:8])[0]) - ref).max()
+    err = np.abs(np.asarray(enc.encode(STRINGS[:8])[0]) - ref)[mask].max()
     assert err <= 1e-5, err
 
 
@@ -303,7 +306,7 @@ def test_diffusers_pipeline_layout_is_found(tmp_path, tokenizer_dir):
         os.replace(tmp_path / "text_encoder" / name, tmp_path / "tokenizer" / name)
     enc = TextEncoder(TextConfig(encoder="t5", path=str(tmp_path), max_length=MAX_LEN))
     ids, mask = enc.tokenize(STRINGS[:3])
-    err = np.abs(np.asarray(enc.encode(STRINGS[:3])[0]) - _hf_hidden(hf, ids, mask)).max()
+    err = np.abs(np.asarray(enc.encode(STRINGS[:3])[0]) - _hf_hidden(hf, ids, mask))[mask].max()
     assert err <= 1e-5, err
 
 

@@ -1,5 +1,6 @@
 """MiniLM text encoder: parity with Hugging Face (tokens and hidden states), masking, errors."""
 
+import functools
 import json
 import logging
 import os
@@ -104,11 +105,39 @@ def test_padding_length_and_pad_ids_do_not_change_valid_tokens(enc):
     assert err <= 1e-5, err
 
 
-def test_jitted_forward_compiled_once_for_fixed_length(enc):
+def test_jitted_forward_compiled_once_per_length_bucket(enc):
     enc.encode(["one prompt", "two"])
     before = enc._forward._cache_size()
     enc.encode(["different words here", "and a much longer second prompt than before"])
-    assert enc._forward._cache_size() == before
+    assert enc._forward._cache_size() == before  # both chunks' longest text fits 16 tokens
+
+
+def test_padded_length_buckets():
+    assert [text_lib.padded_length(n, 96) for n in (1, 16, 17, 33, 64, 65, 96)] == [
+        16, 16, 32, 64, 64, 96, 96]  # fmt: skip
+    assert [text_lib.padded_length(n, 12) for n in (1, 12)] == [12, 12]
+    for bad in (0, 97):
+        with pytest.raises(ValueError, match="1 to 96 tokens"):
+            text_lib.padded_length(bad, 96)
+
+
+def test_chunks_run_at_their_length_and_equal_the_full_length_forward(enc, monkeypatch):
+    """Texts in order of length: the short chunk runs at 16 tokens, the long one at MAX_LEN;
+    every valid token equals the model at MAX_LEN (1e-5) and padded tokens are zero."""
+    texts = [f"a red circle number {i}" for i in range(64)] + [PROMPTS[3], PROMPTS[5]]
+    shapes, forward = [], enc._forward
+    monkeypatch.setattr(
+        enc, "_forward", lambda st, i, m: shapes.append(i.shape) or forward(st, i, m)
+    )
+    hidden, mask = enc.encode(texts)
+    assert shapes == [(64, 16), (2, MAX_LEN)]
+    ids, mask_np = enc.tokenize(texts)
+    full = np.asarray(_forward(enc.model, jnp.asarray(ids), jnp.asarray(mask_np)))
+    hidden = np.asarray(hidden)
+    assert hidden.shape == full.shape and np.asarray(mask).tolist() == mask_np.tolist()
+    err = np.abs(hidden - full)[mask_np].max()
+    assert err <= 1e-5, err
+    assert not hidden[~mask_np].any() and np.abs(full[~mask_np]).max() > 0.1
 
 
 def test_batch_sizes_share_padded_compiles_and_match_unbatched(enc):
@@ -295,7 +324,9 @@ def test_requested_captions_are_read_later_as_plain_calls_give_them():
         ahead.request(texts)
     assert isinstance(ahead.cache[PROMPTS[4]], _Pending)  # queued, not yet read
     got = [ahead(texts) for texts in steps]
-    assert ahead_calls == plain_calls == [sorted(PROMPTS[:3]), sorted(PROMPTS[3:5]), PROMPTS[7:]]
+    by_length = functools.partial(sorted, key=lambda t: (len(t), t))  # the encoder's chunks
+    assert ahead_calls == plain_calls == [by_length(PROMPTS[:3]), by_length(PROMPTS[3:5]),
+                                          PROMPTS[7:]]  # fmt: skip
     for (e1, m1), (e2, m2) in zip(want, got, strict=True):
         np.testing.assert_array_equal(e1, e2)
         np.testing.assert_array_equal(m1, m2)

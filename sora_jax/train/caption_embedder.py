@@ -1,15 +1,17 @@
 """The DiT stage's frozen text encoder behind a per-caption cache, with encodes started ahead.
 
 `CaptionEmbedder(texts)` returns (embeddings [B, L, D], masks [B, L]) of the captions, encoding
-only the ones it has not seen (in one encoder call, sorted: the same captions in the same order
-give the same call, so the same numbers). `request(texts)` starts that encode without waiting for
-it: the encoder's program is queued on the device and the caption's entry holds its pending
-output, read when a later call needs it. The DiT stage requests each batch's captions several
-steps before the batch is due (dit_latent_cache.py), so reading them no longer waits behind the
-train steps already queued on the device (the fourth world run on the H200 stepped 11.9 ms and
-waited 31.6 ms per step for its batch: a new caption's encode, in 59% of its steps, queued behind
-up to two train steps). Requests made in step order make exactly the encoder calls that plain
-calls in step order make, so the embeddings are the same bit for bit.
+only the ones it has not seen (in one encoder call, sorted by length and text: the same captions
+in the same order give the same call, so the same numbers; the encoder runs each chunk at its
+longest caption's length, so short captions cost a fraction of max_length's). `request(texts)`
+starts that encode without waiting for it: the encoder's program is queued on the device and
+the caption's entry holds its pending output, read when a later call needs it. The DiT stage
+requests each batch's captions several steps before the batch is due (dit_latent_cache.py), so
+reading them no longer waits behind the train steps already queued on the device (the fourth
+world run on the H200 stepped 11.9 ms and waited 31.6 ms per step for its batch: a new caption's
+encode, in 59% of its steps, queued behind up to two train steps). Requests made in step order
+make exactly the encoder calls that plain calls in step order make, so the embeddings are the
+same bit for bit.
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ class CaptionEmbedder:
             self._request(texts)
 
     def _request(self, texts: list[str]) -> None:
-        missing = sorted({t for t in texts if t not in self.cache})
+        # In order of length: the encoder runs each chunk at its longest caption's length.
+        missing = sorted({t for t in texts if t not in self.cache}, key=lambda t: (len(t), t))
         if not missing:
             return
         found = self.disk.get_many(missing) if self.disk is not None else {}

@@ -1,0 +1,133 @@
+"""Benchmark: the DiT stage's caption encodes on the world's caption stream, every new caption
+padded to `max_length` (as before) against each chunk run at its longest caption's length
+bucket, captions in order of length (`TextEncoder.encode` and the caption cache now).
+
+    python tools/bench/caption_encode.py [--config_arg=res=64] [--steps 12] [--json OUT]
+
+The stream is the recipe's: each step draws `batch` clips of the world (`configs/world.py`, its
+main bucket's batch), takes each clip's short prompt or long recaption as the stage does
+(`dit_train.caption_probs`, `caption_dropout`), and encodes the captions not seen before, in
+chunks of `text.ENCODE_CHUNK`. Both arms encode the same new captions with the same weights and
+compiled forward; "before" sorts them by text and runs every chunk at `max_length` (what
+`encode` did until 2026-12-05), "now" calls `encode` on them sorted by length. Every shape is
+compiled in an untimed pass first; then the arms alternate step by step. Prints a table (time,
+tokens the encoder ran, ratio) and writes JSON with the device, versions and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools" / "bench"))
+import report  # noqa: E402  (tools/bench/report.py)
+
+
+def _world_config(arg: str):
+    spec = importlib.util.spec_from_file_location("world_config", ROOT / "configs" / "world.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def caption_stream(cfg, steps: int, seed: int) -> list[list[str]]:
+    """Per step, the captions of the step not seen in an earlier step (the cache's misses)."""
+    from sora_jax.data import world
+
+    w = world.World(world.WorldConfig(**cfg.world.to_dict()))
+    train = cfg.dit_train
+    batch = train.buckets[0][1]
+    keys, probs = zip(*dict(train.caption_probs).items(), strict=True)
+    rng = np.random.default_rng(seed)
+    seen: set[str] = set()
+    out = []
+    for step in range(steps):
+        texts = set()
+        for j in range(batch):
+            item = w[step * batch + j]
+            text = item[str(rng.choice(keys, p=np.asarray(probs) / sum(probs)))]
+            texts.add("" if rng.uniform() < train.caption_dropout else text)
+        out.append(sorted(texts - seen))
+        seen |= texts
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config_arg", default="res=64", help="configs/world.py's argument")
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text_path", default="", help="MiniLM folder ('' = the packaged one)")
+    p.add_argument("--json", default="tools/bench/results/caption_encode.json")
+    args = p.parse_args()
+
+    from sora_jax.models import text as text_lib
+
+    cfg = _world_config(args.config_arg)
+    text_cfg = text_lib.TextConfig(**{**cfg.text.to_dict(), "path": args.text_path})
+    enc = text_lib.TextEncoder(text_cfg)
+    chunk = text_lib.ENCODE_CHUNK
+    stream = caption_stream(cfg, args.steps, args.seed)
+
+    def before(texts: list[str]) -> int:  # every chunk at max_length, as encode did
+        tokens = 0
+        for i in range(0, len(texts), chunk):
+            ids, mask = enc.tokenize(texts[i : i + chunk])
+            padded = text_lib.padded_batch_size(len(ids))
+            ids = np.pad(ids, ((0, padded - len(ids)), (0, 0)), mode="edge")
+            mask = np.pad(mask, ((0, padded - len(mask)), (0, 0)), mode="edge")
+            enc._forward(enc._state, ids, mask).block_until_ready()
+            tokens += padded * ids.shape[1]
+        return tokens
+
+    def now(texts: list[str]) -> int:
+        texts = sorted(texts, key=lambda t: (len(t), t))
+        enc.encode(texts)[0].block_until_ready()
+        tokens = 0
+        for i in range(0, len(texts), chunk):
+            _, mask = enc.tokenize(texts[i : i + chunk])
+            longest = int(mask.sum(1).max())
+            padded = text_lib.padded_batch_size(len(mask))
+            tokens += padded * text_lib.padded_length(longest, text_cfg.max_length)
+        return tokens
+
+    arms = {"before: every chunk at max_length": before, "now: chunks at their length": now}
+    for texts in stream:  # compile every shape, untimed
+        for fn in arms.values():
+            fn(texts)
+    seconds = dict.fromkeys(arms, 0.0)
+    tokens = dict.fromkeys(arms, 0)
+    for texts in stream:
+        for name, fn in arms.items():
+            t0 = time.perf_counter()
+            tokens[name] += fn(texts)
+            seconds[name] += time.perf_counter() - t0
+    new = sum(len(t) for t in stream)
+    valid = sum(int(enc.tokenize(t)[1].sum()) for t in stream if t)
+    result = report.jax_header(
+        "caption_encode", config=f"configs/world.py:{args.config_arg}", steps=args.steps,
+        batch=cfg.dit_train.buckets[0][1], new_captions=new, valid_tokens=valid,
+        max_length=text_cfg.max_length, encoder=text_cfg.encoder, dtype=text_cfg.dtype,
+    )  # fmt: skip
+    base = seconds[next(iter(arms))]
+    for name in arms:
+        result["rows"].append({
+            "arm": name, "seconds": round(seconds[name], 4),
+            "ms_per_step": round(1e3 * seconds[name] / args.steps, 2),
+            "encoded_tokens": tokens[name], "speedup": round(base / seconds[name], 3),
+        })  # fmt: skip
+    print(f"{new} new captions in {args.steps} steps of {result['batch']} clips, "
+          f"{valid} valid tokens; {result['device']}")  # fmt: skip
+    report.print_table(result["rows"], ["arm", "ms_per_step", "encoded_tokens", "speedup"], 36)
+    report.write_json(args.json, result)
+
+
+if __name__ == "__main__":
+    main()
