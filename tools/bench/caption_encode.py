@@ -59,14 +59,14 @@ def caption_stream(cfg, steps: int, seed: int) -> list[list[str]]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config_arg", default="res=64", help="configs/world.py's argument")
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--text_path", default="", help="MiniLM folder ('' = the packaged one)")
     p.add_argument("--json", default="tools/bench/results/caption_encode.json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     from sora_jax.models import text as text_lib
 
