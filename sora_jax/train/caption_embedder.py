@@ -23,6 +23,7 @@ import numpy as np
 
 from sora_jax.data import text_cache
 from sora_jax.models import text as text_lib
+from sora_jax.train import device_gate
 
 
 class _Pending:
@@ -98,7 +99,9 @@ class CaptionEmbedder:
         self.cache.update({t: (e.astype(self.store_dtype), m) for t, (e, m) in found.items()})
         if not todo:
             return
-        with self._encode_lock:  # returns once the encode is queued on the device
+        # Returns once the encode is queued on the device; not while the training loop runs a
+        # program's first step alone (device_gate.py).
+        with self._encode_lock, device_gate.GATE.shared():
             pending = _Pending(todo, *self.encoder.encode(todo))
         if self.disk is None:
             self.cache.update(dict.fromkeys(todo, pending))

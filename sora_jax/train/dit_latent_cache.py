@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from sora_jax.data import buckets as buckets_lib
-from sora_jax.train import precompile
+from sora_jax.train import device_gate, precompile
 
 if TYPE_CHECKING:
     from sora_jax.train.dit_task import DiTTask
@@ -215,7 +215,8 @@ class Builder:
                 wait_s += time.perf_counter() - t
                 if i + 1 < len(indices):
                     pending = ahead.submit(self.stream.batch, b_idx, indices[i + 1])
-                latents.append(self.encode(self.frozen, batch["video"]))
+                with device_gate.GATE.shared():  # not during a program's first step
+                    latents.append(self.encode(self.frozen, batch["video"]))
                 texts.extend(batch["text"])
         return np.concatenate([np.asarray(x) for x in latents]), texts, wait_s
 

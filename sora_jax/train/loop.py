@@ -17,6 +17,7 @@ non-finite guard reacts within a step without stalling the device.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -36,6 +37,7 @@ from jax.experimental import multihost_utils
 from sora_jax import flops as flops_lib
 from sora_jax import parallel
 from sora_jax.train import checkpoint as ckpt_lib
+from sora_jax.train import device_gate
 from sora_jax.train import metrics as metrics_lib
 from sora_jax.train import precompile as precompile_lib
 from sora_jax.train import state as state_lib
@@ -327,6 +329,17 @@ class _Trainer:
             overlap=self.overlap,
         )  # fmt: skip
 
+    def first_run(self, frozen, batch: dict):
+        """A program's first step, run to its end. Where steps do not overlap compiles (GPUs),
+        alone on the devices: no other thread's device work is queued or starts meanwhile
+        (device_gate.py: CUDA graph captures)."""
+        gate = device_gate.GATE.exclusive() if not self.overlap else contextlib.nullcontext()
+        with gate:
+            jax.block_until_ready(batch)
+            out = self.step_fn(self.state, frozen, batch)
+            jax.block_until_ready(out[1])
+        return out
+
     def run(self) -> None:
         frozen = self.task.frozen()
         compiling = self.precompile(frozen)
@@ -346,10 +359,11 @@ class _Trainer:
                 if compiling is not None:
                     compiling.wait(shapes)
                 t1 = time.perf_counter()
-                self.state, metrics, diag = self.step_fn(self.state, frozen, batch)
-                if shapes not in self.seen_shapes:  # a new bucket: compiles; say how long
+                if shapes in self.seen_shapes:
+                    self.state, metrics, diag = self.step_fn(self.state, frozen, batch)
+                else:  # a new bucket: compiles; say how long
                     self.seen_shapes.add(shapes)
-                    jax.block_until_ready(metrics)
+                    self.state, metrics, diag = self.first_run(frozen, batch)
                     logging.info(
                         "%s: step %d: first batch of shapes %s compiled and ran in %.1f s",
                         self.task.name, number, precompile_lib.shapes_text(shapes),
