@@ -16,7 +16,9 @@ first steps had run, while the DiT's latent-cache thread was compiling and runni
 encoder for a later bucket; so without overlap the DiT's latent caches are also all built
 before the first step (dit_latent_cache.py). That did not cure it: a fourth run died at its very
 first step with every compile and cache done (2026-12-03); the world config trains with XLA
-attention. Steps overlap compiles and cache encoding on CPU and TPU.
+attention. Without overlap the loop now also runs each program's first step alone on the
+devices (device_gate.py), a candidate cure not yet checked on a GPU. Steps overlap compiles and
+cache encoding on CPU and TPU.
 """
 
 from __future__ import annotations
