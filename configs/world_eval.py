@@ -44,7 +44,9 @@ def eval_config(**overrides) -> ml_collections.ConfigDict:
             # Shifts 1 and 3 beside the trained 2 (flow.shift): how much the sampling schedule
             # owes to the resolution shift. Guidance 5 over the middle of the trajectory alone
             # (t in [0.2, 0.75], sigma ~0.25-3 for flow's sigma = t / (1 - t); Kynkäänniemi et
-            # al. 2024 guide in such an interval): not yet measured on the world.
+            # al. 2024 guide in such an interval): in the thirteenth run (2026-12-05,
+            # tools/bench/results/world_h100_run13.json) permanence 0.64 against 0.65 for
+            # guidance 5 throughout, t2v motion 0.84 against 0.95: no gain here.
             t2v_variants=(
                 {"guidance": 5.0},
                 {"guidance": 2.0},
