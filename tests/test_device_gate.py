@@ -2,6 +2,7 @@
 program's first step exclusively where steps do not overlap compiles, and only there."""
 
 import contextlib
+import os
 import threading
 import time
 
@@ -12,7 +13,8 @@ from sora_jax.train import device_gate, loop
 
 
 class RecordingGate(device_gate.DeviceGate):
-    """Logs section entries and exits in order; counts shared sections inside exclusive ones."""
+    """Logs section entries and exits in order; counts other threads' shared sections inside
+    exclusive ones."""
 
     def __init__(self):
         super().__init__()
@@ -28,8 +30,8 @@ class RecordingGate(device_gate.DeviceGate):
                 self.inside_exclusive = True
             elif event == "x-":
                 self.inside_exclusive = False
-            elif event == "s+" and self.inside_exclusive:
-                self.overlaps += 1
+            elif event == "s+" and self.inside_exclusive and self._owner != threading.get_ident():
+                self.overlaps += 1  # another thread's: the exclusive thread's own may pass
 
     @contextlib.contextmanager
     def shared(self):
@@ -132,3 +134,28 @@ def test_loop_runs_each_first_step_alone_without_overlap(tmp_path, monkeypatch):
                    str(tmp_path / "b"))  # fmt: skip
     assert gate.log.count("x+") == 0
     _assert_trees_equal(a.state, b.state)
+
+
+def test_the_exclusive_thread_passes_its_own_shared_sections():
+    gate = RecordingGate()
+    with gate.exclusive(drain_devices=False), gate.shared():  # no deadlock
+        pass
+    assert gate.log == ["x+", "s+", "s-", "x-"]
+
+
+def test_dit_sample_rounds_run_alone_without_overlap(tmp_path, monkeypatch):
+    """The training-sample rounds (steps 2 and 4) and the step's first run are exclusive; the
+    rounds' own prompt encodes pass; a busy background thread never overlaps them."""
+    from test_train_samples import _micro_config, _task
+
+    gate = RecordingGate()
+    monkeypatch.setattr(device_gate, "GATE", gate)
+    config = _micro_config()
+    config.dit_train.precompile_overlap = "no"
+    task = _task(config, str(tmp_path))
+    with busy_background(gate):
+        loop.train(task, config, config.dit_train, str(tmp_path / "dit"))
+    assert sorted(os.listdir(tmp_path / "dit" / "samples")) == ["step_2", "step_4"]
+    assert gate.log.count("x+") == 3 and gate.overlaps == 0  # first step + two rounds
+    inside = gate.log[gate.log.index("x+", gate.log.index("x+") + 1) :]  # from the first round
+    assert inside[: inside.index("x-")].count("s+") >= 1  # its prompts' encode passed

@@ -8,10 +8,11 @@ cuDNN attention died at a bucket's first step with "capturing stream has unjoine
 such work was in flight (README, "World model"), and a micro run whose background work had
 finished did not; a launch from another thread into a stream that is being captured is one
 way to get that error. So the background threads dispatch inside `GATE.shared()`, and the
-training loop runs each program's first step inside `GATE.exclusive()` where steps do not
-overlap compiles (`precompile_overlap`, GPUs): it waits for the shared sections to end, then
-for the work already queued on every local device (`drain`), and lets no shared section start
-until the first run has finished.
+training loop runs each program's first step (and the DiT stage its training-sample rounds,
+whose sampler programs run for the first time in the first round) inside `GATE.exclusive()`
+where steps do not overlap compiles (`precompile_overlap`, GPUs): it waits for the shared
+sections to end, then for the work already queued on every local device (`drain`), and lets
+no other thread's shared section start until the section has finished.
 
 Not yet checked on a GPU: whether this is the whole cause of the failure. The gate's own
 behaviour is tested (tests/test_device_gate.py).
@@ -36,16 +37,22 @@ def drain() -> None:
 
 class DeviceGate:
     """A readers-writer gate: any number of `shared()` sections at once, or one `exclusive()`
-    section, which new shared sections wait behind as soon as it is asked for."""
+    section, which new shared sections wait behind as soon as it is asked for. The thread in the
+    exclusive section passes its own shared sections (a training-sample round encodes its
+    prompts)."""
 
     def __init__(self):
         self._cond = threading.Condition()
         self._shared = 0
         self._exclusive = False
+        self._owner: int | None = None  # the thread in the exclusive section
         self._asking = 0  # exclusive sections waiting: new shared ones queue behind them
 
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
+        if self._owner == threading.get_ident():
+            yield
+            return
         with self._cond:
             self._cond.wait_for(lambda: not (self._exclusive or self._asking))
             self._shared += 1
@@ -62,14 +69,14 @@ class DeviceGate:
             self._asking += 1
             self._cond.wait_for(lambda: not (self._exclusive or self._shared))
             self._asking -= 1
-            self._exclusive = True
+            self._exclusive, self._owner = True, threading.get_ident()
         try:
             if drain_devices:
                 drain()
             yield
         finally:
             with self._cond:
-                self._exclusive = False
+                self._exclusive, self._owner = False, None
                 self._cond.notify_all()
 
 

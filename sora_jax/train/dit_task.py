@@ -14,6 +14,7 @@ set of world prompts through the frozen VAE (`TrainingSamples`): videos in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ from sora_jax.data import world as world_lib
 from sora_jax.diffusion import conditioning, flow
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import vae as vae_lib
-from sora_jax.train import dit_latent_cache, vae_task
+from sora_jax.train import device_gate, dit_latent_cache, precompile, vae_task
 from sora_jax.train import metrics as metrics_lib
 from sora_jax.train.caption_embedder import CaptionEmbedder
 
@@ -172,7 +173,11 @@ class DiTTask:
         every = int(self.train_cfg.get("sample_every_steps", 0))
         if not sample_due(step, every) or self.vae_state is None:  # latents-only: no decoder
             return None
-        return self._samples()(step, ctx)
+        # GPUs: alone on the devices (device_gate.py); the first round runs the sampler's
+        # programs for the first time.
+        alone = not precompile.overlap_setting(self.train_cfg)
+        with device_gate.GATE.exclusive() if alone else contextlib.nullcontext():
+            return self._samples()(step, ctx)
 
     def precompile_periodic(self, ctx) -> bool:
         """Stage dit_compile: one training-sample round on `ctx`'s untrained weights, neither
