@@ -49,7 +49,8 @@ def test_every_config_builds_its_models(name, arg):
     vae = nnx.eval_shape(
         lambda: vae_lib.CausalVAE(vae_lib.VAEConfig(**c.vae.to_dict()), rngs=nnx.Rngs(0))
     )
-    # tiny: 2x2x2 (its first frame keeps >= 30 dB, issue 5); world 4x16x16; the rest 4x4x4 or 4x8x8
+    # tiny: 2x2x2 (its first frame keeps >= 30 dB, issue 5); world:res=128 4x16x16; the rest
+    # 4x4x4 or 4x8x8
     assert (vae.temporal_factor, vae.spatial_factor) in {(2, 2), (4, 4), (4, 8), (4, 16)}
     dit = dit_lib.DiTConfig(**c.dit.to_dict())
     assert dit.in_channels == c.vae.z_channels
@@ -89,8 +90,8 @@ def test_wan_vae_preset_compresses_4x8x8_to_16_channels():
     assert vae.latent_shape(81, 480, 832) == (21, 60, 104, 16)
 
 
-@pytest.mark.parametrize("arg", [None, "micro"])
-def test_world_config_compresses_4x16x16_and_has_a_bucket_for_every_eval_shape(arg):
+@pytest.mark.parametrize("arg", [None, "res=128", "micro", "res=128,micro"])
+def test_world_configs_have_a_bucket_for_every_eval_shape(arg):
     from sora_jax import eval_cases
     from sora_jax.data import buckets
 
@@ -98,14 +99,16 @@ def test_world_config_compresses_4x16x16_and_has_a_bucket_for_every_eval_shape(a
     vae = nnx.eval_shape(
         lambda: vae_lib.CausalVAE(vae_lib.VAEConfig(**c.vae.to_dict()), rngs=nnx.Rngs(0))
     )
-    if arg is None:  # the DiT trained on every shape the suite samples
+    if arg == "res=128":  # the twelfth run's: 4x16x16 to 32 channels
         assert vae.latent_shape(17, 128, 128) == (5, 8, 8, 32)
+    if "micro" not in (arg or ""):  # the DiT trained on every shape the suite samples
         trained = {b.name for b in buckets.parse_buckets(c.dit_train.buckets)}
         assert {c.eval.shape, *c.eval.sweep_shapes} <= trained
     assert eval_cases.build_suite(c)  # every eval set builds from the config alone
 
 
-def test_world_res64_is_the_ninth_runs_recipe():
+def test_world_default_is_the_ninth_runs_recipe():
+    assert load_config("world", None).to_dict() == load_config("world", "res=64").to_dict()
     c = load_config("world", "res=64")
     vae = nnx.eval_shape(
         lambda: vae_lib.CausalVAE(vae_lib.VAEConfig(**c.vae.to_dict()), rngs=nnx.Rngs(0))

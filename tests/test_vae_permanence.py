@@ -42,7 +42,7 @@ def test_lossless_round_trips_keep_every_object_and_forgetful_ones_none():
     assert set(out["by_size"]) == {r["size"] for r in out["samples"]}
     assert out["criteria"] == dict.fromkeys(("seen_before", "seen_after", "same_size",
                                              "same_shape"), 1.0)  # fmt: skip
-    assert all(r.dtype == np.uint8 and r.shape == (17, 128, 128, 3) for r in recons)
+    assert all(r.dtype == np.uint8 and r.shape == (17, 64, 64, 3) for r in recons)  # eval.shape
     lost, _ = vae_permanence.grade_round_trips(c, Forgets())
     assert lost["permanence"] == 0.0 and lost["criteria"]["seen_after"] == 0.0
     assert lost["criteria"]["seen_before"] == 1.0
