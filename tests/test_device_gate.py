@@ -159,3 +159,16 @@ def test_dit_sample_rounds_run_alone_without_overlap(tmp_path, monkeypatch):
     assert gate.log.count("x+") == 3 and gate.overlaps == 0  # first step + two rounds
     inside = gate.log[gate.log.index("x+", gate.log.index("x+") + 1) :]  # from the first round
     assert inside[: inside.index("x-")].count("s+") >= 1  # its prompts' encode passed
+
+
+def test_alone_only_without_overlap_in_a_single_process(monkeypatch):
+    """Several processes: a background program may be a collective, so no exclusive section
+    (a process draining its devices could wait for a peer waiting on its own first step)."""
+    gate = RecordingGate()
+    monkeypatch.setattr(device_gate, "GATE", gate)
+    for overlap, processes, exclusive in ((False, 1, 1), (True, 1, 0), (False, 2, 0)):
+        monkeypatch.setattr(device_gate.jax, "process_count", lambda n=processes: n)
+        gate.log.clear()
+        with device_gate.alone(overlap):
+            pass
+        assert gate.log.count("x+") == exclusive, (overlap, processes)

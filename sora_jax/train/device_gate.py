@@ -14,6 +14,10 @@ where steps do not overlap compiles (`precompile_overlap`, GPUs): it waits for t
 sections to end, then for the work already queued on every local device (`drain`), and lets
 no other thread's shared section start until the section has finished.
 
+Single-process runs only (`alone`): with several processes a background thread's program may
+be a collective, and a process draining its devices would wait for a peer that waits in turn
+for its own first step.
+
 Not yet checked on a GPU: whether this is the whole cause of the failure. The gate's own
 behaviour is tested (tests/test_device_gate.py).
 """
@@ -81,3 +85,11 @@ class DeviceGate:
 
 
 GATE = DeviceGate()  # one per process: the devices are the process's
+
+
+def alone(overlap: bool) -> contextlib.AbstractContextManager:
+    """`GATE.exclusive()` where steps do not overlap compiles (`precompile_overlap`: GPUs) in a
+    single-process run; elsewhere a section that does nothing."""
+    if overlap or jax.process_count() > 1:
+        return contextlib.nullcontext()
+    return GATE.exclusive()

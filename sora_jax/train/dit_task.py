@@ -14,7 +14,6 @@ set of world prompts through the frozen VAE (`TrainingSamples`): videos in
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Iterator
@@ -175,8 +174,7 @@ class DiTTask:
             return None
         # GPUs: alone on the devices (device_gate.py); the first round runs the sampler's
         # programs for the first time.
-        alone = not precompile.overlap_setting(self.train_cfg)
-        with device_gate.GATE.exclusive() if alone else contextlib.nullcontext():
+        with device_gate.alone(precompile.overlap_setting(self.train_cfg)):
             return self._samples()(step, ctx)
 
     def precompile_periodic(self, ctx) -> bool:

@@ -17,7 +17,6 @@ non-finite guard reacts within a step without stalling the device.
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import itertools
 import logging
@@ -330,11 +329,10 @@ class _Trainer:
         )  # fmt: skip
 
     def first_run(self, frozen, batch: dict):
-        """A program's first step, run to its end. Where steps do not overlap compiles (GPUs),
-        alone on the devices: no other thread's device work is queued or starts meanwhile
-        (device_gate.py: CUDA graph captures)."""
-        gate = device_gate.GATE.exclusive() if not self.overlap else contextlib.nullcontext()
-        with gate:
+        """A program's first step, run to its end. Where steps do not overlap compiles (GPUs)
+        in a single-process run, alone on the devices: no other thread's device work is queued
+        or starts meanwhile (device_gate.py: CUDA graph captures)."""
+        with device_gate.alone(self.overlap):
             jax.block_until_ready(batch)
             out = self.step_fn(self.state, frozen, batch)
             jax.block_until_ready(out[1])
