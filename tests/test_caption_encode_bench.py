@@ -9,7 +9,9 @@ import caption_encode  # noqa: E402
 
 
 def test_stream_holds_each_caption_once_and_rows_are_written(tmp_path, capsys):
-    cfg = caption_encode._world_config("micro")
+    cfg = caption_encode.aot_compile.load_config(
+        str(caption_encode.ROOT / "configs" / "world.py:micro"), []
+    )
     stream = caption_encode.caption_stream(cfg, steps=6, seed=0)
     flat = [t for step in stream for t in step]
     assert len(stream) == 6 and len(flat) == len(set(flat)) > 0  # a miss is encoded once

@@ -5,43 +5,40 @@ bucket, captions in order of length (`TextEncoder.encode` and the caption cache 
     python tools/bench/caption_encode.py [--config_arg=res=64] [--steps 12] [--json OUT]
 
 The stream is the recipe's: each step draws `batch` clips of the world (`configs/world.py`, its
-main bucket's batch), takes each clip's short prompt or long recaption as the stage does
-(`dit_train.caption_probs`, `caption_dropout`), and encodes the captions not seen before, in
-chunks of `text.ENCODE_CHUNK`. Both arms encode the same new captions with the same weights and
-compiled forward; "before" sorts them by text and runs every chunk at `max_length` (what
-`encode` did until 2026-12-05), "now" calls `encode` on them sorted by length. Every shape is
-compiled in an untimed pass first; then the arms alternate step by step. Prints a table (time,
-tokens the encoder ran, ratio) and writes JSON with the device, versions and date.
+main bucket's batch), takes each clip's short prompt or long recaption with the stage's
+probabilities (`dit_train.caption_probs`, `caption_dropout`; draws of its own), and encodes
+the captions not seen before, in chunks of `text.ENCODE_CHUNK`. Both arms encode the same new
+captions with the same weights through `encode`; "before" sorts them by text and runs every
+chunk at `max_length` (`padded_length` patched: what `encode` did until 2026-12-05), "now"
+sorts them by length as the caption cache does. Tokens are counted from the encoder's calls.
+Every shape is compiled in an untimed pass first; then the arms alternate step by step.
+Prints a table (time, tokens the encoder ran, ratio) and writes JSON with the device, versions
+and date.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import sys
 import time
+from unittest import mock
 
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "tools" / "bench"))
+import aot_compile  # noqa: E402  (tools/aot_compile.py: a config file by path)
 import report  # noqa: E402  (tools/bench/report.py)
-
-
-def _world_config(arg: str):
-    spec = importlib.util.spec_from_file_location("world_config", ROOT / "configs" / "world.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
 
 
 def caption_stream(cfg, steps: int, seed: int) -> list[list[str]]:
     """Per step, the captions of the step not seen in an earlier step (the cache's misses)."""
-    from sora_jax.data import world
+    from sora_jax.train import vae_task
 
-    w = world.World(world.WorldConfig(**cfg.world.to_dict()))
+    w = vae_task.make_world(cfg)
     train = cfg.dit_train
     batch = train.buckets[0][1]
     keys, probs = zip(*dict(train.caption_probs).items(), strict=True)
@@ -70,33 +67,27 @@ def main(argv: list[str] | None = None) -> None:
 
     from sora_jax.models import text as text_lib
 
-    cfg = _world_config(args.config_arg)
+    cfg = aot_compile.load_config(str(ROOT / "configs" / f"world.py:{args.config_arg}"), [])
     text_cfg = text_lib.TextConfig(**{**cfg.text.to_dict(), "path": args.text_path})
     enc = text_lib.TextEncoder(text_cfg)
-    chunk = text_lib.ENCODE_CHUNK
     stream = caption_stream(cfg, args.steps, args.seed)
 
-    def before(texts: list[str]) -> int:  # every chunk at max_length, as encode did
-        tokens = 0
-        for i in range(0, len(texts), chunk):
-            ids, mask = enc.tokenize(texts[i : i + chunk])
-            padded = text_lib.padded_batch_size(len(ids))
-            ids = np.pad(ids, ((0, padded - len(ids)), (0, 0)), mode="edge")
-            mask = np.pad(mask, ((0, padded - len(mask)), (0, 0)), mode="edge")
-            enc._forward(enc._state, ids, mask).block_until_ready()
-            tokens += padded * ids.shape[1]
-        return tokens
+    shapes: list[tuple[int, int]] = []  # (batch, length) of every encoder call
+    forward = enc._forward
+    enc._forward = lambda state, ids, mask: shapes.append(ids.shape) or forward(state, ids, mask)
 
-    def now(texts: list[str]) -> int:
+    def tokens_of(encode) -> int:  # the tokens the encoder's calls in `encode` ran
+        shapes.clear()
+        encode()
+        return sum(b * n for b, n in shapes)
+
+    def before(texts: list[str]) -> int:  # sorted by text, every chunk at max_length
+        with mock.patch.object(text_lib, "padded_length", lambda n, max_length: max_length):
+            return tokens_of(lambda: enc.encode(sorted(texts))[0].block_until_ready())
+
+    def now(texts: list[str]) -> int:  # as the caption cache calls it: in order of length
         texts = sorted(texts, key=lambda t: (len(t), t))
-        enc.encode(texts)[0].block_until_ready()
-        tokens = 0
-        for i in range(0, len(texts), chunk):
-            _, mask = enc.tokenize(texts[i : i + chunk])
-            longest = int(mask.sum(1).max())
-            padded = text_lib.padded_batch_size(len(mask))
-            tokens += padded * text_lib.padded_length(longest, text_cfg.max_length)
-        return tokens
+        return tokens_of(lambda: enc.encode(texts)[0].block_until_ready())
 
     arms = {"before: every chunk at max_length": before, "now: chunks at their length": now}
     for texts in stream:  # compile every shape, untimed
