@@ -30,6 +30,7 @@ def loss_config(**overrides) -> dict:
         grad_loss_weight=0.0,  # L1 of spatial gradients (an alternative to SSIM)
         ssim_weight=0.2,  # weight of (1 - SSIM)
         kl_weight=1e-6,
+        latent_noise=0.0,  # > 0: the decoder also trains on latents + noise (that many stds)
         perceptual_weight=0.0,  # > 0 needs perceptual_path (nothing is downloaded)
         perceptual_path="",  # local .safetensors, torchvision-style 'features.<i>.weight' keys
         disc_weight=0.1,  # 0 = no discriminator; scales VQGAN's adaptive weight

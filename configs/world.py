@@ -190,6 +190,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # before the DiT trains (the sixth to ninth runs' 4x8x8 VAEs kept 0.95; the eval suite
         # grades the final VAE's the same way).
         eval_occlusion_clips=96,
+        # Gaussian noise added to the latents the decoder trains on, up to this many standard
+        # deviations of each channel (vae_task.add_latent_noise; 0 = off, as runs 1-13). Run
+        # 13's small subjects changed shape from frame to frame, before the bar as after it,
+        # while the VAE's round trips of the same scenes kept them: the decoder draws the DiT's
+        # near-but-not-exact latents less steadily than the encoder's own.
+        latent_noise=0.0,
+        # The occlusion scenes' round trips again from latents with noise at 0.1 standard
+        # deviations (`recon_permanence_noisy`): how steadily this decoder draws such latents.
+        eval_latent_noise=0.1,
     )
 
     # Frozen text encoder: the packaged MiniLM (384-dim, no download). 96 tokens hold the

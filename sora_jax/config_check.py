@@ -78,6 +78,8 @@ _SECTIONS = {
         "eval_clips": _POS_INT,
         "eval_occlusion_clips": _NONNEG_INT,
         "first_frame_weight": _NONNEG,
+        "latent_noise": _NONNEG,
+        "eval_latent_noise": _NONNEG,
     },
     "dit_train": {
         **_TRAIN,

@@ -297,6 +297,60 @@ def test_eval_grades_object_permanence_of_occlusion_round_trips(monkeypatch):
     assert "recon_permanence" not in vae_task.evaluate_model(model, make_config())
 
 
+def test_latent_noise_is_scaled_per_channel_and_per_clip():
+    rng = np.random.default_rng(0)
+    scales = jnp.asarray([0.5, 2.0, 8.0, 1.0], jnp.float32)
+    mean = jnp.asarray(rng.normal(0, 1, (64, 3, 4, 4, 4)), jnp.float32) * scales
+    assert vae_task.add_latent_noise(mean, mean, 0.0, jax.random.key(1)) is mean
+    fixed = vae_task.add_latent_noise(mean, mean, 0.3, jax.random.key(1), uniform=False)
+    noise = np.asarray(fixed - mean) / np.asarray(jnp.std(mean, axis=(0, 1, 2, 3)))
+    np.testing.assert_allclose(noise.std(axis=(0, 1, 2, 3)), 0.3, rtol=0.05)  # 3,072 draws each
+    drawn = vae_task.add_latent_noise(mean, mean, 0.3, jax.random.key(1))
+    per_clip = (np.asarray(drawn - mean) / np.asarray(jnp.std(mean, axis=(0, 1, 2, 3)))).std(
+        axis=(1, 2, 3, 4)
+    )
+    assert per_clip.max() <= 0.3 * 1.25 and per_clip.min() < 0.05 and 0.1 < per_clip.mean() < 0.2
+
+
+def test_latent_noise_changes_the_loss_only_when_on():
+    base = make_config(disc_weight=0.0)
+    noisy = make_config(disc_weight=0.0, latent_noise=0.5)
+    batch = {"video": jnp.asarray(VIDEO), "step": jnp.int32(0)}
+    model = vae_task.VAETask(base).create_model(nnx.Rngs(0))
+    key = jax.random.key(0)
+    plain = float(vae_task.VAETask(base).loss(model, None, batch, key)[0])
+    again = float(vae_task.VAETask(make_config(disc_weight=0.0, latent_noise=0.0)).loss(
+        model, None, batch, key)[0])  # fmt: skip
+    assert plain == again  # latent_noise 0 draws what it did before the option existed
+    (total, _), grads = nnx.value_and_grad(
+        lambda m: vae_task.VAETask(noisy).loss(m, None, batch, key), has_aux=True
+    )(model)
+    assert float(total) != plain and np.isfinite(float(optax.tree.norm(nnx.state(grads))))
+
+
+def test_eval_grades_permanence_of_noisy_round_trips():
+    """recon_permanence_noisy: the occlusion scenes decoded from their latent means plus noise
+    at eval_latent_noise standard deviations per channel (one fixed draw); absent at 0."""
+    cfg = lambda level: make_config(buckets=(("9x32x32", 2, 1.0),), eval_occlusion_clips=4,
+                                    eval_latent_noise=level)  # fmt: skip
+    model = vae_task.VAETask(cfg(0.0)).create_model(nnx.Rngs(0))
+    cache: dict = {}
+    assert "recon_permanence_noisy" not in vae_task.evaluate_model(model, cfg(0.0), cache=cache)
+    faint = vae_task.evaluate_model(model, cfg(1e-6), cache=cache)
+    assert faint["recon_permanence_noisy"] == faint["recon_permanence"]
+    bucket = buckets_lib.parse_buckets(cfg(0.0).vae_train.buckets)[0]
+    videos, specs = vae_task.occlusion_clips(cfg(0.0), 4, bucket)
+    recon = []
+    for i in (0, 2):  # the eval's batches: the noise's scale is each batch's channel spread
+        mean = model.encode(vae_task.to_pixels(jnp.asarray(videos[i : i + 2])))[0]
+        z = vae_task.add_latent_noise(mean, mean, 3.0, jax.random.PRNGKey(0), uniform=False)
+        recon.append(np.asarray(vae_task.to_uint8(model.decode(z))))
+    kept = [evaluate.object_permanence(r, s)["permanent"]
+            for r, s in zip(np.concatenate(recon), specs)]  # fmt: skip
+    got = vae_task.evaluate_model(model, cfg(3.0), cache=cache)["recon_permanence_noisy"]
+    assert got == np.mean(kept)
+
+
 @pytest.mark.slow
 def test_training_runs_the_gan_and_logs_eval(tmp_path):
     config = make_config(disc_start_step=1)

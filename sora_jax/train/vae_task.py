@@ -55,6 +55,25 @@ def make_world(config: ml_collections.ConfigDict, **overrides) -> world_lib.Worl
     return world_lib.World(world_lib.WorldConfig(**fields))
 
 
+def add_latent_noise(
+    z: jax.Array, mean: jax.Array, level: float, rng: jax.Array, *, uniform: bool = True
+) -> jax.Array:
+    """z + s * std_c * N(0, 1), std_c each latent channel's standard deviation over the batch's
+    posterior means (no gradient through it): the decoder learns to draw latents near the
+    encoder's, as a DiT's samples are, not only the encoder's own (`vae_train.latent_noise`).
+    With `uniform`, s ~ U(0, level) per clip, so clean and noisy latents are both decoded; else
+    s = level. At level 0, z as given."""
+    if level <= 0:
+        return z
+    axes = tuple(range(mean.ndim - 1))
+    std = jax.lax.stop_gradient(jnp.std(mean, axis=axes, keepdims=True))
+    k_scale, k_noise = jax.random.split(rng)
+    scale = jnp.full((z.shape[0],) + (1,) * (z.ndim - 1), level, z.dtype)
+    if uniform:
+        scale = scale * jax.random.uniform(k_scale, scale.shape, z.dtype)
+    return z + scale * std * jax.random.normal(k_noise, z.shape, z.dtype)
+
+
 def to_pixels(video_uint8: jax.Array) -> jax.Array:
     """uint8 [..., 3] -> float32 in [-1, 1]."""
     return video_uint8.astype(jnp.float32) / 127.5 - 1.0
@@ -150,7 +169,12 @@ class VAETask:
     def loss(self, model: vae_lib.CausalVAE, frozen, batch: dict, rng: jax.Array):
         x = to_pixels(batch["video"])
         mean, logvar = model.encode(x)  # bad shapes fail here, at trace time, in one sentence
+        noise = float(self.train_cfg.get("latent_noise", 0.0))
+        if noise > 0:
+            rng, noise_rng = jax.random.split(rng)
         z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
+        if noise > 0:
+            z = add_latent_noise(z, mean, noise, noise_rng)
         feats = model.decoder.features(model.post_quant_conv(z))
         recon = model.decoder.to_pixels(feats).astype(jnp.float32)  # unclipped: keeps gradients
         rec, metrics = self.reconstruction(recon, x, frozen)
@@ -275,6 +299,26 @@ def _eval_fn(graphdef):
     return _EVAL_FNS[graphdef]
 
 
+_NOISY_FNS: dict = {}
+
+
+def _noisy_round_trip_fn(graphdef):
+    """Jitted (state, uint8 video, level) -> uint8 decodes of the latent means plus noise at
+    `level` x each channel's standard deviation (`add_latent_noise`, fixed key: every call and
+    every VAE draws the same noise)."""
+    if graphdef not in _NOISY_FNS:
+
+        @jax.jit
+        def run(state, video, level):
+            vae = nnx.merge(graphdef, state)
+            mean, _ = vae.encode(to_pixels(video))
+            z = add_latent_noise(mean, mean, 1.0, jax.random.PRNGKey(0), uniform=False)
+            return to_uint8(vae.decode(mean + level * (z - mean)))
+
+        _NOISY_FNS[graphdef] = run
+    return _NOISY_FNS[graphdef]
+
+
 def evaluate_model(
     model: vae_lib.CausalVAE,
     config: ml_collections.ConfigDict,
@@ -298,11 +342,15 @@ def evaluate_model(
     rendered at each bucket of >= `evaluate.PERMANENCE_FRAMES` frames and their round trips
     graded by `evaluate.object_permanence` (`recon_permanence_<bucket>`, `recon_permanence`):
     the share of scenes whose object this VAE keeps through the bar, the ceiling of the DiT's
-    permanence.
+    permanence. With `vae_train.eval_latent_noise` > 0 also `recon_permanence_noisy[_<bucket>]`:
+    the same scenes decoded from their latent means plus Gaussian noise at that many standard
+    deviations of each channel (one fixed draw): how well the decoder keeps a small object's
+    shape from latents that are near the encoder's, as a DiT's samples are.
     """
     buckets = buckets_lib.parse_buckets(config.vae_train.buckets)
     n = int(config.vae_train.get("eval_clips", 16))
     n_occlusion = int(config.vae_train.get("eval_occlusion_clips", 0))
+    noisy_level = float(config.vae_train.get("eval_latent_noise", 0.0))
     graphdef, state = nnx.split(model)
     run = _eval_fn(graphdef)
     cache = {} if cache is None else cache  # rendered clips by name, kept for the next call
@@ -334,8 +382,17 @@ def evaluate_model(
                                     for i in range(0, n_occlusion, b.batch_size)])  # fmt: skip
             kept = [evaluate.object_permanence(r, s)["permanent"] for r, s in zip(recon, specs)]
             result[f"recon_permanence_{b.name}"] = float(np.mean(kept))
+            if noisy_level > 0:  # the same scenes decoded from noisy latents
+                noisy = _noisy_round_trip_fn(graphdef)
+                recon = np.concatenate([np.asarray(noisy(state, videos[i : i + b.batch_size],
+                                                         noisy_level))
+                                        for i in range(0, n_occlusion, b.batch_size)])  # fmt: skip
+                kept = [evaluate.object_permanence(r, s)["permanent"]
+                        for r, s in zip(recon, specs)]  # fmt: skip
+                result[f"recon_permanence_noisy_{b.name}"] = float(np.mean(kept))
     metrics = ("psnr", "ssim", "psnr_first", "recon_color_acc", "recon_shape_acc",
-               "recon_motion_acc", "recon_mad_ratio", "recon_permanence")  # fmt: skip
+               "recon_motion_acc", "recon_mad_ratio", "recon_permanence",
+               "recon_permanence_noisy")  # fmt: skip
     for metric in metrics:
         values = [result[k] for k in (f"{metric}_{b.name}" for b in buckets) if k in result]
         if values:
