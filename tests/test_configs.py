@@ -107,7 +107,7 @@ def test_world_configs_have_a_bucket_for_every_eval_shape(arg):
     assert eval_cases.build_suite(c)  # every eval set builds from the config alone
 
 
-def test_world_default_is_the_ninth_runs_recipe():
+def test_world_default_is_the_64x64_recipe_and_ninth_gives_the_ninth_runs():
     assert load_config("world", None).to_dict() == load_config("world", "res=64").to_dict()
     c = load_config("world", "res=64")
     vae = nnx.eval_shape(
@@ -115,7 +115,17 @@ def test_world_default_is_the_ninth_runs_recipe():
     )
     assert vae.latent_shape(17, 64, 64) == (5, 8, 8, 16)  # 8x8 latent frames, as at 128x128
     assert c.dit.in_channels == c.dit.out_channels == 16 and tuple(c.dit.patch_size) == (1, 2, 2)
-    assert c.vae_train.steps == c.dit_train.steps == 15000 and c.flow.shift == 1.0
+    assert (c.vae_train.steps, c.dit_train.steps, c.flow.shift) == (10000, 11000, 1.0)
+    assert c.vae_train.latent_noise == 0.2 and c.eval.guidance == c.sample.guidance == 5.0
+    assert {"guidance": 3.0} in c.eval.t2v_variants
+    ninth = load_config("world", "ninth")
+    assert ninth.vae_train.steps == ninth.dit_train.steps == 15000
+    assert ninth.vae_train.latent_noise == 0.0
+    assert ninth.eval.guidance == ninth.sample.guidance == 3.0
+    assert {"guidance": 5.0} in ninth.eval.t2v_variants
+    assert {"guidance": 3.0} not in ninth.eval.t2v_variants
+    with pytest.raises(ValueError, match="ninth is a res=64 recipe"):
+        load_config("world", "res=128,ninth")
     assert c.vae_train.buckets == (("17x64x64", 32, 1.0),)
     assert [b[0] for b in c.dit_train.buckets] == [
         "17x64x64", "17x64x96", "17x96x64", "33x64x64", "1x64x64"]  # fmt: skip
