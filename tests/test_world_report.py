@@ -220,11 +220,12 @@ def test_report_prints_the_vae_round_trip_grades(tmp_path, capsys):
     summary = json.loads((run / "summary.json").read_text())
     summary["vae"].update(recon_color_acc=1.0, recon_shape_acc=0.84375, recon_motion_acc=0.9,
                           recon_mad_ratio=1.4372, recon_permanence=0.90625,
-                          psnr_first=30.1234)  # fmt: skip
+                          recon_permanence_noisy=0.84375, psnr_first=30.1234)  # fmt: skip
     _write(run / "summary.json", summary)
     # An eval during training with frame 0's PSNR and the round trips' grades.
     row = {"step": 400, "eval_psnr": 28.0, "eval_ssim": 0.9, "eval_psnr_first": 29.0,
-           "eval_recon_shape_acc": 0.65625, "eval_recon_permanence": 0.75}  # fmt: skip
+           "eval_recon_shape_acc": 0.65625, "eval_recon_permanence": 0.75,
+           "eval_recon_permanence_noisy": 0.71875}  # fmt: skip
     with open(run / "vae" / "metrics.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
     row = {"step": 800, "sample_color_acc": 1.0, "sample_shape_acc": 0.9,
@@ -235,17 +236,19 @@ def test_report_prints_the_vae_round_trip_grades(tmp_path, capsys):
     assert out["vae"]["heldout_recon_grades"] == {"color": 1.0, "shape": 0.844, "motion": 0.9}
     assert out["vae"]["heldout_recon_mad_ratio"] == 1.437
     assert out["vae"]["occlusion_recon_permanence"] == 0.906
+    assert out["vae"]["occlusion_recon_permanence_noisy"] == 0.844
     assert out["vae"]["heldout_psnr_first_frame_db"] == 30.12
     assert out["vae"]["eval_during_training"][-1] == {
         "step": 400, "psnr": 28.0, "ssim": 0.9, "psnr_first": 29.0, "recon_shape_acc": 0.656,
-        "recon_permanence": 0.75}  # fmt: skip
+        "recon_permanence": 0.75, "recon_permanence_noisy": 0.719}  # fmt: skip
     assert out["dit"]["training_samples"][-1]["sample_permanence"] == 0.6875
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].endswith("videos): color 1.00, shape 0.84, motion 0.90")
     assert printed[1].endswith("(continuity floor): 1.44")
     assert printed[2].endswith("object permanence (the ceiling): 0.91")
-    assert printed[3] == "DiT training samples at step 600: color_acc 1.00, shape_acc 0.88"
-    assert printed[4].endswith("step 800: color_acc 1.00, shape_acc 0.90, permanence 0.69")
+    assert printed[3].endswith("with noise (vae_train.eval_latent_noise): 0.84")
+    assert printed[4] == "DiT training samples at step 600: color_acc 1.00, shape_acc 0.88"
+    assert printed[5].endswith("step 800: color_acc 1.00, shape_acc 0.90, permanence 0.69")
     assert "heldout_recon_grades" not in world_report.collect(str(_run_dir(tmp_path / "b")))["vae"]
 
 

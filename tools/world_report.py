@@ -102,7 +102,8 @@ def stage(workdir: str, name: str) -> dict | None:
 
 
 _RECON_KEYS = ("eval_psnr_first", "eval_recon_color_acc", "eval_recon_shape_acc",
-               "eval_recon_motion_acc", "eval_recon_permanence")  # fmt: skip
+               "eval_recon_motion_acc", "eval_recon_permanence",
+               "eval_recon_permanence_noisy")  # fmt: skip
 
 
 def timeline_events(path: str) -> list[list[str]]:
@@ -143,6 +144,10 @@ def collect(workdir: str) -> dict:
             result["vae"]["heldout_recon_mad_ratio"] = round(vae["recon_mad_ratio"], 3)
         if "recon_permanence" in vae:  # occlusion scenes kept by the round trip: its ceiling
             result["vae"]["occlusion_recon_permanence"] = round(vae["recon_permanence"], 3)
+        if "recon_permanence_noisy" in vae:  # the same from latents with noise (eval_latent_noise)
+            result["vae"]["occlusion_recon_permanence_noisy"] = round(
+                vae["recon_permanence_noisy"], 3
+            )
     footage = read_json(os.path.join(workdir, "vae", "footage_eval.json"))
     if footage:
         scores = {k.split(":")[-1]: {"psnr": round(v["psnr"], 2), "ssim": round(v["ssim"], 3)}
@@ -350,6 +355,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(
             f"VAE round trips of the occlusion scenes, object permanence (the ceiling): {kept:.2f}"
         )
+    noisy = result.get("vae", {}).get("occlusion_recon_permanence_noisy")
+    if noisy is not None:
+        print(f"... decoded from latents with noise (vae_train.eval_latent_noise): {noisy:.2f}")
     for row in result.get("dit", {}).get("training_samples", []):
         print(
             f"DiT training samples at step {row['step']}: "
