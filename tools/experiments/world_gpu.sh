@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The world model on one GPU (issue 9), stage by stage (configs/world.py: ~26 min on an H100):
-#   VAE (15,000 steps; the DiT's steps compile beside it) -> VAE on real footage (optional)
-#   -> DiT (15,000 steps of 256 clips; the eval suite's programs compile beside it) -> eval suite.
+# The world model on one GPU (issue 9), stage by stage (configs/world.py: ~25 min on an H100):
+#   VAE (10,000 steps; the DiT's steps compile beside it) -> VAE on real footage (optional)
+#   -> DiT (11,000 steps of 256 clips; the eval suite's programs compile beside it) -> eval suite.
 #
 #   tools/experiments/world_gpu.sh WORKDIR [FOOTAGE.npz|mp4,...] [extra main.py flags...]
 #
