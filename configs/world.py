@@ -60,7 +60,7 @@ import world_eval  # noqa: E402  (configs/world_eval.py: the evaluation suite's 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The body states the res=128 recipe (the twelfth run's), with the evidence for each choice;
-    # `_ninth_run` then turns it into the res=64 one (the default), and `_shrink` into CPU sizes.
+    # `_res64` then turns it into the res=64 one (the default), and `_shrink` into CPU sizes.
     args = common.parse_arg(arg, micro=False, runlocal=False, res=64, ninth=False)
     if args.res not in (64, 128):
         raise ValueError(f"configs/world.py: res={args.res} is not a recipe; expected 64 or 128.")

@@ -170,11 +170,10 @@ class VAETask:
         x = to_pixels(batch["video"])
         mean, logvar = model.encode(x)  # bad shapes fail here, at trace time, in one sentence
         noise = float(self.train_cfg.get("latent_noise", 0.0))
-        if noise > 0:
-            rng, noise_rng = jax.random.split(rng)
+        # Off, the posterior sample takes the whole key, as before the option existed.
+        rng, noise_rng = jax.random.split(rng) if noise > 0 else (rng, None)
         z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
-        if noise > 0:
-            z = add_latent_noise(z, mean, noise, noise_rng)
+        z = add_latent_noise(z, mean, noise, noise_rng)
         feats = model.decoder.features(model.post_quant_conv(z))
         recon = model.decoder.to_pixels(feats).astype(jnp.float32)  # unclipped: keeps gradients
         rec, metrics = self.reconstruction(recon, x, frozen)
@@ -302,21 +301,26 @@ def _eval_fn(graphdef):
 _NOISY_FNS: dict = {}
 
 
-def _noisy_round_trip_fn(graphdef):
-    """Jitted (state, uint8 video, level) -> uint8 decodes of the latent means plus noise at
-    `level` x each channel's standard deviation (`add_latent_noise`, fixed key: every call and
-    every VAE draws the same noise)."""
-    if graphdef not in _NOISY_FNS:
+def _noisy_decode_fn(graphdef, level: float):
+    """Jitted (state, latent means) -> uint8 decodes of the means plus noise at `level` x each
+    channel's standard deviation (`add_latent_noise`, fixed key: every call and every VAE draws
+    the same noise)."""
+    if (graphdef, level) not in _NOISY_FNS:
 
         @jax.jit
-        def run(state, video, level):
-            vae = nnx.merge(graphdef, state)
-            mean, _ = vae.encode(to_pixels(video))
-            z = add_latent_noise(mean, mean, 1.0, jax.random.PRNGKey(0), uniform=False)
-            return to_uint8(vae.decode(mean + level * (z - mean)))
+        def run(state, mean):
+            z = add_latent_noise(mean, mean, level, jax.random.PRNGKey(0), uniform=False)
+            return to_uint8(nnx.merge(graphdef, state).decode(z))
 
-        _NOISY_FNS[graphdef] = run
-    return _NOISY_FNS[graphdef]
+        _NOISY_FNS[graphdef, level] = run
+    return _NOISY_FNS[graphdef, level]
+
+
+def _permanence(recons, specs: list[dict]) -> float:
+    """The share of `specs`' occlusion scenes whose object the videos (batches of uint8) keep."""
+    videos = np.concatenate([np.asarray(r) for r in recons])
+    return float(np.mean([evaluate.object_permanence(v, s)["permanent"]
+                          for v, s in zip(videos, specs)]))  # fmt: skip
 
 
 def evaluate_model(
@@ -378,18 +382,14 @@ def evaluate_model(
             latents.append(means)
         if n_occlusion and b.num_frames >= evaluate.PERMANENCE_FRAMES:
             videos, specs = clips(f"occlusion_{b.name}", occlusion_clips, n_occlusion, b)
-            recon = np.concatenate([np.asarray(run(state, videos[i : i + b.batch_size])[3])
-                                    for i in range(0, n_occlusion, b.batch_size)])  # fmt: skip
-            kept = [evaluate.object_permanence(r, s)["permanent"] for r, s in zip(recon, specs)]
-            result[f"recon_permanence_{b.name}"] = float(np.mean(kept))
-            if noisy_level > 0:  # the same scenes decoded from noisy latents
-                noisy = _noisy_round_trip_fn(graphdef)
-                recon = np.concatenate([np.asarray(noisy(state, videos[i : i + b.batch_size],
-                                                         noisy_level))
-                                        for i in range(0, n_occlusion, b.batch_size)])  # fmt: skip
-                kept = [evaluate.object_permanence(r, s)["permanent"]
-                        for r, s in zip(recon, specs)]  # fmt: skip
-                result[f"recon_permanence_noisy_{b.name}"] = float(np.mean(kept))
+            outs = [run(state, videos[i : i + b.batch_size])
+                    for i in range(0, n_occlusion, b.batch_size)]  # fmt: skip
+            result[f"recon_permanence_{b.name}"] = _permanence([o[3] for o in outs], specs)
+            if noisy_level > 0:  # the same scenes decoded from their latent means plus noise
+                decode = _noisy_decode_fn(graphdef, noisy_level)
+                result[f"recon_permanence_noisy_{b.name}"] = _permanence(
+                    [decode(state, o[2]) for o in outs], specs
+                )
     metrics = ("psnr", "ssim", "psnr_first", "recon_color_acc", "recon_shape_acc",
                "recon_motion_acc", "recon_mad_ratio", "recon_permanence",
                "recon_permanence_noisy")  # fmt: skip
