@@ -56,13 +56,13 @@ def make_world(config: ml_collections.ConfigDict, **overrides) -> world_lib.Worl
 
 
 def add_latent_noise(
-    z: jax.Array, mean: jax.Array, level: float, rng: jax.Array, *, uniform: bool = True
+    z: jax.Array, mean: jax.Array, level: float, rng: jax.Array | None, *, uniform: bool = True
 ) -> jax.Array:
     """z + s * std_c * N(0, 1), std_c each latent channel's standard deviation over the batch's
     posterior means (no gradient through it): the decoder learns to draw latents near the
     encoder's, as a DiT's samples are, not only the encoder's own (`vae_train.latent_noise`).
     With `uniform`, s ~ U(0, level) per clip, so clean and noisy latents are both decoded; else
-    s = level. At level 0, z as given."""
+    s = level. At level 0, z as given (and `rng` unused: None will do)."""
     if level <= 0:
         return z
     axes = tuple(range(mean.ndim - 1))
