@@ -275,8 +275,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         weight_decay=0.0,
         ema_decay=0.999,
         log_every_steps=200,
-        checkpoint_every_steps=1000,
-        # VAE ~390 s + DiT ~890 s (latent caches ~50 s, the steps at 15.9/s, three sample
+        # A checkpoint (456 MB, written asynchronously) slowed the ~200 steps after it by ~5.5 s
+        # in the fourteenth run (9 steps/s against 12-15 in the logs between, whose intervals
+        # also hold a latent-cache refresh; world_h100_run14.json's metrics): 11 checkpoints
+        # were ~60 s of its DiT stage. Every 2,500 steps: 4 (~22 s); the stage runs in one
+        # process from start to end (a deadline stop also saves), so a crash loses <= ~3 min.
+        checkpoint_every_steps=2500,
+        # VAE ~390 s + DiT ~890 s (latent caches ~50 s, the steps at 15.9/s, two sample
         # rounds ~40 s, ~80 s with their occlusion scenes: twice the videos) + eval ~60 s:
         # ~1,340 s, and the machine's start 90-270 s, of the session's 1,800 (the eleventh run's
         # 15,000 DiT steps needed ~1,800 with its start). The stage must end by its step count
@@ -322,7 +327,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # compile, then seconds each) leave numbers behind when a run is cut short: two GPU
         # runs lost their machine before the eval stage. 48 prompts (as the A/B arms had): one
         # round's shape accuracy then has a standard error of ~0.07, not ~0.12.
-        sample_every_steps=5000,  # 5k, 10k and the last step
+        sample_every_steps=5000,  # after steps 5,000 and 10,000
         sample_num_prompts=48,
         # And the first 48 of the eval suite's occlusion scenes (long captions), graded by object
         # permanence (`sample_permanence`), the one target runs 1-9 missed: a run cut short

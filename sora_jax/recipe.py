@@ -90,24 +90,40 @@ def run_dit(config: ml_collections.ConfigDict, workdir: str) -> dict:
     }
 
 
+# Written by stage dit_compile once the DiT's train steps and latent-cache encodes are in the
+# compile cache, before its training-sample round: the DiT stage may start then
+# (tools/experiments/world_gpu.sh); the round's program is cached long before its first round.
+DIT_COMPILE_READY = "dit_compile.ready"
+
+
 def run_dit_compile(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Compiles the DiT stage's train steps into the persistent compile cache and trains
     nothing. Needs no trained VAE (a fresh one has the same shapes), so it can run beside the
     VAE stage, and the DiT stage then loads its steps instead of compiling them (on an H200 a
-    world bucket's step took ~90-120 s to compile and 3 s to load)."""
+    world bucket's step took ~90-120 s to compile and 3 s to load). Then the latent cache's
+    encodes, then `<workdir>/dit_compile.ready` (the compiles so far, JSON), then the
+    training-sample round's programs."""
     _needs_compile_cache(config, "dit_compile")
+    ready = os.path.join(workdir, DIT_COMPILE_READY)
+    if os.path.exists(ready):  # an earlier call's
+        os.remove(ready)
     vae = state_lib.init_model(vae_task.VAETask(config), config.vae_train, seed=0)
     z = int(config.vae.z_channels)
     stats = (np.zeros(z, np.float32), np.ones(z, np.float32))
     task = dit_task.DiTTask(config, workdir, vae, latent_stats=stats)
+
+    def steps_compiled(result: dict) -> None:
+        if int(config.dit_train.get("latent_cache_clips", 0)) > 0:
+            result["encode_programs"], result["encode_compile_s"] = _compile_encodes(task)
+        with open(ready + ".tmp", "w") as f:
+            json.dump(result, f)
+        os.replace(ready + ".tmp", ready)
+
     scratch = os.path.join(workdir, "dit_compile")
     try:
-        result = loop.compile_steps(task, config, config.dit_train, scratch)
+        return loop.compile_steps(task, config, config.dit_train, scratch, then=steps_compiled)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    if int(config.dit_train.get("latent_cache_clips", 0)) > 0:
-        result["encode_programs"], result["encode_compile_s"] = _compile_encodes(task)
-    return result
 
 
 def _compile_encodes(task: dit_task.DiTTask) -> tuple[int, float]:

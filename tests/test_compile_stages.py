@@ -68,6 +68,12 @@ def test_dit_and_eval_stages_load_what_the_compile_stages_left_in_the_cache(tmp_
     assert warm["summary"]["dit_compile"]["periodic_s"] > 0
     assert [k for n, k in warm["events"] if n == "jit_run"] == ["miss"]
     assert not os.path.exists(os.path.join(workdir, "dit_compile"))  # its scratch is gone
+    # dit_compile.ready (world_gpu.sh starts the DiT stage at it): written after the steps and
+    # encodes compiled, before the training-sample round.
+    with open(os.path.join(workdir, "dit_compile.ready")) as f:
+        ready = json.load(f)
+    assert (ready["programs"], ready["encode_programs"]) == (1, 1)
+    assert "periodic_s" not in ready
     assert not os.path.exists(os.path.join(workdir, "dit"))
     _stage(workdir, "vae")
     dit = _stage(workdir, "dit", samples)

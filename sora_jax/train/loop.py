@@ -24,7 +24,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -440,14 +440,16 @@ def compile_steps(
     cfg: ml_collections.ConfigDict,
     workdir: str,
     mesh=None,
+    then: Callable[[dict], None] | None = None,
 ) -> dict:
     """Compiles `task`'s train step for every batch shape it lists (`batch_specs`) and trains
     nothing: with the persistent compile cache on (`config.compile_cache`), a later `train` of
     the same task and stage config loads these programs instead of compiling them. `workdir` is
-    scratch (a fresh state; no checkpoint is written). A task with `precompile_periodic(ctx)`
-    then runs its periodic work once on the fresh state (the DiT's training-sample round), so
-    that those programs are cached too. Returns {"programs": n, "compile_s": s} and, when the
-    periodic work ran, "periodic_s".
+    scratch (a fresh state; no checkpoint is written). `then(result)`, if given, runs once the
+    steps are compiled (it may add to `result`). A task with `precompile_periodic(ctx)` then
+    runs its periodic work once on the fresh state (the DiT's training-sample round), so that
+    those programs are cached too. Returns {"programs": n, "compile_s": s}, what `then` added
+    and, when the periodic work ran, "periodic_s".
     """
     mesh = mesh or parallel.make_mesh(config.get("mesh", None) and config.mesh.to_dict())
     os.makedirs(workdir, exist_ok=True)
@@ -460,6 +462,9 @@ def compile_steps(
         for key in [] if compiling is None else list(compiling.futures):
             compiling.wait(key)
         result.update(programs=programs, compile_s=round(time.perf_counter() - t, 1))
+    if then is not None:  # outside the mesh context: it may lower programs that run outside it
+        then(result)
+    with jax.set_mesh(mesh):
         warm = getattr(task, "precompile_periodic", None)
         if warm is not None:
             t = time.perf_counter()
