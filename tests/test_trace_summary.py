@@ -54,6 +54,15 @@ def test_summary_is_per_iteration_and_categorised(tmp_path):
     np.testing.assert_allclose(sum(r["pct"] for r in s["rows"]), 100.0)
 
 
+def test_dtype_conversions_are_not_convolutions():
+    for name in ("input_convert_transpose_fusion_22", "loop_convert_multiply_fusion_11"):
+        assert trace_summary.category(name) == "fusion"
+    assert trace_summary.category("wrapped_convert_186") == "fusion"
+    for name in ("sm90_xmma_fprop_implicit_gemm_bf16", "cudnn::cnn::conv2d_grouped_direct_kernel",
+                 "convolution_fusion_convert"):  # fmt: skip
+        assert trace_summary.category(name) == "conv"
+
+
 def test_no_trace_or_no_kernels_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no \\*.trace.json.gz under"):
         trace_summary.summarize_dir(str(tmp_path), iters=1)
