@@ -105,9 +105,7 @@ def run_dit_compile(config: ml_collections.ConfigDict, workdir: str) -> dict:
     encodes beside them; then `<workdir>/dit_compile.ready` (the compiles so far, JSON), then
     the training-sample round's programs."""
     _needs_compile_cache(config, "dit_compile")
-    ready = os.path.join(workdir, DIT_COMPILE_READY)
-    if os.path.exists(ready):  # an earlier call's
-        os.remove(ready)
+    ready = os.path.join(workdir, DIT_COMPILE_READY)  # its reader removes an earlier call's
     vae = state_lib.init_model(vae_task.VAETask(config), config.vae_train, seed=0)
     z = int(config.vae.z_channels)
     stats = (np.zeros(z, np.float32), np.ones(z, np.float32))

@@ -446,10 +446,10 @@ def compile_steps(
     nothing: with the persistent compile cache on (`config.compile_cache`), a later `train` of
     the same task and stage config loads these programs instead of compiling them. `workdir` is
     scratch (a fresh state; no checkpoint is written). `then(result)`, if given, runs once the
-    steps are compiled (it may add to `result`). A task with `precompile_periodic(ctx)` then
-    runs its periodic work once on the fresh state (the DiT's training-sample round), so that
-    those programs are cached too. Returns {"programs": n, "compile_s": s}, what `then` added
-    and, when the periodic work ran, "periodic_s".
+    steps are compiled, in the mesh context (it may add to `result`). A task with
+    `precompile_periodic(ctx)` then runs its periodic work once on the fresh state (the DiT's
+    training-sample round), so that those programs are cached too. Returns {"programs": n,
+    "compile_s": s}, what `then` added and, when the periodic work ran, "periodic_s".
     """
     mesh = mesh or parallel.make_mesh(config.get("mesh", None) and config.mesh.to_dict())
     os.makedirs(workdir, exist_ok=True)
@@ -462,9 +462,8 @@ def compile_steps(
         for key in [] if compiling is None else list(compiling.futures):
             compiling.wait(key)
         result.update(programs=programs, compile_s=round(time.perf_counter() - t, 1))
-    if then is not None:  # outside the mesh context: it may lower programs that run outside it
-        then(result)
-    with jax.set_mesh(mesh):
+        if then is not None:
+            then(result)
         warm = getattr(task, "precompile_periodic", None)
         if warm is not None:
             t = time.perf_counter()
