@@ -73,6 +73,9 @@ def test_dit_and_eval_stages_load_what_the_compile_stages_left_in_the_cache(tmp_
     with open(os.path.join(workdir, "dit_compile.ready")) as f:
         ready = json.load(f)
     assert (ready["programs"], ready["encode_programs"]) == (1, 1)
+    # The caption encoder's chunk shapes: batches 1, 2, ..., 64 at the one length bucket of
+    # the micro config's 16 tokens.
+    assert ready["caption_programs"] == 7
     assert "periodic_s" not in ready
     assert not os.path.exists(os.path.join(workdir, "dit"))
     _stage(workdir, "vae")
@@ -83,6 +86,9 @@ def test_dit_and_eval_stages_load_what_the_compile_stages_left_in_the_cache(tmp_
     # The latent cache's VAE encode too (one clip shape in the micro config).
     assert warm["summary"]["dit_compile"]["encode_programs"] == 1
     assert [k for n, k in dit["events"] if n == "jit_encode_latents"] == ["hit"]
+    # The caption encoder's four calls (the training captions' two chunk shapes and the
+    # round's prompts' two): cache hits, two of them misses without dit_compile's compiles.
+    assert [k for n, k in dit["events"] if n == "jit_forward"] == ["hit"] * 4
     assert dit["summary"]["dit"]["steps"] == 2
     # The suite once, on an untrained DiT, with fewer prompts (compile_only_eval): 5 t2v
     # prompts in batches of 2 are two full batches and one of 1; eval_compile samples 3.

@@ -121,6 +121,20 @@ def test_padded_length_buckets():
             text_lib.padded_length(bad, 96)
 
 
+def test_encode_shapes_are_every_chunk_shape_encode_runs(enc, monkeypatch):
+    """`encode_shapes` (what stage dit_compile compiles) holds each shape `encode` runs."""
+    assert text_lib.encode_shapes(96) == [
+        (b, n) for n in (16, 32, 64, 96) for b in (1, 2, 4, 8, 16, 32, 64)]  # fmt: skip
+    assert text_lib.encode_shapes(12) == [(b, 12) for b in (1, 2, 4, 8, 16, 32, 64)]
+    shapes, forward = set(), enc._forward
+    monkeypatch.setattr(
+        enc, "_forward", lambda st, i, m: shapes.add(i.shape) or forward(st, i, m)
+    )
+    for n in (1, 3, 64, 70):
+        enc.encode([f"a red circle number {i}" for i in range(n)] + [PROMPTS[5]])
+    assert shapes and shapes <= set(text_lib.encode_shapes(MAX_LEN))
+
+
 def test_chunks_run_at_their_length_and_equal_the_full_length_forward(enc, monkeypatch):
     """Texts in order of length: the short chunk runs at 16 tokens, the long one at MAX_LEN;
     every valid token equals the model at MAX_LEN (1e-5) and padded tokens are zero."""

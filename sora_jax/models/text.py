@@ -274,6 +274,21 @@ class TextEncoder:
         hidden = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
         return hidden, jnp.asarray(mask)
 
+    def compile_shapes(self) -> int:
+        """Compiles the forward for every chunk shape `encode` can run (`encode_shapes`), as its
+        calls lower it, so that a persistent compile cache then holds them all: the DiT stage's
+        first steps encode thousands of new captions in chunks of many shapes, each a compile
+        otherwise (stage dit_compile runs this beside the VAE stage). Returns how many."""
+        shapes = encode_shapes(self.cfg.max_length)
+        for b, length in shapes:
+            args = [jax.ShapeDtypeStruct((b, length), d) for d in (jnp.int32, jnp.bool_)]
+            if self.mesh is None:
+                self._forward.lower(self._state, *args).compile()
+            else:
+                with jax.set_mesh(self.mesh):
+                    self._forward.lower(self._state, *args).compile()
+        return len(shapes)
+
     def _encode_padded(self, ids: np.ndarray, mask: np.ndarray) -> jax.Array:
         n = ids.shape[0]
         padded = padded_batch_size(n)
@@ -300,6 +315,14 @@ def padded_batch_size(n: int) -> int:
 
 
 MIN_ENCODE_LENGTH = 16  # the shortest length bucket (tokens)
+
+
+def encode_shapes(max_length: int) -> list[tuple[int, int]]:
+    """Every (batch, length) shape `TextEncoder.encode` runs its forward at: the padded batch
+    sizes 1, 2, 4, ..., ENCODE_CHUNK times the length buckets up to `max_length`."""
+    lengths = sorted({padded_length(n, max_length) for n in range(1, max_length + 1)})
+    sizes = sorted({padded_batch_size(n) for n in range(1, ENCODE_CHUNK + 1)})
+    return [(b, length) for length in lengths for b in sizes]
 
 
 def padded_length(n: int, max_length: int) -> int:

@@ -56,8 +56,9 @@ print(json.dumps(report.versions('jax', 'flax')))" >"$workdir/versions.json" 2>/
 # win.
 vae_cap=$(cap_flag vae_train "${VAE_SHARE:-0.3}")
 stamp "vae start (XLA_FLAGS=${XLA_FLAGS:-}${vae_cap:+; $vae_cap})"
-# Beside the VAE stage, the DiT's train steps, latent-cache encodes and training-sample round
-# (sampled once on untrained weights) compile into <workdir>/xla_cache (stage dit_compile; needs
+# Beside the VAE stage, the DiT's train steps, latent-cache encodes, caption encoder (its 28
+# chunk shapes) and training-sample round (sampled once on untrained weights) compile into
+# <workdir>/xla_cache (stage dit_compile; needs
 # compile_cache=True, as configs/world.py has), so the DiT stage loads them (~3 s each) instead
 # of compiling them at its start (~90-120 s each on an H200) or at its first round (38 s).
 # Three compile threads leave the VAE's data workers most of the CPU; it allocates GPU memory
