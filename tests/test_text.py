@@ -127,9 +127,7 @@ def test_encode_shapes_are_every_chunk_shape_encode_runs(enc, monkeypatch):
         (b, n) for n in (16, 32, 64, 96) for b in (1, 2, 4, 8, 16, 32, 64)]  # fmt: skip
     assert text_lib.encode_shapes(12) == [(b, 12) for b in (1, 2, 4, 8, 16, 32, 64)]
     shapes, forward = set(), enc._forward
-    monkeypatch.setattr(
-        enc, "_forward", lambda st, i, m: shapes.add(i.shape) or forward(st, i, m)
-    )
+    monkeypatch.setattr(enc, "_forward", lambda st, i, m: shapes.add(i.shape) or forward(st, i, m))
     for n in (1, 3, 64, 70):
         enc.encode([f"a red circle number {i}" for i in range(n)] + [PROMPTS[5]])
     assert shapes and shapes <= set(text_lib.encode_shapes(MAX_LEN))
