@@ -317,10 +317,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # 4,096 again and again (each seen about as often as with 512 per 500 steps at half the
         # batch). On the H200 (2026-12-03, second run) it cost no speed: 32 steps/s
         # between refreshes, none waited for; training loss at 8,000 steps 0.144 against 0.139
-        # with a fixed cache of 8,192 clips. The refresh renders in the trainer process.
+        # with a fixed cache of 8,192 clips.
         latent_cache_clips=4096,
         latent_cache_refresh_steps=500,
         latent_cache_refresh_clips=1024,
+        # The caches' clips rendered by 6 worker processes, not by a thread of the trainer: in
+        # the fourteenth run a refresh (5,376 clips) slowed the ~200 steps around it by ~3.2 s
+        # (22 refreshes: ~70 s), while encoding them is ~0.7 s of device time by the VAE
+        # step's; and the first cache waited 43 s for clips rendered beside the step programs'
+        # loading (world_h100_run14.json). The same clips either way (tests/test_latent_cache.py).
+        latent_cache_render_workers=6,
         latent_cache_dir="",  # or tools/cache_latents.py output
         # Graded samples of the EMA weights every N steps (<workdir>/dit/samples/, accuracies in
         # metrics.jsonl); 0 = off. The eval stage grades every mode at the end; these rounds (one
@@ -474,6 +480,7 @@ def _shrink(c: ml_collections.ConfigDict, steps: int) -> None:
         latent_cache_clips=4 if steps < 10 else 64,
         latent_cache_refresh_steps=0 if steps < 10 else 20,
         latent_cache_refresh_clips=16,
+        latent_cache_render_workers=0,  # rendered in the trainer: no processes to start
         sample_num_occlusion=2,
         log_every_steps=max(1, steps // 2),
         checkpoint_every_steps=steps,

@@ -92,6 +92,7 @@ _SECTIONS = {
         "latent_cache_clips": _NONNEG_INT,
         "latent_cache_refresh_steps": _NONNEG_INT,
         "latent_cache_refresh_clips": _NONNEG_INT,
+        "latent_cache_render_workers": _NONNEG_INT,
     },
     "data": {
         "source": (lambda v: v in _DATA_SOURCES, f"one of {_DATA_SOURCES}"),

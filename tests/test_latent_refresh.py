@@ -75,6 +75,47 @@ def test_refresh_off_is_the_fixed_cache(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_clips_rendered_in_worker_processes_give_the_same_batches(tmp_path):
+    """latent_cache_render_workers: the first caches and the refreshes rendered by spawned
+    processes (pipeline.RenderPool) instead of a thread: the same latents at every step."""
+    thread = _take(_task(_refreshing_config(every=3), str(tmp_path)).batches(0), 10)
+    config = _refreshing_config(every=3)
+    config.dit_train.latent_cache_render_workers = 2
+    task = _task(config, str(tmp_path))
+    builder = dit_latent_cache.Builder(task)
+    latents, _ = builder.bucket(0)
+    workers = list(builder.render.pool._processes.values())  # started by the first batches
+    builder.close()
+    assert workers and not any(p.is_alive() for p in workers)  # close ends them
+    procs = _take(task.batches(0), 10)
+    for a, b in zip(thread, procs, strict=True):
+        np.testing.assert_array_equal(a, b)
+    in_thread = dit_latent_cache.Builder(_task(_refreshing_config(every=3), str(tmp_path)))
+    np.testing.assert_array_equal(latents, in_thread.bucket(0)[0])
+    in_thread.close()
+
+
+def test_render_pool_yields_the_batches_in_order(tmp_path):
+    from sora_jax.data import pipeline
+
+    config = _refreshing_config()
+    stream = _task(config, str(tmp_path))._stream()
+    pool = pipeline.RenderPool(stream, 2, ahead=3)
+    try:
+        ks = [4, 0, 5, 1, 1]
+        for k, batch in zip(ks, pool.batches(0, ks), strict=True):
+            want = stream.batch(0, k)
+            np.testing.assert_array_equal(batch["video"], want["video"])
+            assert batch["text"] == want["text"]
+        gen = pool.batches(0, range(100))
+        next(gen)
+        gen.close()  # stopped early: the batches still queued are dropped
+    finally:
+        pool.close()
+    with pytest.raises(ValueError, match=">= 1 worker"):
+        pipeline.RenderPool(stream, 0)
+
+
 def test_bad_refresh_settings_fail_at_start_up_with_one_sentence(tmp_path):
     config = _refreshing_config()
     config.dit_train.latent_cache_refresh_clips = 0

@@ -221,6 +221,62 @@ class BucketedBatches:
             self._pool = None
 
 
+class RenderPool:
+    """Renders (decodes) batches of a BucketedBatches in worker processes, in order.
+
+    `batches(bucket_idx, ks)` yields `data.batch(bucket_idx, k)` for each k, the same arrays as
+    rendering them in this process (a batch is a pure function of its bucket and k), with up to
+    `ahead` batches in flight. For a trainer whose own threads would otherwise render beside its
+    steps under one GIL (the DiT stage's latent caches: dit_latent_cache.py). The workers start
+    once (spawned: no copy of this process's JAX state) and live until `close`.
+    """
+
+    def __init__(self, data: BucketedBatches, workers: int, ahead: int = 0):
+        import multiprocessing
+        import pickle
+
+        if workers < 1:
+            raise ValueError(f"a RenderPool needs >= 1 worker, not {workers}.")
+        self.ahead = int(ahead) or 2 * int(workers)
+        self.pool = concurrent.futures.ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_render_worker_init,
+            initargs=(pickle.dumps(data),),
+        )
+
+    def batches(self, bucket_idx: int, ks: Sequence[int]) -> Iterator[dict[str, Any]]:
+        pending: list[concurrent.futures.Future] = []
+        ks = list(ks)
+        try:
+            for i in range(len(ks)):
+                while len(pending) < self.ahead and i + len(pending) < len(ks):
+                    pending.append(
+                        self.pool.submit(_render_batch, bucket_idx, ks[i + len(pending)])
+                    )
+                yield pending.pop(0).result()
+        finally:
+            for f in pending:
+                f.cancel()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+_WORKER_DATA: BucketedBatches | None = None  # a RenderPool worker's copy
+
+
+def _render_worker_init(pickled: bytes) -> None:
+    import pickle
+
+    global _WORKER_DATA
+    _WORKER_DATA = pickle.loads(pickled)
+
+
+def _render_batch(bucket_idx: int, k: int) -> dict[str, Any]:
+    return _WORKER_DATA.batch(bucket_idx, k)
+
+
 class StepIterator:
     """Iterator over host batches whose whole state is the next step (JSON, checkpointable).
 

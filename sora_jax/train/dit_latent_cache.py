@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import itertools
 import logging
 import threading
@@ -20,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from sora_jax.data import buckets as buckets_lib
+from sora_jax.data import pipeline
 from sora_jax.train import device_gate, precompile
 
 if TYPE_CHECKING:
@@ -160,6 +162,10 @@ class Builder:
         self.stream, self.frozen = task._stream(), task.frozen()
         self.encode = encoder(task)
         self.stop = threading.Event()  # set: encoding raises Stopped at its next batch
+        # Clips rendered in worker processes (`latent_cache_render_workers`), not in a thread of
+        # the trainer, whose steps' dispatch and program loads it would slow under the GIL.
+        workers = int(task.train_cfg.get("latent_cache_render_workers", 0))
+        self.render = pipeline.RenderPool(self.stream, workers) if workers else None
 
     def layout(self, b_idx: int) -> CacheLayout:
         cfg, batch = self.task.train_cfg, self.task.buckets[b_idx].batch_size
@@ -204,21 +210,33 @@ class Builder:
         (latents, texts, seconds spent waiting for rendered/decoded clips)."""
         indices = [k for first, count in ranges for k in range(first, first + count)]
         latents, texts, wait_s = [], [], 0.0
-        # One thread renders batch k + 1 while the device encodes batch k (dispatch is async).
-        with concurrent.futures.ThreadPoolExecutor(1) as ahead:
-            pending = ahead.submit(self.stream.batch, b_idx, indices[0])
-            for i in range(len(indices)):
+        rendered = (self.render.batches(b_idx, indices) if self.render is not None
+                    else _rendered_ahead(self.stream, b_idx, indices))  # fmt: skip
+        with contextlib.closing(rendered):
+            for _ in indices:
                 if self.stop.is_set():
                     raise Stopped(self.task.buckets[b_idx].name)
                 t = time.perf_counter()
-                batch = pending.result()
+                batch = next(rendered)
                 wait_s += time.perf_counter() - t
-                if i + 1 < len(indices):
-                    pending = ahead.submit(self.stream.batch, b_idx, indices[i + 1])
                 with device_gate.GATE.shared():  # not during a program's first step
                     latents.append(self.encode(self.frozen, batch["video"]))
                 texts.extend(batch["text"])
         return np.concatenate([np.asarray(x) for x in latents]), texts, wait_s
 
     def close(self) -> None:
+        if self.render is not None:
+            self.render.close()
         self.stream.close()
+
+
+def _rendered_ahead(stream, b_idx: int, indices: list[int]) -> Iterator[dict]:
+    """The bucket's batches `indices`, in order: one thread renders batch k + 1 while the
+    device encodes batch k (dispatch is async)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as ahead:
+        pending = ahead.submit(stream.batch, b_idx, indices[0])
+        for i in range(len(indices)):
+            batch = pending.result()
+            if i + 1 < len(indices):
+                pending = ahead.submit(stream.batch, b_idx, indices[i + 1])
+            yield batch
