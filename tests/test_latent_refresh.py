@@ -95,6 +95,26 @@ def test_clips_rendered_in_worker_processes_give_the_same_batches(tmp_path):
     in_thread.close()
 
 
+def test_a_dead_render_worker_leaves_the_rendering_to_the_trainer(tmp_path, caplog):
+    import os
+    import signal
+
+    config = _refreshing_config(every=3)
+    config.dit_train.latent_cache_render_workers = 1
+    builder = dit_latent_cache.Builder(_task(config, str(tmp_path)))
+    try:
+        first, texts = builder.bucket(0)
+        for p in builder.render.pool._processes.values():
+            os.kill(p.pid, signal.SIGKILL)
+            p.join()
+        again, again_texts = builder.bucket(0)
+    finally:
+        builder.close()
+    assert builder.render is None and "render workers failed" in caplog.text
+    np.testing.assert_array_equal(first, again)
+    assert texts == again_texts
+
+
 def test_render_pool_yields_the_batches_in_order(tmp_path):
     from sora_jax.data import pipeline
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import concurrent.futures.process
 import contextlib
 import itertools
 import logging
@@ -208,17 +209,30 @@ class Builder:
     def _encode(self, b_idx: int, ranges: list[tuple[int, int]]):
         """Encodes the bucket's stream batches [first, first + count) of every range, in order:
         (latents, texts, seconds spent waiting for rendered/decoded clips)."""
-        indices = [k for first, count in ranges for k in range(first, first + count)]
+        indices = _batch_indices(ranges)
+        if self.render is not None:
+            try:
+                return self._encode_from(self.render.batches(b_idx, indices), b_idx)
+            except concurrent.futures.process.BrokenProcessPool as e:
+                # A worker died (or could not start): the trainer renders from now on; the clips
+                # and so the numbers are the same either way.
+                logging.warning("dit: latent-cache render workers failed (%s); rendering in "
+                                "the trainer instead", e)  # fmt: skip
+                self.render.close()
+                self.render = None
+        return self._encode_from(_rendered_ahead(self.stream, b_idx, indices), b_idx)
+
+    def _encode_from(self, rendered: Iterator[dict], b_idx: int):
         latents, texts, wait_s = [], [], 0.0
-        rendered = (self.render.batches(b_idx, indices) if self.render is not None
-                    else _rendered_ahead(self.stream, b_idx, indices))  # fmt: skip
         with contextlib.closing(rendered):
-            for _ in indices:
+            while True:
                 if self.stop.is_set():
                     raise Stopped(self.task.buckets[b_idx].name)
                 t = time.perf_counter()
-                batch = next(rendered)
+                batch = next(rendered, None)
                 wait_s += time.perf_counter() - t
+                if batch is None:
+                    break
                 with device_gate.GATE.shared():  # not during a program's first step
                     latents.append(self.encode(self.frozen, batch["video"]))
                 texts.extend(batch["text"])
@@ -228,6 +242,11 @@ class Builder:
         if self.render is not None:
             self.render.close()
         self.stream.close()
+
+
+def _batch_indices(ranges: list[tuple[int, int]]) -> list[int]:
+    """The stream batches [first, first + count) of every (first, count) range, in order."""
+    return [k for first, count in ranges for k in range(first, first + count)]
 
 
 def _rendered_ahead(stream, b_idx: int, indices: list[int]) -> Iterator[dict]:
