@@ -415,3 +415,43 @@ def test_stage_end_evaluation_reuses_the_compile_of_training_evaluations(tmp_pat
     # One program for both (on the H200 the stage-end evaluation compiled again: 38 s).
     assert run._cache_size() == 1
     np.testing.assert_allclose(result["psnr"], evaluated["eval_psnr"], rtol=1e-5)
+
+
+def test_training_evaluations_compile_beside_the_steps(tmp_path, monkeypatch):
+    """The evaluation's programs compile in a thread after the first step
+    (VAETask.periodic_programs), so the first evaluation compiles nothing itself."""
+    import threading
+
+    from jax import monitoring
+
+    from sora_jax import recipe
+
+    monkeypatch.setattr(vae_task, "_EVAL_FNS", {})
+    compiles, evaluating = [], []
+
+    def listener(name, secs, **kwargs):
+        if name == "/jax/core/compile/backend_compile_duration":
+            compiles.append((threading.current_thread().name, bool(evaluating)))
+
+    evaluate_model = vae_task.evaluate_model
+
+    def recorded(*args, **kwargs):
+        evaluating.append(1)
+        try:
+            return evaluate_model(*args, **kwargs)
+        finally:
+            evaluating.clear()
+
+    monkeypatch.setattr(vae_task, "evaluate_model", recorded)
+    # 3 held-out clips in batches of 2: two shapes; the stage's own end evaluates too.
+    config = make_config(disc_weight=0.0, steps=3, eval_every_steps=3, eval_clips=3)
+    assert vae_task.eval_video_shapes(config) == [(2, 5, 16, 16, 3), (1, 5, 16, 16, 3)]
+    monitoring.register_event_duration_secs_listener(listener)
+    try:
+        recipe.run_vae(config, str(tmp_path))
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
+    assert sum(name == "periodic-compile" for name, _ in compiles) == 2
+    assert [c for c in compiles if c[1]] == []  # none while evaluating
+    rows = [json.loads(line) for line in open(tmp_path / "vae" / "metrics.jsonl")]
+    assert [r["step"] for r in rows if "eval_psnr" in r] == [3]

@@ -20,6 +20,7 @@ latents with.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -208,10 +209,26 @@ class VAETask:
 
     # ---- evaluation during training ----
 
+    def periodic_programs(self, ctx: loop.PeriodicContext) -> list:
+        """Compiles of the held-out evaluation's programs (`eval_every_steps`) for the loop to
+        run beside the steps (loop._Trainer.compile_periodic)."""
+        if not int(self.train_cfg.get("eval_every_steps", 0) or 0):
+            return []
+        graphdef, state = nnx.split(ctx.model())
+        abstract = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state
+        )
+        run = _eval_fn(graphdef)
+        return [
+            functools.partial(_compile, run, abstract, jax.ShapeDtypeStruct(shape, jnp.uint8))
+            for shape in eval_video_shapes(self.config)
+        ]
+
     def periodic(self, step: int, ctx: loop.PeriodicContext) -> None:
         every = int(self.train_cfg.get("eval_every_steps", 0) or 0)
         if not every or step % every:
             return
+        ctx.programs_compiled()  # compiled beside the steps (periodic_programs)
         scalars = evaluate_model(ctx.model(), self.config, cache=self._heldout)
         if self._writer is None:
             self._writer = metrics_lib.create_writer(ctx.workdir, prefix="vae eval ")
@@ -299,6 +316,26 @@ def _eval_fn(graphdef):
 
 
 _NOISY_FNS: dict = {}
+
+
+def _compile(fn, *args) -> None:
+    fn.lower(*args).compile()
+
+
+def eval_video_shapes(config: ml_collections.ConfigDict) -> list[tuple[int, ...]]:
+    """The uint8 clip batch shapes [B, F, H, W, 3] `evaluate_model` runs its program at."""
+    n = int(config.vae_train.get("eval_clips", 16))
+    n_occlusion = int(config.vae_train.get("eval_occlusion_clips", 0))
+    shapes = {}
+    for b in buckets_lib.parse_buckets(config.vae_train.buckets):
+        counts = [n]
+        if n_occlusion and b.num_frames >= evaluate.PERMANENCE_FRAMES:
+            counts.append(n_occlusion)
+        for count in counts:
+            for i in range(0, count, b.batch_size):
+                size = min(b.batch_size, count - i)
+                shapes[(size, b.num_frames, b.height, b.width, 3)] = None
+    return list(shapes)
 
 
 def _noisy_decode_fn(graphdef, level: float):
