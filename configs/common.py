@@ -117,7 +117,8 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
             # step past it the stage saves and ends; running the stage again resumes it.
             max_train_seconds=0,
             # Compile the step for every bucket at once before the first step (tasks that list
-            # their batch shapes: the DiT latent cache); False = at each bucket's first step.
+            # their batch shapes: the DiT latent cache), and the periodic work's programs (the
+            # VAE's evaluation) beside the steps after the first; False = each at its first use.
             precompile=True,
             precompile_threads=8,  # compiles at once (each holds its own host memory)
             # Steps run while other shapes compile and the DiT's later latent caches encode:

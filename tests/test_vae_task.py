@@ -455,3 +455,14 @@ def test_training_evaluations_compile_beside_the_steps(tmp_path, monkeypatch):
     assert [c for c in compiles if c[1]] == []  # none while evaluating
     rows = [json.loads(line) for line in open(tmp_path / "vae" / "metrics.jsonl")]
     assert [r["step"] for r in rows if "eval_psnr" in r] == [3]
+    # precompile=False: the evaluation compiles its own programs.
+    compiles.clear()
+    monkeypatch.setattr(vae_task, "_EVAL_FNS", {})
+    config.vae_train.precompile = False
+    monitoring.register_event_duration_secs_listener(listener)
+    try:
+        recipe.run_vae(config, str(tmp_path / "off"))
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
+    assert not any(name == "periodic-compile" for name, _ in compiles)
+    assert sum(during for _, during in compiles) >= 2

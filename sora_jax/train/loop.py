@@ -353,7 +353,9 @@ class _Trainer:
         after the run's first step, so that its first periodic call finds them compiled instead
         of compiling while the steps wait (the VAE's first evaluation: ~40 s on an H100)."""
         programs = getattr(self.task, "periodic_programs", None)
-        thunks = programs(self.context(number)) if programs is not None else []
+        if programs is None or not self.cfg.get("precompile", True):
+            return None
+        thunks = programs(self.context(number))
         if not thunks:
             return None
 
