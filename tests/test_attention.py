@@ -70,6 +70,35 @@ def test_xla_matches_naive_with_general_mask():
     assert np.abs(np.asarray(got) - _naive(q, k, v, mask)).max() <= 1e-5
 
 
+def test_bf16_products_take_bf16_operands_in_the_backward_too():
+    """xla attention on bf16: every product of its gradient program multiplies bf16 operands
+    with fp32 accumulation (no fp32 matmuls of upcast operands, as without the dot algorithm);
+    the forward equals the plain einsums and the gradients the fp32 ones to bf16 rounding."""
+    import re
+
+    q, k, v = _qkv(7, jnp.bfloat16)
+    ct = jax.random.normal(jax.random.key(8), q.shape, jnp.float32)
+
+    def loss(q, k, v):
+        out = attention(q, k, v, kv_mask=jnp.asarray(KV_MASK), implementation="xla")
+        return jnp.sum(out.astype(jnp.float32) * ct)
+
+    text = jax.jit(jax.grad(loss, (0, 1, 2))).lower(q, k, v).as_text()
+    dots = re.findall(r"stablehlo.dot_general.*", text)
+    assert len(dots) == 5  # the logits and the 4 backward products (the loss is linear in out)
+    assert all("lhs_precision_type = bf16, rhs_precision_type = bf16" in d for d in dots)
+    logits = jnp.einsum("bnkd,bmkd->bknm", q, k, preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(jnp.where(KV_MASK[:, None, None], logits * DH**-0.5, -1e30), -1)
+    plain = jnp.einsum("bknm,bmkd->bnkd", probs.astype(v.dtype), v,
+                       preferred_element_type=jnp.float32).astype(q.dtype)  # fmt: skip
+    got = attention(q, k, v, kv_mask=jnp.asarray(KV_MASK), implementation="xla")
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(plain, np.float32))
+    f32 = [a.astype(jnp.float32) for a in (q, k, v)]
+    for g, want in zip(jax.grad(loss, (0, 1, 2))(q, k, v), jax.grad(loss, (0, 1, 2))(*f32)):
+        err = float(jnp.abs(g.astype(jnp.float32) - want).max() / jnp.abs(want).max())
+        assert err < 0.02, err
+
+
 def test_masked_keys_have_exactly_zero_weight():
     q, k, v = _qkv(4)
     kv_mask = jnp.asarray(KV_MASK)

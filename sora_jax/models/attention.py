@@ -132,7 +132,10 @@ def xla_attention(
 ) -> Array:
     """Plain einsum attention; logits and softmax in fp32."""
     b, n, _, dh = q.shape
-    logits = jnp.einsum("bnkd,bmkd->bknm", q, k, preferred_element_type=jnp.float32)
+    precision = _LOW_PRECISION_DOTS.get(jnp.dtype(q.dtype))
+    logits = jnp.einsum(
+        "bnkd,bmkd->bknm", q, k, preferred_element_type=jnp.float32, precision=precision
+    )
     logits = logits * (dh**-0.5)
     full = _combined_mask(b, n, k.shape[1], kv_mask, q_mask, mask)
     if full is not None:
@@ -143,8 +146,22 @@ def xla_attention(
         # exactly 0 regardless of the logits' range).
         probs = jnp.where(full, probs, 0.0)
     probs = probs.astype(v.dtype)
-    out = jnp.einsum("bknm,bmkd->bnkd", probs, v, preferred_element_type=jnp.float32)
+    out = jnp.einsum(
+        "bknm,bmkd->bnkd", probs, v, preferred_element_type=jnp.float32, precision=precision
+    )
     return out.astype(q.dtype)
+
+
+# The dot algorithm of xla_attention's two products for 16-bit inputs: 16-bit operands with fp32
+# accumulation, as without it in the forward. Without it their backward products pair the fp32
+# cotangent with an upcast 16-bit operand, fp32 matmuls: on the H100 the world DiT's step ran 102
+# TF32 GEMMs of its attention backward (~4.3 ms of its ~55 ms; world_h100_run14.json's trace).
+# With it they take 16-bit operands, as flash attention's backward does (jax.nn's XLA attention
+# sets the same, jax-ml/jax#24047); the forward is unchanged (tests/test_attention.py).
+_LOW_PRECISION_DOTS = {
+    jnp.dtype(jnp.bfloat16): jax.lax.DotAlgorithmPreset.BF16_BF16_F32,
+    jnp.dtype(jnp.float16): jax.lax.DotAlgorithmPreset.F16_F16_F32,
+}
 
 
 @register_attention("cudnn")
