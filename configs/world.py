@@ -157,7 +157,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         weight_decay=0.0,
         ema_decay=0.998,
         log_every_steps=100,
-        checkpoint_every_steps=1000,
+        # Each checkpoint (435 MB, asynchronous) slowed the 100 steps after it by ~1.2 s in the
+        # fourteenth run (~27 steps/s against 39 after steps 1,000, 3,000, 5,000, ...; after
+        # 4,000, 6,000, 8,000 an evaluation too: ~17; tools/world_report.py's fixed_costs).
+        checkpoint_every_steps=2500,
         max_train_seconds=600,  # a safety net only: the recipe's runs end by `steps`
         # One bucket, one compile: the VAE is causal and its convolutions are the same at every
         # time step after the first frame (encoded alone, as an image), so 17-frame clips train

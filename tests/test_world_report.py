@@ -299,3 +299,49 @@ def test_an_evaluation_cut_short_reports_the_sets_that_finished(tmp_path):
     assert (r["targets_met"], r["targets_total"]) == (3, 4)
     _write(tmp_path / "eval" / "summary.json", {"sets": {}, "targets": []})  # a whole eval wins
     assert "eval_partial_sets" not in world_report.collect(str(tmp_path))
+
+
+def test_fixed_costs_read_the_stage_logs_metrics_and_ready_file(tmp_path):
+    """Where a run's time went outside its steps (world_report.fixed_costs): from the stages'
+    absl logs, their metrics' intervals and stage dit_compile's ready file."""
+    (tmp_path / "dit.log").write_text(
+        "I1205 23:59:50.000000 1 recipe.py:247] stage dit\n"
+        "W1205 23:59:51.000000 1 x.py:1] noise\n"
+        "I1206 00:00:30.500000 2 dit_latent_cache.py:178] dit: latent cache of bucket 17x64x64: "
+        "4096 clips in 40.5 s (39.0 s waiting for decoded/rendered clips)\n"
+        "I1206 00:00:40.000000 1 loop.py:365] dit: step 1: first batch of shapes {} compiled\n"
+        "I1206 00:00:41.000000 1 loop.py:365] dit: step 2: first batch of shapes {} compiled\n"
+        "W1206 00:01:00.000000 2 dit_latent_cache.py:1] dit: latent-cache render workers "
+        "failed (boom); rendering in the trainer instead\n"
+    )
+    (tmp_path / "vae.log").write_text(
+        "I1205 10:00:00.000000 1 recipe.py:247] stage vae\n"
+        "I1205 10:00:30.000000 1 loop.py:365] vae: step 1: first batch of shapes {} compiled\n"
+        "I1205 10:01:00.000000 3 loop.py:1] vae: 1 periodic programs compiled beside the steps "
+        "in 25.5 s\n"
+    )
+    _write(tmp_path / "vae" / "metrics.jsonl", [
+        {"step": 100, "steps_per_s": 2.0},  # the compile's interval: left out
+        {"step": 200, "steps_per_s": 40.0, "time_hooks_s": 0.0, "time_checkpoint_s": 0.01},
+        {"step": 200, "eval_psnr": 20.0},
+        {"step": 300, "steps_per_s": 20.0, "time_hooks_s": 0.04, "time_checkpoint_s": 0.0},
+        {"step": 400, "steps_per_s": 39.0},
+    ])  # fmt: skip
+    _write(tmp_path / "dit_compile.ready", {"programs": 5, "caption_programs": 28})
+    costs = world_report.fixed_costs(str(tmp_path))
+    assert costs["dit"] == {
+        "start_to_first_step_s": 50.0,  # across midnight
+        "latent_caches": [{"bucket": "17x64x64", "seconds": 40.5, "waiting_s": 39.0}],
+        "render_workers_failed": True,
+    }
+    assert costs["vae"] == {
+        "start_to_first_step_s": 30.0,
+        "periodic_compile_s": 25.5,
+        "median_steps_per_s": 39.0,
+        "hooks_s": 4.0,  # 0.04 s a step over 100 steps
+        "checkpoint_s": 1.0,
+        "slow_intervals": [[300, 20.0]],
+    }
+    assert costs["dit_compile_ready"] == {"programs": 5, "caption_programs": 28}
+    assert world_report.collect(str(tmp_path))["fixed_costs"] == costs
+    assert world_report.fixed_costs(str(tmp_path / "none")) is None
