@@ -270,6 +270,11 @@ def _render_worker_init(pickled: bytes) -> None:
     import pickle
 
     global _WORKER_DATA
+    # Rendering is numpy only; a worker that imported JAX (the trainer's main module, re-imported
+    # by spawn) must never start a GPU backend beside the trainer's (its default would take 75%
+    # of the GPU's memory).
+    if "jax" in sys.modules:
+        sys.modules["jax"].config.update("jax_platforms", "cpu")
     _WORKER_DATA = pickle.loads(pickled)
 
 
