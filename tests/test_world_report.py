@@ -327,7 +327,9 @@ def test_fixed_costs_read_the_stage_logs_metrics_and_ready_file(tmp_path):
         {"step": 300, "steps_per_s": 20.0, "time_hooks_s": 0.04, "time_checkpoint_s": 0.0},
         {"step": 400, "steps_per_s": 39.0},
     ])  # fmt: skip
-    _write(tmp_path / "dit_compile.ready", {"programs": 5, "caption_programs": 28})
+    ready = {"programs": 5, "compile_s": 249.3, "encode_programs": 5, "encode_compile_s": 97.7,
+             "caption_programs": 28, "caption_compile_s": 41.0}  # fmt: skip
+    _write(tmp_path / "dit_compile.ready", ready)
     costs = world_report.fixed_costs(str(tmp_path))
     assert costs["dit"] == {
         "start_to_first_step_s": 50.0,  # across midnight
@@ -342,6 +344,14 @@ def test_fixed_costs_read_the_stage_logs_metrics_and_ready_file(tmp_path):
         "checkpoint_s": 1.0,
         "slow_intervals": [[300, 20.0]],
     }
-    assert costs["dit_compile_ready"] == {"programs": 5, "caption_programs": 28}
+    assert costs["dit_compile_ready"] == ready
+    assert world_report.costs_text(costs["dit"]) == (
+        "first step after 50 s, latent caches 40 s (39 s waiting for clips), render workers failed"
+    )
+    assert world_report.costs_text(costs["vae"]) == (
+        "first step after 30 s, periodic programs compiled beside in 26 s, hooks 4 s, "
+        "checkpoints 1 s, median 39.0 steps/s, 1 slower log intervals"
+    )
+    assert world_report.costs_text(ready) == "caption programs 41 s, encodes 98 s, steps 249 s"
     assert world_report.collect(str(tmp_path))["fixed_costs"] == costs
     assert world_report.fixed_costs(str(tmp_path / "none")) is None

@@ -262,6 +262,30 @@ def fixed_costs(workdir: str) -> dict | None:
     return out or None
 
 
+def costs_text(costs: dict) -> str:
+    """One line of a stage's `fixed_costs`."""
+    parts = []
+    if "start_to_first_step_s" in costs:
+        parts.append(f"first step after {costs['start_to_first_step_s']:.0f} s")
+    if costs.get("latent_caches"):
+        built = sum(c["seconds"] for c in costs["latent_caches"])
+        waiting = sum(c["waiting_s"] for c in costs["latent_caches"])
+        parts.append(f"latent caches {built:.0f} s ({waiting:.0f} s waiting for clips)")
+    if costs.get("render_workers_failed"):
+        parts.append("render workers failed")
+    for key, label in (("periodic_compile_s", "periodic programs compiled beside in"),
+                       ("hooks_s", "hooks"), ("checkpoint_s", "checkpoints"),
+                       ("caption_compile_s", "caption programs"),
+                       ("encode_compile_s", "encodes"), ("compile_s", "steps")):  # fmt: skip
+        if key in costs:
+            parts.append(f"{label} {costs[key]:.0f} s")
+    if "median_steps_per_s" in costs:
+        slow = costs.get("slow_intervals", [])
+        parts.append(f"median {costs['median_steps_per_s']:.1f} steps/s, "
+                     f"{len(slow)} slower log intervals")  # fmt: skip
+    return ", ".join(parts)
+
+
 def _metrics_rows(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []
@@ -458,6 +482,8 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{k[len('sample_') :]} {v:.2f}" for k, v in row.items() if k.startswith("sample_")
             )
         )
+    for name, costs in (result.get("fixed_costs") or {}).items():
+        print(f"fixed costs, {name}: " + costs_text(costs))
     if "eval_sets" in result:
         t2v, variants = result["eval_sets"].get("t2v"), result.get("eval_t2v_variants", {})
         print(markdown(result["eval_sets"]))
