@@ -328,7 +328,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # the fourteenth run a refresh (5,376 clips) slowed the ~200 steps around it by ~3.2 s
         # (22 refreshes: ~70 s), while encoding them is ~0.7 s of device time by the VAE
         # step's; and the first cache waited 43 s for clips rendered beside the step programs'
-        # loading (world_h100_run14.json). The same clips either way (tests/test_latent_cache.py).
+        # loading (world_h100_run14.json). The same clips either way (tests/test_latent_refresh.py).
         latent_cache_render_workers=6,
         latent_cache_dir="",  # or tools/cache_latents.py output
         # Graded samples of the EMA weights every N steps (<workdir>/dit/samples/, accuracies in
