@@ -28,3 +28,30 @@ def test_rows_per_bucket_and_batch_with_overrides(tmp_path, capsys):
 def test_a_bad_override_fails_with_one_sentence(tmp_path):
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         world_dit.main(["--tiny", f"--out={tmp_path / 'x.json'}", "--override=dit.dim"])
+
+
+def test_upcast_attention_row_differs_only_in_the_backward(tmp_path):
+    """--attention=xla,xla_upcast: the XLA attention against its pre-2026-12-05 form (fp32
+    backward products) on a bf16 DiT; the same forward, so the losses agree closely."""
+    import jax
+
+    from sora_jax.models import attention as attention_lib
+
+    out = tmp_path / "world_dit.json"
+    world_dit.main(["--tiny", f"--out={out}", "--batches=2", "--attention=xla,xla_upcast",
+                    "--steps=1", "--override=dit.dtype=bfloat16"])  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["attention"] for r in rows] == ["xla", "xla_upcast"]
+    assert all("error" not in r for r in rows)
+    assert abs(rows[0]["loss"] - rows[1]["loss"]) <= 0.02 * abs(rows[0]["loss"])
+
+    def grad_text(name):
+        q = jax.numpy.ones((1, 4, 2, 8), jax.numpy.bfloat16)
+
+        def loss(q):
+            return attention_lib.attention(q, q, q, implementation=name).sum()
+
+        return jax.jit(jax.grad(loss)).lower(q).as_text()
+
+    assert "xf32>, tensor<1x4x2x8xf32>" in grad_text("xla_upcast")  # upcast operands
+    assert "xf32>, tensor<1x4x2x8xf32>" not in grad_text("xla")

@@ -3,6 +3,8 @@
     python tools/bench/world_dit.py --out tools/bench/results/world_dit_h200.json
     python tools/bench/world_dit.py --tiny --out /tmp/world_dit.json     # CPU check of the script
     python tools/bench/world_dit.py --batches=128 --attention=xla --profile --out ...
+    python tools/bench/world_dit.py --batches=256 --scan_layers=0 --attention=xla,xla_upcast \
+        --out ...     # the attention backward's bf16 products against the upcast fp32 ones
     python tools/bench/world_dit.py --buckets=17x64x64,17x128x128 --batches=32,128 \
         --attention=xla --override=dit.dim=384 --out ...     # the step at 4x the tokens per clip
 
@@ -163,8 +165,29 @@ def measure(
     }
 
 
+def register_upcast_attention() -> None:
+    """Registers "xla_upcast": the XLA attention as it was before 2026-12-05, its einsums
+    without a dot algorithm, so that their backward products pair the fp32 cotangent with
+    upcast bf16 operands (fp32 matmuls; 102 TF32 GEMMs a step in the fourteenth world run's
+    trace). `--attention=xla,xla_upcast` measures the change in one run."""
+    from unittest import mock
+
+    from sora_jax.models import attention as attention_lib
+
+    if "xla_upcast" in attention_lib.available_attention():
+        return
+
+    @attention_lib.register_attention("xla_upcast")
+    def xla_upcast(q, k, v, *, kv_mask=None, q_mask=None, mask=None):
+        # The products' precision is read while tracing; the backward's follow the forward's.
+        with mock.patch.dict(attention_lib._LOW_PRECISION_DOTS, clear=True):
+            return attention_lib.xla_attention(q, k, v, kv_mask=kv_mask, q_mask=q_mask,
+                                               mask=mask)  # fmt: skip
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    register_upcast_attention()
 
     from sora_jax.train import metrics
 
