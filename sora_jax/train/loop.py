@@ -441,11 +441,13 @@ class _Trainer:
                     self.checkpointer.wait()
                     logging.warning("%s: preempted; checkpoint at step %d", self.task.name, number)
                     raise Preempted(number)
+            # The stage's own end may run the periodic programs (the VAE's last evaluation); a
+            # preemption or an error does not wait for their compile (a daemon thread).
+            if self.periodic_compile is not None:
+                self.periodic_compile.join()
         finally:
             if compiling is not None:
                 compiling.close()
-            if self.periodic_compile is not None:
-                self.periodic_compile.join()
             batches.close()
             watcher.close()
             self.profiler.stop()
