@@ -118,7 +118,7 @@ def run_dit_compile(config: ml_collections.ConfigDict, workdir: str) -> dict:
     pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="encode-compile")
     encoding = None
     if int(config.dit_train.get("latent_cache_clips", 0)) > 0:
-        encoding = pool.submit(_compile_encodes, task)
+        encoding = pool.submit(_timed, lambda: _compile_encodes(task))
     encoder = task.embedder.encoder  # loaded here: the steps' thread may ask for it too
     captions = pool.submit(_timed, encoder.compile_shapes)
     pool.shutdown(wait=False)
@@ -144,12 +144,12 @@ def _timed(fn) -> tuple[int, float]:
     return fn(), round(time.perf_counter() - t, 1)
 
 
-def _compile_encodes(task: dit_task.DiTTask) -> tuple[int, float]:
+def _compile_encodes(task: dit_task.DiTTask) -> int:
     """The latent cache's VAE encode (dit_latent_cache.Builder), one per bucket's clip shape,
     into the compile cache: on the H200 the five world buckets' caches took 95 s (15-26 s each)
     before the DiT's first step, their encode compiles included (their share not yet measured).
-    Lowered as the Builder's thread does (no mesh context)."""
-    t, frozen = time.perf_counter(), task.frozen()
+    Lowered as the Builder's thread does (no mesh context). Returns how many."""
+    frozen = task.frozen()
     encode = dit_latent_cache.encoder(task)
     shapes = {}
     for bucket in task.buckets:
@@ -157,7 +157,7 @@ def _compile_encodes(task: dit_task.DiTTask) -> tuple[int, float]:
         shapes[(per_host, bucket.num_frames, bucket.height, bucket.width, 3)] = None
     for shape in shapes:
         encode.lower(frozen, jax.ShapeDtypeStruct(shape, jnp.uint8)).compile()
-    return len(shapes), round(time.perf_counter() - t, 1)
+    return len(shapes)
 
 
 def run_eval_compile(config: ml_collections.ConfigDict, workdir: str) -> dict:

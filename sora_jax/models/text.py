@@ -23,6 +23,7 @@ Adding an encoder means one more `EncoderSpec` in `ENCODERS`: a module with
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -280,14 +281,15 @@ class TextEncoder:
         first steps encode thousands of new captions in chunks of many shapes, each a compile
         otherwise (stage dit_compile runs this beside the VAE stage). Returns how many."""
         shapes = encode_shapes(self.cfg.max_length)
-        for b, length in shapes:
-            args = [jax.ShapeDtypeStruct((b, length), d) for d in (jnp.int32, jnp.bool_)]
-            if self.mesh is None:
+        with self._in_mesh():
+            for b, length in shapes:
+                args = [jax.ShapeDtypeStruct((b, length), d) for d in (jnp.int32, jnp.bool_)]
                 self._forward.lower(self._state, *args).compile()
-            else:
-                with jax.set_mesh(self.mesh):
-                    self._forward.lower(self._state, *args).compile()
         return len(shapes)
+
+    def _in_mesh(self):
+        """The context the forward runs in: the encoder's mesh, if it has one."""
+        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
 
     def _encode_padded(self, ids: np.ndarray, mask: np.ndarray) -> jax.Array:
         n = ids.shape[0]
@@ -295,11 +297,8 @@ class TextEncoder:
         length = padded_length(int(mask.sum(1).max()), self.cfg.max_length)
         ids = np.pad(ids[:, :length], ((0, padded - n), (0, 0)), mode="edge")  # no all-masked rows
         mask = np.pad(mask[:, :length], ((0, padded - n), (0, 0)), mode="edge")
-        if self.mesh is None:
+        with self._in_mesh():
             hidden = self._forward(self._state, jnp.asarray(ids), jnp.asarray(mask))
-        else:
-            with jax.set_mesh(self.mesh):
-                hidden = self._forward(self._state, jnp.asarray(ids), jnp.asarray(mask))
         return hidden[:n]
 
 

@@ -358,23 +358,7 @@ class _Trainer:
         thunks = programs(self.context(number))
         if not thunks:
             return None
-
-        def compile_all() -> None:
-            t = time.perf_counter()
-            try:
-                with jax.set_mesh(self.mesh), device_gate.GATE.shared():  # per thread
-                    for thunk in thunks:
-                        thunk()
-            except Exception as e:  # noqa: BLE001 - the periodic call compiles it again
-                logging.warning("%s: compiling the periodic programs failed (%s: %s)",
-                                self.task.name, type(e).__name__, e)  # fmt: skip
-                return
-            logging.info("%s: %d periodic programs compiled beside the steps in %.1f s",
-                         self.task.name, len(thunks), time.perf_counter() - t)  # fmt: skip
-
-        thread = threading.Thread(target=compile_all, name="periodic-compile", daemon=True)
-        thread.start()
-        return thread
+        return precompile_lib.compile_beside(self.task.name, thunks, self.mesh)
 
     def run(self) -> None:
         frozen = self.task.frozen()

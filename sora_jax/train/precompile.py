@@ -1,4 +1,5 @@
-"""Compile a jitted train step ahead of time for every batch shape a run will feed it.
+"""Compile a jitted train step ahead of time for every batch shape a run will feed it (and,
+`compile_beside`, a task's periodic programs in a thread beside its steps).
 
 Each bucket of a bucketed run is one compile of the step. Compiled at each bucket's first step,
 they run one after another inside the training time: a 30M-parameter DiT on an H200 spent
@@ -25,12 +26,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 
 import jax
 
 from sora_jax import parallel
+from sora_jax.train import device_gate
 
 
 def batch_key(batch: dict) -> tuple:
@@ -122,3 +125,26 @@ class Precompiler:
     def close(self) -> None:
         """Drops compiles not started (shapes a short run never stepped)."""
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def compile_beside(name: str, thunks: Sequence[Callable[[], None]], mesh) -> threading.Thread:
+    """Runs `thunks` (each lowers and compiles a program, e.g. a task's periodic evaluation)
+    in a daemon thread beside the steps, in `mesh`'s context and outside a program's first run
+    (device_gate). A failure is logged: the program's own first call compiles it again."""
+
+    def compile_all() -> None:
+        t = time.perf_counter()
+        try:
+            with jax.set_mesh(mesh), device_gate.GATE.shared():  # the mesh context is per thread
+                for thunk in thunks:
+                    thunk()
+        except Exception as e:  # noqa: BLE001
+            logging.warning("%s: compiling the periodic programs failed (%s: %s)",
+                            name, type(e).__name__, e)  # fmt: skip
+            return
+        logging.info("%s: %d periodic programs compiled beside the steps in %.1f s",
+                     name, len(thunks), time.perf_counter() - t)  # fmt: skip
+
+    thread = threading.Thread(target=compile_all, name="periodic-compile", daemon=True)
+    thread.start()
+    return thread
