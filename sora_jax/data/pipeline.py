@@ -26,10 +26,11 @@ bucket may be seen again or skipped once around the change (at most a fraction o
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -246,21 +247,27 @@ class RenderPool:
         )
 
     def batches(self, bucket_idx: int, ks: Sequence[int]) -> Iterator[dict[str, Any]]:
-        pending: list[concurrent.futures.Future] = []
-        ks = list(ks)
-        try:
-            for i in range(len(ks)):
-                while len(pending) < self.ahead and i + len(pending) < len(ks):
-                    pending.append(
-                        self.pool.submit(_render_batch, bucket_idx, ks[i + len(pending)])
-                    )
-                yield pending.pop(0).result()
-        finally:
-            for f in pending:
-                f.cancel()
+        return ordered(self.pool, lambda k: (_render_batch, bucket_idx, k), ks, self.ahead)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def ordered(executor: concurrent.futures.Executor, call: Callable[[Any], tuple], items: Sequence,
+            ahead: int) -> Iterator[Any]:  # fmt: skip
+    """Yields fn(*args) for each item's `call(item)` = (fn, *args), in order, run by `executor`
+    with up to `ahead` of them submitted at once (the one being yielded included). Closing the
+    generator early cancels the ones not started."""
+    pending: collections.deque[concurrent.futures.Future] = collections.deque()
+    items = list(items)
+    try:
+        for i in range(len(items)):
+            while len(pending) < ahead and i + len(pending) < len(items):
+                pending.append(executor.submit(*call(items[i + len(pending)])))
+            yield pending.popleft().result()
+    finally:
+        for f in pending:
+            f.cancel()
 
 
 _WORKER_DATA: BucketedBatches | None = None  # a RenderPool worker's copy

@@ -253,9 +253,4 @@ def _rendered_ahead(stream, b_idx: int, indices: list[int]) -> Iterator[dict]:
     """The bucket's batches `indices`, in order: one thread renders batch k + 1 while the
     device encodes batch k (dispatch is async)."""
     with concurrent.futures.ThreadPoolExecutor(1) as ahead:
-        pending = ahead.submit(stream.batch, b_idx, indices[0])
-        for i in range(len(indices)):
-            batch = pending.result()
-            if i + 1 < len(indices):
-                pending = ahead.submit(stream.batch, b_idx, indices[i + 1])
-            yield batch
+        yield from pipeline.ordered(ahead, lambda k: (stream.batch, b_idx, k), indices, 2)
