@@ -196,7 +196,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # grades the final VAE's the same way).
         eval_occlusion_clips=96,
         # Gaussian noise added to the latents the decoder trains on, up to this many standard
-        # deviations of each channel (vae_task.add_latent_noise; 0 = off, as runs 1-13). Run
+        # deviations of each channel (vae_losses.add_latent_noise; 0 = off, as runs 1-13). Run
         # 13's small subjects changed shape from frame to frame, before the bar as after it,
         # while the VAE's round trips of the same scenes kept them: the decoder draws the DiT's
         # near-but-not-exact latents less steadily than the encoder's own.

@@ -37,8 +37,8 @@ import numpy as np
 
 from sora_jax import modes
 from sora_jax import sample as sample_lib
+from sora_jax.data import sources
 from sora_jax.data import world as world_lib
-from sora_jax.train import vae_task
 
 CONDITIONED = ("i2v", "extend_forward", "extend_backward", "infill", "connect")
 
@@ -140,7 +140,7 @@ def occlusion_count(ec: ml_collections.ConfigDict) -> int:
 def build_suite(config: ml_collections.ConfigDict) -> dict[str, list[Case]]:
     """Every set's cases (module docstring), a pure function of the config; no model needed."""
     ec, tf = config.eval, sample_lib.temporal_factor(config)
-    cfg = vae_task.make_world(config).cfg
+    cfg = sources.make_world(config).cfg
     f, h, w = parse_shape(ec.shape)
     if modes.num_latents(f, tf) < 3:
         raise ValueError(f"eval.shape={ec.shape!r} needs >= {1 + 2 * tf} frames for the "

@@ -61,8 +61,9 @@ from flax import nnx
 
 from sora_jax import eval_cases, eval_files, evaluate
 from sora_jax import sample as sample_lib
+from sora_jax.data import sources
 from sora_jax.data import world as world_lib
-from sora_jax.train import dit_task, vae_task
+from sora_jax.train import dit_task, vae_eval, vae_task
 
 # Issue 9's numbers: (set, metric, "min" | "max", threshold).
 TARGETS = (
@@ -296,7 +297,7 @@ def validation_loss(
     `eval.val_clips` rounded up to whole batches of `eval.batch_size` (one compile)."""
     ec = config.eval
     f, h, w = eval_cases.parse_shape(ec.shape)
-    world = vae_task.make_world(config, seed=int(config.world.seed) + 10_007)
+    world = sources.make_world(config, seed=int(config.world.seed) + 10_007)
     b = max(1, int(ec.batch_size))
     n = -(-max(1, int(ec.val_clips)) // b) * b
     clips = [world.clip(i, h, w, f) for i in range(n)]
@@ -410,9 +411,9 @@ def run(
     with concurrent.futures.ThreadPoolExecutor(min(threads, len(jobs))) as pool:
         # The validation loss and the VAE's evaluation compile their own programs: first in line.
         val_loss = pool.submit(validation_loss, gen, config)
-        vae_eval = None
+        vae_graded = None
         if config.eval.get("vae", True):
-            vae_eval = pool.submit(vae_task.evaluate_model, gen.vae, config)
+            vae_graded = pool.submit(vae_eval.evaluate_model, gen.vae, config)
         futures = {pool.submit(job, item): k for k, item in enumerate(jobs)}
         results = [None] * len(jobs)
         # Each set's files are written as soon as it is graded, so a run whose device time ends
@@ -429,8 +430,8 @@ def run(
             else:
                 summary["sets"][label] = metrics
         summary["val_loss"] = val_loss.result()
-        if vae_eval is not None:
-            summary["vae"] = vae_eval.result()
+        if vae_graded is not None:
+            summary["vae"] = vae_graded.result()
     summary["targets"] = check_targets(summary["sets"])
     return _write_summary(out_dir, summary, start, writes)
 

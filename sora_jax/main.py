@@ -132,12 +132,12 @@ def _expand(config, req):
     import dataclasses
 
     from sora_jax import prompt_expansion
-    from sora_jax.train import vae_task
+    from sora_jax.data import sources
 
     expander = prompt_expansion.PromptExpander(
         FLAGS.expand_prompt,
         model_dir=FLAGS.expand_model or "",
-        world_cfg=vae_task.make_world(config).cfg,
+        world_cfg=sources.make_world(config).cfg,
     )
     expanded = expander(list(req.prompts))
     notes = [

@@ -30,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from sora_jax import config_check, evaluate
+from sora_jax.data import sources
 from sora_jax.data import world as world_lib
 from sora_jax.train import dit_latent_cache, dit_task, loop, vae_task
 from sora_jax.train import state as state_lib
@@ -225,7 +226,7 @@ def run_sample(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     scfg = config.sample
     gen = sample_lib.Generator(config, workdir)
-    world_cfg = vae_task.make_world(config).cfg
+    world_cfg = sources.make_world(config).cfg
     specs = world_lib.prompt_suite(world_cfg, int(scfg.num_prompts), seed=int(scfg.seed))
     world = world_lib.World(world_cfg)
     prompts = [world.captions(s)["short"] for s in specs] + list(scfg.get("prompts", ()))

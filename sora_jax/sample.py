@@ -139,13 +139,13 @@ class Generator:
 
         @jax.jit
         def encode(vae_state, stats, video):
-            mean, _ = nnx.merge(self._vae_def, vae_state).encode(vae_task.to_pixels(video))
+            mean, _ = nnx.merge(self._vae_def, vae_state).encode(vae_lib.to_pixels(video))
             return (mean - stats[0]) / stats[1]
 
         @jax.jit
         def decode(vae_state, stats, z):
             vae = nnx.merge(self._vae_def, vae_state)
-            return vae_task.to_uint8(vae.decode(z * stats[1] + stats[0]))
+            return vae_lib.to_uint8(vae.decode(z * stats[1] + stats[0]))
 
         self._encode, self._decode = encode, decode
 
@@ -213,7 +213,7 @@ class Generator:
                 prediction=prediction,
             )
             video = vae.decode(z * stats[1] + stats[0])
-            return z, vae_task.to_uint8(video)
+            return z, vae_lib.to_uint8(video)
 
         return jax.jit(run)
 

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from sora_jax import eval_cases, eval_files, eval_suite, evaluate
-from sora_jax.data import world
-from sora_jax.train import vae_task
+from sora_jax.data import sources, world
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -68,7 +67,7 @@ def test_occlusion_set_has_its_own_size_and_bad_sizes_fail():
     suite = eval_cases.build_suite(c)
     assert len(suite["t2v_occlusion"]) == 7
     # The scenes the VAE's round trips and the DiT's training samples also grade (eval.seed 0).
-    scenes = world.occlusion_suite(vae_task.make_world(c).cfg, 7, seed=0)
+    scenes = world.occlusion_suite(sources.make_world(c).cfg, 7, seed=0)
     assert [case.spec for case in suite["t2v_occlusion"]] == scenes
     assert [case.prompt for case in suite["t2v_occlusion"]] == [
         world.describe(s, "long") for s in scenes

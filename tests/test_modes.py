@@ -19,10 +19,9 @@ from flax import nnx
 
 from sora_jax import evaluate, modes
 from sora_jax import sample as sample_lib
-from sora_jax.data import world
+from sora_jax.data import sources, world
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import vae as vae_lib
-from sora_jax.train import vae_task
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TF = 4  # the micro VAE's temporal factor
@@ -364,17 +363,17 @@ def world_i2v_scores(gen, config, n: int = 8, *, steps: int = 30, seed: int = 1)
     """
     s = config.sample
     rows = []
-    for i, spec in enumerate(world.prompt_suite(vae_task.make_world(config).cfg, n, seed=seed)):
+    for i, spec in enumerate(world.prompt_suite(sources.make_world(config).cfg, n, seed=seed)):
         clip = world.render(spec, s.height, s.width, s.num_frames)
         plan = modes.image_to_video([clip[0]], s.num_frames, tf=gen.temporal_factor)
         prompt = world.describe(spec, "short")
         video = gen.sample([prompt], plan, steps=steps, guidance=s.guidance, seed=i).videos[0]
-        to_px = vae_task.to_pixels
+        to_px = vae_lib.to_pixels
         k = evaluate.predict_color(evaluate.palette_labels(video[-1:]))
         rows.append({
             "prompt": prompt,
-            "psnr_first": float(vae_task.psnr(to_px(video[0]), to_px(clip[0]))),
-            "psnr_vae_image": float(vae_task.psnr(
+            "psnr_first": float(evaluate.psnr(to_px(video[0]), to_px(clip[0]))),
+            "psnr_vae_image": float(evaluate.psnr(
                 to_px(gen.decode(gen.encode(clip[None, :1]))[0, 0]), to_px(clip[0]))),
             "last_color": None if k is None else world.ALL_COLORS[k],
             "color": spec["objects"][0]["color"],

@@ -15,9 +15,11 @@ from flax import nnx
 
 from sora_jax import evaluate
 from sora_jax.data import buckets as buckets_lib
+from sora_jax.data import sources
 from sora_jax.data import world as world_lib
+from sora_jax.models import vae as vae_lib
 from sora_jax.models.perceptual import FeatureNet
-from sora_jax.train import loop, vae_losses, vae_task
+from sora_jax.train import loop, vae_eval, vae_losses, vae_task
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
 
@@ -45,7 +47,7 @@ def make_config(**train) -> ml_collections.ConfigDict:
     )  # fmt: skip
 
 
-VIDEO = np.stack([vae_task.make_world(make_config()).clip(i, 16, 16, 5)["video"] for i in (0, 1)])
+VIDEO = np.stack([sources.make_world(make_config()).clip(i, 16, 16, 5)["video"] for i in (0, 1)])
 
 
 def _setup(config: ml_collections.ConfigDict):
@@ -125,7 +127,7 @@ def test_adaptive_weight_with_patched_vae():  # conv_out emits 2x2 patches, unfo
 
 def _check_adaptive_weight(task, graphdef, params, rest, grad_fn):
     (_, aux), _ = grad_fn(params, START)
-    x = vae_task.to_pixels(jnp.asarray(VIDEO))
+    x = vae_lib.to_pixels(jnp.asarray(VIDEO))
 
     def parts(p):  # the same forward as the loss, with the two terms apart
         m = nnx.merge(graphdef, p, rest)
@@ -215,8 +217,8 @@ def test_eval_every_n_steps_and_on_a_workdir(tmp_path):
     with pytest.raises(ValueError, match="has 7 frames"):
         eval_vae.centre_crop(video, 9, 16, 4)
     loaded = vae_task.load_vae(make_config(disc_weight=0.0), workdir)
-    got = vae_task.evaluate_videos(loaded, {"clip": crop})["clip"]
-    x = vae_task.to_pixels(crop[None])
+    got = vae_eval.evaluate_videos(loaded, {"clip": crop})["clip"]
+    x = vae_lib.to_pixels(crop[None])
     want = evaluate.psnr(loaded.decode(loaded.encode(x)[0]), x)
     np.testing.assert_allclose(got["psnr"], float(want), rtol=1e-5)
     assert got["shape"] == [5, 16, 16, 3] and -1 <= got["ssim"] <= 1
@@ -226,16 +228,16 @@ def test_eval_grades_the_reconstructions(monkeypatch):
     """recon_*_acc grade each bucket's reconstructions against their own clips' specs."""
     config = make_config(buckets=(("5x16x16", 2, 1.0), ("1x16x16", 2, 1.0)), eval_clips=4)
     model = vae_task.VAETask(config).create_model(nnx.Rngs(0))
-    got = vae_task.evaluate_model(model, config)
+    got = vae_eval.evaluate_model(model, config)
     buckets = buckets_lib.parse_buckets(config.vae_train.buckets)
-    videos, specs = vae_task.heldout_clips(config, 4, buckets[0])
-    x = vae_task.to_pixels(jnp.asarray(videos))
-    recon = np.asarray(vae_task.to_uint8(model.decode(model.encode(x)[0])))
+    videos, specs = vae_eval.heldout_clips(config, 4, buckets[0])
+    x = vae_lib.to_pixels(jnp.asarray(videos))
+    recon = np.asarray(vae_lib.to_uint8(model.decode(model.encode(x)[0])))
     want = evaluate.grade_many(list(recon), specs)
     assert got["recon_shape_acc_5x16x16"] == want["shape_acc"]
     assert got["recon_color_acc_5x16x16"] == want["color_acc"]
     # Frame 0 alone (the image path), per bucket and averaged; a still is its frame 0.
-    x16 = vae_task.to_pixels(jnp.asarray(vae_task.heldout_clips(config, 4, buckets[1])[0]))
+    x16 = vae_lib.to_pixels(jnp.asarray(vae_eval.heldout_clips(config, 4, buckets[1])[0]))
 
     def first(v):
         return evaluate.psnr(model.decode(model.encode(v)[0])[:, :1], v[:, :1], per_item=True)
@@ -259,8 +261,8 @@ def test_eval_grades_the_reconstructions(monkeypatch):
     identity = lambda state, video: (
         (np.zeros(len(video)),) * 2 + (video, video, np.zeros(len(video)))
     )
-    monkeypatch.setattr(vae_task, "_eval_fn", lambda graphdef: identity)
-    lossless = vae_task.evaluate_model(model, config)
+    monkeypatch.setattr(vae_eval, "_eval_fn", lambda graphdef: identity)
+    lossless = vae_eval.evaluate_model(model, config)
     truth = evaluate.grade_many(list(videos), specs)
     assert lossless["recon_shape_acc_5x16x16"] == truth["shape_acc"]
     assert lossless["recon_color_acc_5x16x16"] == truth["color_acc"] == 1.0
@@ -273,14 +275,14 @@ def test_eval_grades_object_permanence_of_occlusion_round_trips(monkeypatch):
     config = make_config(buckets=(("9x32x32", 2, 1.0), ("1x32x32", 2, 1.0)),
                          eval_occlusion_clips=3)  # fmt: skip
     model = vae_task.VAETask(config).create_model(nnx.Rngs(0))
-    got = vae_task.evaluate_model(model, config)
+    got = vae_eval.evaluate_model(model, config)
     bucket = buckets_lib.parse_buckets(config.vae_train.buckets)[0]
-    videos, specs = vae_task.occlusion_clips(config, 3, bucket)
+    videos, specs = vae_eval.occlusion_clips(config, 3, bucket)
     assert videos.shape == (3, 9, 32, 32, 3) and all(s["occluder"] for s in specs)
-    cfg = vae_task.make_world(config).cfg  # the suite's first scenes (eval.seed 0)
+    cfg = sources.make_world(config).cfg  # the suite's first scenes (eval.seed 0)
     assert specs == world_lib.occlusion_suite(cfg, 3, seed=0)
-    x = vae_task.to_pixels(jnp.asarray(videos))
-    recon = np.asarray(vae_task.to_uint8(model.decode(model.encode(x)[0])))
+    x = vae_lib.to_pixels(jnp.asarray(videos))
+    recon = np.asarray(vae_lib.to_uint8(model.decode(model.encode(x)[0])))
     kept = [evaluate.object_permanence(r, s)["permanent"] for r, s in zip(recon, specs)]
     assert got["recon_permanence_9x32x32"] == np.mean(kept)
     assert "recon_permanence_1x32x32" not in got
@@ -290,22 +292,22 @@ def test_eval_grades_object_permanence_of_occlusion_round_trips(monkeypatch):
     identity = lambda state, video: (
         (np.zeros(len(video)),) * 2 + (video, video, np.zeros(len(video)))
     )
-    monkeypatch.setattr(vae_task, "_eval_fn", lambda graphdef: identity)
+    monkeypatch.setattr(vae_eval, "_eval_fn", lambda graphdef: identity)
     truth = [evaluate.object_permanence(v, s)["permanent"] for v, s in zip(videos, specs)]
-    assert vae_task.evaluate_model(model, config)["recon_permanence"] == np.mean(truth) == 2 / 3
+    assert vae_eval.evaluate_model(model, config)["recon_permanence"] == np.mean(truth) == 2 / 3
     # Off by default: no occlusion scenes rendered or graded.
-    assert "recon_permanence" not in vae_task.evaluate_model(model, make_config())
+    assert "recon_permanence" not in vae_eval.evaluate_model(model, make_config())
 
 
 def test_latent_noise_is_scaled_per_channel_and_per_clip():
     rng = np.random.default_rng(0)
     scales = jnp.asarray([0.5, 2.0, 8.0, 1.0], jnp.float32)
     mean = jnp.asarray(rng.normal(0, 1, (64, 3, 4, 4, 4)), jnp.float32) * scales
-    assert vae_task.add_latent_noise(mean, mean, 0.0, jax.random.key(1)) is mean
-    fixed = vae_task.add_latent_noise(mean, mean, 0.3, jax.random.key(1), uniform=False)
+    assert vae_losses.add_latent_noise(mean, mean, 0.0, jax.random.key(1)) is mean
+    fixed = vae_losses.add_latent_noise(mean, mean, 0.3, jax.random.key(1), uniform=False)
     noise = np.asarray(fixed - mean) / np.asarray(jnp.std(mean, axis=(0, 1, 2, 3)))
     np.testing.assert_allclose(noise.std(axis=(0, 1, 2, 3)), 0.3, rtol=0.05)  # 3,072 draws each
-    drawn = vae_task.add_latent_noise(mean, mean, 0.3, jax.random.key(1))
+    drawn = vae_losses.add_latent_noise(mean, mean, 0.3, jax.random.key(1))
     per_clip = (np.asarray(drawn - mean) / np.asarray(jnp.std(mean, axis=(0, 1, 2, 3)))).std(
         axis=(1, 2, 3, 4)
     )
@@ -335,19 +337,19 @@ def test_eval_grades_permanence_of_noisy_round_trips():
                                     eval_latent_noise=level)  # fmt: skip
     model = vae_task.VAETask(cfg(0.0)).create_model(nnx.Rngs(0))
     cache: dict = {}
-    assert "recon_permanence_noisy" not in vae_task.evaluate_model(model, cfg(0.0), cache=cache)
-    faint = vae_task.evaluate_model(model, cfg(1e-6), cache=cache)
+    assert "recon_permanence_noisy" not in vae_eval.evaluate_model(model, cfg(0.0), cache=cache)
+    faint = vae_eval.evaluate_model(model, cfg(1e-6), cache=cache)
     assert faint["recon_permanence_noisy"] == faint["recon_permanence"]
     bucket = buckets_lib.parse_buckets(cfg(0.0).vae_train.buckets)[0]
-    videos, specs = vae_task.occlusion_clips(cfg(0.0), 4, bucket)
+    videos, specs = vae_eval.occlusion_clips(cfg(0.0), 4, bucket)
     recon = []
     for i in (0, 2):  # the eval's batches: the noise's scale is each batch's channel spread
-        mean = model.encode(vae_task.to_pixels(jnp.asarray(videos[i : i + 2])))[0]
-        z = vae_task.add_latent_noise(mean, mean, 3.0, jax.random.PRNGKey(0), uniform=False)
-        recon.append(np.asarray(vae_task.to_uint8(model.decode(z))))
+        mean = model.encode(vae_lib.to_pixels(jnp.asarray(videos[i : i + 2])))[0]
+        z = vae_losses.add_latent_noise(mean, mean, 3.0, jax.random.PRNGKey(0), uniform=False)
+        recon.append(np.asarray(vae_lib.to_uint8(model.decode(z))))
     kept = [evaluate.object_permanence(r, s)["permanent"]
             for r, s in zip(np.concatenate(recon), specs)]  # fmt: skip
-    got = vae_task.evaluate_model(model, cfg(3.0), cache=cache)["recon_permanence_noisy"]
+    got = vae_eval.evaluate_model(model, cfg(3.0), cache=cache)["recon_permanence_noisy"]
     assert got == np.mean(kept)
 
 
@@ -406,12 +408,12 @@ def test_perceptual_features_match_torch(tmp_path):
 def test_stage_end_evaluation_reuses_the_compile_of_training_evaluations(tmp_path, monkeypatch):
     from sora_jax import recipe
 
-    monkeypatch.setattr(vae_task, "_EVAL_FNS", {})
+    monkeypatch.setattr(vae_eval, "_EVAL_FNS", {})
     result = recipe.run_vae(make_config(disc_weight=0.0), str(tmp_path))  # eval at step 2 too
     rows = [json.loads(line) for line in open(tmp_path / "vae" / "metrics.jsonl")]
     (evaluated,) = [r for r in rows if "eval_psnr" in r]
     assert evaluated["step"] == 2
-    (run,) = vae_task._EVAL_FNS.values()
+    (run,) = vae_eval._EVAL_FNS.values()
     # One program for both (on the H200 the stage-end evaluation compiled again: 38 s).
     assert run._cache_size() == 1
     np.testing.assert_allclose(result["psnr"], evaluated["eval_psnr"], rtol=1e-5)
@@ -426,14 +428,14 @@ def test_training_evaluations_compile_beside_the_steps(tmp_path, monkeypatch):
 
     from sora_jax import recipe
 
-    monkeypatch.setattr(vae_task, "_EVAL_FNS", {})
+    monkeypatch.setattr(vae_eval, "_EVAL_FNS", {})
     compiles, evaluating = [], []
 
     def listener(name, secs, **kwargs):
         if name == "/jax/core/compile/backend_compile_duration":
             compiles.append((threading.current_thread().name, bool(evaluating)))
 
-    evaluate_model = vae_task.evaluate_model
+    evaluate_model = vae_eval.evaluate_model
 
     def recorded(*args, **kwargs):
         evaluating.append(1)
@@ -442,10 +444,10 @@ def test_training_evaluations_compile_beside_the_steps(tmp_path, monkeypatch):
         finally:
             evaluating.clear()
 
-    monkeypatch.setattr(vae_task, "evaluate_model", recorded)
+    monkeypatch.setattr(vae_eval, "evaluate_model", recorded)
     # 3 held-out clips in batches of 2: two shapes; the stage's own end evaluates too.
     config = make_config(disc_weight=0.0, steps=3, eval_every_steps=3, eval_clips=3)
-    assert vae_task.eval_video_shapes(config) == [(2, 5, 16, 16, 3), (1, 5, 16, 16, 3)]
+    assert vae_eval.eval_video_shapes(config) == [(2, 5, 16, 16, 3), (1, 5, 16, 16, 3)]
     monitoring.register_event_duration_secs_listener(listener)
     try:
         recipe.run_vae(config, str(tmp_path))
@@ -457,7 +459,7 @@ def test_training_evaluations_compile_beside_the_steps(tmp_path, monkeypatch):
     assert [r["step"] for r in rows if "eval_psnr" in r] == [3]
     # precompile=False: the evaluation compiles its own programs.
     compiles.clear()
-    monkeypatch.setattr(vae_task, "_EVAL_FNS", {})
+    monkeypatch.setattr(vae_eval, "_EVAL_FNS", {})
     config.vae_train.precompile = False
     monitoring.register_event_duration_secs_listener(listener)
     try:

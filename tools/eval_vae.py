@@ -60,14 +60,14 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     from aot_compile import load_config  # tools/aot_compile.py: path.py[:arg] -> config
 
-    from sora_jax.train import vae_task
+    from sora_jax.train import vae_eval, vae_task
 
     config = load_config(a.config, [])
     model = vae_task.load_vae(config, a.workdir)
     factor = model.cfg.spatial_factor
     videos = {k: centre_crop(v, a.frames, a.size, factor)
               for k, v in load_videos(a.videos.split(",")).items()}  # fmt: skip
-    result = vae_task.evaluate_videos(model, videos)
+    result = vae_eval.evaluate_videos(model, videos)
     result["mean_psnr"] = float(np.mean([r["psnr"] for r in result.values()]))
     for name, r in result.items():
         if isinstance(r, dict):

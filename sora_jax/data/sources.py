@@ -41,6 +41,7 @@ from PIL import Image
 
 from sora_jax.data import buckets as buckets_lib
 from sora_jax.data import transforms, video_io
+from sora_jax.data import world as world_lib
 
 FIELDS: dict[str, Any] = {
     "video": np.object_,
@@ -294,18 +295,26 @@ class WorldSource:
         return {**item, "source_id": f"world:{item['index']}"}
 
 
+def make_world(config, **overrides) -> world_lib.World:
+    """The synthetic world of the config's `world` section, with fields replaced by `overrides`
+    (e.g. another seed for held-out clips)."""
+    fields = config.world.to_dict()
+    fields.update(overrides)
+    fields = {k: tuple(map(tuple, v)) if k == "resolutions" else v for k, v in fields.items()}
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    return world_lib.World(world_lib.WorldConfig(**fields))
+
+
 def make_source(config, world_factory=None):
     """The source the config's `data` section names (world | array_record | tfds).
 
-    world_factory: () -> World for the world source (the tasks pass `vae_task.make_world`).
+    world_factory: () -> World for the world source; by default `make_world(config)`.
     """
     data = dict(config.get("data", None) or {})
     kind = data.get("source", "world")
     fps, seed = float(data.get("target_fps", 0.0)), int(config.get("seed", 0))
     if kind == "world":
-        if world_factory is None:
-            raise ValueError("data.source='world' needs a world factory.")
-        return WorldSource(world_factory())
+        return WorldSource(world_factory() if world_factory else make_world(config))
     if kind == "array_record":
         if not data.get("paths"):
             raise ValueError("data.source='array_record' needs data.paths (shards, glob, folder).")

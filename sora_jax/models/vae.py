@@ -138,6 +138,16 @@ def shard_video(x: Array) -> Array:
     return parallel.constrain(x, VIDEO_AXES, rules=SHARDING_RULES)
 
 
+def to_pixels(video_uint8: Array) -> Array:
+    """uint8 [..., 3] -> float32 in [-1, 1], the range the VAE encodes and decodes."""
+    return video_uint8.astype(jnp.float32) / 127.5 - 1.0
+
+
+def to_uint8(x: Array) -> Array:
+    """A decoded video in [-1, 1] -> uint8, rounded and clipped."""
+    return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
 class Encoder(nnx.Module):
     """[B, F, H, W, 3] -> [B, T, h, w, 2z] (pre-quant_conv moments)."""
 

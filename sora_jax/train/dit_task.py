@@ -112,7 +112,7 @@ class DiTTask:
     def encode_latents(self, frozen, video: jax.Array) -> jax.Array:
         """uint8 [B,F,H,W,3] -> unit-scale latents [B,T,h,w,z] (frozen VAE, posterior mean)."""
         vae = nnx.merge(self.vae_graphdef, frozen["vae"])
-        pixels = vae_task.to_pixels(video)
+        pixels = vae_lib.to_pixels(video)
         # vae_encode_chunk_frames > 0: first frame, then chunks of that many frames under one
         # scan (encode_chunked: equal to the full pass to rounding, memory flat in length).
         chunk = int(self.train_cfg.get("vae_encode_chunk_frames", 0) or 0)
@@ -194,7 +194,7 @@ class DiTTask:
 
     def source(self):
         """The clip source of `config.data` (the synthetic world by default)."""
-        return sources.make_source(self.config, lambda: vae_task.make_world(self.config))
+        return sources.make_source(self.config, lambda: sources.make_world(self.config))
 
     def _stream(self, source=None) -> pipeline.BucketedBatches:
         return pipeline.from_config(
@@ -355,7 +355,7 @@ class TrainingSamples:
     def __init__(self, task: DiTTask):
         self.task = task
         cfg, scfg = task.train_cfg, task.config.sample
-        world_cfg = vae_task.make_world(task.config).cfg
+        world_cfg = sources.make_world(task.config).cfg
         n = int(cfg.get("sample_num_prompts", 4))
         self.specs = world_lib.prompt_suite(world_cfg, n, seed=int(scfg.seed))
         self.prompts = [world_lib.describe(s, "short") for s in self.specs]

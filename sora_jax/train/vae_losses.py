@@ -49,6 +49,25 @@ def kl_divergence(mean: Array, logvar: Array) -> Array:
     return 0.5 * jnp.mean(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
 
 
+def add_latent_noise(
+    z: Array, mean: Array, level: float, rng: Array | None, *, uniform: bool = True
+) -> Array:
+    """z + s * std_c * N(0, 1), std_c each latent channel's standard deviation over the batch's
+    posterior means (no gradient through it): the decoder learns to draw latents near the
+    encoder's, as a DiT's samples are, not only the encoder's own (`vae_train.latent_noise`).
+    With `uniform`, s ~ U(0, level) per clip, so clean and noisy latents are both decoded; else
+    s = level. At level 0, z as given (and `rng` unused: None will do)."""
+    if level <= 0:
+        return z
+    axes = tuple(range(mean.ndim - 1))
+    std = jax.lax.stop_gradient(jnp.std(mean, axis=axes, keepdims=True))
+    k_scale, k_noise = jax.random.split(rng)
+    scale = jnp.full((z.shape[0],) + (1,) * (z.ndim - 1), level, z.dtype)
+    if uniform:
+        scale = scale * jax.random.uniform(k_scale, scale.shape, z.dtype)
+    return z + scale * std * jax.random.normal(k_noise, z.shape, z.dtype)
+
+
 def gradient_l1(recon: Array, x: Array) -> Array:
     """L1 between the spatial finite differences of two videos (keeps edges sharp)."""
     return sum(jnp.mean(jnp.abs(jnp.diff(recon, axis=a) - jnp.diff(x, axis=a))) for a in (2, 3))

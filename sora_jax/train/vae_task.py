@@ -11,16 +11,15 @@ step from `disc_start_step` on, its loss scaled by VQGAN's adaptive weight (how 
 share one step and one optimizer: `sora_jax.train.vae_losses`). Batches carry their step, so
 the switch-on is exact.
 
-Evaluation: PSNR and SSIM of the EMA model on held-out clips (the world with another seed),
-logged every `eval_every_steps` to `metrics.jsonl` as `eval_*`; `evaluate_vae(config, workdir)`
-does the same for a finished run (`--mode=eval`). After training, `evaluate_and_stats` writes
-`latent_stats.json` (per-channel mean/std of the latent means), which the DiT stage normalises
-latents with.
+Evaluation (sora_jax.train.vae_eval): PSNR, SSIM and grader accuracies of the EMA model's round
+trips of held-out clips, logged every `eval_every_steps` to `metrics.jsonl` as `eval_*`;
+`evaluate_vae(config, workdir)` does the same for a finished run (`--mode=eval`). After
+training, `evaluate_and_stats` writes `latent_stats.json` (per-channel mean/std of the latent
+means), which the DiT stage normalises latents with.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -35,58 +34,16 @@ from flax import nnx
 from sora_jax import evaluate
 from sora_jax.data import buckets as buckets_lib
 from sora_jax.data import pipeline, sources
-from sora_jax.data import world as world_lib
 from sora_jax.models import vae as vae_lib
 from sora_jax.models.perceptual import FeatureNet
 from sora_jax.train import checkpoint as ckpt_lib
-from sora_jax.train import loop
+from sora_jax.train import loop, vae_eval
 from sora_jax.train import metrics as metrics_lib
 from sora_jax.train import state as state_lib
 from sora_jax.train import vae_losses as losses
 
 LATENT_STATS = "latent_stats.json"
 EVAL_FILE = "eval.json"
-
-
-def make_world(config: ml_collections.ConfigDict, **overrides) -> world_lib.World:
-    fields = config.world.to_dict()
-    fields.update(overrides)
-    fields = {k: tuple(map(tuple, v)) if k == "resolutions" else v for k, v in fields.items()}
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-    return world_lib.World(world_lib.WorldConfig(**fields))
-
-
-def add_latent_noise(
-    z: jax.Array, mean: jax.Array, level: float, rng: jax.Array | None, *, uniform: bool = True
-) -> jax.Array:
-    """z + s * std_c * N(0, 1), std_c each latent channel's standard deviation over the batch's
-    posterior means (no gradient through it): the decoder learns to draw latents near the
-    encoder's, as a DiT's samples are, not only the encoder's own (`vae_train.latent_noise`).
-    With `uniform`, s ~ U(0, level) per clip, so clean and noisy latents are both decoded; else
-    s = level. At level 0, z as given (and `rng` unused: None will do)."""
-    if level <= 0:
-        return z
-    axes = tuple(range(mean.ndim - 1))
-    std = jax.lax.stop_gradient(jnp.std(mean, axis=axes, keepdims=True))
-    k_scale, k_noise = jax.random.split(rng)
-    scale = jnp.full((z.shape[0],) + (1,) * (z.ndim - 1), level, z.dtype)
-    if uniform:
-        scale = scale * jax.random.uniform(k_scale, scale.shape, z.dtype)
-    return z + scale * std * jax.random.normal(k_noise, z.shape, z.dtype)
-
-
-def to_pixels(video_uint8: jax.Array) -> jax.Array:
-    """uint8 [..., 3] -> float32 in [-1, 1]."""
-    return video_uint8.astype(jnp.float32) / 127.5 - 1.0
-
-
-def to_uint8(x: jax.Array) -> jax.Array:
-    return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
-
-
-def psnr(a: jax.Array, b: jax.Array) -> jax.Array:
-    """PSNR in dB of two videos in [-1, 1] (peak-to-peak 2), over all their pixels."""
-    return evaluate.psnr(a, b)
 
 
 class VAETask:
@@ -168,19 +125,19 @@ class VAETask:
         return total, terms
 
     def loss(self, model: vae_lib.CausalVAE, frozen, batch: dict, rng: jax.Array):
-        x = to_pixels(batch["video"])
+        x = vae_lib.to_pixels(batch["video"])
         mean, logvar = model.encode(x)  # bad shapes fail here, at trace time, in one sentence
         noise = float(self.train_cfg.get("latent_noise", 0.0))
         # Off, the posterior sample takes the whole key, as before the option existed.
         rng, noise_rng = jax.random.split(rng) if noise > 0 else (rng, None)
         z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
-        z = add_latent_noise(z, mean, noise, noise_rng)
+        z = losses.add_latent_noise(z, mean, noise, noise_rng)
         feats = model.decoder.features(model.post_quant_conv(z))
         recon = model.decoder.to_pixels(feats).astype(jnp.float32)  # unclipped: keeps gradients
         rec, metrics = self.reconstruction(recon, x, frozen)
         kl = losses.kl_divergence(mean, logvar)
         total = rec + float(self.train_cfg.get("kl_weight", 1e-6)) * kl
-        metrics.update(kl=kl, rec=rec, psnr=psnr(recon, x))
+        metrics.update(kl=kl, rec=rec, psnr=evaluate.psnr(recon, x))
         if self.gan:
             tc = self.train_cfg
             on = (batch["step"] >= int(tc.get("disc_start_step", 0))).astype(jnp.float32)
@@ -201,7 +158,7 @@ class VAETask:
 
     def batches(self, start_step: int) -> Iterator[dict]:
         # The clips of `config.data` (the synthetic world by default, or a prepared dataset).
-        source = sources.make_source(self.config, lambda: make_world(self.config))
+        source = sources.make_source(self.config)
         data = pipeline.from_config(self.config, source, self.buckets, seed=self.config.seed)
         for step, batch in enumerate(data.iterate(start_step), start=start_step):
             # The step the loop is about to take (its state's step): the GAN switch reads it.
@@ -214,22 +171,14 @@ class VAETask:
         run beside the steps (loop._Trainer.compile_periodic)."""
         if not int(self.train_cfg.get("eval_every_steps", 0) or 0):
             return []
-        graphdef, state = nnx.split(ctx.model())
-        abstract = jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state
-        )
-        run = _eval_fn(graphdef)
-        return [
-            functools.partial(_compile, run, abstract, jax.ShapeDtypeStruct(shape, jnp.uint8))
-            for shape in eval_video_shapes(self.config)
-        ]
+        return vae_eval.eval_programs(ctx.model(), self.config)
 
     def periodic(self, step: int, ctx: loop.PeriodicContext) -> None:
         every = int(self.train_cfg.get("eval_every_steps", 0) or 0)
         if not every or step % every:
             return
         ctx.programs_compiled()  # compiled beside the steps (periodic_programs)
-        scalars = evaluate_model(ctx.model(), self.config, cache=self._heldout)
+        scalars = vae_eval.evaluate_model(ctx.model(), self.config, cache=self._heldout)
         if self._writer is None:
             self._writer = metrics_lib.create_writer(ctx.workdir, prefix="vae eval ")
         self._writer.write_scalars(step, {f"eval_{k}": v for k, v in scalars.items()})
@@ -274,196 +223,11 @@ def clip_length_warning(config: ml_collections.ConfigDict) -> str | None:
     )
 
 
-def heldout_clips(
-    config: ml_collections.ConfigDict, n: int, bucket: buckets_lib.Bucket
-) -> tuple[np.ndarray, list[dict]]:
-    """Clips the VAE never trained on (the world with another seed) and their specs."""
-    world = make_world(config, seed=make_world(config).cfg.seed + 10_007)
-    clips = [world.clip(i, bucket.height, bucket.width, bucket.num_frames) for i in range(n)]
-    return np.stack([c["video"] for c in clips]), [c["spec"] for c in clips]
-
-
-def occlusion_clips(
-    config: ml_collections.ConfigDict, n: int, bucket: buckets_lib.Bucket
-) -> tuple[np.ndarray, list[dict]]:
-    """The first n occlusion scenes of the evaluation suite (at `eval.seed` 0) rendered at the
-    bucket's size, and their specs."""
-    specs = world_lib.occlusion_suite(make_world(config).cfg, n)
-    f, h, w = bucket.num_frames, bucket.height, bucket.width
-    return np.stack([world_lib.render(s, h, w, f) for s in specs]), specs
-
-
-_EVAL_FNS: dict = {}
-
-
-def _eval_fn(graphdef):
-    """Jitted (state, uint8 video) -> (per-clip PSNR, per-clip SSIM, latent means, uint8
-    reconstructions, per-clip PSNR of frame 0)."""
-    if graphdef not in _EVAL_FNS:
-
-        @jax.jit
-        def run(state, video):
-            vae = nnx.merge(graphdef, state)
-            x = to_pixels(video)
-            mean, _ = vae.encode(x)
-            recon = vae.decode(mean)
-            return (evaluate.psnr(recon, x, per_item=True),
-                    evaluate.ssim(recon, x, per_item=True), mean, to_uint8(recon),
-                    evaluate.psnr(recon[:, :1], x[:, :1], per_item=True))  # fmt: skip
-
-        _EVAL_FNS[graphdef] = run
-    return _EVAL_FNS[graphdef]
-
-
-_NOISY_FNS: dict = {}
-
-
-def _compile(fn, *args) -> None:
-    fn.lower(*args).compile()
-
-
-def eval_video_shapes(config: ml_collections.ConfigDict) -> list[tuple[int, ...]]:
-    """The uint8 clip batch shapes [B, F, H, W, 3] `evaluate_model` runs its program at."""
-    n = int(config.vae_train.get("eval_clips", 16))
-    n_occlusion = int(config.vae_train.get("eval_occlusion_clips", 0))
-    shapes = {}
-    for b in buckets_lib.parse_buckets(config.vae_train.buckets):
-        counts = [n]
-        if n_occlusion and b.num_frames >= evaluate.PERMANENCE_FRAMES:
-            counts.append(n_occlusion)
-        for count in counts:
-            for i in range(0, count, b.batch_size):
-                size = min(b.batch_size, count - i)
-                shapes[(size, b.num_frames, b.height, b.width, 3)] = None
-    return list(shapes)
-
-
-def _noisy_decode_fn(graphdef, level: float):
-    """Jitted (state, latent means) -> uint8 decodes of the means plus noise at `level` x each
-    channel's standard deviation (`add_latent_noise`, fixed key: every call and every VAE draws
-    the same noise)."""
-    if (graphdef, level) not in _NOISY_FNS:
-
-        @jax.jit
-        def run(state, mean):
-            z = add_latent_noise(mean, mean, level, jax.random.PRNGKey(0), uniform=False)
-            return to_uint8(nnx.merge(graphdef, state).decode(z))
-
-        _NOISY_FNS[graphdef, level] = run
-    return _NOISY_FNS[graphdef, level]
-
-
-def _permanence(recons, specs: list[dict]) -> float:
-    """The share of `specs`' occlusion scenes whose object the videos (batches of uint8) keep."""
-    videos = np.concatenate([np.asarray(r) for r in recons])
-    return float(np.mean([evaluate.object_permanence(v, s)["permanent"]
-                          for v, s in zip(videos, specs)]))  # fmt: skip
-
-
-def evaluate_model(
-    model: vae_lib.CausalVAE,
-    config: ml_collections.ConfigDict,
-    *,
-    cache: dict | None = None,
-    with_latents: bool = False,
-):
-    """Held-out PSNR and SSIM per bucket (`psnr_<bucket>`, `ssim_<bucket>`, and `psnr_first_`
-    of frame 0 alone, the image path) and their means over buckets (`psnr`, `ssim`,
-    `psnr_first`); with `with_latents`, also the latent means per bucket.
-
-    The reconstructions are also graded against their specs (`recon_{color,shape,motion}_acc`
-    per bucket and averaged; sora_jax.evaluate.grade): what survives the round trip bounds what
-    a DiT drawing in this VAE's latents can score on the same grader. `recon_mad_ratio` (buckets
-    of several frames) is the mean |frame f - frame f-1| of the reconstructions over that of the
-    clips: flicker the round trip adds to every decoded video, so roughly a floor under the eval
-    suite's continuity ratio (boundaries of generated videos against real clips).
-
-    With `vae_train.eval_occlusion_clips` > 0, that many occlusion scenes
-    (`world.occlusion_suite`, the evaluation suite's t2v_occlusion scenes at `eval.seed` 0) are
-    rendered at each bucket of >= `evaluate.PERMANENCE_FRAMES` frames and their round trips
-    graded by `evaluate.object_permanence` (`recon_permanence_<bucket>`, `recon_permanence`):
-    the share of scenes whose object this VAE keeps through the bar, the ceiling of the DiT's
-    permanence. With `vae_train.eval_latent_noise` > 0 also `recon_permanence_noisy[_<bucket>]`:
-    the same scenes decoded from their latent means plus Gaussian noise at that many standard
-    deviations of each channel (one fixed draw): how well the decoder keeps a small object's
-    shape from latents that are near the encoder's, as a DiT's samples are.
-    """
-    buckets = buckets_lib.parse_buckets(config.vae_train.buckets)
-    n = int(config.vae_train.get("eval_clips", 16))
-    n_occlusion = int(config.vae_train.get("eval_occlusion_clips", 0))
-    noisy_level = float(config.vae_train.get("eval_latent_noise", 0.0))
-    graphdef, state = nnx.split(model)
-    run = _eval_fn(graphdef)
-    cache = {} if cache is None else cache  # rendered clips by name, kept for the next call
-
-    def clips(key: str, make, count: int, bucket) -> tuple[np.ndarray, list[dict]]:
-        if key not in cache:
-            cache[key] = make(config, count, bucket)
-        return cache[key]
-
-    result, latents = {}, []
-    for b in buckets:
-        videos, specs = clips(b.name, heldout_clips, n, b)
-        outs = [run(state, videos[i : i + b.batch_size]) for i in range(0, n, b.batch_size)]
-        psnr, ssim, means, recon, first = (np.concatenate([np.asarray(x) for x in z])
-                                           for z in zip(*outs))  # fmt: skip
-        result[f"psnr_{b.name}"] = float(np.mean(psnr))
-        result[f"ssim_{b.name}"] = float(np.mean(ssim))
-        # Frame 0 is encoded alone: the image path that image->video's given frame takes.
-        result[f"psnr_first_{b.name}"] = float(np.mean(first))
-        result.update(_recon_grades(recon, specs, b.name))
-        if b.num_frames > 1:
-            mad, real = (evaluate.mean_frame_difference(v) for v in (recon, videos))
-            result[f"recon_mad_ratio_{b.name}"] = mad / max(real, 1e-6)
-        if with_latents:
-            latents.append(means)
-        if n_occlusion and b.num_frames >= evaluate.PERMANENCE_FRAMES:
-            videos, specs = clips(f"occlusion_{b.name}", occlusion_clips, n_occlusion, b)
-            outs = [run(state, videos[i : i + b.batch_size])
-                    for i in range(0, n_occlusion, b.batch_size)]  # fmt: skip
-            result[f"recon_permanence_{b.name}"] = _permanence([o[3] for o in outs], specs)
-            if noisy_level > 0:  # the same scenes decoded from their latent means plus noise
-                decode = _noisy_decode_fn(graphdef, noisy_level)
-                result[f"recon_permanence_noisy_{b.name}"] = _permanence(
-                    [decode(state, o[2]) for o in outs], specs
-                )
-    metrics = ("psnr", "ssim", "psnr_first", "recon_color_acc", "recon_shape_acc",
-               "recon_motion_acc", "recon_mad_ratio", "recon_permanence",
-               "recon_permanence_noisy")  # fmt: skip
-    for metric in metrics:
-        values = [result[k] for k in (f"{metric}_{b.name}" for b in buckets) if k in result]
-        if values:
-            result[metric] = float(np.mean(values))
-    return (result, latents) if with_latents else result
-
-
-def _recon_grades(recon: np.ndarray, specs: list[dict], bucket: str) -> dict[str, float]:
-    """Grader accuracies of reconstructions; motion only where a bucket's clips have any."""
-    acc = evaluate.grade_many(list(recon), specs)
-    out = {f"recon_{k}_acc_{bucket}": acc[f"{k}_acc"] for k in ("color", "shape")}
-    if acc["n_motion"]:
-        out[f"recon_motion_acc_{bucket}"] = acc["motion_acc"]
-    return out
-
-
-def evaluate_videos(model: vae_lib.CausalVAE, videos: dict[str, np.ndarray]) -> dict:
-    """PSNR and SSIM of the round trip (posterior mean) of each uint8 video [F, H, W, 3] (F =
-    1 + 4k, H and W multiples of the spatial factor), e.g. real footage the VAE never saw."""
-    graphdef, state = nnx.split(model)
-    run = _eval_fn(graphdef)
-    out = {}
-    for name, video in videos.items():
-        p, s, *_ = run(state, np.asarray(video, np.uint8)[None])
-        out[name] = {"psnr": float(np.asarray(p)[0]), "ssim": float(np.asarray(s)[0]),
-                     "shape": list(np.shape(video))}  # fmt: skip
-    return out
-
-
 def evaluate_and_stats(
     model: vae_lib.CausalVAE, config: ml_collections.ConfigDict, workdir: str
 ) -> dict:
     """Held-out PSNR/SSIM per bucket and the latent statistics the DiT stage normalises with."""
-    result, latents = evaluate_model(model, config, with_latents=True)
+    result, latents = vae_eval.evaluate_model(model, config, with_latents=True)
     flat = np.concatenate([m.reshape(-1, m.shape[-1]) for m in latents])
     stats = {"mean": flat.mean(0).tolist(), "std": np.maximum(flat.std(0), 1e-3).tolist()}
     with open(os.path.join(workdir, LATENT_STATS), "w") as f:
@@ -496,7 +260,7 @@ def evaluate_vae(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """`--mode=eval`: held-out PSNR/SSIM of the VAE in `workdir` (a stage dir with
     checkpoints/); also written to `<workdir>/eval.json`."""
     model = load_vae(config, workdir)
-    result = evaluate_model(model, config)
+    result = vae_eval.evaluate_model(model, config)
     result["clips_per_bucket"] = int(config.vae_train.get("eval_clips", 16))
     with open(os.path.join(workdir, EVAL_FILE), "w") as f:
         json.dump(result, f, indent=1)

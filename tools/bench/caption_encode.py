@@ -36,9 +36,9 @@ import report  # noqa: E402  (tools/bench/report.py)
 
 def caption_stream(cfg, steps: int, seed: int) -> list[list[str]]:
     """Per step, the captions of the step not seen in an earlier step (the cache's misses)."""
-    from sora_jax.train import vae_task
+    from sora_jax.data import sources
 
-    w = vae_task.make_world(cfg)
+    w = sources.make_world(cfg)
     train = cfg.dit_train
     batch = train.buckets[0][1]
     keys, probs = zip(*dict(train.caption_probs).items(), strict=True)

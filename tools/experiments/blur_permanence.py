@@ -29,8 +29,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 import aot_compile  # noqa: E402  (tools/aot_compile.py: a config file by path)
 
 from sora_jax import eval_cases, evaluate  # noqa: E402
-from sora_jax.data import world  # noqa: E402
-from sora_jax.train import vae_task  # noqa: E402
+from sora_jax.data import sources, world  # noqa: E402
 
 
 def blur(video: np.ndarray, sigma: float) -> np.ndarray:
@@ -66,7 +65,7 @@ def main(argv=None) -> list[dict]:
     config = aot_compile.load_config(args.config, [])
     n = args.scenes or eval_cases.occlusion_count(config.eval)
     f, h, w = eval_cases.parse_shape(config.eval.shape)
-    specs = world.occlusion_suite(vae_task.make_world(config).cfg, n, seed=int(config.eval.seed))
+    specs = world.occlusion_suite(sources.make_world(config).cfg, n, seed=int(config.eval.seed))
     clips = [world.render(s, h, w, f) for s in specs]
     rows = []
     for sigma in (float(x) for x in args.sigmas.split(",")):

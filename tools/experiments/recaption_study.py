@@ -148,10 +148,10 @@ def caption_probs(arm: str, mix: float) -> dict[str, float]:
 def eval_prompts(config, n: int) -> tuple[list[dict], list[str], list[str]]:
     """(specs, short prompts, world-expanded prompts) of the evaluation suite."""
     from sora_jax import prompt_expansion
+    from sora_jax.data import sources
     from sora_jax.data import world as world_lib
-    from sora_jax.train import vae_task
 
-    world_cfg = vae_task.make_world(config).cfg
+    world_cfg = sources.make_world(config).cfg
     specs = world_lib.prompt_suite(world_cfg, n, seed=int(config.sample.seed))
     short = [world_lib.describe(s, "short") for s in specs]
     expanded = prompt_expansion.PromptExpander("world", world_cfg=world_cfg)(short)
@@ -163,11 +163,11 @@ def measure_max_length(config, extra_texts: list[str], num_clips: int = 4096) ->
     `num_clips` random training clips, and of `extra_texts`; `max_length` fits them all."""
     import numpy as np
 
+    from sora_jax.data import sources
     from sora_jax.data import world as world_lib
     from sora_jax.models import text as text_lib
-    from sora_jax.train import vae_task
 
-    world = vae_task.make_world(config)
+    world = sources.make_world(config)
     files = text_lib.resolve_files(text_lib.TextConfig(**config.text.to_dict()))
     tok = text_lib.load_tokenizer(files.tokenizer, 1024)
     idx = np.random.default_rng(0).integers(0, len(world), num_clips)

@@ -74,10 +74,10 @@ def world_bar_rate(n: int, size: tuple[int, int, int]) -> float:
     """The share of n training clips of configs/world.py's world (F, H, W) with a bar."""
     import aot_compile  # tools/aot_compile.py: a config file by path
 
-    from sora_jax.train import vae_task
+    from sora_jax.data import sources
 
     config = aot_compile.load_config(os.path.join(ROOT, "configs", "world.py"), [])
-    source = vae_task.make_world(config)
+    source = sources.make_world(config)
     f, h, w = size
     return float(np.mean([evaluate.sweeps(source.clip(i, h, w, f)["video"]) for i in range(n)]))
 
