@@ -115,7 +115,7 @@ def test_world_default_is_the_64x64_recipe_and_ninth_gives_the_ninth_runs():
     )
     assert vae.latent_shape(17, 64, 64) == (5, 8, 8, 16)  # 8x8 latent frames, as at 128x128
     assert c.dit.in_channels == c.dit.out_channels == 16 and tuple(c.dit.patch_size) == (1, 2, 2)
-    assert (c.vae_train.steps, c.dit_train.steps, c.flow.shift) == (10000, 11000, 1.0)
+    assert (c.vae_train.steps, c.dit_train.steps, c.flow.shift) == (10000, 15000, 1.0)
     assert c.vae_train.latent_noise == 0.2 and c.eval.guidance == c.sample.guidance == 5.0
     assert {"guidance": 3.0} in c.eval.t2v_variants
     ninth = load_config("world", "ninth")

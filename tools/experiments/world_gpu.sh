@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The world model on one GPU (issue 9), stage by stage (configs/world.py: ~25 min on an H100):
+# The world model on one GPU (issue 9), stage by stage (configs/world.py: ~23 min on an H100):
 #   VAE (10,000 steps; the DiT's steps compile beside it) -> VAE on real footage (optional)
-#   -> DiT (11,000 steps of 256 clips; the eval suite's programs compile beside it) -> eval suite.
+#   -> DiT (15,000 steps of 256 clips; the eval suite's programs compile beside it) -> eval suite.
 #
 #   tools/experiments/world_gpu.sh WORKDIR [FOOTAGE.npz|mp4,...] [extra main.py flags...]
 #
@@ -51,9 +51,9 @@ print(json.dumps(report.versions('jax', 'flax')))" >"$workdir/versions.json" 2>/
 # The VAE may take VAE_SHARE (default 0.3) of what is left before the deadline, the DiT the
 # rest. The thirteenth run (0.25 of it; 15,000 steps per stage then) got 14,000 VAE and 11,000
 # DiT steps, the fourteenth 9,500 and 11,200 (tools/bench/results/world_h100_run1{3,4}.json);
-# the recipe now trains 10,000 and 11,000 (~380 s and ~1,000 s on an H100), so 0.3 of a
-# deadline that holds the recipe holds its VAE. Flags given to this script come after, so theirs
-# win.
+# the recipe now trains 10,000 and 15,000 (the sixteenth run: VAE 274 s, DiT 768 s for 11,000,
+# so ~1,020 s for 15,000, on an H100), so 0.3 of a deadline that holds the recipe holds its VAE.
+# Flags given to this script come after, so theirs win.
 vae_cap=$(cap_flag vae_train "${VAE_SHARE:-0.3}")
 stamp "vae start (XLA_FLAGS=${XLA_FLAGS:-}${vae_cap:+; $vae_cap})"
 # Beside the VAE stage, the DiT's train steps, latent-cache encodes, caption encoder (its 28
