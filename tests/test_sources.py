@@ -112,6 +112,20 @@ def test_make_source_dispatches_on_config_data():
         sources.ArrayRecordSource("/nonexistent/*.array_record")
 
 
+def test_make_source_builds_the_configs_world_by_default():
+    config = ml_collections.ConfigDict(
+        {"seed": 0, "data": {"source": "world"}, "world": {"num_clips": 10, "seed": 3}}
+    )
+    src = sources.make_source(config)
+    direct = world_lib.World(world_lib.WorldConfig(num_clips=10, seed=3))
+    assert len(src) == 10
+    np.testing.assert_array_equal(
+        src.clip(2, 16, 24, 5)["video"], direct.clip(2, 16, 24, 5)["video"]
+    )
+    other = sources.make_world(config, seed=4)  # overrides win, the config is unchanged
+    assert other.cfg.seed == 4 and config.world.seed == 3
+
+
 def test_sources_and_tfds_builder_import_without_tensorflow():
     code = (
         "import sys\n"
