@@ -20,10 +20,18 @@ def _gpu_trace() -> dict:
          "args": {"name": "Stream #13(Kernel,MemcpyH2D)"}},
         {"ph": "M", "name": "thread_name", "pid": 2, "tid": 2, "args": {"name": "CUPTI overhead"}},
     ]  # fmt: skip
-    kernel = lambda name, dur: {"ph": "X", "pid": 2, "tid": 1, "name": name, "dur": dur}  # noqa: E731
-    events = [kernel("nvjet_sm90_tst_256x128", 300.0), kernel("loop_add_fusion", 50.0),
-              kernel("cudnn_generated_fort_native_sdpa_sm90_flash_fprop", 150.0),
-              kernel("sm90_xmma_fprop_implicit_gemm_bf16", 100.0)] * 2  # fmt: skip
+
+    def kernel(name, dur, ts):
+        return {"ph": "X", "pid": 2, "tid": 1, "name": name, "dur": dur, "ts": ts}
+
+    # Two iterations of 1,000 us each: 600 us of kernels (the GEMM and the fusion overlap by
+    # 50 us: 550 us busy), then the device waits 450 us.
+    events = []
+    for t in (0.0, 1000.0):
+        events += [kernel("nvjet_sm90_tst_256x128", 300.0, t),
+                   kernel("loop_add_fusion", 50.0, t + 250),
+                   kernel("cudnn_generated_fort_native_sdpa_sm90_flash_fprop", 150.0, t + 300),
+                   kernel("sm90_xmma_fprop_implicit_gemm_bf16", 100.0, t + 450)]  # fmt: skip
     events += [
         {"ph": "X", "pid": 1, "tid": 7, "name": "launch", "dur": 999.0, "args": {"hlo_op": "x"}},
         {"ph": "X", "pid": 2, "tid": 2, "name": "overhead", "dur": 999.0},
@@ -47,6 +55,8 @@ def test_summary_is_per_iteration_and_categorised(tmp_path):
         json.dump(_gpu_trace(), f)
     s = trace_summary.summarize_dir(str(tmp_path), iters=2)
     assert s["total_ms"] == pytest.approx(0.6) and s["kernels"] == 4
+    # Busy 550 us of each 1,000: the last iteration's span ends with its last kernel (1,550 us).
+    assert s["busy_ms"] == pytest.approx(0.55) and s["span_ms"] == pytest.approx(0.775)
     cats = {c: round(v["ms_per_iter"], 6) for c, v in s["categories"].items()}
     # nvjet: cuBLASLt's GEMMs; cuDNN's flash attention is attention, its convolutions conv.
     assert cats == {"matmul": 0.3, "attention": 0.15, "conv": 0.1, "fusion": 0.05}

@@ -327,6 +327,10 @@ def test_fixed_costs_read_the_stage_logs_metrics_and_ready_file(tmp_path):
         {"step": 300, "steps_per_s": 20.0, "time_hooks_s": 0.04, "time_checkpoint_s": 0.0},
         {"step": 400, "steps_per_s": 39.0},
     ])  # fmt: skip
+    _write(
+        tmp_path / "vae" / "profile" / "summary.json",
+        {"steps": [3, 6], "total_ms": 20.04, "busy_ms": 19.0, "span_ms": 25.0},
+    )
     ready = {"programs": 5, "compile_s": 249.3, "encode_programs": 5, "encode_compile_s": 97.7,
              "caption_programs": 28, "caption_compile_s": 41.0}  # fmt: skip
     _write(tmp_path / "dit_compile.ready", ready)
@@ -343,6 +347,9 @@ def test_fixed_costs_read_the_stage_logs_metrics_and_ready_file(tmp_path):
         "hooks_s": 4.0,  # 0.04 s a step over 100 steps
         "checkpoint_s": 1.0,
         "slow_intervals": [[300, 20.0]],
+        "kernel_ms_per_step": 20.0,
+        "busy_ms_per_step": 19.0,
+        "span_ms_per_step": 25.0,
     }
     assert costs["dit_compile_ready"] == ready
     assert world_report.costs_text(costs["dit"]) == (
@@ -350,7 +357,8 @@ def test_fixed_costs_read_the_stage_logs_metrics_and_ready_file(tmp_path):
     )
     assert world_report.costs_text(costs["vae"]) == (
         "first step after 30 s, periodic programs compiled beside in 26 s, hooks 4 s, "
-        "checkpoints 1 s, median 39.0 steps/s, 1 slower log intervals"
+        "checkpoints 1 s, median 39.0 steps/s, 1 slower log intervals, "
+        "kernels 20.0 of 25.6 ms a step, device busy 19.0 of 25.0 ms a traced step"
     )
     assert world_report.costs_text(ready) == "caption programs 41 s, encodes 98 s, steps 249 s"
     assert world_report.collect(str(tmp_path))["fixed_costs"] == costs

@@ -86,6 +86,16 @@ def fixed_costs(workdir: str) -> dict | None:
         costs = _stage_log(os.path.join(workdir, f"{name}.log"), name) or {}
         rows = metrics_lib.read_jsonl(os.path.join(workdir, name, "metrics.jsonl"))
         costs.update(_interval_costs(rows) or {})
+        # The traced steps (`profile_steps`): their kernels' device time, to hold against the
+        # median step's wall time, and the time the device was busy within their span.
+        profile = os.path.join(workdir, name, "profile", "summary.json")
+        if os.path.exists(profile):
+            with open(profile) as f:
+                summary = json.load(f)
+            for key, field in (("total_ms", "kernel_ms_per_step"), ("busy_ms", "busy_ms_per_step"),
+                               ("span_ms", "span_ms_per_step")):  # fmt: skip
+                if summary.get(key):
+                    costs[field] = round(float(summary[key]), 1)
         if costs:
             out[name] = costs
     ready_path = os.path.join(workdir, "dit_compile.ready")
@@ -116,4 +126,10 @@ def costs_text(costs: dict) -> str:
         slow = costs.get("slow_intervals", [])
         parts.append(f"median {costs['median_steps_per_s']:.1f} steps/s, "
                      f"{len(slow)} slower log intervals")  # fmt: skip
+        if "kernel_ms_per_step" in costs:
+            step_ms = 1000.0 / costs["median_steps_per_s"]
+            parts.append(f"kernels {costs['kernel_ms_per_step']:.1f} of {step_ms:.1f} ms a step")
+        if "busy_ms_per_step" in costs and "span_ms_per_step" in costs:
+            parts.append(f"device busy {costs['busy_ms_per_step']:.1f} of "
+                         f"{costs['span_ms_per_step']:.1f} ms a traced step")  # fmt: skip
     return ", ".join(parts)

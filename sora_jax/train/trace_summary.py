@@ -39,6 +39,11 @@ def category(name: str) -> str:
 
 def kernel_events(trace: dict) -> list[tuple[str, float]]:
     """(name, duration in us) of each device-side event of a Chrome/Perfetto trace JSON."""
+    return [(e["name"], float(e["dur"])) for e in _device_events(trace)]
+
+
+def _device_events(trace: dict) -> list[dict]:
+    """The trace's device-side "X" events (see `kernel_events`)."""
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     procs, threads = {}, {}
     for e in events:
@@ -49,12 +54,29 @@ def kernel_events(trace: dict) -> list[tuple[str, float]]:
     timed = [e for e in events if e.get("ph") == "X" and e.get("dur", 0) > 0]
     devices = {pid for pid, name in procs.items() if "/device:" in name}
     if not devices:  # CPU: thunks run on the client's pool (or inline on the caller), tagged hlo_op
-        return [(e["name"], float(e["dur"])) for e in timed if "hlo_op" in e.get("args", {})]
+        return [e for e in timed if "hlo_op" in e.get("args", {})]
     # GPU: CUPTI puts kernels and memcpys on "Stream #<id>(Kernel,...)" lines of "/device:GPU:N";
     # kernel launches (which carry hlo_op too) are host events; "CUPTI overhead" is left out.
     on = {k for k, name in threads.items() if k[0] in devices and name.startswith("Stream")}
     on = on or {k for k, name in threads.items() if k[0] in devices and name == "XLA Ops"}  # TPU
-    return [(e["name"], float(e["dur"])) for e in timed if (e["pid"], e["tid"]) in on]
+    return [e for e in timed if (e["pid"], e["tid"]) in on]
+
+
+def busy_and_span(trace: dict) -> tuple[float, float]:
+    """(busy, span) in us of the trace's device-side events: the time at least one of them runs
+    (overlapping ones counted once), and from the first one's start to the last one's end. Where
+    busy is well below span, the device waits between kernels: for the host (dispatch, batches,
+    a synchronising read) or for a transfer."""
+    spans = sorted((float(e["ts"]), float(e["ts"]) + float(e["dur"]))
+                   for e in _device_events(trace) if "ts" in e)  # fmt: skip
+    if not spans:
+        return 0.0, 0.0
+    busy, end = 0.0, spans[0][0]
+    for a, b in spans:
+        if b > end:
+            busy += b - max(a, end)
+            end = b
+    return busy, end - spans[0][0]
 
 
 def load_trace(trace_dir: str) -> dict:
@@ -95,5 +117,10 @@ def summarize(events: list[tuple[str, float]], iters: int) -> dict:
 
 
 def summarize_dir(trace_dir: str, iters: int) -> dict:
-    """`summarize` of the newest trace under `trace_dir`."""
-    return summarize(kernel_events(load_trace(trace_dir)), iters)
+    """`summarize` of the newest trace under `trace_dir`, with the device's busy time and the
+    span of its events per iteration (`busy_and_span`: `busy_ms`, `span_ms`)."""
+    trace = load_trace(trace_dir)
+    out = summarize(kernel_events(trace), iters)
+    busy, span = busy_and_span(trace)
+    out.update(busy_ms=busy / iters / 1e3, span_ms=span / iters / 1e3)
+    return out
