@@ -7,10 +7,11 @@ checkpoints, log intervals slower than the median) and stage dit_compile's dit_c
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import statistics
+
+from bench import report  # tools/bench/report.py (tools/ is on the path: world_report.py)
 
 from sora_jax.train import metrics as metrics_lib
 
@@ -88,20 +89,16 @@ def fixed_costs(workdir: str) -> dict | None:
         costs.update(_interval_costs(rows) or {})
         # The traced steps (`profile_steps`): their kernels' device time, to hold against the
         # median step's wall time, and the time the device was busy within their span.
-        profile = os.path.join(workdir, name, "profile", "summary.json")
-        if os.path.exists(profile):
-            with open(profile) as f:
-                summary = json.load(f)
-            for key, field in (("total_ms", "kernel_ms_per_step"), ("busy_ms", "busy_ms_per_step"),
-                               ("span_ms", "span_ms_per_step")):  # fmt: skip
-                if summary.get(key):
-                    costs[field] = round(float(summary[key]), 1)
+        profile = report.read_json(os.path.join(workdir, name, "profile", "summary.json")) or {}
+        for key, field in (("total_ms", "kernel_ms_per_step"), ("busy_ms", "busy_ms_per_step"),
+                           ("span_ms", "span_ms_per_step")):  # fmt: skip
+            if profile.get(key):
+                costs[field] = round(float(profile[key]), 1)
         if costs:
             out[name] = costs
-    ready_path = os.path.join(workdir, "dit_compile.ready")
-    if os.path.exists(ready_path):
-        with open(ready_path) as f:
-            out["dit_compile_ready"] = json.load(f)
+    ready = report.read_json(os.path.join(workdir, "dit_compile.ready"))
+    if ready is not None:
+        out["dit_compile_ready"] = ready
     return out or None
 
 

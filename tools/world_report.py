@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -53,14 +52,6 @@ MISSES = {  # eval_suite.permanence_metrics' miss labels, in words
     "other_size": "back at another size",
     "other_shape": "back as another shape",
 }
-
-
-def read_json(path: str) -> dict | None:
-    """The JSON object at `path`, or None when there is no such file."""
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def stage(workdir: str, name: str) -> dict | None:
@@ -121,7 +112,7 @@ def timeline_events(path: str) -> list[list[str]]:
 
 def collect(workdir: str) -> dict:
     """Everything the run left in `workdir`, in one dict (missing stages are left out)."""
-    summary = read_json(os.path.join(workdir, "summary.json")) or {}
+    summary = report.read_json(os.path.join(workdir, "summary.json")) or {}
     result: dict = {"workdir": os.path.abspath(workdir)}
     for name in ("vae", "dit"):
         numbers = stage(workdir, name)
@@ -129,7 +120,7 @@ def collect(workdir: str) -> dict:
             wall = (summary.get(name) or {}).get("wall_s")
             result[name] = {**numbers, "stage_wall_s": wall}
             # Kernel time of the steps the stage traced (`profile_steps`; train/metrics.py).
-            profile = read_json(os.path.join(workdir, name, "profile", "summary.json"))
+            profile = report.read_json(os.path.join(workdir, name, "profile", "summary.json"))
             if profile:
                 result[name]["profile"] = profile
     vae = summary.get("vae") or {}
@@ -151,7 +142,7 @@ def collect(workdir: str) -> dict:
             result["vae"]["occlusion_recon_permanence_noisy"] = round(
                 vae["recon_permanence_noisy"], 3
             )
-    footage = read_json(os.path.join(workdir, "vae", "footage_eval.json"))
+    footage = report.read_json(os.path.join(workdir, "vae", "footage_eval.json"))
     if footage:
         scores = {k.split(":")[-1]: {"psnr": round(v["psnr"], 2), "ssim": round(v["ssim"], 3)}
                   for k, v in footage.items() if isinstance(v, dict) and "psnr" in v}  # fmt: skip
@@ -165,7 +156,7 @@ def collect(workdir: str) -> dict:
     costs = fixed_costs(workdir)
     if costs:
         result["fixed_costs"] = costs
-    ev = read_json(os.path.join(workdir, "eval", "summary.json")) or partial_eval(workdir)
+    ev = report.read_json(os.path.join(workdir, "eval", "summary.json")) or partial_eval(workdir)
     if ev:
         result["eval"] = {k: ev[k] for k in ("settings", "checkpoint_steps", "val_loss",
                                              "targets", "wall_s") if k in ev}  # fmt: skip
@@ -192,7 +183,7 @@ def partial_eval(workdir: str) -> dict | None:
     sets = {}
     for name in sorted(os.listdir(folder)):
         if name.endswith(".json") and "@" not in name and name != "summary.json":
-            data = read_json(os.path.join(folder, name)) or {}
+            data = report.read_json(os.path.join(folder, name)) or {}
             if "set" in data and "metrics" in data:
                 sets[data["set"]] = data["metrics"]
     if not sets:
@@ -207,7 +198,7 @@ def occlusion_scenes(workdir: str) -> dict | None:
     the bar and whether the VAE's round trip of its real clip did (eval/t2v_occlusion.json), so
     that two runs compare scene by scene from their committed reports
     (tools/experiments/compare_runs.py)."""
-    data = read_json(os.path.join(workdir, "eval", "t2v_occlusion.json"))
+    data = report.read_json(os.path.join(workdir, "eval", "t2v_occlusion.json"))
     if not data:
         return None
     samples = data["samples"]
@@ -338,9 +329,9 @@ def main(argv: list[str] | None = None) -> dict:
     # there holds them (and the device); read elsewhere, this machine's would be wrong.
     ran_path = os.path.abspath(os.path.join(args.workdir, "report.json"))
     same = args.out and os.path.abspath(args.out) == ran_path  # world_gpu.sh writing it
-    ran = {} if same else (read_json(ran_path) or {})
+    ran = {} if same else (report.read_json(ran_path) or {})
     # world_gpu.sh also writes versions.json at its start, for runs cut short before report.json.
-    started = read_json(os.path.join(args.workdir, "versions.json")) or {}
+    started = report.read_json(os.path.join(args.workdir, "versions.json")) or {}
     versions = ran.get("versions") or started or report.versions("jax", "flax")
     result = {**run_metadata(args), "device": args.device or ran.get("device") or None,
               "versions": versions, **collect(args.workdir)}  # fmt: skip

@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import logging
+import multiprocessing
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -233,9 +234,6 @@ class RenderPool:
     """
 
     def __init__(self, data: BucketedBatches, workers: int, ahead: int = 0):
-        import multiprocessing
-        import pickle
-
         if workers < 1:
             raise ValueError(f"a RenderPool needs >= 1 worker, not {workers}.")
         self.ahead = int(ahead) or 2 * int(workers)
@@ -243,7 +241,7 @@ class RenderPool:
             workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_render_worker_init,
-            initargs=(pickle.dumps(data),),
+            initargs=(data,),  # pickled for each worker (without its thread pool)
         )
 
     def batches(self, bucket_idx: int, ks: Sequence[int]) -> Iterator[dict[str, Any]]:
@@ -273,16 +271,14 @@ def ordered(executor: concurrent.futures.Executor, call: Callable[[Any], tuple],
 _WORKER_DATA: BucketedBatches | None = None  # a RenderPool worker's copy
 
 
-def _render_worker_init(pickled: bytes) -> None:
-    import pickle
-
+def _render_worker_init(data: BucketedBatches) -> None:
     global _WORKER_DATA
     # Rendering is numpy only; a worker that imported JAX (the trainer's main module, re-imported
     # by spawn) must never start a GPU backend beside the trainer's (its default would take 75%
     # of the GPU's memory).
     if "jax" in sys.modules:
         sys.modules["jax"].config.update("jax_platforms", "cpu")
-    _WORKER_DATA = pickle.loads(pickled)
+    _WORKER_DATA = data
 
 
 def _render_batch(bucket_idx: int, k: int) -> dict[str, Any]:

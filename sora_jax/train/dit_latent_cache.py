@@ -209,7 +209,7 @@ class Builder:
     def _encode(self, b_idx: int, ranges: list[tuple[int, int]]):
         """Encodes the bucket's stream batches [first, first + count) of every range, in order:
         (latents, texts, seconds spent waiting for rendered/decoded clips)."""
-        indices = _batch_indices(ranges)
+        indices = [k for first, count in ranges for k in range(first, first + count)]
         if self.render is not None:
             try:
                 return self._encode_from(self.render.batches(b_idx, indices), b_idx)
@@ -242,11 +242,6 @@ class Builder:
         if self.render is not None:
             self.render.close()
         self.stream.close()
-
-
-def _batch_indices(ranges: list[tuple[int, int]]) -> list[int]:
-    """The stream batches [first, first + count) of every (first, count) range, in order."""
-    return [k for first, count in ranges for k in range(first, first + count)]
 
 
 def _rendered_ahead(stream, b_idx: int, indices: list[int]) -> Iterator[dict]:

@@ -25,6 +25,14 @@ def versions(*packages: str) -> dict[str, str | None]:
     return out
 
 
+def read_json(path: str) -> dict | None:
+    """The JSON object at `path`, or None when there is no such file."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def write_json(path: str, result: dict, **dump_kw) -> None:
     """Writes `result` to `path` (creating its folder) and says where."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -23,7 +23,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/
-import world_report  # noqa: E402  (tools/world_report.py: its JSON reader, each scene's outcome)
+import world_report  # noqa: E402  (tools/world_report.py: each scene's outcome)
+from bench import report  # noqa: E402  (tools/bench/report.py: its JSON reader)
 
 from sora_jax import evaluate  # noqa: E402
 
@@ -84,7 +85,7 @@ def arm_summary(dit_dir: str, last: int) -> dict:
 
 def eval_summary(arm_dir: str) -> dict | None:
     """The arm's evaluation sets (colour / shape / motion, permanence where graded), or None."""
-    summary = world_report.read_json(os.path.join(arm_dir, "eval", "summary.json"))
+    summary = report.read_json(os.path.join(arm_dir, "eval", "summary.json"))
     if not summary or not summary.get("sets"):
         return None
     keys = ("color_acc", "shape_acc", "motion_acc", "n", "permanence", "permanence_se",
