@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from sora_jax.train import checkpoint as ckpt_lib
-from sora_jax.train import loop
+from sora_jax.train import guards, loop
 from sora_jax.train import metrics as metrics_lib
 from sora_jax.train import state as state_lib
 
@@ -156,7 +156,7 @@ def test_time_budget_stops_at_a_log_step_and_a_rerun_finishes_identically(tmp_pa
     assert not rest.stopped_early and int(rest.state.step) == 20
     _assert_trees_equal(straight.state, rest.state)
     with pytest.raises(ValueError, match="max_train_seconds"):
-        loop.TimeBudget(-1.0)
+        guards.TimeBudget(-1.0)
 
 
 def test_training_closes_the_batch_generator(tmp_path):

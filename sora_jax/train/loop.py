@@ -16,7 +16,6 @@ non-finite guard reacts within a step without stalling the device.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import itertools
 import logging
@@ -31,12 +30,11 @@ import jax
 import ml_collections
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 
 from sora_jax import flops as flops_lib
 from sora_jax import parallel
 from sora_jax.train import checkpoint as ckpt_lib
-from sora_jax.train import device_gate
+from sora_jax.train import device_gate, guards
 from sora_jax.train import metrics as metrics_lib
 from sora_jax.train import precompile as precompile_lib
 from sora_jax.train import state as state_lib
@@ -102,28 +100,6 @@ class PeriodicContext:
         return nnx.merge(self.graphdef, self.state.ema if use_ema else self.state.params, self.rest)
 
 
-class TimeBudget:
-    """Wall seconds a stage may train per invocation (`max_train_seconds`; compiles count).
-
-    Checked at log steps only. Every process takes process 0's answer, so all of them stop at
-    the same step (multi-host); 0 = no limit.
-    """
-
-    def __init__(self, seconds: float):
-        if seconds < 0:
-            raise ValueError(f"max_train_seconds must be >= 0 (0 = no limit), not {seconds}.")
-        self.seconds = seconds
-        self.start = time.perf_counter()
-
-    def spent(self) -> bool:
-        if not self.seconds:
-            return False
-        over = np.int32(time.perf_counter() - self.start > self.seconds)
-        if jax.process_count() > 1:
-            over = multihost_utils.broadcast_one_to_all(over)
-        return bool(over)
-
-
 class _Prefetch:
     """Runs the host data iterator one or two batches ahead in a thread.
 
@@ -178,44 +154,6 @@ class _Prefetch:
         self.thread.join(timeout)
 
 
-class NonFiniteGuard:
-    """Counts consecutive non-finite steps; after `limit` in a row explains them."""
-
-    def __init__(self, limit: int, names: list[str]):
-        self.limit = int(limit)
-        self.names = names
-        self.streak: collections.deque = collections.deque()
-
-    def observe(self, step: int, nonfinite: bool, diag: Any) -> None:
-        if nonfinite:
-            self.streak.append((step, diag))
-        else:
-            self.streak.clear()
-
-    @property
-    def tripped(self) -> bool:
-        return self.limit > 0 and len(self.streak) >= self.limit
-
-    def message(self) -> str:
-        parts = []
-        for step, diag in jax.device_get(list(self.streak)):
-            bad_batch = sorted(k for k, ok in diag["batch_finite"].items() if not ok)
-            bad = [n for n, ok in zip(self.names, diag["grads_finite"]) if not ok]
-            if bad_batch:
-                what = f"the batch has non-finite values in {bad_batch}"
-            elif not diag["loss_finite"]:
-                what = "the loss is non-finite with a finite batch"
-            else:
-                what = "the loss is finite"
-            shown = ", ".join(bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
-            grads = f"non-finite gradients in {len(bad)} parameters ({shown})" if bad else ""
-            parts.append(f"step {step}: {what}" + (f"; {grads}" if grads else ""))
-        return (
-            f"{len(self.streak)} consecutive steps had a non-finite loss or gradient "
-            f"({'; '.join(parts)}); stopped with a checkpoint of the last good parameters."
-        )
-
-
 class _Trainer:
     """State and bookkeeping of one `train` call (see `train`)."""
 
@@ -249,14 +187,14 @@ class _Trainer:
             out_shardings=(shardings[0], replicated, replicated),
         )
         limit = cfg.get("nonfinite_stop_steps", 3)
-        self.guard = NonFiniteGuard(limit, param_names(abstract.params))
+        self.guard = guards.NonFiniteGuard(limit, param_names(abstract.params))
         self.progress = metrics_lib.Progress(self.total, self.start)
         self.periodic_compile: threading.Thread | None = None  # compile_periodic
         self.meter = flops_lib.ThroughputMeter.for_task(  # tokens/s and MFU (sora_jax/flops.py)
             task, metrics_lib.peak_flops(), jax.device_count()
         )
         self.profiler = metrics_lib.Profiler(workdir, cfg.get("profile_steps", ()))
-        self.budget = TimeBudget(float(cfg.get("max_train_seconds", 0) or 0))
+        self.budget = guards.TimeBudget(float(cfg.get("max_train_seconds", 0) or 0))
         self.overlap = precompile_lib.overlap_setting(cfg)  # a bad value fails before compiles
         self.writer = metrics_lib.create_writer(workdir, prefix=f"{task.name} ")
         self.rows: list[dict] = []
