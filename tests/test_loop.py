@@ -289,6 +289,29 @@ def test_time_split_adds_up_and_profile_trace_is_written(tmp_path):
     assert summary["total_ms"] > 0 and summary["kernels"] >= 1
     np.testing.assert_allclose(sum(r["ms_per_iter"] for r in summary["rows"]),
                                summary["total_ms"], rtol=1e-6)  # fmt: skip
+    # Each finished step's wall time by batch shape (the first step has no previous one).
+    with open(tmp_path / "step_times.json") as f:
+        step_times = json.load(f)
+    assert list(step_times) == ["x 8x4, y 8x2"] and step_times["x 8x4, y 8x2"]["steps"] == 5
+
+
+def test_step_times_are_the_intervals_between_finished_steps_per_shape(monkeypatch, tmp_path):
+    """The median and 90th percentile per shape of the time since the previous finished step."""
+    clock = iter([0.0, 0.05, 0.10, 0.30, 0.35, 0.40, 0.46, 2.46])
+    monkeypatch.setattr(metrics_lib.time, "perf_counter", lambda: next(clock))
+    times = metrics_lib.StepTimes()
+    for label in ["a", "a", "b", "a", "a", "a", "a", "b"]:
+        times.finished(label)
+    assert times.summary() == {
+        "a": {"steps": 5, "median_ms": 50.0, "p90_ms": 144.0},  # 50, 200, 50, 50, 60 ms
+        "b": {"steps": 2, "median_ms": 1025.0, "p90_ms": 1805.0},  # 50 ms and 2 s (a pause)
+    }
+    assert list(times.summary()) == ["a", "b"]  # the most frequent first
+    key = (("latents", (256, 5, 8, 8, 16), "float32"), ("skipped", (), "int32"))
+    assert metrics_lib.shape_label(key) == "latents 256x5x8x8x16"
+    times.write(str(tmp_path / "t.json"))
+    with open(tmp_path / "t.json") as f:
+        assert json.load(f) == times.summary()
 
 
 def test_a_trace_that_cannot_start_costs_a_warning_not_the_run(tmp_path, caplog):

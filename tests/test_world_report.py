@@ -331,6 +331,11 @@ def test_fixed_costs_read_the_stage_logs_metrics_and_ready_file(tmp_path):
         tmp_path / "vae" / "profile" / "summary.json",
         {"steps": [3, 6], "total_ms": 20.04, "busy_ms": 19.0, "span_ms": 25.0},
     )
+    step_times = {"latents 256x5x8x8x16, text 256x96x384": {"steps": 90, "median_ms": 47.04,
+                                                             "p90_ms": 49.0},
+                  "latents 1024x1x8x8x16, text 1024x96x384": {"steps": 30, "median_ms": 97.5,
+                                                              "p90_ms": 99.0}}  # fmt: skip
+    _write(tmp_path / "dit" / "step_times.json", step_times)
     ready = {"programs": 5, "compile_s": 249.3, "encode_programs": 5, "encode_compile_s": 97.7,
              "caption_programs": 28, "caption_compile_s": 41.0}  # fmt: skip
     _write(tmp_path / "dit_compile.ready", ready)
@@ -339,6 +344,7 @@ def test_fixed_costs_read_the_stage_logs_metrics_and_ready_file(tmp_path):
         "start_to_first_step_s": 50.0,  # across midnight
         "latent_caches": [{"bucket": "17x64x64", "seconds": 40.5, "waiting_s": 39.0}],
         "render_workers_failed": True,
+        "step_ms_by_shape": step_times,
     }
     assert costs["vae"] == {
         "start_to_first_step_s": 30.0,
@@ -353,12 +359,15 @@ def test_fixed_costs_read_the_stage_logs_metrics_and_ready_file(tmp_path):
     }
     assert costs["dit_compile_ready"] == ready
     assert world_report.costs_text(costs["dit"]) == (
-        "first step after 50 s, latent caches 40 s (39 s waiting for clips), render workers failed"
+        "first step after 50 s, latent caches 40 s (39 s waiting for clips), render workers "
+        "failed, a step by batch: latents 256x5x8x8x16 47.0 ms (90 steps), "
+        "latents 1024x1x8x8x16 97.5 ms (30 steps)"
     )
     assert world_report.costs_text(costs["vae"]) == (
         "first step after 30 s, periodic programs compiled beside in 26 s, hooks 4 s, "
         "checkpoints 1 s, median 39.0 steps/s, 1 slower log intervals, "
-        "kernels 20.0 of 25.6 ms a step, device busy 19.0 of 25.0 ms a traced step"
+        "kernels 20.0 ms a traced step (a step 25.6 ms at the median rate), "
+        "device busy 19.0 of 25.0 ms a traced step"
     )
     assert world_report.costs_text(ready) == "caption programs 41 s, encodes 98 s, steps 249 s"
     assert world_report.collect(str(tmp_path))["fixed_costs"] == costs

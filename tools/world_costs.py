@@ -94,6 +94,10 @@ def fixed_costs(workdir: str) -> dict | None:
                            ("span_ms", "span_ms_per_step")):  # fmt: skip
             if profile.get(key):
                 costs[field] = round(float(profile[key]), 1)
+        # The median wall time of a step per batch shape (the loop's step_times.json).
+        by_shape = report.read_json(os.path.join(workdir, name, "step_times.json"))
+        if by_shape:
+            costs["step_ms_by_shape"] = by_shape
         if costs:
             out[name] = costs
     ready = report.read_json(os.path.join(workdir, "dit_compile.ready"))
@@ -123,10 +127,15 @@ def costs_text(costs: dict) -> str:
         slow = costs.get("slow_intervals", [])
         parts.append(f"median {costs['median_steps_per_s']:.1f} steps/s, "
                      f"{len(slow)} slower log intervals")  # fmt: skip
-        if "kernel_ms_per_step" in costs:
+        if "kernel_ms_per_step" in costs:  # the traced steps' bucket against all buckets'
             step_ms = 1000.0 / costs["median_steps_per_s"]
-            parts.append(f"kernels {costs['kernel_ms_per_step']:.1f} of {step_ms:.1f} ms a step")
+            parts.append(f"kernels {costs['kernel_ms_per_step']:.1f} ms a traced step "
+                         f"(a step {step_ms:.1f} ms at the median rate)")  # fmt: skip
         if "busy_ms_per_step" in costs and "span_ms_per_step" in costs:
             parts.append(f"device busy {costs['busy_ms_per_step']:.1f} of "
                          f"{costs['span_ms_per_step']:.1f} ms a traced step")  # fmt: skip
+    if costs.get("step_ms_by_shape"):  # its first array names the bucket: "latents 256x5x8x8x16"
+        parts.append("a step by batch: " + ", ".join(
+            f"{label.split(',')[0]} {t['median_ms']:.1f} ms ({t['steps']} steps)"
+            for label, t in costs["step_ms_by_shape"].items()))  # fmt: skip
     return ", ".join(parts)

@@ -194,6 +194,7 @@ class _Trainer:
             task, metrics_lib.peak_flops(), jax.device_count()
         )
         self.profiler = metrics_lib.Profiler(workdir, cfg.get("profile_steps", ()))
+        self.step_times = metrics_lib.StepTimes()  # -> <workdir>/step_times.json at the end
         self.budget = guards.TimeBudget(float(cfg.get("max_train_seconds", 0) or 0))
         self.overlap = precompile_lib.overlap_setting(cfg)  # a bad value fails before compiles
         self.writer = metrics_lib.create_writer(workdir, prefix=f"{task.name} ")
@@ -220,9 +221,11 @@ class _Trainer:
         )
         return True
 
-    def observe(self, number: int, metrics: dict, diag: Any) -> None:
-        """Blocks on step `number`'s metrics (it has finished) and feeds the guard."""
+    def observe(self, number: int, metrics: dict, diag: Any, shapes: tuple = ()) -> None:
+        """Blocks on step `number`'s metrics (it has finished) and feeds the guard and the step
+        times (`shapes`: the step's batch key)."""
         host = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+        self.step_times.finished(metrics_lib.shape_label(shapes))
         self.rows.append(host)
         self.guard.observe(number, host["nonfinite"] > 0, diag)
 
@@ -331,7 +334,7 @@ class _Trainer:
                     self.periodic_compile = self.compile_periodic(number)
                 if pending is not None:  # the previous step; this one is queued behind it
                     self.observe(*pending)
-                pending = (number, metrics, diag)
+                pending = (number, metrics, diag, shapes)
                 if number % self.log_every == 0 or number == self.total:
                     self.flush(number, pending)
                     pending = None
@@ -373,6 +376,7 @@ class _Trainer:
             batches.close()
             watcher.close()
             self.profiler.stop()
+            self.step_times.write(os.path.join(self.workdir, "step_times.json"))
             self.checkpointer.close()
             self.writer.close()
 

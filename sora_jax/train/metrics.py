@@ -8,9 +8,11 @@ writes. Legend: B batch.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
+import statistics
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -195,6 +197,46 @@ class Progress:
         self.last_step, self.last_time = step, now
         self.timers = dict.fromkeys(self.PARTS, 0.0)
         return out
+
+
+class StepTimes:
+    """The wall time of each finished step, per batch shape (one bucket of a bucketed run).
+
+    The loop reads step n's metrics once step n has finished, while step n+1 is queued behind
+    it, so with the device the bottleneck the time between two such reads is the device's time
+    for step n. The median per shape is then what a step of that bucket costs in the run (a
+    shape's first step, which compiles, and the steps after a sample round or a drained queue
+    land in the tail), where the profile's traced steps show one bucket only.
+    """
+
+    def __init__(self):
+        self.last: float | None = None
+        self.seconds: dict[str, list[float]] = collections.defaultdict(list)
+
+    def finished(self, label: str) -> None:
+        now = time.perf_counter()
+        if self.last is not None:
+            self.seconds[label].append(now - self.last)
+        self.last = now
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """{label: {steps, median_ms, p90_ms}}, the most frequent shape first."""
+        out = {}
+        for label, times in sorted(self.seconds.items(), key=lambda kv: -len(kv[1])):
+            ms = np.asarray(times) * 1e3
+            out[label] = {"steps": len(times), "median_ms": round(float(statistics.median(ms)), 2),
+                          "p90_ms": round(float(np.percentile(ms, 90)), 2)}  # fmt: skip
+        return out
+
+    def write(self, path: str) -> None:
+        if self.seconds and jax.process_index() == 0:
+            with open(path, "w") as f:
+                json.dump(self.summary(), f, indent=1)
+
+
+def shape_label(key: tuple) -> str:
+    """A batch key ((name, shape, dtype), ...) as "latents 256x5x8x8x16, text 256x96x384"."""
+    return ", ".join(f"{name} {'x'.join(map(str, shape))}" for name, shape, _ in key if shape)
 
 
 class Profiler:
