@@ -55,3 +55,33 @@ def test_upcast_attention_row_differs_only_in_the_backward(tmp_path):
 
     assert "xf32>, tensor<1x4x2x8xf32>" in grad_text("xla_upcast")  # upcast operands
     assert "xf32>, tensor<1x4x2x8xf32>" not in grad_text("xla")
+
+
+def test_buckets_at_their_own_batches_compiled_side_by_side(tmp_path):
+    """SHAPE:BATCH entries keep their batch; "recipe" measures the config's buckets at their
+    batches and weights (--tiny: one bucket), the rows compiled two at a time."""
+    out = tmp_path / "world_dit.json"
+    world_dit.main(["--tiny", f"--out={out}", "--buckets=9x32x32:3,9x32x48", "--batches=2",
+                    "--attention=xla", "--steps=1", "--compile_threads=2",
+                    "--override=dit.num_layers=1"])  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["bucket"], r["batch"]) for r in rows] == [("9x32x32", 3), ("9x32x48", 2)]
+    assert all("error" not in r and "weight" not in r for r in rows)
+    world_dit.main(["--tiny", f"--out={out}", "--buckets=recipe", "--attention=xla",
+                    "--steps=1", "--override=dit.num_layers=1"])  # fmt: skip
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    assert (row["bucket"], row["batch"], row["weight"]) == ("9x32x32", 2, 1.0)
+    assert row["text_dtype"] == "float32"  # the micro DiT computes in float32
+    assert result["recipe_mean_step_s"] == {"xla": row["step_s"]}
+
+
+def test_recipe_means_weigh_each_settings_buckets():
+    rows = [
+        {"attention": "xla", "scan_layers": False, "weight": 0.75, "step_s": 0.04},
+        {"attention": "xla", "scan_layers": False, "weight": 0.25, "step_s": 0.08},
+        {"attention": "xla", "scan_layers": True, "weight": 0.5, "step_s": 0.06},
+        {"attention": "xla", "scan_layers": True, "weight": 0.5, "error": "boom"},
+        {"attention": "cudnn", "scan_layers": False, "step_s": 0.01},  # not a recipe row
+    ]
+    assert world_dit.recipe_means(rows) == {"xla_unscanned": 0.75 * 0.04 + 0.25 * 0.08}

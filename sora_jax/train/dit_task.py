@@ -41,6 +41,13 @@ def vae_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
     return config.dit_train.get("vae_workdir", "") or os.path.join(workdir, "vae")
 
 
+def text_dtype(model_cfg: dit_lib.DiTConfig) -> np.dtype:
+    """The dtype of a batch's text: the DiT's compute dtype when the model's first use of it is
+    that cast (no pooled text): the same numbers, half the bytes to stack and copy per step."""
+    bf16 = jnp.dtype(model_cfg.dtype) == jnp.bfloat16 and not model_cfg.pooled_text
+    return np.dtype(jnp.bfloat16 if bf16 else np.float32)
+
+
 class DiTTask:
     name = "dit"
 
@@ -62,10 +69,7 @@ class DiTTask:
         # (mean, std) per latent channel: the VAE stage's, or given (`latent_stats`).
         mean, std = latent_stats or vae_task.load_latent_stats(vae_workdir(config, workdir))
         self.latent_mean, self.latent_std = jnp.asarray(mean), jnp.asarray(std)
-        # The batch's text in the DiT's compute dtype when the model's first use of it is that
-        # cast (no pooled text): the same numbers, half the bytes to stack and copy per step.
-        bf16 = jnp.dtype(self.model_cfg.dtype) == jnp.bfloat16 and not self.model_cfg.pooled_text
-        self.text_dtype = np.dtype(jnp.bfloat16 if bf16 else np.float32)
+        self.text_dtype = text_dtype(self.model_cfg)
         self.embedder = embedder or CaptionEmbedder(config.text, store_dtype=self.text_dtype)
         if self.embedder.dim != self.model_cfg.text_dim:
             raise ValueError(
@@ -82,6 +86,7 @@ class DiTTask:
         task = cls.__new__(cls)
         task.config, task.train_cfg = config, config.dit_train
         task.model_cfg = dit_lib.DiTConfig(**config.dit.to_dict())
+        task.text_dtype = text_dtype(task.model_cfg)
         task.vae_graphdef = task.vae_state = task.embedder = task.samples = None
         return task
 

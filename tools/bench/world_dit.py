@@ -48,8 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--buckets",
         default="",
-        help="FRAMESxHEIGHTxWIDTH[,...] clip shapes, each measured at every batch size "
-        "(default: the config's main bucket), e.g. 17x64x64,17x128x128",
+        help="FRAMESxHEIGHTxWIDTH[:BATCH][,...] clip shapes, each measured at every batch size "
+        "or at its BATCH (default: the config's main bucket), e.g. 17x64x64,17x128x128; "
+        "'recipe': the config's buckets at their batches, with their weighted mean step",
     )
     p.add_argument(
         "--override",
@@ -65,6 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--profile", action="store_true", help="kernel times of each row's step")
     p.add_argument("--trace_dir", default="/tmp/world_dit_profile")
+    p.add_argument("--compile_threads", type=int, default=1, help="rows compiled at once")
     return p.parse_args(argv)
 
 
@@ -92,44 +94,85 @@ def _bucketed(config, shape: str, batch: int):
     return config
 
 
-def measure(
-    config, batch_size: int, attention: str, steps: int, trace_dir: str = "", scan: bool = True
-) -> dict:
+def _shapes(args, config) -> list[tuple[str, list[int], float | None]]:
+    """(clip shape, batch sizes, the recipe's weight or None) to measure: `--buckets` entries
+    SHAPE (at every --batches) or SHAPE:BATCH, or "recipe": the config's buckets at their own
+    batches and weights (their weighted mean is the step a run of the recipe averages)."""
+    if args.buckets == "recipe":
+        return [(shape, [int(b)], float(w)) for shape, b, w in config.dit_train.buckets]
+    entries = args.buckets.split(",") if args.buckets else [config.dit_train.buckets[0][0]]
+    batches = [int(b) for b in args.batches.split(",")]
+    return [(x.split(":")[0], [int(x.split(":")[1])] if ":" in x else batches, None)
+            for x in entries]  # fmt: skip
+
+
+class Prepared:
+    """One row's compiled step, state and batch (random latents and text of the bucket's
+    shapes, the text in the dtype the DiT stage feeds it: `DiTTask.text_dtype`)."""
+
+    def __init__(self, config, batch_size: int, attention: str, scan: bool = True):
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+
+        from sora_jax import parallel
+        from sora_jax.data import buckets as buckets_lib
+        from sora_jax.models import vae as vae_lib
+        from sora_jax.train import dit_task
+        from sora_jax.train import state as state_lib
+
+        config = config.copy_and_resolve_references()
+        config.dit.attention = attention
+        config.dit.scan_layers = scan
+        self.task = task = dit_task.DiTTask.for_latents(config)
+        bucket = buckets_lib.parse_buckets(config.dit_train.buckets)[0]
+        latent = vae_lib.VAEConfig(**config.vae.to_dict()).latent_shape(
+            bucket.num_frames, bucket.height, bucket.width
+        )
+        rng = np.random.default_rng(0)
+        text_len = int(config.text.max_length)
+        text = rng.normal(size=(batch_size, text_len, config.dit.text_dim))
+        self.batch = {
+            "latents": jnp.asarray(rng.normal(size=(batch_size, *latent)), jnp.float32),
+            "text": jnp.asarray(text.astype(task.text_dtype)),
+            "text_mask": jnp.asarray(np.arange(text_len)[None] < rng.integers(
+                4, text_len + 1, (batch_size, 1))),
+        }  # fmt: skip
+        self.mesh = parallel.make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
+        graphdef, self.state, rest, tx, _ = state_lib.init_state(
+            task, config.dit_train, self.mesh, seed=0
+        )
+        step = jax.jit(state_lib.build_step(task, graphdef, rest, tx, 0.999), donate_argnums=(0,))
+        with jax.set_mesh(self.mesh):
+            t0 = time.perf_counter()
+            self.compiled = step.lower(self.state, {}, self.batch).compile()
+            self.compile_s = time.perf_counter() - t0
+
+
+def prepare_all(jobs: list, threads: int) -> list:
+    """`Prepared(*job)` of every job, `threads` compiling at once (the recipe compiles its
+    buckets side by side too). A job that fails gives its exception in its place."""
+    import concurrent.futures
+
+    def one(job):
+        try:
+            return Prepared(*job)
+        except Exception as e:  # e.g. cuDNN attention on a CPU: that row records the error
+            return e
+
+    with concurrent.futures.ThreadPoolExecutor(max(threads, 1)) as pool:
+        return list(pool.map(one, jobs))
+
+
+def measure(prepared: Prepared, steps: int, trace_dir: str = "") -> dict:
+    """Seconds per step of a prepared row (after 3 warm-up steps), and its kernels' times."""
     import jax
-    import jax.numpy as jnp
-    import numpy as np
 
     from sora_jax import flops as flops_lib
-    from sora_jax import parallel
-    from sora_jax.data import buckets as buckets_lib
-    from sora_jax.models import vae as vae_lib
-    from sora_jax.train import dit_task, metrics
-    from sora_jax.train import state as state_lib
+    from sora_jax.train import metrics
 
-    config = config.copy_and_resolve_references()
-    config.dit.attention = attention
-    config.dit.scan_layers = scan
-    task = dit_task.DiTTask.for_latents(config)
-    bucket = buckets_lib.parse_buckets(config.dit_train.buckets)[0]
-    latent = vae_lib.VAEConfig(**config.vae.to_dict()).latent_shape(
-        bucket.num_frames, bucket.height, bucket.width
-    )
-    rng = np.random.default_rng(0)
-    text_len = int(config.text.max_length)
-    batch = {
-        "latents": jnp.asarray(rng.normal(size=(batch_size, *latent)), jnp.float32),
-        "text": jnp.asarray(rng.normal(size=(batch_size, text_len, config.dit.text_dim)),
-                            jnp.float32),
-        "text_mask": jnp.asarray(np.arange(text_len)[None] < rng.integers(
-            4, text_len + 1, (batch_size, 1))),
-    }  # fmt: skip
-    mesh = parallel.make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
-    graphdef, state, rest, tx, _ = state_lib.init_state(task, config.dit_train, mesh, seed=0)
-    step = jax.jit(state_lib.build_step(task, graphdef, rest, tx, 0.999), donate_argnums=(0,))
-    with jax.set_mesh(mesh):
-        t0 = time.perf_counter()
-        compiled = step.lower(state, {}, batch).compile()
-        compile_s = time.perf_counter() - t0
+    compiled, batch, state = prepared.compiled, prepared.batch, prepared.state
+    with jax.set_mesh(prepared.mesh):
         for _ in range(3):  # warm-up (cuDNN plans, autotuning)
             state, step_metrics, _ = compiled(state, {}, batch)
         jax.block_until_ready(state)
@@ -147,21 +190,38 @@ def measure(
                 return out["loss"]
 
             profile = dit_profile.profile_pass(one_step, (), 3, trace_dir)
+            state = held["state"]
+    prepared.state = state
     shapes = {k: tuple(v.shape) for k, v in batch.items()}
-    fl, peak = task.flops_per_step(shapes), metrics.peak_flops()
+    fl, peak = prepared.task.flops_per_step(shapes), metrics.peak_flops()
+    batch_size = shapes["latents"][0]
     return {
-        "batch": batch_size,
-        "attention": attention,
-        "scan_layers": scan,
-        "tokens_per_step": task.tokens_per_step(shapes),
+        "tokens_per_step": prepared.task.tokens_per_step(shapes),
+        "text_dtype": str(batch["text"].dtype),
         "step_s": sec,
         "steps_per_s": 1 / sec,
         "clips_per_s": batch_size / sec,
         "model_tflops": fl / sec / 1e12,
         "mfu": None if peak is None else flops_lib.mfu(fl, 1 / sec, peak, 1),
-        "compile_s": compile_s,
+        "compile_s": prepared.compile_s,
         "loss": float(step_metrics["loss"]),
         **({"profile": profile} if profile else {}),
+    }
+
+
+def recipe_means(rows: list[dict]) -> dict[str, float]:
+    """Per attention and scan setting, the weighted mean seconds per step of the recipe's
+    buckets (rows with a `weight`), as a run drawing them at those weights averages; a setting
+    with a bucket not measured gets none."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("weight"):
+            name = r["attention"] + ("" if r["scan_layers"] else "_unscanned")
+            groups.setdefault(name, []).append(r)
+    return {
+        name: sum(r["weight"] * r["step_s"] for r in rs) / sum(r["weight"] for r in rs)
+        for name, rs in groups.items()
+        if all("step_s" in r for r in rs)
     }
 
 
@@ -200,25 +260,39 @@ def main(argv=None) -> None:
     )
     if args.override:
         out["overrides"] = args.override
-    shapes = args.buckets.split(",") if args.buckets else [config.dit_train.buckets[0][0]]
-    runs = [(x, a, int(b), s == "1") for s in args.scan_layers.split(",")
-            for a in args.attention.split(",") for x in shapes
-            for b in args.batches.split(",")]  # fmt: skip
+    runs = [(x, a, b, s == "1", w) for s in args.scan_layers.split(",")
+            for a in args.attention.split(",") for x, batches, w in _shapes(args, config)
+            for b in batches]  # fmt: skip
+    # Every row's step compiled first, `--compile_threads` at once; then each timed alone.
+    prepared = prepare_all(
+        [(_bucketed(config, x, b), b, a, s) for x, a, b, s, _ in runs], args.compile_threads
+    )
 
-    def row(shape: str, attention: str, b: int, scan: bool):
-        keys = {"bucket": shape, "batch": b, "attention": attention, "scan_layers": scan}
+    def row(run, ready):
+        shape, attention, b, scan, weight = run
+        keys = {"bucket": shape, "batch": b, "attention": attention, "scan_layers": scan,
+                **({"weight": weight} if weight is not None else {})}  # fmt: skip
         name = f"{shape}_{attention}_{b}" + ("" if scan else "_unscanned")
         trace = os.path.join(args.trace_dir, name) if args.profile else ""
-        return keys, lambda: measure(_bucketed(config, shape, b), b, attention, args.steps,
-                                     trace, scan)  # fmt: skip
 
-    report.measure_rows(out, args.out, (row(*r) for r in runs), args.budget_s)
+        def run_row():
+            if isinstance(ready, Exception):
+                raise ready
+            return measure(ready, args.steps, trace)
+
+        return keys, run_row
+
+    report.measure_rows(out, args.out, (row(*r) for r in zip(runs, prepared)), args.budget_s)
+    if recipe_means(out["rows"]):
+        out["recipe_mean_step_s"] = recipe_means(out["rows"])
     # Ratios against the recipe's setting (the first row: batch 128, XLA attention).
     report.ratios_to_first(out["rows"], "clips_per_s", "clips_per_s_vs_first")
     report.write_json(args.out, out)
     cols = ["bucket", "attention", "scan_layers", "batch", "tokens_per_step", "step_s",
             "steps_per_s", "clips_per_s", "clips_per_s_vs_first", "mfu", "compile_s"]  # fmt: skip
     report.print_table(out["rows"], cols)
+    for name, sec in out.get("recipe_mean_step_s", {}).items():
+        print(f"recipe's buckets at their weights, {name}: {1e3 * sec:.1f} ms a step")
     for r in out["rows"]:
         if "profile" in r:
             scan = "" if r["scan_layers"] else ", unscanned"
