@@ -93,6 +93,7 @@ _SECTIONS = {
         "latent_cache_refresh_steps": _NONNEG_INT,
         "latent_cache_refresh_clips": _NONNEG_INT,
         "latent_cache_render_workers": _NONNEG_INT,
+        "image_text_length": _NONNEG_INT,  # 0 = text.max_length
     },
     "data": {
         "source": (lambda v: v in _DATA_SOURCES, f"one of {_DATA_SOURCES}"),
@@ -180,6 +181,12 @@ def check(config: ml_collections.ConfigDict) -> None:
         if cfg is not None and key in cfg and cfg[key] is not None:
             _check(f"{section}.{key}", dict(cfg[key]) if cfg[key] else {}, (_weights, expected))
     train, sample = config.get("dit_train"), config.get("sample")
+    text = config.get("text")
+    n = train.get("image_text_length", 0) if train is not None else 0
+    if n and text is not None and n > text.get("max_length", n):
+        raise ValueError(f"config.dit_train.image_text_length={n} is longer than "
+                         f"config.text.max_length={text.max_length}; expected 0 or at most "
+                         "that.")  # fmt: skip
     if train is not None and sample is not None and train.get("sample_num_occlusion", 0):
         # Occlusion scenes are graded on frames before and after the bar's window.
         frames, least = sample.get("num_frames", 0), evaluate.PERMANENCE_FRAMES

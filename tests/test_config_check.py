@@ -127,3 +127,19 @@ def test_command_line_fails_at_start_up_without_a_trace(tmp_path):
     )
     assert "Traceback" not in res.stderr
     assert not workdir.exists()  # nothing made, nothing lost
+
+
+def test_image_text_length_is_at_most_the_text_encoders():
+    config = _config("tiny", "micro")
+    config.dit_train.image_text_length = 9
+    with pytest.raises(ValueError) as e:
+        config_check.check(config)
+    assert str(e.value) == (
+        "config.dit_train.image_text_length=9 is longer than config.text.max_length=8; "
+        "expected 0 or at most that."
+    )
+    config.dit_train.image_text_length = 8
+    config_check.check(config)
+    config.dit_train.image_text_length = -2
+    with pytest.raises(ValueError, match=r"image_text_length=-2 is not valid; expected an int"):
+        config_check.check(config)

@@ -162,6 +162,45 @@ def test_bf16_dit_trains_on_bf16_text_with_the_very_same_loss(cached, tmp_path):
     assert float(loss(params, b16, rng)) == float(loss(params, b32, rng))
 
 
+def test_image_batches_carry_image_text_length_tokens_with_the_same_loss(cached, tmp_path):
+    """dit_train.image_text_length: a batch of images carries that many text tokens (padding
+    cut), videos all of them; where every caption fits, the loss is the uncut batch's. A
+    caption that does not fit is cut, counted and logged."""
+    import copy
+
+    task, _, _ = cached
+    config = copy.deepcopy(task.config)
+    config.dit_train.image_text_length = 6
+    config.dit_train.caption_dropout = 0.0
+    vae = nnx.merge(task.vae_graphdef, task.vae_state)
+    stats = (np.asarray(task.latent_mean), np.asarray(task.latent_std))
+    cut = dit_task.DiTTask(config, str(tmp_path), vae, latent_stats=stats,
+                           embedder=task.embedder)  # fmt: skip
+    config.dit_train.image_text_length = 0
+    full = dit_task.DiTTask(config, str(tmp_path), vae, latent_stats=stats,
+                            embedder=task.embedder)  # fmt: skip
+    texts = ["a blue star", "a red circle"]  # 5 tokens each with [CLS] and [SEP]
+    z = config.vae.z_channels
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((2, 1, 4, 4, z)).astype(np.float32)
+    videos = rng.standard_normal((2, 2, 4, 4, z)).astype(np.float32)
+    b_cut = cut._with_text(0, {"latents": images}, texts)
+    b_full = full._with_text(0, {"latents": images}, texts)
+    assert b_cut["text"].shape[1] == 6 and b_full["text"].shape[1] == 8
+    np.testing.assert_array_equal(b_cut["text"], b_full["text"][:, :6])
+    assert not b_full["text_mask"][:, 6:].any()
+    assert cut._with_text(0, {"latents": videos}, texts)["text"].shape[1] == 8
+    graphdef, params = nnx.split(_perturbed_dit(cut))
+    loss = jax.jit(lambda p, b, r: cut.loss(nnx.merge(graphdef, p), cut.frozen(), b, r)[0])
+    key = jax.random.key(5)
+    np.testing.assert_allclose(float(loss(params, b_cut, key)), float(loss(params, b_full, key)),
+                               rtol=1e-6)  # fmt: skip
+    assert cut.text_truncated == 0
+    long = cut.with_captions({"latents": images}, ["a red circle moving left on a wall", "x"])
+    assert long["text"].shape[1] == 6 and long["text_mask"][0].all()
+    assert cut.text_truncated == 1
+
+
 def test_training_times_follow_the_configured_flow_shift(cached):
     """`flow.shift` moves the training times towards noise (SD3's resolution shift): with shift
     2 each logit-normal draw t becomes 2t / (1 + t), so the median 0.5 becomes 2/3."""

@@ -10,6 +10,7 @@ import time
 import jax
 import ml_collections
 import numpy as np
+import pytest
 from jax import monitoring
 from test_loop import ToyTask, _assert_trees_equal, _cfg, _config
 from test_train_samples import _task
@@ -128,8 +129,10 @@ def _tiny_micro() -> ml_collections.ConfigDict:
     return config
 
 
-def test_dit_batch_specs_are_the_shapes_of_its_cached_batches(tmp_path):
+@pytest.mark.parametrize("image_text_length", [0, 4])
+def test_dit_batch_specs_are_the_shapes_of_its_cached_batches(tmp_path, image_text_length):
     config = _tiny_micro()
+    config.dit_train.image_text_length = image_text_length  # 4: images carry 4 text tokens
     task = _task(config, str(tmp_path))
     specs = task.batch_specs(0, 40)
     assert len(specs) == 3
@@ -147,6 +150,8 @@ def test_dit_batch_specs_are_the_shapes_of_its_cached_batches(tmp_path):
     gen.close()
     assert set(seen) == {0, 1, 2}
     assert [batch_key(s) for s in specs] == [seen[b] for b in order]  # first-use order
+    text_length = {b: dict((k, shape) for k, shape, _ in key)["text"][1] for b, key in seen.items()}
+    assert text_length == {0: 8, 1: image_text_length or 8, 2: 8}  # bucket 1 holds the images
     # A run of one step compiles only the bucket that step draws.
     (only,) = task.batch_specs(0, 1)
     assert batch_key(only) == seen[int(drawn[0])]

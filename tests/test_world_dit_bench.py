@@ -85,3 +85,14 @@ def test_recipe_means_weigh_each_settings_buckets():
         {"attention": "cudnn", "scan_layers": False, "step_s": 0.01},  # not a recipe row
     ]
     assert world_dit.recipe_means(rows) == {"xla_unscanned": 0.75 * 0.04 + 0.25 * 0.08}
+
+
+def test_image_rows_carry_image_text_length_tokens(tmp_path):
+    """--override=dit_train.image_text_length=N: image buckets' rows have N text tokens a clip
+    (the micro text encoder's 16 otherwise), video rows all of them."""
+    out = tmp_path / "world_dit.json"
+    world_dit.main(["--tiny", f"--out={out}", "--buckets=1x32x32:2,9x32x32:2", "--attention=xla",
+                    "--steps=1", "--override=dit.num_layers=1",
+                    "--override=dit_train.image_text_length=5"])  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["text_tokens"] for r in rows] == [5, 16]

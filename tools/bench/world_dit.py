@@ -130,7 +130,8 @@ class Prepared:
             bucket.num_frames, bucket.height, bucket.width
         )
         rng = np.random.default_rng(0)
-        text_len = int(config.text.max_length)
+        # dit_train.image_text_length cuts the text of image batches (DiTTask.text_length).
+        text_len = task.text_length(bucket.num_frames) or int(config.text.max_length)
         text = rng.normal(size=(batch_size, text_len, config.dit.text_dim))
         self.batch = {
             "latents": jnp.asarray(rng.normal(size=(batch_size, *latent)), jnp.float32),
@@ -198,6 +199,7 @@ def measure(prepared: Prepared, steps: int, trace_dir: str = "") -> dict:
     return {
         "tokens_per_step": prepared.task.tokens_per_step(shapes),
         "text_dtype": str(batch["text"].dtype),
+        "text_tokens": int(batch["text"].shape[1]),
         "step_s": sec,
         "steps_per_s": 1 / sec,
         "clips_per_s": batch_size / sec,
