@@ -199,6 +199,11 @@ def test_image_batches_carry_image_text_length_tokens_with_the_same_loss(cached,
     long = cut.with_captions({"latents": images}, ["a red circle moving left on a wall", "x"])
     assert long["text"].shape[1] == 6 and long["text_mask"][0].all()
     assert cut.text_truncated == 1
+    # Pixel batches (no latent cache): the clip's latent frames decide (1 frame: 1; 5: 2).
+    image_clips = np.zeros((2, 1, 16, 16, 3), np.uint8)
+    assert cut.with_captions({"video": image_clips}, texts)["text"].shape[1] == 6
+    video_clips = np.zeros((2, 5, 16, 16, 3), np.uint8)
+    assert cut.with_captions({"video": video_clips}, texts)["text"].shape[1] == 8
 
 
 def test_training_times_follow_the_configured_flow_shift(cached):

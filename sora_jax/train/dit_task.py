@@ -237,11 +237,18 @@ class DiTTask:
         emb = emb.astype(self.text_dtype, copy=False)  # a no-op for the embedder's own
         return self._fit_text({**video_or_latents, "text": emb, "text_mask": mask})
 
-    def text_length(self, num_frames: int) -> int | None:
-        """The text tokens a batch of `num_frames`-frame clips carries, where fewer than the
-        encoder's: `image_text_length` for images (None: all of them)."""
+    def text_length(self, latent_frames: int) -> int | None:
+        """The text tokens a batch of clips of `latent_frames` latent frames carries, where
+        fewer than the encoder's: `image_text_length` for one latent frame (images, and clips
+        no longer than the VAE's temporal factor); None: all of them."""
         n = self.image_text_length
-        return n if n and num_frames == 1 else None
+        return n if n and latent_frames == 1 else None
+
+    def _latent_frames(self, batch: dict) -> int:
+        if "latents" in batch:
+            return batch["latents"].shape[1]
+        _, t, h, w, _ = batch["video"].shape
+        return vae_lib.VAEConfig(**self.config.vae.to_dict()).latent_shape(t, h, w)[0]
 
     def _fit_text(self, batch: dict) -> dict:
         """The batch's text cut to `text_length` tokens. Padded tokens are masked out of the
@@ -249,15 +256,14 @@ class DiTTask:
         fits this changes no number, and a step of 1,024 images then projects ~1/3 fewer text
         tokens per block (world images' captions: at most ~50 MiniLM tokens of 96). A caption
         that does not fit loses its end; they are counted (`text_truncated`) and logged."""
-        frames = batch["latents" if "latents" in batch else "video"].shape[1]
-        n = self.text_length(frames)
+        n = self.text_length(self._latent_frames(batch))
         if n is None or batch["text"].shape[1] <= n:
             return batch
         cut = int(np.asarray(batch["text_mask"])[:, n:].any(axis=1).sum())
-        if cut:
-            self.text_truncated += cut
-            logging.warning("dit: %d image captions longer than image_text_length=%d tokens "
-                            "were cut (%d so far)", cut, n, self.text_truncated)  # fmt: skip
+        before, self.text_truncated = self.text_truncated, self.text_truncated + cut
+        if cut and before.bit_length() < self.text_truncated.bit_length():  # 1, 2, 4, 8, ...
+            logging.warning("dit: %d image captions cut at image_text_length=%d tokens so far",
+                            self.text_truncated, n)  # fmt: skip
         text, mask = (np.ascontiguousarray(np.asarray(batch[k])[:, :n])
                       for k in ("text", "text_mask"))  # fmt: skip
         return {**batch, "text": text, "text_mask": mask}
@@ -338,7 +344,7 @@ class DiTTask:
                 (b, bucket.num_frames, bucket.height, bucket.width, 3), jnp.uint8
             )
             latents = jax.eval_shape(self.encode_latents, frozen, video)
-            length = self.text_length(bucket.num_frames) or emb.shape[1]
+            length = self.text_length(latents.shape[1]) or emb.shape[1]
             specs.append({
                 "latents": jax.ShapeDtypeStruct(latents.shape, latents.dtype),
                 "text": jax.ShapeDtypeStruct((b, length, emb.shape[2]), emb.dtype),

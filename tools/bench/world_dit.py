@@ -131,7 +131,7 @@ class Prepared:
         )
         rng = np.random.default_rng(0)
         # dit_train.image_text_length cuts the text of image batches (DiTTask.text_length).
-        text_len = task.text_length(bucket.num_frames) or int(config.text.max_length)
+        text_len = task.text_length(latent[0]) or int(config.text.max_length)
         text = rng.normal(size=(batch_size, text_len, config.dit.text_dim))
         self.batch = {
             "latents": jnp.asarray(rng.normal(size=(batch_size, *latent)), jnp.float32),
