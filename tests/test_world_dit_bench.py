@@ -96,3 +96,13 @@ def test_image_rows_carry_image_text_length_tokens(tmp_path):
                     "--override=dit_train.image_text_length=5"])  # fmt: skip
     rows = json.loads(out.read_text())["rows"]
     assert [r["text_tokens"] for r in rows] == [5, 16]
+
+
+def test_wait_for_file_returns_once_it_exists_or_after_its_timeout(tmp_path, capsys):
+    flag = tmp_path / "done"
+    world_dit.wait_for_file("")  # nothing to wait for
+    world_dit.wait_for_file(str(flag), timeout_s=0.1)
+    assert "did not appear" in capsys.readouterr().out
+    flag.touch()
+    world_dit.wait_for_file(str(flag), timeout_s=0.0)
+    assert capsys.readouterr().out == ""

@@ -67,6 +67,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="kernel times of each row's step")
     p.add_argument("--trace_dir", default="/tmp/world_dit_profile")
     p.add_argument("--compile_threads", type=int, default=1, help="rows compiled at once")
+    p.add_argument(
+        "--start_after",
+        default="",
+        help="time the rows only once this file exists (another benchmark on the same device "
+        "touches it when done), so that two runs' compiles overlap but their timings do not",
+    )
     return p.parse_args(argv)
 
 
@@ -211,6 +217,16 @@ def measure(prepared: Prepared, steps: int, trace_dir: str = "") -> dict:
     }
 
 
+def wait_for_file(path: str, timeout_s: float = 900.0) -> None:
+    """Returns once `path` exists ('' at once), or after `timeout_s` (then says so)."""
+    deadline = time.monotonic() + timeout_s
+    while path and not os.path.exists(path):
+        if time.monotonic() > deadline:
+            print(f"--start_after: {path} did not appear in {timeout_s:.0f} s; timing now")
+            return
+        time.sleep(0.5)
+
+
 def recipe_means(rows: list[dict]) -> dict[str, float]:
     """Per attention and scan setting, the weighted mean seconds per step of the recipe's
     buckets (rows with a `weight`), as a run drawing them at those weights averages; a setting
@@ -269,6 +285,8 @@ def main(argv=None) -> None:
     prepared = prepare_all(
         [(_bucketed(config, x, b), b, a, s) for x, a, b, s, _ in runs], args.compile_threads
     )
+
+    wait_for_file(args.start_after)
 
     def row(run, ready):
         shape, attention, b, scan, weight = run
