@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from sora_jax.train import checkpoint as ckpt_lib
-from sora_jax.train import guards, loop
+from sora_jax.train import guards, loop, precompile
 from sora_jax.train import metrics as metrics_lib
 from sora_jax.train import state as state_lib
 
@@ -308,7 +308,7 @@ def test_step_times_are_the_intervals_between_finished_steps_per_shape(monkeypat
     }
     assert list(times.summary()) == ["a", "b"]  # the most frequent first
     key = (("latents", (256, 5, 8, 8, 16), "float32"), ("skipped", (), "int32"))
-    assert metrics_lib.shape_label(key) == "latents 256x5x8x8x16"
+    assert precompile.shapes_text(key) == "latents 256x5x8x8x16"
     times.write(str(tmp_path / "t.json"))
     with open(tmp_path / "t.json") as f:
         assert json.load(f) == times.summary()

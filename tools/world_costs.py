@@ -87,8 +87,8 @@ def fixed_costs(workdir: str) -> dict | None:
         costs = _stage_log(os.path.join(workdir, f"{name}.log"), name) or {}
         rows = metrics_lib.read_jsonl(os.path.join(workdir, name, "metrics.jsonl"))
         costs.update(_interval_costs(rows) or {})
-        # The traced steps (`profile_steps`): their kernels' device time, to hold against the
-        # median step's wall time, and the time the device was busy within their span.
+        # The traced steps (`profile_steps`, one bucket's): their kernels' device time and the
+        # time the device was busy within their span.
         profile = report.read_json(os.path.join(workdir, name, "profile", "summary.json")) or {}
         for key, field in (("total_ms", "kernel_ms_per_step"), ("busy_ms", "busy_ms_per_step"),
                            ("span_ms", "span_ms_per_step")):  # fmt: skip

@@ -69,9 +69,7 @@ class DiTTask:
         # (mean, std) per latent channel: the VAE stage's, or given (`latent_stats`).
         mean, std = latent_stats or vae_task.load_latent_stats(vae_workdir(config, workdir))
         self.latent_mean, self.latent_std = jnp.asarray(mean), jnp.asarray(std)
-        self.text_dtype = text_dtype(self.model_cfg)
-        self.image_text_length = int(self.train_cfg.get("image_text_length", 0))
-        self.text_truncated = 0  # image captions cut at image_text_length (none expected)
+        self._text_settings()
         self.embedder = embedder or CaptionEmbedder(config.text, store_dtype=self.text_dtype)
         if self.embedder.dim != self.model_cfg.text_dim:
             raise ValueError(
@@ -88,11 +86,15 @@ class DiTTask:
         task = cls.__new__(cls)
         task.config, task.train_cfg = config, config.dit_train
         task.model_cfg = dit_lib.DiTConfig(**config.dit.to_dict())
-        task.text_dtype = text_dtype(task.model_cfg)
-        task.image_text_length = int(config.dit_train.get("image_text_length", 0))
-        task.text_truncated = 0
+        task._text_settings()
         task.vae_graphdef = task.vae_state = task.embedder = task.samples = None
         return task
+
+    def _text_settings(self) -> None:
+        """The dtype and (image) length of a batch's text, from the model and train configs."""
+        self.text_dtype = text_dtype(self.model_cfg)
+        self.image_text_length = int(self.train_cfg.get("image_text_length", 0))
+        self.text_truncated = 0  # image captions cut at image_text_length (none expected)
 
     def create_model(self, rngs: nnx.Rngs) -> dit_lib.DiT:
         return dit_lib.DiT(self.model_cfg, rngs=rngs)
@@ -256,6 +258,8 @@ class DiTTask:
         fits this changes no number, and a step of 1,024 images then projects ~1/3 fewer text
         tokens per block (world images' captions: at most ~50 MiniLM tokens of 96). A caption
         that does not fit loses its end; they are counted (`text_truncated`) and logged."""
+        if not self.image_text_length:
+            return batch
         n = self.text_length(self._latent_frames(batch))
         if n is None or batch["text"].shape[1] <= n:
             return batch

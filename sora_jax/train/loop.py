@@ -221,11 +221,11 @@ class _Trainer:
         )
         return True
 
-    def observe(self, number: int, metrics: dict, diag: Any, shapes: tuple = ()) -> None:
+    def observe(self, number: int, metrics: dict, diag: Any, shapes: tuple) -> None:
         """Blocks on step `number`'s metrics (it has finished) and feeds the guard and the step
         times (`shapes`: the step's batch key)."""
         host = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
-        self.step_times.finished(metrics_lib.shape_label(shapes))
+        self.step_times.finished(precompile_lib.shapes_text(shapes))
         self.rows.append(host)
         self.guard.observe(number, host["nonfinite"] > 0, diag)
 

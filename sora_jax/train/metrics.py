@@ -214,6 +214,7 @@ class StepTimes:
         self.seconds: dict[str, list[float]] = collections.defaultdict(list)
 
     def finished(self, label: str) -> None:
+        """Step finished now; `label` names its batch shape (precompile.shapes_text)."""
         now = time.perf_counter()
         if self.last is not None:
             self.seconds[label].append(now - self.last)
@@ -232,11 +233,6 @@ class StepTimes:
         if self.seconds and jax.process_index() == 0:
             with open(path, "w") as f:
                 json.dump(self.summary(), f, indent=1)
-
-
-def shape_label(key: tuple) -> str:
-    """A batch key ((name, shape, dtype), ...) as "latents 256x5x8x8x16, text 256x96x384"."""
-    return ", ".join(f"{name} {'x'.join(map(str, shape))}" for name, shape, _ in key if shape)
 
 
 class Profiler:

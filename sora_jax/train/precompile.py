@@ -42,7 +42,9 @@ def batch_key(batch: dict) -> tuple:
 
 
 def shapes_text(key: tuple) -> str:
-    return str({name: shape for name, shape, _ in key})
+    """A batch key as "latents 256x5x8x8x16, text 256x96x384, ..." (arrays, not scalars): its
+    first array names the bucket (tools/world_costs.py reads it so)."""
+    return ", ".join(f"{name} {'x'.join(map(str, shape))}" for name, shape, _ in key if shape)
 
 
 def sharded_abstract(tree, shardings):
