@@ -447,13 +447,14 @@ def _res64(c: ml_collections.ConfigDict, ninth: bool) -> None:
             ("33x64x64", 128, 0.15),
             ("1x64x64", 1024, 0.2),
         ),
-        # The images' 1,024 captions a step carry 64 text tokens, not 96: the world's image
-        # recaptions are at most 52 MiniLM tokens (12,956 images), and padding is masked out of
-        # the cross-attention, so the loss is the same (tests/test_latent_cache.py) while the
-        # image step computes 4.03 model TFLOP instead of 4.81 (the costliest bucket; the
-        # weighted step 3.85 against 4.00, sora_jax/flops.py). Not yet timed on a GPU; the run's
-        # dit/step_times.json gives each bucket's step. The ninth run's recipe carried 96.
-        image_text_length=0 if ninth else 64,
+        # All 96 text tokens for the 1-frame bucket too (image_text_length 0). The seventeenth
+        # run gave it 64 on the belief that its captions fit (the world's image recaptions: at
+        # most 52 MiniLM tokens), but the bucket draws single frames of the world's videos as
+        # well, captioned like the videos: 304 of 4,096 of its captions (7.4%) are longer than
+        # 64 tokens (up to 92), and the run cut 131,089 of them (their last sentences: the
+        # pan, the bar). Its step was not faster either: 46.5 ms median at 64 tokens, as the
+        # main bucket's (world_h100_run17.json's fixed_costs).
+        image_text_length=0,
     )
     c.flow.shift = 1.0
     c.sample.update(height=64, width=64)
