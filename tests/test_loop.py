@@ -293,6 +293,10 @@ def test_time_split_adds_up_and_profile_trace_is_written(tmp_path):
     with open(tmp_path / "step_times.json") as f:
         step_times = json.load(f)
     assert list(step_times) == ["x 8x4, y 8x2"] and step_times["x 8x4, y 8x2"]["steps"] == 5
+    # and the host's share of them: all but the first step (it compiles) were dispatched
+    t = step_times["x 8x4, y 8x2"]
+    assert {"mean_ms", "data_ms", "dispatch_ms", "wait_ms"} <= set(t)
+    assert 0 < t["dispatch_ms"] and 0 <= t["wait_ms"] and 0 <= t["data_ms"]
 
 
 def test_step_times_are_the_intervals_between_finished_steps_per_shape(monkeypatch, tmp_path):
@@ -302,11 +306,18 @@ def test_step_times_are_the_intervals_between_finished_steps_per_shape(monkeypat
     times = metrics_lib.StepTimes()
     for label in ["a", "a", "b", "a", "a", "a", "a", "b"]:
         times.finished(label)
-    assert times.summary() == {
-        "a": {"steps": 5, "median_ms": 50.0, "p90_ms": 144.0},  # 50, 200, 50, 50, 60 ms
-        "b": {"steps": 2, "median_ms": 1025.0, "p90_ms": 1805.0},  # 50 ms and 2 s (a pause)
+    assert times.summary() == {  # a: 50, 200, 50, 50, 60 ms; b: 50 ms and 2 s (a pause)
+        "a": {"steps": 5, "median_ms": 50.0, "p90_ms": 144.0, "mean_ms": 82.0},
+        "b": {"steps": 2, "median_ms": 1025.0, "p90_ms": 1805.0, "mean_ms": 1025.0},
     }
     assert list(times.summary()) == ["a", "b"]  # the most frequent first
+    times.dispatched("a", data_s=0.002, dispatch_s=0.004)
+    times.dispatched("a", data_s=0.004, dispatch_s=0.006)
+    clock = iter([3.0])
+    times.finished("a", wait_s=0.03)
+    assert times.summary()["a"] == {"steps": 6, "median_ms": 55.0, "p90_ms": 370.0,
+                                    "mean_ms": 158.33, "data_ms": 3.0, "dispatch_ms": 5.0,
+                                    "wait_ms": 30.0}  # + 540 ms since the last; fmt: skip
     key = (("latents", (256, 5, 8, 8, 16), "float32"), ("skipped", (), "int32"))
     assert precompile.shapes_text(key) == "latents 256x5x8x8x16"
     times.write(str(tmp_path / "t.json"))

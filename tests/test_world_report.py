@@ -333,8 +333,10 @@ def test_fixed_costs_read_the_stage_logs_metrics_and_ready_file(tmp_path):
     )
     step_times = {"latents 256x5x8x8x16, text 256x96x384": {"steps": 90, "median_ms": 47.04,
                                                              "p90_ms": 49.0},
-                  "latents 1024x1x8x8x16, text 1024x96x384": {"steps": 30, "median_ms": 97.5,
-                                                              "p90_ms": 99.0}}  # fmt: skip
+                  # runs since the seventeenth: the mean and the host's share too
+                  "latents 1024x1x8x8x16, text 1024x96x384": {
+                      "steps": 30, "median_ms": 97.5, "p90_ms": 99.0, "mean_ms": 120.25,
+                      "data_ms": 3.0, "dispatch_ms": 41.5, "wait_ms": 70.0}}  # fmt: skip
     _write(tmp_path / "dit" / "step_times.json", step_times)
     ready = {"programs": 5, "compile_s": 249.3, "encode_programs": 5, "encode_compile_s": 97.7,
              "caption_programs": 28, "caption_compile_s": 41.0}  # fmt: skip
@@ -361,7 +363,8 @@ def test_fixed_costs_read_the_stage_logs_metrics_and_ready_file(tmp_path):
     assert world_report.costs_text(costs["dit"]) == (
         "first step after 50 s, latent caches 40 s (39 s waiting for clips), render workers "
         "failed, a step by batch: latents 256x5x8x8x16 47.0 ms (90 steps), "
-        "latents 1024x1x8x8x16 97.5 ms (30 steps)"
+        "latents 1024x1x8x8x16 97.5 ms median, 120.2 mean (host: data 3.0, dispatch 41.5, "
+        "wait 70.0 ms) (30 steps)"
     )
     assert world_report.costs_text(costs["vae"]) == (
         "first step after 30 s, periodic programs compiled beside in 26 s, hooks 4 s, "

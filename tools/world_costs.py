@@ -106,6 +106,16 @@ def fixed_costs(workdir: str) -> dict | None:
     return out or None
 
 
+def _step_text(t: dict) -> str:
+    """A bucket's step: its median, and where step_times.json has them (runs since the
+    seventeenth) its mean and the host's share (batch, dispatch, waiting for the device)."""
+    text = f"{t['median_ms']:.1f} ms"
+    if "mean_ms" in t:
+        text += f" median, {t['mean_ms']:.1f} mean"
+    host = [f"{k} {t[k + '_ms']:.1f}" for k in ("data", "dispatch", "wait") if k + "_ms" in t]
+    return text + (f" (host: {', '.join(host)} ms)" if host else "")
+
+
 def costs_text(costs: dict) -> str:
     """One line of a stage's `fixed_costs`."""
     parts = []
@@ -136,6 +146,6 @@ def costs_text(costs: dict) -> str:
                          f"{costs['span_ms_per_step']:.1f} ms a traced step")  # fmt: skip
     if costs.get("step_ms_by_shape"):  # its first array names the bucket: "latents 256x5x8x8x16"
         parts.append("a step by batch: " + ", ".join(
-            f"{label.split(',')[0]} {t['median_ms']:.1f} ms ({t['steps']} steps)"
+            f"{label.split(',')[0]} {_step_text(t)} ({t['steps']} steps)"
             for label, t in costs["step_ms_by_shape"].items()))  # fmt: skip
     return ", ".join(parts)

@@ -221,11 +221,12 @@ class _Trainer:
         )
         return True
 
-    def observe(self, number: int, metrics: dict, diag: Any, shapes: tuple) -> None:
+    def observe(self, number: int, metrics: dict, diag: Any, label: str) -> None:
         """Blocks on step `number`'s metrics (it has finished) and feeds the guard and the step
-        times (`shapes`: the step's batch key)."""
+        times (`label`: the step's batch shapes, precompile.shapes_text)."""
+        t = time.perf_counter()
         host = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
-        self.step_times.finished(precompile_lib.shapes_text(shapes))
+        self.step_times.finished(label, wait_s=time.perf_counter() - t)
         self.rows.append(host)
         self.guard.observe(number, host["nonfinite"] > 0, diag)
 
@@ -314,27 +315,29 @@ class _Trainer:
                 host_batch = next(batches)
                 self.meter.add(host_batch)
                 batch = parallel.host_to_global(host_batch, self.mesh)
-                self.progress.add("data_s", time.perf_counter() - t0)
+                data_s = time.perf_counter() - t0
+                self.progress.add("data_s", data_s)
                 self.profiler.before(number)
                 shapes = precompile_lib.batch_key(batch)
                 if compiling is not None:
                     compiling.wait(shapes)
+                label = precompile_lib.shapes_text(shapes)
                 t1 = time.perf_counter()
                 if shapes in self.seen_shapes:
                     self.state, metrics, diag = self.step_fn(self.state, frozen, batch)
+                    self.step_times.dispatched(label, data_s, time.perf_counter() - t1)
                 else:  # a new bucket: compiles; say how long
                     self.seen_shapes.add(shapes)
                     self.state, metrics, diag = self.first_run(frozen, batch)
                     logging.info(
                         "%s: step %d: first batch of shapes %s compiled and ran in %.1f s",
-                        self.task.name, number, precompile_lib.shapes_text(shapes),
-                        time.perf_counter() - t1,
+                        self.task.name, number, label, time.perf_counter() - t1,
                     )  # fmt: skip
                 if number == self.start + 1:
                     self.periodic_compile = self.compile_periodic(number)
                 if pending is not None:  # the previous step; this one is queued behind it
                     self.observe(*pending)
-                pending = (number, metrics, diag, shapes)
+                pending = (number, metrics, diag, label)
                 if number % self.log_every == 0 or number == self.total:
                     self.flush(number, pending)
                     pending = None

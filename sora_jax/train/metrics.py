@@ -200,33 +200,56 @@ class Progress:
 
 
 class StepTimes:
-    """The wall time of each finished step, per batch shape (one bucket of a bucketed run).
+    """The wall time of each finished step, per batch shape (one bucket of a bucketed run), and
+    where the host spent it.
 
     The loop reads step n's metrics once step n has finished, while step n+1 is queued behind
     it, so with the device the bottleneck the time between two such reads is the device's time
     for step n. The median per shape is then what a step of that bucket costs in the run (a
     shape's first step, which compiles, and the steps after a sample round or a drained queue
-    land in the tail), where the profile's traced steps show one bucket only.
+    land in the tail), where the profile's traced steps show one bucket only; the mean is what
+    the run's total time is made of.
+
+    The host's share of a step, per shape (means): `data_ms` waiting for its host batch and
+    putting it on the devices, `dispatch_ms` the call of the jitted step (it returns once the
+    step is queued; on GPUs its kernel launches happen in it where the runtime launches from the
+    calling thread), `wait_ms` blocked reading the previous step's metrics. A mean interval well
+    above the median with a small wait says the host, not the device, held the steps back.
     """
 
     def __init__(self):
         self.last: float | None = None
         self.seconds: dict[str, list[float]] = collections.defaultdict(list)
+        self.parts: dict[str, dict[str, list[float]]] = collections.defaultdict(
+            lambda: collections.defaultdict(list)
+        )
 
-    def finished(self, label: str) -> None:
-        """Step finished now; `label` names its batch shape (precompile.shapes_text)."""
+    def dispatched(self, label: str, data_s: float, dispatch_s: float) -> None:
+        """The host's time for the step of shape `label`: its batch, its dispatch."""
+        self.parts[label]["data"].append(data_s)
+        self.parts[label]["dispatch"].append(dispatch_s)
+
+    def finished(self, label: str, wait_s: float | None = None) -> None:
+        """Step finished now; `label` names its batch shape (precompile.shapes_text); `wait_s`:
+        how long the host was blocked waiting for it."""
         now = time.perf_counter()
         if self.last is not None:
             self.seconds[label].append(now - self.last)
         self.last = now
+        if wait_s is not None:
+            self.parts[label]["wait"].append(wait_s)
 
     def summary(self) -> dict[str, dict[str, float]]:
-        """{label: {steps, median_ms, p90_ms}}, the most frequent shape first."""
+        """{label: {steps, median_ms, p90_ms, mean_ms[, data_ms, dispatch_ms, wait_ms]}}, the
+        most frequent shape first."""
         out = {}
         for label, times in sorted(self.seconds.items(), key=lambda kv: -len(kv[1])):
             ms = np.asarray(times) * 1e3
             out[label] = {"steps": len(times), "median_ms": round(float(statistics.median(ms)), 2),
-                          "p90_ms": round(float(np.percentile(ms, 90)), 2)}  # fmt: skip
+                          "p90_ms": round(float(np.percentile(ms, 90)), 2),
+                          "mean_ms": round(float(ms.mean()), 2)}  # fmt: skip
+            for part, seconds in self.parts.get(label, {}).items():
+                out[label][f"{part}_ms"] = round(float(np.mean(seconds)) * 1e3, 2)
         return out
 
     def write(self, path: str) -> None:
