@@ -315,9 +315,15 @@ def test_step_times_are_the_intervals_between_finished_steps_per_shape(monkeypat
     times.dispatched("a", data_s=0.004, dispatch_s=0.006)
     clock = iter([3.0])
     times.finished("a", wait_s=0.03)
-    assert times.summary()["a"] == {"steps": 6, "median_ms": 55.0, "p90_ms": 370.0,
-                                    "mean_ms": 158.33, "data_ms": 3.0, "dispatch_ms": 5.0,
-                                    "wait_ms": 30.0}  # + 540 ms since the last; fmt: skip
+    assert times.summary()["a"] == {
+        "steps": 6,
+        "median_ms": 55.0,
+        "p90_ms": 370.0,
+        "mean_ms": 158.33,
+        "data_ms": 3.0,
+        "dispatch_ms": 5.0,
+        "wait_ms": 30.0,
+    }  # + 540 ms since the last
     key = (("latents", (256, 5, 8, 8, 16), "float32"), ("skipped", (), "int32"))
     assert precompile.shapes_text(key) == "latents 256x5x8x8x16"
     times.write(str(tmp_path / "t.json"))
