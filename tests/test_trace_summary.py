@@ -34,6 +34,10 @@ def _gpu_trace() -> dict:
                    kernel("sm90_xmma_fprop_implicit_gemm_bf16", 100.0, t + 450)]  # fmt: skip
     events += [
         {"ph": "X", "pid": 1, "tid": 7, "name": "launch", "dur": 999.0, "args": {"hlo_op": "x"}},
+        {"ph": "X", "pid": 1, "tid": 7, "name": "cuLaunchKernelEx", "dur": 6.0},
+        {"ph": "X", "pid": 1, "tid": 7, "name": "cuLaunchKernelEx", "dur": 4.0},
+        {"ph": "X", "pid": 1, "tid": 7, "name": "cuGraphLaunch", "dur": 20.0},
+        {"ph": "X", "pid": 1, "tid": 7, "name": "curious_python_function", "dur": 50.0},
         {"ph": "X", "pid": 2, "tid": 2, "name": "overhead", "dur": 999.0},
         {"ph": "X", "pid": 2, "tid": 1, "name": "zero_length", "dur": 0},
     ]
@@ -62,6 +66,18 @@ def test_summary_is_per_iteration_and_categorised(tmp_path):
     assert cats == {"matmul": 0.3, "attention": 0.15, "conv": 0.1, "fusion": 0.05}
     assert [r["kernel"] for r in s["rows"]][0] == "nvjet_sm90_tst_256x128"
     np.testing.assert_allclose(sum(r["pct"] for r in s["rows"]), 100.0)
+    approx = pytest.approx
+    # Where the work was issued from: one launch (999 us) on the python thread, CUDA API calls
+    # by host time (not a Python function that merely starts with "cu").
+    assert s["host"] == {
+        "launches_per_iter": 0.5,
+        "launch_ms_per_iter": pytest.approx(0.4995),
+        "launch_threads": ["python"],
+        "cuda_api": [
+            {"call": "cuGraphLaunch", "calls_per_iter": 0.5, "ms_per_iter": approx(0.01)},
+            {"call": "cuLaunchKernelEx", "calls_per_iter": 1.0, "ms_per_iter": approx(0.005)},
+        ],
+    }
 
 
 def test_dtype_conversions_are_not_convolutions():

@@ -329,8 +329,12 @@ def test_fixed_costs_read_the_stage_logs_metrics_and_ready_file(tmp_path):
     ])  # fmt: skip
     _write(
         tmp_path / "vae" / "profile" / "summary.json",
-        {"steps": [3, 6], "total_ms": 20.04, "busy_ms": 19.0, "span_ms": 25.0},
-    )
+        {"steps": [3, 6], "total_ms": 20.04, "busy_ms": 19.0, "span_ms": 25.0,
+         "host": {"launches_per_iter": 1245.0, "launch_ms_per_iter": 21.5,
+                  "launch_threads": ["python"],
+                  "cuda_api": [{"call": "cuLaunchKernelEx", "calls_per_iter": 1200.0,
+                                "ms_per_iter": 6.0}]}},
+    )  # fmt: skip
     step_times = {"latents 256x5x8x8x16, text 256x96x384": {"steps": 90, "median_ms": 47.04,
                                                              "p90_ms": 49.0},
                   # runs since the seventeenth: the mean and the host's share too
@@ -358,7 +362,11 @@ def test_fixed_costs_read_the_stage_logs_metrics_and_ready_file(tmp_path):
         "kernel_ms_per_step": 20.0,
         "busy_ms_per_step": 19.0,
         "span_ms_per_step": 25.0,
-    }
+        "traced_host": {"launches_per_iter": 1245.0, "launch_ms_per_iter": 21.5,
+                        "launch_threads": ["python"],
+                        "cuda_api": [{"call": "cuLaunchKernelEx", "calls_per_iter": 1200.0,
+                                      "ms_per_iter": 6.0}]},
+    }  # fmt: skip
     assert costs["dit_compile_ready"] == ready
     assert world_report.costs_text(costs["dit"]) == (
         "first step after 50 s, latent caches 40 s (39 s waiting for clips), render workers "
@@ -370,7 +378,8 @@ def test_fixed_costs_read_the_stage_logs_metrics_and_ready_file(tmp_path):
         "first step after 30 s, periodic programs compiled beside in 26 s, hooks 4 s, "
         "checkpoints 1 s, median 39.0 steps/s, 1 slower log intervals, "
         "kernels 20.0 ms a traced step (a step 25.6 ms at the median rate), "
-        "device busy 19.0 of 25.0 ms a traced step"
+        "device busy 19.0 of 25.0 ms a traced step, 1245 launches a traced step, 21.5 ms on "
+        "python (cuLaunchKernelEx 1200x 6.0 ms)"
     )
     assert world_report.costs_text(ready) == "caption programs 41 s, encodes 98 s, steps 249 s"
     assert world_report.collect(str(tmp_path))["fixed_costs"] == costs

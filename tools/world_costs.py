@@ -94,6 +94,8 @@ def fixed_costs(workdir: str) -> dict | None:
                            ("span_ms", "span_ms_per_step")):  # fmt: skip
             if profile.get(key):
                 costs[field] = round(float(profile[key]), 1)
+        if profile.get("host"):  # where the traced steps' work was issued from (GPU traces)
+            costs["traced_host"] = profile["host"]
         # The median wall time of a step per batch shape (the loop's step_times.json).
         by_shape = report.read_json(os.path.join(workdir, name, "step_times.json"))
         if by_shape:
@@ -144,6 +146,13 @@ def costs_text(costs: dict) -> str:
         if "busy_ms_per_step" in costs and "span_ms_per_step" in costs:
             parts.append(f"device busy {costs['busy_ms_per_step']:.1f} of "
                          f"{costs['span_ms_per_step']:.1f} ms a traced step")  # fmt: skip
+    host = costs.get("traced_host")
+    if host:
+        calls = ", ".join(f"{c['call']} {c['calls_per_iter']:.0f}x {c['ms_per_iter']:.1f} ms"
+                          for c in host.get("cuda_api", [])[:3])  # fmt: skip
+        parts.append(f"{host['launches_per_iter']:.0f} launches a traced step, "
+                     f"{host['launch_ms_per_iter']:.1f} ms on {'/'.join(host['launch_threads'])}"
+                     + (f" ({calls})" if calls else ""))  # fmt: skip
     if costs.get("step_ms_by_shape"):  # its first array names the bucket: "latents 256x5x8x8x16"
         parts.append("a step by batch: " + ", ".join(
             f"{label.split(',')[0]} {_step_text(t)} ({t['steps']} steps)"

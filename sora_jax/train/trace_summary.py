@@ -116,11 +116,58 @@ def summarize(events: list[tuple[str, float]], iters: int) -> dict:
     return {"rows": rows, "kernels": len(ranked), "total_ms": total_ms, "categories": categories}
 
 
+_CUDA_API = re.compile(r"^cu(da)?[A-Z]")  # cuLaunchKernelEx, cuGraphLaunch, cudaMemcpyAsync, ...
+
+
+def host_side(trace: dict, iters: int, top: int = 8) -> dict:
+    """Where a GPU's work was issued from, per iteration: the host events of its launches (the
+    ones tagged `hlo_op`: calls, ms, and the host threads they ran on) and the top CUDA API calls
+    by host time. Kernel launches on the Python thread that dispatched the step, at a cost near
+    the device's time per step, say the host's launches hold the device back; graph launches
+    (cuGraphLaunch) in place of thousands of kernel launches say XLA's command buffers (CUDA
+    graphs) replay the step. Empty where the trace has no device process (CPU)."""
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    procs, threads = {}, {}
+    for e in events:
+        if e.get("ph") == "M" and e.get("name") == "process_name":
+            procs[e["pid"]] = e["args"]["name"]
+        elif e.get("ph") == "M" and e.get("name") == "thread_name":
+            threads[(e["pid"], e["tid"])] = e["args"]["name"]
+    if not any("/device:" in name for name in procs.values()):
+        return {}
+    host = [e for e in events if e.get("ph") == "X" and "/device:" not in procs.get(e["pid"], "")]
+    launches = [e for e in host if "hlo_op" in e.get("args", {})]
+    api_calls, api_us = collections.Counter(), collections.Counter()
+    for e in host:
+        if _CUDA_API.match(e.get("name", "")):
+            api_calls[e["name"]] += 1
+            api_us[e["name"]] += float(e.get("dur", 0.0))
+    return {
+        "launches_per_iter": len(launches) / iters,
+        "launch_ms_per_iter": sum(float(e.get("dur", 0.0)) for e in launches) / iters / 1e3,
+        "launch_threads": sorted(
+            {threads.get((e["pid"], e["tid"]), str(e["tid"])) for e in launches}
+        ),  # fmt: skip
+        "cuda_api": [
+            {
+                "call": name,
+                "calls_per_iter": api_calls[name] / iters,
+                "ms_per_iter": us / iters / 1e3,
+            }
+            for name, us in api_us.most_common(top)
+        ],  # fmt: skip
+    }
+
+
 def summarize_dir(trace_dir: str, iters: int) -> dict:
     """`summarize` of the newest trace under `trace_dir`, with the device's busy time and the
-    span of its events per iteration (`busy_and_span`: `busy_ms`, `span_ms`)."""
+    span of its events per iteration (`busy_and_span`: `busy_ms`, `span_ms`) and, on GPUs,
+    where its work was issued from (`host_side`: `host`)."""
     trace = load_trace(trace_dir)
     out = summarize(kernel_events(trace), iters)
     busy, span = busy_and_span(trace)
     out.update(busy_ms=busy / iters / 1e3, span_ms=span / iters / 1e3)
+    host = host_side(trace, iters)
+    if host:
+        out["host"] = host
     return out
