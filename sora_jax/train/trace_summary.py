@@ -42,8 +42,8 @@ def kernel_events(trace: dict) -> list[tuple[str, float]]:
     return [(e["name"], float(e["dur"])) for e in _device_events(trace)]
 
 
-def _device_events(trace: dict) -> list[dict]:
-    """The trace's device-side "X" events (see `kernel_events`)."""
+def _events_and_names(trace: dict) -> tuple[list[dict], dict, dict]:
+    """The trace's events, its process names {pid: name} and thread names {(pid, tid): name}."""
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     procs, threads = {}, {}
     for e in events:
@@ -51,6 +51,12 @@ def _device_events(trace: dict) -> list[dict]:
             procs[e["pid"]] = e["args"]["name"]
         elif e.get("ph") == "M" and e.get("name") == "thread_name":
             threads[(e["pid"], e["tid"])] = e["args"]["name"]
+    return events, procs, threads
+
+
+def _device_events(trace: dict) -> list[dict]:
+    """The trace's device-side "X" events (see `kernel_events`)."""
+    events, procs, threads = _events_and_names(trace)
     timed = [e for e in events if e.get("ph") == "X" and e.get("dur", 0) > 0]
     devices = {pid for pid, name in procs.items() if "/device:" in name}
     if not devices:  # CPU: thunks run on the client's pool (or inline on the caller), tagged hlo_op
@@ -126,13 +132,7 @@ def host_side(trace: dict, iters: int, top: int = 8) -> dict:
     the device's time per step, say the host's launches hold the device back; graph launches
     (cuGraphLaunch) in place of thousands of kernel launches say XLA's command buffers (CUDA
     graphs) replay the step. Empty where the trace has no device process (CPU)."""
-    events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    procs, threads = {}, {}
-    for e in events:
-        if e.get("ph") == "M" and e.get("name") == "process_name":
-            procs[e["pid"]] = e["args"]["name"]
-        elif e.get("ph") == "M" and e.get("name") == "thread_name":
-            threads[(e["pid"], e["tid"])] = e["args"]["name"]
+    events, procs, threads = _events_and_names(trace)
     if not any("/device:" in name for name in procs.values()):
         return {}
     host = [e for e in events if e.get("ph") == "X" and "/device:" not in procs.get(e["pid"], "")]
