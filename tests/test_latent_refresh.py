@@ -136,6 +136,33 @@ def test_render_pool_yields_the_batches_in_order(tmp_path):
         pipeline.RenderPool(stream, 0)
 
 
+def test_render_pool_returns_large_arrays_through_files_it_cleans_up(tmp_path):
+    """Arrays of at least spill_bytes come back mapped from a file of the pool's folder (unlinked
+    once mapped), not through the result pipe: the same values; no file outlives its batch, and
+    closing the pool removes the folder with the files of batches never received."""
+    import os
+
+    from sora_jax.data import pipeline
+
+    stream = _task(_refreshing_config(), str(tmp_path))._stream()
+    pool = pipeline.RenderPool(stream, 2, ahead=3, spill_bytes=1, spill_dir=str(tmp_path))
+    try:
+        for k, batch in zip([2, 0, 3], pool.batches(0, [2, 0, 3]), strict=True):
+            want = stream.batch(0, k)
+            assert isinstance(batch["video"], np.memmap) and not batch["video"].flags.writeable
+            np.testing.assert_array_equal(batch["video"], want["video"])
+            np.testing.assert_array_equal(batch["skipped"], want["skipped"])
+            assert batch["text"] == want["text"]
+        assert os.listdir(pool.spill_dir) == []  # every received file unlinked
+        gen = pool.batches(0, range(6))
+        next(gen)
+        gen.close()  # the ones in flight may have written their files
+    finally:
+        pool.close()
+    assert not os.path.exists(pool.spill_dir)
+    assert os.path.dirname(pool.spill_dir) == str(tmp_path)
+
+
 def test_bad_refresh_settings_fail_at_start_up_with_one_sentence(tmp_path):
     config = _refreshing_config()
     config.dit_train.latent_cache_refresh_clips = 0

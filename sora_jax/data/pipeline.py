@@ -30,7 +30,10 @@ import collections
 import concurrent.futures
 import logging
 import multiprocessing
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -223,6 +226,9 @@ class BucketedBatches:
             self._pool = None
 
 
+SPILL_BYTES = 1 << 20  # a RenderPool worker's arrays at least this big come back through a file
+
+
 class RenderPool:
     """Renders (decodes) batches of a BucketedBatches in worker processes, in order.
 
@@ -231,24 +237,36 @@ class RenderPool:
     `ahead` batches in flight. For a trainer whose own threads would otherwise render beside its
     steps under one GIL (the DiT stage's latent caches: dit_latent_cache.py). The workers start
     once (spawned: no copy of this process's JAX state) and live until `close`.
+
+    Arrays of at least `spill_bytes` come back through a file of the pool's own temporary folder,
+    mapped read-only here (and unlinked at once: the mapping keeps the pages), not pickled
+    through the result pipe: unpickling a batch of rendered clips (a refresh of the world
+    recipe's caches moves ~1.3 GB) copies it under the GIL in this process, which stalled
+    another Python thread here for up to 47 ms a batch (tools/bench/render_transfer.py).
     """
 
-    def __init__(self, data: BucketedBatches, workers: int, ahead: int = 0):
+    def __init__(self, data: BucketedBatches, workers: int, ahead: int = 0,
+                 spill_bytes: int = SPILL_BYTES, spill_dir: str | None = None):  # fmt: skip
         if workers < 1:
             raise ValueError(f"a RenderPool needs >= 1 worker, not {workers}.")
         self.ahead = int(ahead) or 2 * int(workers)
+        # Files of results never received (a generator closed early) go with the folder.
+        self.spill_dir = tempfile.mkdtemp(prefix="sora_render_", dir=spill_dir)
         self.pool = concurrent.futures.ProcessPoolExecutor(
             workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_render_worker_init,
-            initargs=(data,),  # pickled for each worker (without its thread pool)
+            # pickled for each worker (the data without its thread pool)
+            initargs=(data, self.spill_dir, int(spill_bytes)),
         )
 
     def batches(self, bucket_idx: int, ks: Sequence[int]) -> Iterator[dict[str, Any]]:
-        return ordered(self.pool, lambda k: (_render_batch, bucket_idx, k), ks, self.ahead)
+        for batch in ordered(self.pool, lambda k: (_render_batch, bucket_idx, k), ks, self.ahead):
+            yield {key: _unspill(v) for key, v in batch.items()}
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(self.spill_dir, ignore_errors=True)
 
 
 def ordered(executor: concurrent.futures.Executor, call: Callable[[Any], tuple], items: Sequence,
@@ -269,20 +287,43 @@ def ordered(executor: concurrent.futures.Executor, call: Callable[[Any], tuple],
 
 
 _WORKER_DATA: BucketedBatches | None = None  # a RenderPool worker's copy
+_WORKER_SPILL: tuple[str, int] = ("", 0)  # its pool's folder and spill_bytes
 
 
-def _render_worker_init(data: BucketedBatches) -> None:
-    global _WORKER_DATA
+def _render_worker_init(data: BucketedBatches, spill_dir: str, spill_bytes: int) -> None:
+    global _WORKER_DATA, _WORKER_SPILL
     # Rendering is numpy only; a worker that imported JAX (the trainer's main module, re-imported
     # by spawn) must never start a GPU backend beside the trainer's (its default would take 75%
     # of the GPU's memory).
     if "jax" in sys.modules:
         sys.modules["jax"].config.update("jax_platforms", "cpu")
-    _WORKER_DATA = data
+    _WORKER_DATA, _WORKER_SPILL = data, (spill_dir, spill_bytes)
+
+
+class _Spilled(str):
+    """The path of an array a worker wrote as .npy (a str, so it pickles as one)."""
 
 
 def _render_batch(bucket_idx: int, k: int) -> dict[str, Any]:
-    return _WORKER_DATA.batch(bucket_idx, k)
+    batch, (folder, spill_bytes) = _WORKER_DATA.batch(bucket_idx, k), _WORKER_SPILL
+    return {key: _spill(v, folder) if isinstance(v, np.ndarray) and v.nbytes >= spill_bytes
+            else v for key, v in batch.items()}  # fmt: skip
+
+
+def _spill(a: np.ndarray, folder: str) -> _Spilled:
+    fd, path = tempfile.mkstemp(suffix=".npy", dir=folder)
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, a, allow_pickle=False)
+    return _Spilled(path)
+
+
+def _unspill(v: Any) -> Any:
+    if not isinstance(v, _Spilled):
+        return v
+    try:
+        return np.load(v, mmap_mode="r", allow_pickle=False)
+    finally:
+        os.unlink(v)  # the mapping keeps the pages until the array is gone
 
 
 class StepIterator:
