@@ -92,8 +92,9 @@ def main(argv=None) -> None:
         seed=config.seed + 1,
         caption_probs=config.dit_train.get("caption_probs", None),
     )
-    out = report.jax_header("render_transfer", config=args.config, bucket=table[args.bucket].name,
-                            batch=table[args.bucket].batch_size, batches=args.batches,
+    bucket = table[args.bucket]
+    out = report.jax_header("render_transfer", config=os.path.relpath(args.config, ROOT),
+                            bucket=bucket.name, batch=bucket.batch_size, batches=args.batches,
                             workers=args.workers, cpu_count=os.cpu_count())  # fmt: skip
     out["versions"] = report.versions("numpy", "grain")
     rows = [("pipe", 1 << 62), ("file", pipeline.SPILL_BYTES)]
