@@ -75,9 +75,16 @@ def test_refresh_off_is_the_fixed_cache(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_clips_rendered_in_worker_processes_give_the_same_batches(tmp_path):
+@pytest.mark.parametrize("spill_bytes", [None, 1])
+def test_clips_rendered_in_worker_processes_give_the_same_batches(tmp_path, monkeypatch,
+                                                                  spill_bytes):  # fmt: skip
     """latent_cache_render_workers: the first caches and the refreshes rendered by spawned
-    processes (pipeline.RenderPool) instead of a thread: the same latents at every step."""
+    processes (pipeline.RenderPool) instead of a thread: the same latents at every step, whether
+    the clips come back pickled (these are far below SPILL_BYTES) or through files (1)."""
+    from sora_jax.data import pipeline
+
+    if spill_bytes is not None:
+        monkeypatch.setattr(pipeline, "SPILL_BYTES", spill_bytes)
     thread = _take(_task(_refreshing_config(every=3), str(tmp_path)).batches(0), 10)
     config = _refreshing_config(every=3)
     config.dit_train.latent_cache_render_workers = 2

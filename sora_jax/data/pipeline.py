@@ -238,17 +238,17 @@ class RenderPool:
     steps under one GIL (the DiT stage's latent caches: dit_latent_cache.py). The workers start
     once (spawned: no copy of this process's JAX state) and live until `close`.
 
-    Arrays of at least `spill_bytes` come back through a file of the pool's own temporary folder,
-    mapped read-only here (and unlinked at once: the mapping keeps the pages), not pickled
-    through the result pipe: unpickling a batch of rendered clips (a refresh of the world
-    recipe's caches moves ~1.3 GB) copies it under the GIL in this process. Receiving 856 MB of
-    world clips that way kept another Python thread from running for up to 58 ms at a time
-    (1,050 ms in all) on a 2-core CPU; through files 10 ms (334 ms), in 0.62x the wall time
-    (tools/bench/render_transfer.py).
+    Arrays of at least `spill_bytes` (default SPILL_BYTES) come back through a file of the
+    pool's own temporary folder, mapped read-only here (and unlinked at once: the mapping keeps
+    the pages), not pickled through the result pipe: unpickling a batch of rendered clips (a
+    refresh of the world recipe's caches moves ~1.3 GB) copies it under the GIL in this
+    process. Receiving 856 MB of world clips that way kept another Python thread from running
+    for up to 58 ms at a time (1,050 ms in all) on a 2-core CPU; through files 10 ms (334 ms),
+    in 0.62x the wall time (tools/bench/render_transfer.py).
     """
 
     def __init__(self, data: BucketedBatches, workers: int, ahead: int = 0,
-                 spill_bytes: int = SPILL_BYTES, spill_dir: str | None = None):  # fmt: skip
+                 spill_bytes: int | None = None, spill_dir: str | None = None):  # fmt: skip
         if workers < 1:
             raise ValueError(f"a RenderPool needs >= 1 worker, not {workers}.")
         self.ahead = int(ahead) or 2 * int(workers)
@@ -259,7 +259,7 @@ class RenderPool:
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_render_worker_init,
             # pickled for each worker (the data without its thread pool)
-            initargs=(data, self.spill_dir, int(spill_bytes)),
+            initargs=(data, self.spill_dir, SPILL_BYTES if spill_bytes is None else spill_bytes),
         )
 
     def batches(self, bucket_idx: int, ks: Sequence[int]) -> Iterator[dict[str, Any]]:
