@@ -2,7 +2,8 @@
 logs each stage's start and end: the DiT stage starts once stage dit_compile has written
 dit_compile.ready (its steps and encodes are cached), while dit_compile's training-sample round
 still compiles; the eval stage starts after dit_compile has ended; a dit_compile that fails
-before the file lets the DiT start when it ends; an earlier call's file does not count."""
+before the file lets the DiT start when it ends; an earlier call's file does not count;
+eval_compile, beside the DiT stage, runs at a lower CPU priority."""
 
 import os
 import pathlib
@@ -19,6 +20,7 @@ for a in "$@"; do
   case $a in --stages=*) stage=${a#--stages=};; --workdir=*) wd=${a#--workdir=};; esac
 done
 echo "start $stage" >>"$FAKE_LOG"
+echo "nice $stage $(nice)" >>"$FAKE_LOG"
 case $stage in
   dit_compile)
     sleep 1
@@ -49,7 +51,16 @@ def _run(tmp_path, fail: bool = False, stale: bool = False) -> tuple[list[str], 
     out = subprocess.run(["bash", str(script), str(workdir)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 0, out.stderr
-    return log.read_text().split("\n")[:-1], (workdir / "timeline.log").read_text()
+    lines = log.read_text().split("\n")[:-1]
+    return [e for e in lines if not e.startswith("nice ")], (workdir / "timeline.log").read_text()
+
+
+def test_eval_compile_runs_at_a_lower_cpu_priority_than_the_training_stages(tmp_path):
+    _run(tmp_path)
+    nice = dict(e.split()[1:] for e in (tmp_path / "events.log").read_text().split("\n")
+                if e.startswith("nice "))  # fmt: skip
+    assert int(nice["eval_compile"]) >= min(int(nice["dit"]) + 10, 19)
+    assert nice["dit"] == nice["vae"] == nice["eval"]
 
 
 def test_dit_starts_at_the_ready_file_and_eval_after_dit_compile_ends(tmp_path):

@@ -91,9 +91,13 @@ if [[ -n "$footage" ]]; then
 fi
 # Beside the DiT stage, the evaluation suite runs once on an untrained DiT (stage eval_compile)
 # so that the eval stage after training loads its programs instead of compiling them (the
-# suite took 277 s on an H200, mostly compiles).
+# suite took 277 s on an H200, mostly compiles). At a lower CPU priority (nice 10): it has the
+# DiT stage's ~15 minutes to finish in (156 s in the seventeenth run), while the DiT's start
+# (latent caches rendered by its workers, 36 s for the first bucket against 1-5 s for the
+# others there, and its programs loaded) competes with its compile threads for the CPU.
 if [[ "${EVAL_COMPILE:-1}" == 1 ]]; then
-  XLA_PYTHON_CLIENT_PREALLOCATE=false main --stages=eval_compile "$@" \
+  XLA_PYTHON_CLIENT_PREALLOCATE=false nice -n 10 python -m sora_jax.main --config="$config" \
+    --workdir="$workdir" --stages=eval_compile "$@" \
     >"$workdir/eval_compile.log" 2>&1 &
   eval_compiling=$!
 fi
