@@ -3,6 +3,9 @@ every K steps each bucket swaps one group of its cache for clips it has not seen
 step is a function of the step alone, so a resumed run sees exactly the batches of an
 uninterrupted one."""
 
+import os
+import pathlib
+
 import numpy as np
 import pytest
 from test_precompile import _tiny_micro
@@ -103,7 +106,6 @@ def test_clips_rendered_in_worker_processes_give_the_same_batches(tmp_path, monk
 
 
 def test_a_dead_render_worker_leaves_the_rendering_to_the_trainer(tmp_path, caplog):
-    import os
     import signal
 
     config = _refreshing_config(every=3)
@@ -147,8 +149,6 @@ def test_render_pool_returns_large_arrays_through_files_it_cleans_up(tmp_path):
     """Arrays of at least spill_bytes come back mapped from a file of the pool's folder (unlinked
     once mapped), not through the result pipe: the same values; no file outlives its batch, and
     closing the pool removes the folder with the files of batches never received."""
-    import os
-
     from sora_jax.data import pipeline
 
     stream = _task(_refreshing_config(), str(tmp_path))._stream()
@@ -168,6 +168,18 @@ def test_render_pool_returns_large_arrays_through_files_it_cleans_up(tmp_path):
         pool.close()
     assert not os.path.exists(pool.spill_dir)
     assert os.path.dirname(pool.spill_dir) == str(tmp_path)
+
+
+def test_an_array_that_cannot_be_written_to_a_file_goes_through_the_pipe(tmp_path):
+    from sora_jax.data import pipeline
+
+    a = np.arange(12, dtype=np.uint8)
+    spilled = pipeline._spill(a, str(tmp_path))
+    assert isinstance(spilled, pipeline._Spilled)
+    np.testing.assert_array_equal(pipeline._unspill(spilled), a)
+    assert not (tmp_path / pathlib.Path(spilled).name).exists()  # unlinked once mapped
+    gone = str(tmp_path / "no such folder")  # as a full disk would, mkstemp fails
+    assert pipeline._spill(a, gone) is a and not os.path.exists(gone)
 
 
 def test_bad_refresh_settings_fail_at_start_up_with_one_sentence(tmp_path):
