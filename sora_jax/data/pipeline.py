@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -263,8 +264,10 @@ class RenderPool:
         )
 
     def batches(self, bucket_idx: int, ks: Sequence[int]) -> Iterator[dict[str, Any]]:
-        for batch in ordered(self.pool, lambda k: (_render_batch, bucket_idx, k), ks, self.ahead):
-            yield {key: _unspill(v) for key, v in batch.items()}
+        rendered = ordered(self.pool, lambda k: (_render_batch, bucket_idx, k), ks, self.ahead)
+        with contextlib.closing(rendered):  # closing this generator cancels the ones not started
+            for batch in rendered:
+                yield {key: _unspill(v) for key, v in batch.items()}
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
