@@ -318,16 +318,17 @@ def _render_batch(bucket_idx: int, k: int) -> dict[str, Any]:
 def _spill(a: np.ndarray, folder: str) -> _Spilled | np.ndarray:
     """`a` written to a file of `folder`: its path; where that fails (a full disk), `a` itself,
     to go through the pipe."""
-    path = None
     try:
         fd, path = tempfile.mkstemp(suffix=".npy", dir=folder)
+    except OSError:
+        return a
+    try:
         with os.fdopen(fd, "wb") as f:
             np.save(f, a, allow_pickle=False)
-        return _Spilled(path)
     except OSError:
-        if path is not None and os.path.exists(path):
-            os.unlink(path)
+        os.unlink(path)
         return a
+    return _Spilled(path)
 
 
 def _unspill(v: Any) -> Any:

@@ -94,7 +94,7 @@ class DiTTask:
         """The dtype and (image) length of a batch's text, from the model and train configs."""
         self.text_dtype = text_dtype(self.model_cfg)
         self.image_text_length = int(self.train_cfg.get("image_text_length", 0))
-        self.text_truncated = 0  # image captions cut at image_text_length (none expected)
+        self.text_truncated = 0  # image captions cut at image_text_length so far
 
     def create_model(self, rngs: nnx.Rngs) -> dit_lib.DiT:
         return dit_lib.DiT(self.model_cfg, rngs=rngs)
@@ -255,9 +255,10 @@ class DiTTask:
     def _fit_text(self, batch: dict) -> dict:
         """The batch's text cut to `text_length` tokens. Padded tokens are masked out of the
         cross-attention and the text encoder's tokens do not see them, so where every caption
-        fits this changes no number, and a step of 1,024 images then projects ~1/3 fewer text
-        tokens per block (world images' captions: at most ~50 MiniLM tokens of 96). A caption
-        that does not fit loses its end; they are counted (`text_truncated`) and logged."""
+        fits this changes no number, and a step of images projects fewer text tokens per
+        block. A caption that does not fit loses its end; they are counted (`text_truncated`)
+        and logged (the world's 1-frame bucket draws video frames with video captions, up to 92
+        MiniLM tokens, so configs/world.py keeps all 96)."""
         if not self.image_text_length:
             return batch
         n = self.text_length(self._latent_frames(batch))
