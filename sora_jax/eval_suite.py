@@ -14,7 +14,10 @@ Metrics per set (`evaluate.py` holds their definitions):
                                      permanence_vae_round_trip: that of the VAE's round trips
                                      of the scenes' real clips (the ceiling);
                                      permanence_where_vae_keeps: the generated videos'
-                                     permanence over the scenes whose round trip keeps it
+                                     permanence over the scenes whose round trip keeps it;
+                                     occluder_direction_acc, occluder_speed_ratio: the bar
+                                     moves the captioned way, at what speed over the world's
+                                     (`evaluate.occluder_motion`; `occluder_metrics`)
   given_psnr (conditioned)           PSNR (dB) of the output's given frames against the given
                                      pixels, after the VAE round trip
   last_color_acc (conditioned)       the last frame's subject colour is the spec's
@@ -199,6 +202,37 @@ def permanence_metrics(specs: Sequence[dict], grades: Sequence[dict],
     return out
 
 
+# A bar moving the prompted way within these bounds of the world's speed counts as at its speed.
+WORLD_SPEED = (0.8, 1.25)
+
+
+def occluder_metrics(occluders: Sequence[dict], kept: Sequence[bool]) -> dict:
+    """How the occlusion scenes' bars moved (`evaluate.occluder_motion` per video) and the
+    permanence of each kind: `occluder_found` (the share of videos where the bar shows),
+    `occluder_direction_acc` (of those, the share moving the captioned way),
+    `occluder_speed_ratio` (the median speed over the world's of those), and
+    `permanence_by_occluder` {kind: [permanence, videos]} for kinds "as captioned" (the
+    captioned way at `WORLD_SPEED`), "other speed" (the captioned way, slower or faster),
+    "reversed" and "not found": a bar late or going the other way may still hide the subject
+    at the clip's end."""
+    found = [o for o in occluders if o["found"]]
+    right = [o for o in found if o["direction_ok"]]
+    groups: dict[str, list[bool]] = {}
+    for o, k in zip(occluders, kept, strict=True):
+        kind = ("not found" if not o["found"] else "reversed" if not o["direction_ok"]
+                else "as captioned" if WORLD_SPEED[0] <= o["speed_ratio"] <= WORLD_SPEED[1]
+                else "other speed")  # fmt: skip
+        groups.setdefault(kind, []).append(bool(k))
+    return {
+        "occluder_found": _mean(o["found"] for o in occluders),
+        "occluder_direction_acc": _mean(o["direction_ok"] for o in found),
+        "occluder_speed_ratio": (
+            float(np.median([o["speed_ratio"] for o in right])) if right else float("nan")
+        ),  # fmt: skip
+        "permanence_by_occluder": {k: [_mean(v), len(v)] for k, v in sorted(groups.items())},
+    }
+
+
 def round_trip_grades(gen, cases: Sequence[eval_cases.Case], sizes) -> list[tuple]:
     """(reconstruction, `evaluate.object_permanence` of it) per case: the VAE's round trip of the
     case's real clip rendered at its size (F, H, W); one clip per call, as the conditioned modes
@@ -244,6 +278,7 @@ def score(name: str, cases: Sequence[eval_cases.Case], videos: Sequence[np.ndarr
                "size": "x".join(map(str, v.shape[:3])), **evaluate.grade(v, c.spec)}  # fmt: skip
         if name == "t2v_occlusion":
             rec["permanence"] = evaluate.object_permanence(v, c.spec)
+            rec["occluder"] = evaluate.occluder_motion(v, c.spec)
         if c.truth is not None:
             given = eval_cases.given_frames(c.plan, tf)
             rec["given_frames"] = np.flatnonzero(given).tolist()
@@ -269,6 +304,8 @@ def score(name: str, cases: Sequence[eval_cases.Case], videos: Sequence[np.ndarr
     if name == "t2v_occlusion":
         metrics.update(permanence_metrics([r["spec"] for r in records],
                                           [r["permanence"] for r in records]))  # fmt: skip
+        kept = [r["permanence"]["permanent"] for r in records]
+        metrics.update(occluder_metrics([r["occluder"] for r in records], kept))
     if name == "t2v_sweep":
         for size in dict.fromkeys(r["size"] for r in records):  # per FRAMESxHEIGHTxWIDTH
             g = evaluate.accuracies([r for r in records if r["size"] == size])

@@ -300,6 +300,59 @@ def object_permanence(
     }
 
 
+def occluder_track(video: np.ndarray, spec: dict, *, tolerance: int = 28,
+                   coverage: float = 0.7) -> np.ndarray:  # fmt: skip
+    """float [F]: where the spec's occluding bar is in each frame, the mean index of the lines
+    (columns of a vertical bar, rows of a horizontal one) whose pixels are within `tolerance`
+    levels of its colour over >= `coverage` of their length; NaN where no line is (the bar off
+    screen or not drawn). No object is wider than half the frame, so only a bar fills a line."""
+    occ = spec["occluder"]
+    near = (np.abs(_as_uint8(video).astype(np.int16) - np.asarray(occ["rgb"])).max(-1)
+            <= tolerance)  # fmt: skip
+    filled = near.mean(1 if occ["orientation"] == "vertical" else 2) >= coverage  # [F, lines]
+    lines = np.arange(filled.shape[1], dtype=np.float64)
+    count = filled.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, (filled * lines).sum(1) / count, np.nan)
+
+
+def _track_slope(track: np.ndarray, min_frames: int) -> float:
+    """Least-squares lines per frame of a bar's track over the frames it shows in (NaN if fewer
+    than `min_frames`)."""
+    shown = np.flatnonzero(np.isfinite(track))
+    if len(shown) < min_frames:
+        return float("nan")
+    return float(np.polyfit(shown.astype(np.float64), track[shown], 1)[0])
+
+
+def occluder_motion(video: np.ndarray, spec: dict, *, min_frames: int = 4) -> dict:
+    """Whether a video's occluding bar moves the way its spec's does (the occlusion scenes'
+    captions say "sweeps downward", ...; `object_permanence` assumes the world's
+    timing, the bar clear of the subject at t < 0.12 and t > 0.88).
+
+    The bar is tracked by `occluder_track` in the video and in the spec's real clip rendered at
+    the video's size (pans included); each track's slope is fitted over the frames it shows in.
+      found         the bar shows in >= `min_frames` frames of the video;
+      direction_ok  found, and its slope has the real clip's sign (None when not found);
+      speed_ratio   its slope over the real clip's (1 = the world's speed; < 1 slower, so it may
+                    still hide the subject at the end; < 0 the wrong way; NaN when not found).
+    Needs a spec with an occluder and a video of >= `min_frames` frames."""
+    if not spec.get("occluder"):
+        raise ValueError("occluder_motion needs a spec with an occluder.")
+    v = _as_uint8(video)
+    if len(v) < min_frames:
+        raise ValueError(f"occluder_motion needs >= {min_frames} frames, got {len(v)}.")
+    real = world_render.render(spec, v.shape[1], v.shape[2], v.shape[0])
+    want = _track_slope(occluder_track(real, spec), min_frames)
+    got = _track_slope(occluder_track(v, spec), min_frames)
+    found = bool(np.isfinite(got))
+    return {
+        "found": found,
+        "direction_ok": bool(np.sign(got) == np.sign(want)) if found else None,
+        "speed_ratio": round(got / want, 3) if found and want else float("nan"),
+    }
+
+
 def paired_outcomes(a: dict, b: dict) -> dict:
     """Two runs' pass/fail on the same cases ({case id: bool}, e.g. occlusion scene seed ->
     object kept), compared case by case over the ids both have: kept by both, by the first only,

@@ -206,6 +206,10 @@ def test_eval_suite_runs_every_set_at_micro_size(tmp_path):
     cases = eval_cases.build_suite(c)["t2v_occlusion"]
     for v, case, rec in zip(videos, cases, detail["samples"], strict=True):
         assert v.dtype == np.uint8 and evaluate.object_permanence(v, case.spec) == rec["permanence"]
+        bar = evaluate.occluder_motion(v, case.spec)  # speed NaN (JSON null): no bar found
+        speed = bar["speed_ratio"] if bar["found"] else None
+        assert rec["occluder"] == {**bar, "speed_ratio": speed}
+    assert 0.0 <= detail["metrics"]["occluder_found"] <= 1.0
     assert not (out / "t2v_videos.npz").exists()
 
 
@@ -309,6 +313,23 @@ def test_variants_resample_every_set_of_variant_sets(tmp_path):
     sizes = {r["spec"]["objects"][0]["size"] for r in base}
     assert set(occlusion["permanence_by_size"]) == sizes
     assert all(v in (0.0, 0.5, 1.0) for v in occlusion["permanence_by_size"].values())
+
+
+def test_occluder_metrics_split_permanence_by_how_the_bar_moved():
+    bar = lambda found, ok, speed: {"found": found, "direction_ok": ok,  # noqa: E731
+                                    "speed_ratio": speed}  # fmt: skip
+    occluders = [bar(True, True, 1.0), bar(True, True, 0.9), bar(True, True, 0.5),
+                 bar(True, False, -1.0), bar(True, False, -0.2),
+                 bar(False, None, float("nan"))]  # fmt: skip
+    kept = [True, False, False, True, False, False]
+    m = eval_suite.occluder_metrics(occluders, kept)
+    assert m["occluder_found"] == 5 / 6 and m["occluder_direction_acc"] == 3 / 5
+    assert m["occluder_speed_ratio"] == 0.9  # the median of the bars going the captioned way
+    assert m["permanence_by_occluder"] == {"as captioned": [0.5, 2], "other speed": [0.0, 1],
+                                           "reversed": [0.5, 2], "not found": [0.0, 1]}  # fmt: skip
+    none = eval_suite.occluder_metrics([bar(False, None, float("nan"))], [False])
+    assert none["occluder_found"] == 0.0 and np.isnan(none["occluder_direction_acc"])
+    assert np.isnan(none["occluder_speed_ratio"])
 
 
 def test_permanence_metrics_by_size_and_standard_error():

@@ -1,5 +1,7 @@
 """Analyses of world runs: evaluate.sweeps and tools/experiments/sample_sweeps.py (bars the
-prompt did not ask for), tools/experiments/blur_permanence.py (permanence of blurred scenes)."""
+prompt did not ask for), tools/experiments/blur_permanence.py (permanence of blurred scenes),
+tools/experiments/occluder_motion.py (how the occlusion scenes' bars moved),
+tools/experiments/bar_word_probe.py (the text encoder's features of the bar's way)."""
 
 import json
 import os
@@ -7,11 +9,13 @@ import sys
 
 import numpy as np
 
-from sora_jax import evaluate, sample_run
+from sora_jax import eval_files, evaluate, sample_run
 from sora_jax.data import world
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "experiments"))
+import bar_word_probe  # noqa: E402
 import blur_permanence  # noqa: E402
+import occluder_motion  # noqa: E402
 import sample_sweeps  # noqa: E402
 
 CFG = world.WorldConfig(resolutions=((64, 64),), num_frames=(17,))
@@ -66,4 +70,54 @@ def test_blur_permanence_grades_the_suites_scenes_blurred():
     assert (
         np.abs(np.diff(soft.astype(int), axis=2)).max()
         < np.abs(np.diff(video.astype(int), axis=2)).max()
+    )
+
+
+def test_occluder_motion_regrades_a_runs_scenes_by_how_the_bar_moved(tmp_path):
+    specs = world.occlusion_suite(CFG, 6)
+    real = [world.render(s, 64, 64, 17) for s in specs]
+    # The suite's videos: the real clips, two of them played backwards (the bar goes the other
+    # way; a growing subject then shrinks, against its spec).
+    videos = [v[::-1] if i < 2 else v for i, v in enumerate(real)]
+    kept = [evaluate.object_permanence(v, s)["permanent"] for v, s in zip(videos, specs)]
+    (tmp_path / "eval").mkdir()
+    eval_files.save_videos(str(tmp_path / "eval" / "t2v_occlusion_videos.npz"), videos,
+                           [20 + i for i in range(6)])  # fmt: skip
+    records = [{"seed": 20 + i, "spec": s} for i, s in enumerate(specs)]
+    (tmp_path / "eval" / "t2v_occlusion.json").write_text(json.dumps({"samples": records}))
+    # A training-samples round: the first scene's bar erased (no bar drawn), the rest as real.
+    erased = world.respec(specs[0], 0)
+    erased["occluder"] = None
+    samples = [world.render(erased, 64, 64, 17)] + real[1:3]
+    folder = tmp_path / "dit" / "samples" / "step_500"
+    for i, (video, spec) in enumerate(zip(samples, specs)):
+        sample_run.save_video(str(folder / f"occlusion_{i:03d}"), video, 8.0, {"spec": spec})
+    out = tmp_path / "bars.json"
+    rows = occluder_motion.main([str(tmp_path), f"--out={out}"])
+    assert json.loads(out.read_text()) == rows
+    suite, step = rows
+    assert (suite["set"], suite["scenes"]) == ("eval t2v_occlusion", 6)
+    assert suite["permanence"] == np.mean(kept) and all(kept[2:])
+    assert suite["occluder_found"] == 1.0 and suite["occluder_direction_acc"] == 4 / 6
+    assert suite["occluder_speed_ratio"] == 1.0
+    assert suite["permanence_by_occluder"] == {"as captioned": [1.0, 4],
+                                               "reversed": [np.mean(kept[:2]), 2]}  # fmt: skip
+    assert (step["set"], step["scenes"]) == ("samples step_500", 3)
+    assert step["occluder_found"] == 2 / 3 and step["occluder_direction_acc"] == 1.0
+    assert step["permanence_by_occluder"]["not found"][1] == 1
+
+
+def test_bar_word_probe_reads_the_way_from_the_end_words_of_the_order_wording(tmp_path):
+    out = tmp_path / "probe.json"
+    got = bar_word_probe.main(["--captions=240", f"--out={out}"])
+    assert json.loads(out.read_text()) == got and got["captions"] == 240
+    for row in got["rows"]:  # "from top to bottom": MiniLM's feature of each end word says
+        ends = bar_word_probe.ENDS[row["orientation"]]  # whether the bar comes or goes there
+        assert all(row[f"word_{e}"] == 1.0 for e in ends)
+        assert 0.0 <= row["pooled"] <= 1.0
+    ways = bar_word_probe.main(["--captions=240", "--wording=ways"])
+    assert all(set(r) == {"orientation", "captions", "pooled"} for r in ways["rows"])
+    spec = {"occluder": {"orientation": "horizontal", "start": 0.9, "end": 0.1}}
+    assert bar_word_probe.order_caption("A bar sweeps upward, hiding it.", spec) == (
+        "A bar sweeps from bottom to top, hiding it."
     )

@@ -70,6 +70,35 @@ def test_object_permanence_fails_when_the_object_changes_colour():
     assert not evaluate.object_permanence(video, spec)["permanent"]
 
 
+@pytest.mark.parametrize("size", [(64, 64, 17), (96, 64, 9), (128, 128, 33)])
+def test_occluder_motion_follows_real_clips_and_catches_reversed_and_slow_bars(size):
+    clips = occlusion_clips(40, size)
+    real = [evaluate.occluder_motion(c["video"], c["spec"]) for c in clips]
+    assert all(r["found"] and r["direction_ok"] and r["speed_ratio"] == 1.0 for r in real)
+    backward = [evaluate.occluder_motion(c["video"][::-1], c["spec"]) for c in clips]
+    assert all(r["found"] and not r["direction_ok"] for r in backward)
+    assert all(-1.1 <= r["speed_ratio"] <= -0.9 for r in backward)
+    # The bar at half its speed (each frame of the first half shown twice): the ratio says so.
+    f = len(clips[0]["video"])
+    slow = [evaluate.occluder_motion(c["video"][np.arange(f) // 2], c["spec"]) for c in clips]
+    assert all(r["direction_ok"] for r in slow)
+    assert 0.4 <= np.median([r["speed_ratio"] for r in slow]) <= 0.6
+
+
+def test_occluder_motion_without_the_bar_and_bad_input():
+    spec = world.make_spec("red", "circle", "right", occluder=True)
+    bare = copy.deepcopy(spec)
+    bare["occluder"] = None
+    got = evaluate.occluder_motion(world.render(bare, 64, 64, 17), spec)
+    assert got == {"found": False, "direction_ok": None, "speed_ratio": got["speed_ratio"]}
+    assert np.isnan(got["speed_ratio"])
+    assert np.isnan(evaluate.occluder_track(world.render(bare, 64, 64, 17), spec)).all()
+    with pytest.raises(ValueError, match="occluder"):
+        evaluate.occluder_motion(world.render(bare, 64, 64, 17), bare)
+    with pytest.raises(ValueError, match="frames"):
+        evaluate.occluder_motion(world.render(spec, 64, 64, 3), spec)
+
+
 def test_continuity_of_real_clips_matches_their_frame_differences():
     w = world.World(world.WorldConfig(seed=3))
     clips = [w.clip(i, 64, 64, 17)["video"] for i in range(80)]

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from sora_jax import evaluate
 from sora_jax.data import world, world_captions, world_geometry
 from sora_jax.data.world import World, WorldConfig, make_spec, prompt_suite, render
 
@@ -64,6 +65,12 @@ def test_captions_name_the_spec(specs):
             assert f"{o['color']} {o['shape']}" in caps["long"]
         assert ("camera pans" in caps["long"]) == (s["camera"]["pan"] != "none")
         assert ("bar sweeps" in caps["long"]) == (s["occluder"] is not None)
+        if s["occluder"] and not s["image"]:  # the way it sweeps on screen, pans included
+            video = world.render(s, 64, 64, 17)
+            way = "rightward" if s["occluder"]["orientation"] == "vertical" else "downward"
+            track = evaluate.occluder_track(video, s)
+            shown = np.flatnonzero(np.isfinite(track))
+            assert (f"bar sweeps {way}," in caps["long"]) == (track[shown[-1]] > track[shown[0]])
     with pytest.raises(ValueError, match="style"):
         world.describe(specs[0], "haiku")
 

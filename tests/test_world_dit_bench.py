@@ -106,3 +106,18 @@ def test_wait_for_file_returns_once_it_exists_or_after_its_timeout(tmp_path, cap
     flag.touch()
     world_dit.wait_for_file(str(flag), timeout_s=0.0)
     assert capsys.readouterr().out == ""
+
+
+def test_feeds_time_one_program_with_moving_batches_and_loop_reads(tmp_path):
+    """--feeds=same,fresh,loop: three rows of one compiled step (one batch buffer; a new buffer
+    each step; and each step's loss read once the next is queued), each continuing the state."""
+    out = tmp_path / "world_dit.json"
+    world_dit.main(["--tiny", f"--out={out}", "--batches=2", "--attention=xla", "--steps=2",
+                    "--feeds=same,fresh,loop", "--override=dit.num_layers=1"])  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["feed"] for r in rows] == ["same", "fresh", "loop"]
+    assert all("error" not in r and 0 < r["dispatch_ms"] <= 1e3 * r["step_s"] for r in rows)
+    assert len({r["compile_s"] for r in rows}) == 1  # compiled once
+    assert len({r["loss"] for r in rows}) == 3  # each row trained on from the last
+    with pytest.raises(SystemExit, match="feeds"):
+        world_dit.main(["--tiny", f"--out={out}", "--feeds=same,random"])

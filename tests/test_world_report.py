@@ -97,6 +97,14 @@ def test_report_collects_every_stage_and_the_targets(tmp_path):
     _write(tmp_path / "eval" / "t2v_occlusion.json", {"samples": records})
     scenes = world_report.collect(str(tmp_path))["occlusion_scenes"]
     assert scenes == {"seed": [7, 3], "kept": [True, False], "vae_kept": [True, True]}
+    for rec, motion in zip(records, ("grow", "left")):  # the subject's, and the bar's grade
+        rec["spec"] = {"objects": [{"motion": motion, "size": "small"}]}
+        rec["occluder"] = {"found": motion == "left", "direction_ok": motion == "left" or None,
+                           "speed_ratio": 0.9 if motion == "left" else None}  # fmt: skip
+    _write(tmp_path / "eval" / "t2v_occlusion.json", {"samples": records})
+    scenes = world_report.collect(str(tmp_path))["occlusion_scenes"]
+    assert (scenes["motion"], scenes["size"]) == (["grow", "left"], ["small", "small"])
+    assert (scenes["bar_direction_ok"], scenes["bar_speed_ratio"]) == ([None, True], [None, 0.9])
     assert "profile" not in r["dit"]
     profile = {"steps": [3101, 3104], "total_ms": 55.0, "categories": {"matmul": {"pct": 40.0}}}
     _write(tmp_path / "dit" / "profile" / "summary.json", profile)  # the stage's traced steps
@@ -194,6 +202,16 @@ def test_report_prints_the_occlusion_set_per_sampler_setting(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[-2] == (
         "object permanence misses (39): not seen before the bar 1, not seen after it 3, "
         "back at another size 8, back as another shape 27"
+    )
+    summary["sets"]["t2v_occlusion"].update(
+        occluder_found=0.98, occluder_direction_acc=0.52, occluder_speed_ratio=0.91,
+        permanence_by_occluder={"as captioned": [0.82, 28], "reversed": [0.68, 47]})  # fmt: skip
+    _write(run / "eval" / "summary.json", summary)
+    world_report.main(["--workdir", str(run)])
+    assert capsys.readouterr().out.splitlines()[-2] == (
+        "the bar: shown in 0.98 of the scenes, the captioned way in 0.52 of those (median speed "
+        "0.91x the world's); object permanence where it went as captioned 0.82 (28), "
+        "reversed 0.68 (47)"
     )
 
 

@@ -197,7 +197,9 @@ def occlusion_scenes(workdir: str) -> dict | None:
     """Each occlusion scene's outcome, by its seed: whether the sample kept the object through
     the bar and whether the VAE's round trip of its real clip did (eval/t2v_occlusion.json), so
     that two runs compare scene by scene from their committed reports
-    (tools/experiments/compare_runs.py)."""
+    (tools/experiments/compare_runs.py); with the subject's motion and size, and how the bar
+    moved (`evaluate.occluder_motion`: direction_ok None where none was drawn) where the
+    suite graded it."""
     data = report.read_json(os.path.join(workdir, "eval", "t2v_occlusion.json"))
     if not data:
         return None
@@ -206,6 +208,12 @@ def occlusion_scenes(workdir: str) -> dict | None:
            "kept": [bool(r["permanence"]["permanent"]) for r in samples]}  # fmt: skip
     if all("permanence_vae_round_trip" in r for r in samples):
         out["vae_kept"] = [bool(r["permanence_vae_round_trip"]["permanent"]) for r in samples]
+    if all("spec" in r for r in samples):
+        for key in ("motion", "size"):
+            out[key] = [r["spec"]["objects"][0][key] for r in samples]
+    if all("occluder" in r for r in samples):
+        out["bar_direction_ok"] = [r["occluder"]["direction_ok"] for r in samples]
+        out["bar_speed_ratio"] = [r["occluder"]["speed_ratio"] for r in samples]
     return out
 
 
@@ -393,6 +401,15 @@ def main(argv: list[str] | None = None) -> dict:
         if misses:
             print(f"object permanence misses ({sum(misses.values())}): "
                   + ", ".join(f"{MISSES.get(k, k)} {v}" for k, v in misses.items()))  # fmt: skip
+        by_bar = occlusion.get("permanence_by_occluder")
+        if by_bar:
+            print(
+                f"the bar: shown in {_cell(occlusion['occluder_found'])} of the scenes, the "
+                f"captioned way in {_cell(occlusion['occluder_direction_acc'])} of those (median "
+                f"speed {_cell(occlusion['occluder_speed_ratio'])}x the world's); object "
+                "permanence where it went "
+                + ", ".join(f"{k} {_cell(p)} ({n})" for k, (p, n) in by_bar.items())
+            )
         if occlusion.get("permanence_se") is not None:
             print(
                 f"object permanence {_cell(occlusion['permanence'])} ± "

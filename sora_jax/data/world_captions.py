@@ -12,6 +12,8 @@ MOTION_PHRASES = {  # short / medium prompts
     "down-left": "moving down and to the left", "down-right": "moving down and to the right",
     "bounce": "bouncing", "grow": "growing", "shrink": "shrinking", "still": "standing still",
 }
+# The way an occluding bar sweeps: (decreasing, increasing) position along its axis of motion.
+BAR_WAYS = {"vertical": ("leftward", "rightward"), "horizontal": ("upward", "downward")}
 _REGIONS = (("the top left", "the top", "the top right"), ("the left", "the centre", "the right"),
             ("the bottom left", "the bottom", "the bottom right"))
 
@@ -51,10 +53,15 @@ def _long(spec: dict) -> str:
     if spec["camera"]["pan"] != "none":
         out.append(f"The camera pans {spec['camera']['pan']}.")
     if occ := spec.get("occluder"):
-        ends = ("left", "right") if occ["orientation"] == "vertical" else ("top", "bottom")
-        a, b = ends if occ["end"] > occ["start"] else ends[::-1]
+        # The way the bar goes in a word of its own (BAR_WAYS), not in the order of two words
+        # both ways share ("from top to bottom" / "from bottom to top"): the eighteenth GPU run's
+        # DiT, trained on the latter, moved the bar the captioned way in 49 of the 94 occlusion
+        # scenes where it drew one (chance; the subject's "moves left", ... 0.91), though
+        # MiniLM's features of the two words tell source from destination (a linear probe:
+        # 1.00; tools/experiments/bar_word_probe.py, evaluate.occluder_motion, world_runs.md).
+        way = BAR_WAYS[occ["orientation"]][occ["end"] > occ["start"]]
         out.append(
-            f"A {occ['color']} {occ['orientation']} bar sweeps from {a} to {b}, hiding "
+            f"A {occ['color']} {occ['orientation']} bar sweeps {way}, hiding "
             f"the {subj['color']} {subj['shape']} for a moment before it reappears."
         )
     return " ".join(out)

@@ -395,7 +395,9 @@ class TrainingSamples:
     `dit_train.sample_num_occlusion` > 0 adds that many occlusion scenes (`world.occlusion_suite`,
     the evaluation suite's t2v_occlusion scenes at `eval.seed` 0, prompted by their long
     captions), sampled with the rest and graded by `evaluate.object_permanence` into
-    `sample_permanence`; they are written as occlusion_<i>.* and left out of the accuracies.
+    `sample_permanence`, and by `evaluate.occluder_motion` into `sample_occluder_direction_acc`
+    (the bar moves the captioned way); they are written as occlusion_<i>.* and left out of the
+    accuracies.
     """
 
     def __init__(self, task: DiTTask):
@@ -454,6 +456,10 @@ class TrainingSamples:
         kept = [evaluate.object_permanence(v, s) for v, s in zip(occluded, self.occlusion_specs)]
         if kept:
             grades["permanence"] = float(np.mean([k["permanent"] for k in kept]))
+            bars = [evaluate.occluder_motion(v, s) for v, s in zip(occluded, self.occlusion_specs)]
+            grades["occluder_direction_acc"] = float(
+                np.mean([b["direction_ok"] for b in bars if b["found"]] or [np.nan])
+            )
         if ctx.is_main_process:
             folder = os.path.join(ctx.workdir, "samples", f"step_{step}")
             self.write(folder, all_videos, step, per_sample + kept)

@@ -64,6 +64,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="",
         help="configs/world.py's argument, e.g. res=64 (the ninth run's recipe); '' = default",
     )
+    p.add_argument(
+        "--feeds",
+        default="same",
+        help="how each row's steps get their batches, comma-separated rows of the same program: "
+        "same (one buffer), fresh (a new buffer each step), loop (fresh, and each step's "
+        "metrics read once the next is queued, as the trainer does)",
+    )
     p.add_argument("--profile", action="store_true", help="kernel times of each row's step")
     p.add_argument("--trace_dir", default="/tmp/world_dit_profile")
     p.add_argument("--compile_threads", type=int, default=1, help="rows compiled at once")
@@ -171,21 +178,41 @@ def prepare_all(jobs: list, threads: int) -> list:
         return list(pool.map(one, jobs))
 
 
-def measure(prepared: Prepared, steps: int, trace_dir: str = "") -> dict:
-    """Seconds per step of a prepared row (after 3 warm-up steps), and its kernels' times."""
+FEEDS = ("same", "fresh", "loop")
+
+
+def measure(prepared: Prepared, steps: int, trace_dir: str = "", feed: str = "same") -> dict:
+    """Seconds per step of a prepared row (after 3 warm-up steps), and its kernels' times.
+
+    `feed`: "same", one batch buffer for every step (the program's buffers never move); "fresh",
+    a batch in another device buffer each step (4 copies in turn), as a training run's batches
+    are (on GPUs XLA re-records a command buffer, i.e. CUDA graph, whose buffers moved); "loop",
+    fresh batches and each step's loss read once the next step is queued, as sora_jax's training
+    loop reads its metrics. The host's time in the step calls is `dispatch_ms`."""
     import jax
 
     from sora_jax import flops as flops_lib
     from sora_jax.train import metrics
 
+    if feed not in FEEDS:
+        raise ValueError(f"feed {feed!r} is unknown; expected one of {FEEDS}.")
     compiled, batch, state = prepared.compiled, prepared.batch, prepared.state
+    batches = [batch] if feed == "same" else [jax.tree.map(lambda a: a.copy(), batch)
+                                              for _ in range(4)]  # fmt: skip
     with jax.set_mesh(prepared.mesh):
         for _ in range(3):  # warm-up (cuDNN plans, autotuning)
             state, step_metrics, _ = compiled(state, {}, batch)
-        jax.block_until_ready(state)
+        jax.block_until_ready((state, batches))
+        dispatch, previous = 0.0, None
         t0 = time.perf_counter()
-        for _ in range(steps):
-            state, step_metrics, _ = compiled(state, {}, batch)
+        for i in range(steps):
+            t1 = time.perf_counter()
+            state, step_metrics, _ = compiled(state, {}, batches[i % len(batches)])
+            dispatch += time.perf_counter() - t1
+            if feed == "loop":
+                if previous is not None:
+                    float(previous["loss"])
+                previous = step_metrics
         jax.block_until_ready(state)
         sec = (time.perf_counter() - t0) / steps
         profile = None
@@ -212,6 +239,7 @@ def measure(prepared: Prepared, steps: int, trace_dir: str = "") -> dict:
         "model_tflops": fl / sec / 1e12,
         "mfu": None if peak is None else flops_lib.mfu(fl, 1 / sec, peak, 1),
         "compile_s": prepared.compile_s,
+        "dispatch_ms": 1e3 * dispatch / steps,
         "loss": float(step_metrics["loss"]),
         **({"profile": profile} if profile else {}),
     }
@@ -235,6 +263,7 @@ def recipe_means(rows: list[dict]) -> dict[str, float]:
     for r in rows:
         if r.get("weight"):
             name = r["attention"] + ("" if r["scan_layers"] else "_unscanned")
+            name += "" if r.get("feed", "same") == "same" else f"_{r['feed']}"
             groups.setdefault(name, []).append(r)
     return {
         name: sum(r["weight"] * r["step_s"] for r in rs) / sum(r["weight"] for r in rs)
@@ -288,28 +317,34 @@ def main(argv=None) -> None:
 
     wait_for_file(args.start_after)
 
-    def row(run, ready):
+    feeds = args.feeds.split(",")
+    if any(f not in FEEDS for f in feeds):
+        raise SystemExit(f"--feeds={args.feeds}: each of {FEEDS}.")
+
+    def row(run, ready, feed):
         shape, attention, b, scan, weight = run
         keys = {"bucket": shape, "batch": b, "attention": attention, "scan_layers": scan,
-                **({"weight": weight} if weight is not None else {})}  # fmt: skip
-        name = f"{shape}_{attention}_{b}" + ("" if scan else "_unscanned")
+                "feed": feed, **({"weight": weight} if weight is not None else {})}  # fmt: skip
+        name = f"{shape}_{attention}_{b}" + ("" if scan else "_unscanned") + f"_{feed}"
         trace = os.path.join(args.trace_dir, name) if args.profile else ""
 
         def run_row():
             if isinstance(ready, Exception):
                 raise ready
-            return measure(ready, args.steps, trace)
+            return measure(ready, args.steps, trace, feed)
 
         return keys, run_row
 
-    report.measure_rows(out, args.out, (row(*r) for r in zip(runs, prepared)), args.budget_s)
+    rows = (row(r, ready, f) for r, ready in zip(runs, prepared) for f in feeds)
+    report.measure_rows(out, args.out, rows, args.budget_s)
     if recipe_means(out["rows"]):
         out["recipe_mean_step_s"] = recipe_means(out["rows"])
     # Ratios against the recipe's setting (the first row: batch 128, XLA attention).
     report.ratios_to_first(out["rows"], "clips_per_s", "clips_per_s_vs_first")
     report.write_json(args.out, out)
-    cols = ["bucket", "attention", "scan_layers", "batch", "tokens_per_step", "step_s",
-            "steps_per_s", "clips_per_s", "clips_per_s_vs_first", "mfu", "compile_s"]  # fmt: skip
+    cols = ["bucket", "attention", "scan_layers", "batch", "feed", "tokens_per_step", "step_s",
+            "steps_per_s", "clips_per_s", "clips_per_s_vs_first", "dispatch_ms", "mfu",
+            "compile_s"]  # fmt: skip
     report.print_table(out["rows"], cols)
     for name, sec in out.get("recipe_mean_step_s", {}).items():
         print(f"recipe's buckets at their weights, {name}: {1e3 * sec:.1f} ms a step")

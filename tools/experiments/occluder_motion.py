@@ -1,0 +1,98 @@
+"""How did a run's occluding bars move, and what did that do to object permanence?
+
+    python tools/experiments/occluder_motion.py WORKDIR [--out=occluders.json]
+
+Re-grades the occlusion scenes a world run kept: the evaluation suite's (WORKDIR/eval/
+t2v_occlusion_videos.npz with t2v_occlusion.json's specs and permanence grades) and the DiT's
+training samples (WORKDIR/dit/samples/step_<N>/occlusion_<i>.gif and .json) with
+`evaluate.occluder_motion`: whether the bar moves the way the scene's caption says and at what
+speed against the world's. Each set is summarised by `eval_suite.occluder_metrics` (the
+permanence of the scenes whose bar went the captioned way at the world's speed, at another
+speed, the other way, or was not drawn). Runs from before the suite graded bars (the
+eighteenth and earlier) get the same numbers the suite now writes. Prints a row per set and
+writes them as JSON with --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tools", "experiments"))
+
+from sample_sweeps import read_gif  # noqa: E402
+
+from sora_jax import eval_files, eval_suite, evaluate  # noqa: E402
+
+
+def grade(videos, specs) -> tuple[list[dict], list[bool]]:
+    """(`evaluate.occluder_motion`, object permanence) of each video against its spec."""
+    bars = [evaluate.occluder_motion(v, s) for v, s in zip(videos, specs, strict=True)]
+    kept = [evaluate.object_permanence(v, s)["permanent"] for v, s in zip(videos, specs)]
+    return bars, kept
+
+
+def eval_set(workdir: str) -> dict | None:
+    """The suite's occlusion scenes of a run, graded (None if the run kept no videos)."""
+    path = os.path.join(workdir, "eval", "t2v_occlusion_videos.npz")
+    if not os.path.exists(path):
+        return None
+    videos, seeds = eval_files.load_videos(path)
+    with open(os.path.join(workdir, "eval", "t2v_occlusion.json")) as f:
+        records = {r["seed"]: r for r in json.load(f)["samples"]}
+    specs = [records[int(s)]["spec"] for s in seeds]
+    bars, kept = grade(videos, specs)
+    return {"set": "eval t2v_occlusion", "scenes": len(specs), "permanence": float(np.mean(kept)),
+            **eval_suite.occluder_metrics(bars, kept)}  # fmt: skip
+
+
+def sample_sets(workdir: str) -> list[dict]:
+    """The training samples' occlusion scenes of each sample round, graded."""
+    out = []
+    folders = glob.glob(os.path.join(workdir, "dit", "samples", "step_*"))
+    for folder in sorted(folders, key=lambda p: int(re.findall(r"\d+", p)[-1])):
+        videos, specs = [], []
+        for meta_path in sorted(glob.glob(os.path.join(folder, "occlusion_*.json"))):
+            with open(meta_path) as f:
+                spec = json.load(f)["spec"]
+            videos.append(read_gif(meta_path[: -len(".json")] + ".gif"))
+            specs.append(spec)
+        if specs:
+            bars, kept = grade(videos, specs)
+            out.append({"set": f"samples {os.path.basename(folder)}", "scenes": len(specs),
+                        "permanence": float(np.mean(kept)),
+                        **eval_suite.occluder_metrics(bars, kept)})  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workdir", help="a world run's workdir (eval/ and dit/samples/)")
+    parser.add_argument("--out", default="", help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    rows = [r for r in [eval_set(args.workdir)] if r] + sample_sets(args.workdir)
+    if not rows:
+        raise SystemExit(f"{args.workdir} holds no occlusion scenes' videos.")
+    print("| set | scenes | permanence | bar shown | captioned way | speed | permanence by bar |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        by = ", ".join(f"{k} {p:.2f} ({n})" for k, (p, n) in r["permanence_by_occluder"].items())
+        fractions = [f"{r[k]:.2f}" for k in ("permanence", "occluder_found",
+                                              "occluder_direction_acc")]  # fmt: skip
+        cells = (r["set"], r["scenes"], *fractions, f"{r['occluder_speed_ratio']:.2f}x", by)
+        print("| " + " | ".join(map(str, cells)) + " |")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
