@@ -102,6 +102,9 @@ def test_occluder_motion_regrades_a_runs_scenes_by_how_the_bar_moved(tmp_path):
     assert suite["occluder_speed_ratio"] == 1.0
     assert suite["permanence_by_occluder"] == {"as captioned": [1.0, 4],
                                                "reversed": [np.mean(kept[:2]), 2]}  # fmt: skip
+    steady = [i for i, s in enumerate(specs) if s["objects"][0]["motion"] not in ("grow", "shrink")]
+    assert suite["steady"]["scenes"] == len(steady)  # subjects that neither grow nor shrink
+    assert suite["steady"]["permanence"] == np.mean([kept[i] for i in steady])
     assert (step["set"], step["scenes"]) == ("samples step_500", 3)
     assert step["occluder_found"] == 2 / 3 and step["occluder_direction_acc"] == 1.0
     assert step["permanence_by_occluder"]["not found"][1] == 1
