@@ -62,7 +62,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from sora_jax import eval_cases, eval_files, evaluate
+from sora_jax import eval_cases, eval_files, evaluate, quality
 from sora_jax import sample as sample_lib
 from sora_jax.data import sources
 from sora_jax.data import world as world_lib
@@ -284,7 +284,7 @@ def score(name: str, cases: Sequence[eval_cases.Case], videos: Sequence[np.ndarr
             rec["given_frames"] = np.flatnonzero(given).tolist()
             rec["last_color"] = _last_color(v)
             if given.any():
-                psnr = evaluate.psnr(v[given].astype(np.float32), c.plan.canvas[given],
+                psnr = quality.psnr(v[given].astype(np.float32), c.plan.canvas[given],
                                      data_range=255.0)  # fmt: skip
                 rec["given_psnr"] = float(psnr)
             rec["boundaries"] = evaluate.boundaries(given)
@@ -344,7 +344,7 @@ def validation_loss(
     @jax.jit
     def run(state, x0, noise, text, mask):
         dit = nnx.merge(graphdef, state)
-        return evaluate.flow_validation_loss(lambda x, t: dit(x, t, text, mask), x0, noise,
+        return quality.flow_validation_loss(lambda x, t: dit(x, t, text, mask), x0, noise,
                                              timesteps)  # fmt: skip
 
     total = np.zeros(len(timesteps))

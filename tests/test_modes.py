@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sora_jax import evaluate, modes
+from sora_jax import evaluate, modes, quality
 from sora_jax import sample as sample_lib
 from sora_jax.data import sources, world
 from sora_jax.models import dit as dit_lib
@@ -372,8 +372,8 @@ def world_i2v_scores(gen, config, n: int = 8, *, steps: int = 30, seed: int = 1)
         k = evaluate.predict_color(evaluate.palette_labels(video[-1:]))
         rows.append({
             "prompt": prompt,
-            "psnr_first": float(evaluate.psnr(to_px(video[0]), to_px(clip[0]))),
-            "psnr_vae_image": float(evaluate.psnr(
+            "psnr_first": float(quality.psnr(to_px(video[0]), to_px(clip[0]))),
+            "psnr_vae_image": float(quality.psnr(
                 to_px(gen.decode(gen.encode(clip[None, :1]))[0, 0]), to_px(clip[0]))),
             "last_color": None if k is None else world.ALL_COLORS[k],
             "color": spec["objects"][0]["color"],

@@ -13,7 +13,7 @@ import optax
 import pytest
 from flax import nnx
 
-from sora_jax import evaluate
+from sora_jax import evaluate, quality
 from sora_jax.data import buckets as buckets_lib
 from sora_jax.data import sources
 from sora_jax.data import world as world_lib
@@ -169,10 +169,10 @@ def test_ssim_psnr_values():
     rng = np.random.default_rng(1)
     a = rng.uniform(-1, 1, (24, 20, 3)).astype(np.float32)
     b = np.clip(a + 0.2 * rng.standard_normal(a.shape), -1, 1).astype(np.float32)
-    assert float(evaluate.ssim(a, a)) == pytest.approx(1.0, abs=1e-6)
-    np.testing.assert_allclose(float(evaluate.ssim(a, b)), _ssim_reference(a, b), rtol=1e-4)
-    assert float(evaluate.psnr(a, a + 0.1)) == pytest.approx(10 * np.log10(4 / 0.01), abs=1e-3)
-    per = evaluate.psnr(np.stack([a, a]), np.stack([a + 0.1, a + 0.2]), per_item=True)
+    assert float(quality.ssim(a, a)) == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(float(quality.ssim(a, b)), _ssim_reference(a, b), rtol=1e-4)
+    assert float(quality.psnr(a, a + 0.1)) == pytest.approx(10 * np.log10(4 / 0.01), abs=1e-3)
+    per = quality.psnr(np.stack([a, a]), np.stack([a + 0.1, a + 0.2]), per_item=True)
     np.testing.assert_allclose(per, [26.0206, 19.9999], atol=1e-3)
 
 
@@ -219,7 +219,7 @@ def test_eval_every_n_steps_and_on_a_workdir(tmp_path):
     loaded = vae_task.load_vae(make_config(disc_weight=0.0), workdir)
     got = vae_eval.evaluate_videos(loaded, {"clip": crop})["clip"]
     x = vae_lib.to_pixels(crop[None])
-    want = evaluate.psnr(loaded.decode(loaded.encode(x)[0]), x)
+    want = quality.psnr(loaded.decode(loaded.encode(x)[0]), x)
     np.testing.assert_allclose(got["psnr"], float(want), rtol=1e-5)
     assert got["shape"] == [5, 16, 16, 3] and -1 <= got["ssim"] <= 1
 
@@ -240,7 +240,7 @@ def test_eval_grades_the_reconstructions(monkeypatch):
     x16 = vae_lib.to_pixels(jnp.asarray(vae_eval.heldout_clips(config, 4, buckets[1])[0]))
 
     def first(v):
-        return evaluate.psnr(model.decode(model.encode(v)[0])[:, :1], v[:, :1], per_item=True)
+        return quality.psnr(model.decode(model.encode(v)[0])[:, :1], v[:, :1], per_item=True)
 
     want_first = [float(np.mean(first(v))) for v in (x, x16)]
     np.testing.assert_allclose([got["psnr_first_5x16x16"], got["psnr_first_1x16x16"]], want_first,

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from sora_jax import evaluate
+from sora_jax import evaluate, quality
 from sora_jax.data import buckets as buckets_lib
 from sora_jax.data import sources
 from sora_jax.data import world as world_lib
@@ -60,9 +60,9 @@ def _eval_fn(graphdef):
             x = vae_lib.to_pixels(video)
             mean, _ = vae.encode(x)
             recon = vae.decode(mean)
-            return (evaluate.psnr(recon, x, per_item=True),
-                    evaluate.ssim(recon, x, per_item=True), mean, vae_lib.to_uint8(recon),
-                    evaluate.psnr(recon[:, :1], x[:, :1], per_item=True))  # fmt: skip
+            return (quality.psnr(recon, x, per_item=True),
+                    quality.ssim(recon, x, per_item=True), mean, vae_lib.to_uint8(recon),
+                    quality.psnr(recon[:, :1], x[:, :1], per_item=True))  # fmt: skip
 
         _EVAL_FNS[graphdef] = run
     return _EVAL_FNS[graphdef]

@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from sora_jax import evaluate
+from sora_jax import quality
 from sora_jax.data import buckets as buckets_lib
 from sora_jax.data import pipeline, sources
 from sora_jax.models import vae as vae_lib
@@ -109,7 +109,7 @@ class VAETask:
         if tc.get("grad_loss_weight", 0.0):
             terms["grad"] = losses.gradient_l1(recon, x)
         if tc.get("ssim_weight", 0.0):
-            terms["one_minus_ssim"] = 1.0 - evaluate.ssim(recon, x)
+            terms["one_minus_ssim"] = 1.0 - quality.ssim(recon, x)
         if self.perceptual is not None:
             net = nnx.merge(self.perceptual[0], frozen["perceptual"])
             flat = lambda v: v.reshape(-1, *v.shape[2:])  # noqa: E731 - frames as images
@@ -137,7 +137,7 @@ class VAETask:
         rec, metrics = self.reconstruction(recon, x, frozen)
         kl = losses.kl_divergence(mean, logvar)
         total = rec + float(self.train_cfg.get("kl_weight", 1e-6)) * kl
-        metrics.update(kl=kl, rec=rec, psnr=evaluate.psnr(recon, x))
+        metrics.update(kl=kl, rec=rec, psnr=quality.psnr(recon, x))
         if self.gan:
             tc = self.train_cfg
             on = (batch["step"] >= int(tc.get("disc_start_step", 0))).astype(jnp.float32)
