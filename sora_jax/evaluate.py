@@ -328,7 +328,7 @@ def _track_slope(track: np.ndarray, min_frames: int) -> float:
 
 def occluder_motion(video: np.ndarray, spec: dict, *, min_frames: int = 4) -> dict:
     """Whether a video's occluding bar moves the way its spec's does (the occlusion scenes'
-    captions say "sweeps downward", ...; `object_permanence` assumes the world's
+    captions say "sweeps slowly downward", ...; `object_permanence` assumes the world's
     timing, the bar clear of the subject at t < 0.12 and t > 0.88).
 
     The bar is tracked by `occluder_track` in the video and in the spec's real clip rendered at

@@ -105,6 +105,12 @@ def test_occluder_motion_regrades_a_runs_scenes_by_how_the_bar_moved(tmp_path):
     steady = [i for i, s in enumerate(specs) if s["objects"][0]["motion"] not in ("grow", "shrink")]
     assert suite["steady"]["scenes"] == len(steady)  # subjects that neither grow nor shrink
     assert suite["steady"]["permanence"] == np.mean([kept[i] for i in steady])
+    # Drawn at the world's speed (or its reverse): |ratio| 1 in every third of the speeds, no
+    # relation to compute (a constant ratio: no correlation).
+    by_speed = suite["by_world_speed"]
+    assert sum(t["scenes"] for t in by_speed["thirds"]) == 6
+    assert all(t["median_ratio"] == 1.0 for t in by_speed["thirds"])
+    assert by_speed["speed_correlation"] is None
     assert (step["set"], step["scenes"]) == ("samples step_500", 3)
     assert step["occluder_found"] == 2 / 3 and step["occluder_direction_acc"] == 1.0
     assert step["permanence_by_occluder"]["not found"][1] == 1

@@ -70,7 +70,10 @@ def test_captions_name_the_spec(specs):
             way = "rightward" if s["occluder"]["orientation"] == "vertical" else "downward"
             track = evaluate.occluder_track(video, s)
             shown = np.flatnonzero(np.isfinite(track))
-            assert (f"bar sweeps {way}," in caps["long"]) == (track[shown[-1]] > track[shown[0]])
+            assert (f" {way}, hiding" in caps["long"]) == (track[shown[-1]] > track[shown[0]])
+            travel = abs(s["occluder"]["end"] - s["occluder"]["start"])  # frame lengths a clip
+            pace = "slowly" if travel <= 0.8 else "steadily" if travel <= 1.1 else "quickly"
+            assert f"bar sweeps {pace} " in caps["long"]
     with pytest.raises(ValueError, match="style"):
         world.describe(specs[0], "haiku")
 

@@ -14,6 +14,12 @@ MOTION_PHRASES = {  # short / medium prompts
 }
 # The way an occluding bar sweeps: (decreasing, increasing) position along its axis of motion.
 BAR_WAYS = {"vertical": ("leftward", "rightward"), "horizontal": ("upward", "downward")}
+# Its pace by its travel |end - start| (frame lengths over the clip; the world's thirds are
+# ~0.79 and ~1.11): (up to, word). The bar crosses the subject at mid-clip and clears it by
+# t = 0.88, so its speed follows from the subject's velocity and size; the eighteenth GPU run's
+# DiT drew every bar at about one speed (its speed over the world's against the world's,
+# r = -0.65; the slowest third 1.31x too fast, and those scenes kept the object least).
+BAR_PACES = ((0.8, "slowly"), (1.1, "steadily"), (float("inf"), "quickly"))
 _REGIONS = (("the top left", "the top", "the top right"), ("the left", "the centre", "the right"),
             ("the bottom left", "the bottom", "the bottom right"))
 
@@ -60,8 +66,10 @@ def _long(spec: dict) -> str:
         # MiniLM's features of the two words tell source from destination (a linear probe:
         # 1.00; tools/experiments/bar_word_probe.py, evaluate.occluder_motion, world_runs.md).
         way = BAR_WAYS[occ["orientation"]][occ["end"] > occ["start"]]
+        travel = abs(occ["end"] - occ["start"])
+        pace = next(word for limit, word in BAR_PACES if travel <= limit)
         out.append(
-            f"A {occ['color']} {occ['orientation']} bar sweeps {way}, hiding "
+            f"A {occ['color']} {occ['orientation']} bar sweeps {pace} {way}, hiding "
             f"the {subj['color']} {subj['shape']} for a moment before it reappears."
         )
     return " ".join(out)

@@ -14,7 +14,7 @@ of the captions, scored on the rest) for the bar's way, per bar orientation, on:
   word     the feature of one direction word ("top", "bottom", "left" or "right") of the bar
            sentence: whether the word is where the bar comes from or where it goes.
 
-`--wording=ways` probes the wording `sora_jax.data.world_captions` uses since ("sweeps
+`--wording=ways` probes the wording `sora_jax.data.world_captions` uses since ("sweeps slowly
 downward", ...) instead, where the pooled features see a different word per way. Prints the
 accuracies and writes them as JSON with --out.
 """
@@ -39,7 +39,7 @@ def order_caption(caption: str, spec: dict) -> str:
     """The caption with its bar sentence in the order wording ("sweeps from top to bottom")."""
     occ = spec["occluder"]
     a, b = ENDS[occ["orientation"]][:: 1 if occ["end"] > occ["start"] else -1]
-    return re.sub(r"sweeps \w+,", f"sweeps from {a} to {b},", caption)
+    return re.sub(r"sweeps (\w+ )?\w+,", f"sweeps from {a} to {b},", caption)
 
 
 def ridge_accuracy(x: np.ndarray, y: np.ndarray, lam: float = 1.0) -> float:

@@ -9,7 +9,8 @@ training samples (WORKDIR/dit/samples/step_<N>/occlusion_<i>.gif and .json) with
 speed against the world's. Each set is summarised by `eval_suite.occluder_metrics` (the
 permanence of the scenes whose bar went the captioned way at the world's speed, at another
 speed, the other way, or was not drawn), over all its scenes and over those whose subject
-neither grows nor shrinks (`steady`). Runs from before the suite graded bars (the
+neither grows nor shrinks (`steady`); and the drawn bars' speeds against the world's speed of
+each scene (`by_world_speed`). Runs from before the suite graded bars (the
 eighteenth and earlier) get the same numbers the suite now writes. Prints a row per set and
 writes them as JSON with --out.
 """
@@ -42,15 +43,48 @@ def grade(videos, specs) -> tuple[list[dict], list[bool]]:
     return bars, kept
 
 
+def by_world_speed(specs, bars, kept) -> dict:
+    """How the drawn bars' speeds follow the scenes' own: the world's bar speed |end - start|
+    (frame lengths a clip; set by the subject's velocity and size) against |speed_ratio| of the
+    bars drawn (`speed_correlation`, Pearson: 0 = no relation, < 0 = the drawn speeds pull toward
+    one typical speed; None where either side is constant or fewer than 3 bars were drawn), and
+    by thirds of the world's speed (slowest first) the median |ratio| (None: no bar drawn) and the
+    permanence of the scenes."""
+    world_speed = np.array([abs(s["occluder"]["end"] - s["occluder"]["start"]) for s in specs])
+    ratio = np.array([abs(b["speed_ratio"]) if b["found"] else np.nan for b in bars])
+    drawn = np.isfinite(ratio)
+    x, y = world_speed[drawn], ratio[drawn]
+    defined = len(x) >= 3 and x.std() > 0 and y.std() > 0
+    out = {"speed_correlation": float(np.corrcoef(x, y)[0, 1]) if defined else None, "thirds": []}
+    third = np.searchsorted(np.quantile(world_speed, [1 / 3, 2 / 3]), world_speed)  # 0, 1, 2
+    for t in range(3):
+        sel = third == t
+        if sel.any():
+            seen = ratio[sel & drawn]
+            out["thirds"].append({
+                "world_speed_max": float(world_speed[sel].max()), "scenes": int(sel.sum()),
+                "median_ratio": float(np.median(seen)) if len(seen) else None,
+                "permanence": float(np.mean(np.asarray(kept)[sel]))})  # fmt: skip
+    return out
+
+
 def summarise(name: str, specs, bars, kept) -> dict:
-    """`eval_suite.occluder_metrics` of a set, and of its scenes whose subject neither grows nor
-    shrinks (`steady`: their permanence is the DiT's, the VAE's round trips keep ~0.96 of them)."""
+    """`eval_suite.occluder_metrics` and `by_world_speed` of a set, and of its scenes whose
+    subject neither grows nor shrinks (`steady`: their permanence is the DiT's, the VAE's round
+    trips keep ~0.96 of them)."""
     steady = [i for i, s in enumerate(specs) if s["objects"][0]["motion"] not in SCALING]
     pick = lambda xs: [xs[i] for i in steady]  # noqa: E731
-    return {"set": name, "scenes": len(specs), "permanence": float(np.mean(kept)),
-            **eval_suite.occluder_metrics(bars, kept),
-            "steady": {"scenes": len(steady), "permanence": float(np.mean(pick(kept))),
-                       **eval_suite.occluder_metrics(pick(bars), pick(kept))}}  # fmt: skip
+
+    def one(sp, bs, ks) -> dict:
+        return {"scenes": len(sp), "permanence": float(np.mean(ks)),
+                **eval_suite.occluder_metrics(bs, ks),
+                "by_world_speed": by_world_speed(sp, bs, ks)}  # fmt: skip
+
+    return {
+        "set": name,
+        **one(specs, bars, kept),
+        "steady": one(pick(specs), pick(bars), pick(kept)),
+    }
 
 
 def eval_set(workdir: str) -> dict | None:
@@ -98,6 +132,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                               "occluder_direction_acc")]  # fmt: skip
         cells = (r["set"], r["scenes"], *fractions, f"{r['occluder_speed_ratio']:.2f}x", by)
         print("| " + " | ".join(map(str, cells)) + " |")
+    for r in rows:  # the drawn bars' speeds against the world's, steady scenes
+        w = r["steady"]["by_world_speed"]
+        cell = lambda v, f="{:.2f}": "-" if v is None else f.format(v)  # noqa: E731
+        thirds = "; ".join(
+            f"<= {t['world_speed_max']:.2f}: {cell(t['median_ratio'], '{:.2f}x')}, kept "
+            f"{t['permanence']:.2f} ({t['scenes']})"
+            for t in w["thirds"]
+        )
+        print(
+            f"{r['set']}, steady scenes: drawn / world bar speed against the world's, r = "
+            f"{cell(w['speed_correlation'])}; by thirds of the world's speed: {thirds}"
+        )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=1)
