@@ -92,20 +92,17 @@ def main(argv: list[str] | None = None) -> dict:
         pooled = np.stack([f[m].mean(0) for f, m in zip(feats[pick], masks[pick])])
         row = {"orientation": orientation, "captions": int(pick.sum()),
                "pooled": ridge_accuracy(pooled, y[pick])}  # fmt: skip
-        if args.wording == "order":  # the feature of the first end word after "sweeps from"
-            at = [list(r).index(sweeps) + 2 for r in ids[pick]]
-            word = np.stack([f[j] for f, j in zip(feats[pick], at)])
-            first = np.array([r[j] for r, j in zip(ids[pick], at)])
-            # Per end word: is it the bar's source or its destination? Labelled by the word
-            # itself (the first end word is the source).
+        if args.wording == "order":  # "sweeps from A to B": the end words' features
+            src_at = np.array([list(r).index(sweeps) + 2 for r in ids[pick]])  # A
+            rows = np.arange(int(pick.sum()))
+            f, t = feats[pick], ids[pick]
+            src, src_tok = f[rows, src_at], t[rows, src_at]
+            dst, dst_tok = f[rows, src_at + 2], t[rows, src_at + 2]  # B
+            # Per end word: is it where the bar comes from (+1) or where it goes (-1)?
             for end in ENDS[orientation]:
                 tok = encoder.tokenizer.token_to_id(end)
-                src = word[first == tok]
-                dst_at = [j + 2 for r, j in zip(ids[pick], at)]
-                dst = np.stack([f[j] for f, j in zip(feats[pick], dst_at)])
-                dst = dst[np.array([r[j] for r, j in zip(ids[pick], dst_at)]) == tok]
-                x = np.concatenate([src, dst])
-                lab = np.concatenate([np.ones(len(src)), -np.ones(len(dst))])
+                x = np.concatenate([src[src_tok == tok], dst[dst_tok == tok]])
+                lab = np.repeat([1.0, -1.0], [(src_tok == tok).sum(), (dst_tok == tok).sum()])
                 order = np.random.default_rng(0).permutation(len(lab))
                 row[f"word_{end}"] = ridge_accuracy(x[order], lab[order])
         out["rows"].append(row)
