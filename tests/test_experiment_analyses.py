@@ -83,7 +83,10 @@ def test_occluder_motion_regrades_a_runs_scenes_by_how_the_bar_moved(tmp_path):
     (tmp_path / "eval").mkdir()
     eval_files.save_videos(str(tmp_path / "eval" / "t2v_occlusion_videos.npz"), videos,
                            [20 + i for i in range(6)])  # fmt: skip
-    records = [{"seed": 20 + i, "spec": s} for i, s in enumerate(specs)]
+    records = [
+        {"seed": 20 + i, "spec": s, "permanence": evaluate.object_permanence(v, s)}
+        for i, (s, v) in enumerate(zip(specs, videos))
+    ]  # as the suite writes them
     (tmp_path / "eval" / "t2v_occlusion.json").write_text(json.dumps({"samples": records}))
     # A training-samples round: the first scene's bar erased (no bar drawn), the rest as real.
     erased = world.respec(specs[0], 0)
@@ -91,7 +94,9 @@ def test_occluder_motion_regrades_a_runs_scenes_by_how_the_bar_moved(tmp_path):
     samples = [world.render(erased, 64, 64, 17)] + real[1:3]
     folder = tmp_path / "dit" / "samples" / "step_500"
     for i, (video, spec) in enumerate(zip(samples, specs)):
-        sample_run.save_video(str(folder / f"occlusion_{i:03d}"), video, 8.0, {"spec": spec})
+        grade = evaluate.object_permanence(video, spec)  # the round's own grade of its sample
+        sample_run.save_video(str(folder / f"occlusion_{i:03d}"), video, 8.0,
+                              {"spec": spec, "grade": grade})  # fmt: skip
     out = tmp_path / "bars.json"
     rows = occluder_motion.main([str(tmp_path), f"--out={out}"])
     assert json.loads(out.read_text()) == rows

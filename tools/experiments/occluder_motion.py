@@ -4,8 +4,9 @@
 
 Re-grades the occlusion scenes a world run kept: the evaluation suite's (WORKDIR/eval/
 t2v_occlusion_videos.npz with t2v_occlusion.json's specs and permanence grades) and the DiT's
-training samples (WORKDIR/dit/samples/step_<N>/occlusion_<i>.gif and .json) with
-`evaluate.occluder_motion`: whether the bar moves the way the scene's caption says and at what
+training samples (WORKDIR/dit/samples/step_<N>/occlusion_<i>.gif and .json, their sidecars'
+grades) with `evaluate.occluder_motion`, keeping each scene's object permanence as the run
+graded it: whether the bar moves the way the scene's caption says and at what
 speed against the world's. Each set is summarised by `eval_suite.occluder_metrics` (the
 permanence of the scenes whose bar went the captioned way at the world's speed, at another
 speed, the other way, or was not drawn), over all its scenes and over those whose subject
@@ -36,11 +37,9 @@ from sora_jax import eval_files, eval_suite, evaluate  # noqa: E402
 SCALING = ("grow", "shrink")  # subjects at half size at one end: the VAE's round trips lose most
 
 
-def grade(videos, specs) -> tuple[list[dict], list[bool]]:
-    """(`evaluate.occluder_motion`, object permanence) of each video against its spec."""
-    bars = [evaluate.occluder_motion(v, s) for v, s in zip(videos, specs, strict=True)]
-    kept = [evaluate.object_permanence(v, s)["permanent"] for v, s in zip(videos, specs)]
-    return bars, kept
+def bars(videos, specs) -> list[dict]:
+    """`evaluate.occluder_motion` of each video against its spec."""
+    return [evaluate.occluder_motion(v, s) for v, s in zip(videos, specs, strict=True)]
 
 
 def by_world_speed(specs, bars, kept) -> dict:
@@ -96,7 +95,8 @@ def eval_set(workdir: str) -> dict | None:
     with open(os.path.join(workdir, "eval", "t2v_occlusion.json")) as f:
         records = {r["seed"]: r for r in json.load(f)["samples"]}
     specs = [records[int(s)]["spec"] for s in seeds]
-    return summarise("eval t2v_occlusion", specs, *grade(videos, specs))
+    kept = [records[int(s)]["permanence"]["permanent"] for s in seeds]  # as the suite graded
+    return summarise("eval t2v_occlusion", specs, bars(videos, specs), kept)
 
 
 def sample_sets(workdir: str) -> list[dict]:
@@ -104,15 +104,16 @@ def sample_sets(workdir: str) -> list[dict]:
     out = []
     folders = glob.glob(os.path.join(workdir, "dit", "samples", "step_*"))
     for folder in sorted(folders, key=lambda p: int(re.findall(r"\d+", p)[-1])):
-        videos, specs = [], []
+        videos, specs, kept = [], [], []
         for meta_path in sorted(glob.glob(os.path.join(folder, "occlusion_*.json"))):
             with open(meta_path) as f:
-                spec = json.load(f)["spec"]
+                meta = json.load(f)
             videos.append(read_gif(meta_path[: -len(".json")] + ".gif"))
-            specs.append(spec)
+            specs.append(meta["spec"])
+            kept.append(meta["grade"]["permanent"])  # graded on the round's own frames
         if specs:
             name = f"samples {os.path.basename(folder)}"
-            out.append(summarise(name, specs, *grade(videos, specs)))
+            out.append(summarise(name, specs, bars(videos, specs), kept))
     return out
 
 
