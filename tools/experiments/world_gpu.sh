@@ -20,7 +20,8 @@ footage=${2:-}
 shift $(( $# >= 2 ? 2 : $# ))
 mkdir -p "$workdir"
 config=${CONFIG:-configs/world.py}  # e.g. CONFIG=configs/world.py:micro for a CPU check
-main() { python -m sora_jax.main --config="$config" --workdir="$workdir" "$@"; }
+# STAGE_NICE=<n> before a call runs that stage at a lower CPU priority (nice -n <n>).
+main() { ${STAGE_NICE:+nice -n "$STAGE_NICE"} python -m sora_jax.main --config="$config" --workdir="$workdir" "$@"; }
 stamp() { echo "[$(date +%T)] $*" | tee -a "$workdir/timeline.log"; }
 # DEADLINE=<unix seconds>: the training stages stop in time for the evaluation (deadline.sh).
 source "$(dirname "${BASH_SOURCE[0]}")/deadline.sh"
@@ -96,8 +97,7 @@ fi
 # (latent caches rendered by its workers, 36 s for the first bucket against 1-5 s for the
 # others there, and its programs loaded) competes with its compile threads for the CPU.
 if [[ "${EVAL_COMPILE:-1}" == 1 ]]; then
-  XLA_PYTHON_CLIENT_PREALLOCATE=false nice -n 10 python -m sora_jax.main --config="$config" \
-    --workdir="$workdir" --stages=eval_compile "$@" \
+  XLA_PYTHON_CLIENT_PREALLOCATE=false STAGE_NICE=10 main --stages=eval_compile "$@" \
     >"$workdir/eval_compile.log" 2>&1 &
   eval_compiling=$!
 fi
