@@ -51,7 +51,7 @@ def test_every_config_builds_its_models(name, arg):
     )
     # tiny: 2x2x2 (its first frame keeps >= 30 dB, issue 5); world:res=128 4x16x16; the rest
     # 4x4x4 or 4x8x8
-    assert (vae.temporal_factor, vae.spatial_factor) in {(2, 2), (4, 4), (4, 8), (4, 16)}
+    assert (vae.temporal_factor, vae.spatial_factor) in {(2, 2), (2, 8), (4, 4), (4, 8), (4, 16)}
     dit = dit_lib.DiTConfig(**c.dit.to_dict())
     assert dit.in_channels == c.vae.z_channels
 
@@ -90,7 +90,7 @@ def test_wan_vae_preset_compresses_4x8x8_to_16_channels():
     assert vae.latent_shape(81, 480, 832) == (21, 60, 104, 16)
 
 
-@pytest.mark.parametrize("arg", [None, "res=128", "micro", "res=128,micro"])
+@pytest.mark.parametrize("arg", [None, "res=128", "micro", "res=128,micro", "temporal=2"])
 def test_world_configs_have_a_bucket_for_every_eval_shape(arg):
     from sora_jax import eval_cases
     from sora_jax.data import buckets
@@ -125,7 +125,7 @@ def test_world_default_is_the_64x64_recipe_and_ninth_gives_the_ninth_runs():
     assert ninth.eval.guidance == ninth.sample.guidance == 3.0
     assert {"guidance": 5.0} in ninth.eval.t2v_variants
     assert {"guidance": 3.0} not in ninth.eval.t2v_variants
-    with pytest.raises(ValueError, match="ninth is a res=64 recipe"):
+    with pytest.raises(ValueError, match="ninth and temporal=2 are res=64 recipes"):
         load_config("world", "res=128,ninth")
     assert c.vae_train.buckets == (("17x64x64", 32, 1.0),)
     assert [b[0] for b in c.dit_train.buckets] == [
@@ -133,3 +133,46 @@ def test_world_default_is_the_64x64_recipe_and_ninth_gives_the_ninth_runs():
     assert c.eval.shape == "17x64x64" and c.sample.height == c.sample.width == 64
     with pytest.raises(ValueError, match="res=96 is not a recipe"):
         load_config("world", "res=96")
+
+
+def _tokens_per_step(c) -> dict[str, int]:
+    from sora_jax.data import buckets
+
+    vae = nnx.eval_shape(
+        lambda: vae_lib.CausalVAE(vae_lib.VAEConfig(**c.vae.to_dict()), rngs=nnx.Rngs(0))
+    )
+    out = {}
+    for b in buckets.parse_buckets(c.dit_train.buckets):
+        f, h, w, _ = vae.latent_shape(b.num_frames, b.height, b.width)
+        pt, ph, pw = c.dit.patch_size
+        out[b.name] = b.batch_size * (f // pt) * (h // ph) * (w // pw)
+    return out
+
+
+def test_world_temporal2_halves_time_once_at_the_tokens_per_step_of_the_recipe():
+    import jax
+    import jax.numpy as jnp
+
+    c, base = load_config("world", "temporal=2"), load_config("world")
+    vae = nnx.eval_shape(
+        lambda: vae_lib.CausalVAE(vae_lib.VAEConfig(**c.vae.to_dict()), rngs=nnx.Rngs(0))
+    )
+    assert vae.latent_shape(17, 64, 64) == (9, 8, 8, 16)  # 144 tokens of 1x2x2 patches
+    assert vae.latent_shape(33, 64, 64) == (17, 8, 8, 16)
+    tokens, tokens_base = _tokens_per_step(c), _tokens_per_step(base)
+    assert tokens["17x64x64"] == 128 * 144 and tokens_base["17x64x64"] == 256 * 80
+    for name, n in tokens.items():  # each bucket's step within 15% of the recipe's tokens
+        assert 0.85 <= n / tokens_base[name] <= 1.15, (name, n, tokens_base[name])
+    # Everything else is the recipe's: only the VAE's time and the DiT's batches differ.
+    a, b = c.to_dict(), base.to_dict()
+    for key in ("vae", "dit_train"):
+        a.pop(key), b.pop(key)
+    assert a == b
+    # The VAE's encoder at the main bucket's size: 9 latent frames of 8x8x16.
+    x = jax.ShapeDtypeStruct((1, 17, 64, 64, 3), jnp.float32)
+    mean = jax.eval_shape(lambda v, x: v.encode(x)[0], vae, x)
+    assert mean.shape == (1, 9, 8, 8, 16)
+    with pytest.raises(ValueError, match="temporal=3 is not a recipe"):
+        load_config("world", "temporal=3")
+    with pytest.raises(ValueError, match="res=64 recipes"):
+        load_config("world", "res=128,temporal=2")

@@ -119,6 +119,17 @@ def test_occluder_motion_regrades_a_runs_scenes_by_how_the_bar_moved(tmp_path):
     assert (step["set"], step["scenes"]) == ("samples step_500", 3)
     assert step["occluder_found"] == 2 / 3 and step["occluder_direction_acc"] == 1.0
     assert step["permanence_by_occluder"]["not found"][1] == 1
+    # By the drawn bar's speed: the real clips' at 1x, the reversed ones apart.
+    assert suite["by_drawn_speed"] == {"0.8-1.25x": [1.0, 4], "reversed": [np.mean(kept[:2]), 2]}
+    # Two workdirs (the same run twice): each set named by its run, then the suites' steady
+    # scenes pooled.
+    rows = occluder_motion.main([str(tmp_path), str(tmp_path)])
+    pooled = rows[-1]
+    assert rows[0]["set"] == f"{tmp_path.name} eval t2v_occlusion"
+    assert pooled["scenes"] == 2 * len(steady)
+    assert pooled["permanence"] == suite["steady"]["permanence"]
+    assert pooled["by_drawn_speed"] == {
+        k: [p, 2 * n] for k, (p, n) in suite["steady"]["by_drawn_speed"].items()}  # fmt: skip
 
 
 def test_bar_word_probe_reads_the_way_from_the_end_words_of_the_order_wording(tmp_path):

@@ -121,3 +121,22 @@ def test_feeds_time_one_program_with_moving_batches_and_loop_reads(tmp_path):
     assert len({r["loss"] for r in rows}) == 3  # each row trained on from the last
     with pytest.raises(SystemExit, match="feeds"):
         world_dit.main(["--tiny", f"--out={out}", "--feeds=same,random"])
+
+
+def test_a_failed_feed_leaves_the_later_feeds_of_its_program_untimed(tmp_path, monkeypatch):
+    """A step that fails (e.g. out of memory) has taken the donated state with it: the row
+    records its error and the later feeds of that program say why they were not timed."""
+    out = tmp_path / "world_dit.json"
+    measure = world_dit.measure
+
+    def failing(prepared, steps, trace_dir="", feed="same"):
+        if feed == "same":
+            raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+        return measure(prepared, steps, trace_dir, feed)
+
+    monkeypatch.setattr(world_dit, "measure", failing)
+    world_dit.main(["--tiny", f"--out={out}", "--batches=2", "--attention=xla", "--steps=1",
+                    "--feeds=same,fresh", "--override=dit.num_layers=1"])  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert "RESOURCE_EXHAUSTED" in rows[0]["error"] and "step_s" not in rows[0]
+    assert rows[1]["error"].startswith("RuntimeError: not timed: an earlier feed's step failed")

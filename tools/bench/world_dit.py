@@ -78,7 +78,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--start_after",
         default="",
         help="time the rows only once this file exists (another benchmark on the same device "
-        "touches it when done), so that two runs' compiles overlap but their timings do not",
+        "touches it when done), so that two runs' compiles overlap but their timings do not. "
+        "Each process needs XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 then: JAX takes 75%% of a GPU's "
+        "memory at start, and the second process's autotuning and steps ran out of it "
+        "(2026-12-06)",
     )
     return p.parse_args(argv)
 
@@ -134,6 +137,7 @@ class Prepared:
         from sora_jax.train import dit_task
         from sora_jax.train import state as state_lib
 
+        self.lost = ""  # why the state is gone (a failed step took it: it is donated)
         config = config.copy_and_resolve_references()
         config.dit.attention = attention
         config.dit.scan_layers = scan
@@ -331,7 +335,13 @@ def main(argv=None) -> None:
         def run_row():
             if isinstance(ready, Exception):
                 raise ready
-            return measure(ready, args.steps, trace, feed)
+            if ready.lost:  # the rows after a failed one would only find its state deleted
+                raise RuntimeError(f"not timed: an earlier feed's step failed ({ready.lost})")
+            try:
+                return measure(ready, args.steps, trace, feed)
+            except Exception as e:
+                ready.lost = f"{type(e).__name__}: {str(e)[:160]}"
+                raise
 
         return keys, run_row
 

@@ -1,6 +1,6 @@
 """How did a run's occluding bars move, and what did that do to object permanence?
 
-    python tools/experiments/occluder_motion.py WORKDIR [--out=occluders.json]
+    python tools/experiments/occluder_motion.py WORKDIR [WORKDIR ...] [--out=occluders.json]
 
 Re-grades the occlusion scenes a world run kept: the evaluation suite's (WORKDIR/eval/
 t2v_occlusion_videos.npz with t2v_occlusion.json's specs and permanence grades) and the DiT's
@@ -11,9 +11,10 @@ speed against the world's. Each set is summarised by `eval_suite.occluder_metric
 permanence of the scenes whose bar went the captioned way at the world's speed, at another
 speed, the other way, or was not drawn), over all its scenes and over those whose subject
 neither grows nor shrinks (`steady`); and the drawn bars' speeds against the world's speed of
-each scene (`by_world_speed`). Runs from before the suite graded bars (the
-eighteenth and earlier) get the same numbers the suite now writes. Prints a row per set and
-writes them as JSON with --out.
+each scene (`by_world_speed`), and the permanence of the scenes by how fast the bar went
+(`by_drawn_speed`). Runs from before the suite graded bars (the eighteenth and earlier) get the
+same numbers the suite now writes. Prints a row per set and writes them as JSON with --out; given
+several workdirs, also the steady scenes of their evaluation suites pooled (the last row).
 """
 
 from __future__ import annotations
@@ -67,6 +68,32 @@ def by_world_speed(specs, bars, kept) -> dict:
     return out
 
 
+# The captioned way at |drawn speed / world's| below each edge (the last: any faster).
+DRAWN_SPEED_BINS = ((0.4, "< 0.4x"), (0.8, "0.4-0.8x"), (1.25, "0.8-1.25x"), (np.inf, "> 1.25x"))
+
+
+def by_drawn_speed(bars, kept) -> dict[str, list]:
+    """Permanence [fraction, scenes] of the scenes whose bar went the captioned way, by its speed
+    against the world's (`DRAWN_SPEED_BINS`), then of those it went the other way ("reversed")
+    and of those with no bar found ("not found"); empty bins are left out."""
+    groups: dict[str, list[bool]] = {}
+    for b, k in zip(bars, kept, strict=True):
+        if not b["found"]:
+            name = "not found"
+        elif not b["direction_ok"]:
+            name = "reversed"
+        else:
+            name = next(n for edge, n in DRAWN_SPEED_BINS if abs(b["speed_ratio"]) < edge)
+        groups.setdefault(name, []).append(bool(k))
+    order = [n for _, n in DRAWN_SPEED_BINS] + ["reversed", "not found"]
+    return {n: [float(np.mean(groups[n])), len(groups[n])] for n in order if n in groups}
+
+
+def _nan_to_none(bar: dict) -> dict:
+    """A bar's grade with NaN (no speed: no bar found) as None, which JSON reads back equal."""
+    return {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in bar.items()}
+
+
 def summarise(name: str, specs, bars, kept) -> dict:
     """`eval_suite.occluder_metrics` and `by_world_speed` of a set, and of its scenes whose
     subject neither grows nor shrinks (`steady`: their permanence is the DiT's, the VAE's round
@@ -77,12 +104,18 @@ def summarise(name: str, specs, bars, kept) -> dict:
     def one(sp, bs, ks) -> dict:
         return {"scenes": len(sp), "permanence": float(np.mean(ks)),
                 **eval_suite.occluder_metrics(bs, ks),
-                "by_world_speed": by_world_speed(sp, bs, ks)}  # fmt: skip
+                "by_world_speed": by_world_speed(sp, bs, ks),
+                "by_drawn_speed": by_drawn_speed(bs, ks)}  # fmt: skip
 
     return {
         "set": name,
         **one(specs, bars, kept),
         "steady": one(pick(specs), pick(bars), pick(kept)),
+        # What the rows above summarise, for pooling runs (main): each steady scene's bar and grade.
+        "steady_scenes": {
+            "bars": [_nan_to_none(b) for b in pick(bars)],
+            "kept": [bool(k) for k in pick(kept)],
+        },  # fmt: skip
     }
 
 
@@ -119,12 +152,21 @@ def sample_sets(workdir: str) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workdir", help="a world run's workdir (eval/ and dit/samples/)")
+    parser.add_argument("workdirs", nargs="+", help="world runs' workdirs (eval/, dit/samples/)")
     parser.add_argument("--out", default="", help="also write the rows as JSON here")
     args = parser.parse_args(argv)
-    rows = [r for r in [eval_set(args.workdir)] if r] + sample_sets(args.workdir)
-    if not rows:
-        raise SystemExit(f"{args.workdir} holds no occlusion scenes' videos.")
+    rows, pooled = [], {"bars": [], "kept": []}
+    for workdir in args.workdirs:
+        found = [r for r in [eval_set(workdir)] if r] + sample_sets(workdir)
+        if not found:
+            raise SystemExit(f"{workdir} holds no occlusion scenes' videos.")
+        for r in found:
+            if len(args.workdirs) > 1:
+                r["set"] = f"{os.path.basename(os.path.normpath(workdir))} {r['set']}"
+            if r["set"].endswith("eval t2v_occlusion"):
+                for key in pooled:
+                    pooled[key] += r["steady_scenes"][key]
+        rows += found
     print("| set | scenes | permanence | bar shown | captioned way | speed | permanence by bar |")
     print("|---|---|---|---|---|---|---|")
     for r in [x for row in rows for x in (row, {**row["steady"], "set": "  steady subjects"})]:
@@ -145,6 +187,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"{r['set']}, steady scenes: drawn / world bar speed against the world's, r = "
             f"{cell(w['speed_correlation'])}; by thirds of the world's speed: {thirds}"
         )
+    for r in rows:
+        by = ", ".join(f"{k} {p:.2f} ({n})" for k, (p, n) in r["steady"]["by_drawn_speed"].items())
+        print(f"{r['set']}, steady scenes, permanence by the bar's speed: {by}")
+    if len(args.workdirs) > 1 and pooled["kept"]:
+        by_drawn = by_drawn_speed(pooled["bars"], pooled["kept"])
+        rows.append({"set": "pooled eval t2v_occlusion, steady", "runs": args.workdirs,
+                     "scenes": len(pooled["kept"]), "permanence": float(np.mean(pooled["kept"])),
+                     "by_drawn_speed": by_drawn})  # fmt: skip
+        by = ", ".join(f"{k} {p:.2f} ({n})" for k, (p, n) in by_drawn.items())
+        print(f"pooled, {len(pooled['kept'])} steady scenes of {len(args.workdirs)} runs' "
+              f"suites, permanence by the bar's speed: {by}")  # fmt: skip
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=1)
