@@ -44,7 +44,10 @@ through a 4x16x16 VAE to 32 channels with parameter-free shortcuts and frame 0 w
 the DiT keeps 8x8 latent frames and 80 tokens a clip, flow shift 2, 10,000 steps per stage. It
 was meant to give small subjects more pixels; its VAE's round trips keep the object through the
 bar in only 0.75 of the occlusion scenes (tools/bench/results/world_h100_run12_noeval.json), a
-ceiling below the target, and no run of it reached its evaluation. `micro` (CPU, 2 steps per
+ceiling below the target, and no run of it reached its evaluation. `temporal=2` (res=64 only):
+a VAE that halves time once instead of twice (9 latent frames a 17-frame clip, 144 tokens) and
+half the clips per DiT step in the video buckets, at about the recipe's tokens a step (`_temporal2`
+says why). `micro` (CPU, 2 steps per
 stage and 1-2 samples per eval set, for tests) and `runlocal` (CPU, 50 steps per stage: the
 whole recipe in a few minutes, learning little) shrink the recipe chosen, e.g.
 `--config=configs/world.py:res=128,runlocal`.
@@ -406,7 +409,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif args.ninth or args.temporal != 4:
         raise ValueError("configs/world.py: ninth and temporal=2 are res=64 recipes; drop res=128.")
     if args.micro or args.runlocal:
-        _shrink(c, steps=50 if args.runlocal else 2)
+        _shrink(c, steps=50 if args.runlocal else 2, temporal=args.temporal)
     return c
 
 
@@ -502,15 +505,16 @@ def _temporal2(c: ml_collections.ConfigDict) -> None:
     )
 
 
-def _shrink(c: ml_collections.ConfigDict, steps: int) -> None:
-    """CPU sizes: 32x32 frames, a micro VAE and DiT, one bucket per stage, 1-2 sample eval sets."""
+def _shrink(c: ml_collections.ConfigDict, steps: int, temporal: int = 4) -> None:
+    """CPU sizes: 32x32 frames, a micro VAE and DiT, one bucket per stage, 1-2 sample eval sets;
+    the VAE compresses time by `temporal` as the recipe chosen does."""
     c.world.resolutions = ((32, 32),)
     c.world.num_frames = (9,)
     c.data.update(num_threads=2, num_workers=0)
-    c.vae.update(  # 4x4x4 here: one level fewer compiles faster
+    c.vae.update(  # 4x4x4 (or 2x4x4) here: one level fewer compiles faster
         base_channels=8,
         channel_mults=(1, 2, 2),
-        temporal_downsample=(True, True),
+        temporal_downsample=(True, temporal == 4),
         z_channels=4,
         dtype="float32",
         patch_size=1,

@@ -90,7 +90,9 @@ def test_wan_vae_preset_compresses_4x8x8_to_16_channels():
     assert vae.latent_shape(81, 480, 832) == (21, 60, 104, 16)
 
 
-@pytest.mark.parametrize("arg", [None, "res=128", "micro", "res=128,micro", "temporal=2"])
+@pytest.mark.parametrize(
+    "arg", [None, "res=128", "micro", "res=128,micro", "temporal=2", "temporal=2,micro"]
+)
 def test_world_configs_have_a_bucket_for_every_eval_shape(arg):
     from sora_jax import eval_cases
     from sora_jax.data import buckets
@@ -159,6 +161,8 @@ def test_world_temporal2_halves_time_once_at_the_tokens_per_step_of_the_recipe()
     )
     assert vae.latent_shape(17, 64, 64) == (9, 8, 8, 16)  # 144 tokens of 1x2x2 patches
     assert vae.latent_shape(33, 64, 64) == (17, 8, 8, 16)
+    micro = load_config("world", "temporal=2,micro")  # CPU sizes keep the 2x time
+    assert tuple(micro.vae.temporal_downsample) == (True, False)
     tokens, tokens_base = _tokens_per_step(c), _tokens_per_step(base)
     assert tokens["17x64x64"] == 128 * 144 and tokens_base["17x64x64"] == 256 * 80
     for name, n in tokens.items():  # each bucket's step within 15% of the recipe's tokens
