@@ -486,10 +486,11 @@ def _temporal2(c: ml_collections.ConfigDict) -> None:
     Why: object permanence has stayed at 0.70-0.75 since the sixth run through changes of width,
     batch, steps, latent noise and captions (runs 6-19). In the steady occlusion scenes (the
     subject neither grows nor shrinks; 80 of 96) the DiT keeps 63-66, the VAE's round trips
-    76-78: the latents hold the scene, the DiT does not draw it. Its misses there are mostly the
-    bar: in the nineteenth run the 8 steady scenes whose bar it drew at < 0.4x the world's speed
-    (late, doubled or wandering bars) kept 2, the other 72 kept 64 (0.89;
-    tools/bench/results/world_h100_run19.json's occlusion_scenes). At 4x temporal compression
+    76-78: the latents hold the scene, the DiT does not draw it. A third of its misses there go
+    with how it drew the bar: over runs 14-19 the 77 steady scenes whose bar went the captioned
+    way at under 0.8x the world's speed (late, doubled or wandering bars) kept 0.66, the other 323
+    kept 0.85 (tools/bench/results/occluder_motion_runs14_19.json); most of the rest are subjects
+    back as another shape. At 4x temporal compression
     the bar crosses about a token (16 pixels) per latent frame, and its exit and the subject's
     return (frames 13-16) share the last latent frame; at 2x the DiT sees the sweep at twice the
     time steps. Clips per step halve (256 -> 128 in the main bucket): the ninth run's doubling

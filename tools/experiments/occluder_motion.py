@@ -115,7 +115,7 @@ def summarise(name: str, specs, bars, kept) -> dict:
         "steady_scenes": {
             "bars": [_nan_to_none(b) for b in pick(bars)],
             "kept": [bool(k) for k in pick(kept)],
-        },  # fmt: skip
+        },
     }
 
 
@@ -161,11 +161,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if not found:
             raise SystemExit(f"{workdir} holds no occlusion scenes' videos.")
         for r in found:
-            if len(args.workdirs) > 1:
-                r["set"] = f"{os.path.basename(os.path.normpath(workdir))} {r['set']}"
-            if r["set"].endswith("eval t2v_occlusion"):
+            if r["set"] == "eval t2v_occlusion":  # the suite's scenes (not a sample round's)
                 for key in pooled:
                     pooled[key] += r["steady_scenes"][key]
+            if len(args.workdirs) > 1:
+                r["set"] = f"{os.path.basename(os.path.normpath(workdir))} {r['set']}"
         rows += found
     print("| set | scenes | permanence | bar shown | captioned way | speed | permanence by bar |")
     print("|---|---|---|---|---|---|---|")
