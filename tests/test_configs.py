@@ -140,15 +140,13 @@ def test_world_default_is_the_64x64_recipe_and_ninth_gives_the_ninth_runs():
 def _tokens_per_step(c) -> dict[str, int]:
     from sora_jax.data import buckets
 
-    vae = nnx.eval_shape(
-        lambda: vae_lib.CausalVAE(vae_lib.VAEConfig(**c.vae.to_dict()), rngs=nnx.Rngs(0))
-    )
-    out = {}
-    for b in buckets.parse_buckets(c.dit_train.buckets):
-        f, h, w, _ = vae.latent_shape(b.num_frames, b.height, b.width)
-        pt, ph, pw = c.dit.patch_size
-        out[b.name] = b.batch_size * (f // pt) * (h // ph) * (w // pw)
-    return out
+    vae = vae_lib.VAEConfig(**c.vae.to_dict())
+    compression = (vae.temporal_factor, vae.spatial_factor, vae.spatial_factor)
+    return {
+        b.name: b.batch_size * buckets.tokens_per_clip(
+            b.num_frames, b.height, b.width, compression, tuple(c.dit.patch_size))
+        for b in buckets.parse_buckets(c.dit_train.buckets)
+    }  # fmt: skip
 
 
 def test_world_temporal2_halves_time_once_at_the_tokens_per_step_of_the_recipe():
