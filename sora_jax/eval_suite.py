@@ -206,6 +206,18 @@ def permanence_metrics(specs: Sequence[dict], grades: Sequence[dict],
 WORLD_SPEED = (0.8, 1.25)
 
 
+def kept_by_bar(occluders: Sequence[dict], kept: Sequence[bool], speed_kind) -> dict:
+    """{kind: [kept, ...]} of the occlusion scenes by how their bar moved
+    (`evaluate.occluder_motion`): "not found", "reversed", or for a bar going the captioned way
+    `speed_kind(speed_ratio)`."""
+    groups: dict[str, list[bool]] = {}
+    for o, k in zip(occluders, kept, strict=True):
+        kind = ("not found" if not o["found"] else "reversed" if not o["direction_ok"]
+                else speed_kind(o["speed_ratio"]))  # fmt: skip
+        groups.setdefault(kind, []).append(bool(k))
+    return groups
+
+
 def occluder_metrics(occluders: Sequence[dict], kept: Sequence[bool]) -> dict:
     """How the occlusion scenes' bars moved (`evaluate.occluder_motion` per video) and the
     permanence of each kind: `occluder_found` (the share of videos where the bar shows),
@@ -217,12 +229,8 @@ def occluder_metrics(occluders: Sequence[dict], kept: Sequence[bool]) -> dict:
     at the clip's end."""
     found = [o for o in occluders if o["found"]]
     right = [o for o in found if o["direction_ok"]]
-    groups: dict[str, list[bool]] = {}
-    for o, k in zip(occluders, kept, strict=True):
-        kind = ("not found" if not o["found"] else "reversed" if not o["direction_ok"]
-                else "as captioned" if WORLD_SPEED[0] <= o["speed_ratio"] <= WORLD_SPEED[1]
-                else "other speed")  # fmt: skip
-        groups.setdefault(kind, []).append(bool(k))
+    groups = kept_by_bar(occluders, kept, lambda r: "as captioned"
+                         if WORLD_SPEED[0] <= r <= WORLD_SPEED[1] else "other speed")  # fmt: skip
     return {
         "occluder_found": _mean(o["found"] for o in occluders),
         "occluder_direction_acc": _mean(o["direction_ok"] for o in found),

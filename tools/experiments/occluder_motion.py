@@ -76,15 +76,9 @@ def by_drawn_speed(bars, kept) -> dict[str, list]:
     """Permanence [fraction, scenes] of the scenes whose bar went the captioned way, by its speed
     against the world's (`DRAWN_SPEED_BINS`), then of those it went the other way ("reversed")
     and of those with no bar found ("not found"); empty bins are left out."""
-    groups: dict[str, list[bool]] = {}
-    for b, k in zip(bars, kept, strict=True):
-        if not b["found"]:
-            name = "not found"
-        elif not b["direction_ok"]:
-            name = "reversed"
-        else:
-            name = next(n for edge, n in DRAWN_SPEED_BINS if abs(b["speed_ratio"]) < edge)
-        groups.setdefault(name, []).append(bool(k))
+    groups = eval_suite.kept_by_bar(
+        bars, kept, lambda r: next(n for edge, n in DRAWN_SPEED_BINS if r < edge)
+    )
     order = [n for _, n in DRAWN_SPEED_BINS] + ["reversed", "not found"]
     return {n: [float(np.mean(groups[n])), len(groups[n])] for n in order if n in groups}
 
