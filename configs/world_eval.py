@@ -42,6 +42,11 @@ def eval_config(**overrides) -> ml_collections.ConfigDict:
             guidance=5.0,
             shift=0.0,  # flow time shift for sampling; 0 = config.flow.shift
             guidance_interval=(0.0, 1.0),  # guide while lo <= t <= hi: the whole trajectory
+            # Autoguidance's scale (1 = none) and the step of the run's own earlier DiT
+            # checkpoint that guides (sora_jax/diffusion/samplers.py; configs/world.py samples
+            # it as variants and keeps those checkpoints).
+            autoguidance=1.0,
+            autoguide_step=0,
             # The sets of `variant_sets` again under other settings (reported beside the sets,
             # not as targets): how much the grades owe to sampling. Guidance 5 was the setting
             # of the runs before 2026-12-04 and since 2026-12-05, 3 of those between, and 30

@@ -87,20 +87,28 @@ TARGETS = (
 
 
 # The sampler settings of `config.eval`; guidance_interval (lo, hi): guidance applies while
-# lo <= t <= hi (Kynkäänniemi et al. 2024).
-VARIANT_KEYS = ("steps", "sampler", "guidance", "shift", "guidance_interval")
+# lo <= t <= hi (Kynkäänniemi et al. 2024); autoguidance (scale, > 1 to apply) and
+# autoguide_step: the run's own earlier DiT checkpoint as the weaker model that guides
+# (Karras et al. 2024; sora_jax/diffusion/samplers.py).
+VARIANT_KEYS = ("steps", "sampler", "guidance", "shift", "guidance_interval", "autoguidance",
+                "autoguide_step")  # fmt: skip
+_DEFAULTS = {"autoguidance": 1.0, "autoguide_step": 0}  # configs from before autoguidance
 
 
 def _settings(config: ml_collections.ConfigDict, **overrides) -> dict:
-    """The suite's sampler settings (`config.eval`), with `overrides` of VARIANT_KEYS."""
-    ec = {**{k: config.eval[k] for k in VARIANT_KEYS}, **overrides}
-    return {
+    """The suite's sampler settings (`config.eval`), with `overrides` of VARIANT_KEYS; the
+    autoguidance keys only where it applies (settings of runs without it read as before)."""
+    ec = {**{k: config.eval.get(k, _DEFAULTS.get(k)) for k in VARIANT_KEYS}, **overrides}
+    out = {
         "steps": int(ec["steps"]),
         "guidance": float(ec["guidance"]),
         "sampler": str(ec["sampler"]),
         "shift": float(ec["shift"]) if float(ec["shift"]) > 0 else None,
         "guidance_interval": tuple(float(v) for v in ec["guidance_interval"]),
     }
+    if float(ec["autoguidance"]) != 1.0:
+        out.update(autoguidance=float(ec["autoguidance"]), autoguide_step=int(ec["autoguide_step"]))
+    return out
 
 
 def _label(value) -> str:
@@ -127,9 +135,26 @@ def t2v_variants(config: ml_collections.ConfigDict, set_names: Sequence[str]) ->
                              f"{VARIANT_KEYS} and nothing else.")  # fmt: skip
         settings = _settings(config, **overrides)
         sample_lib.check_settings(**settings)
+        _check_guide_kept(config, settings.get("autoguide_step", 0))
         suffix = "@" + ",".join(f"{k}={_label(v)}" for k, v in sorted(overrides.items()))
         out.update({name + suffix: settings for name in variant_sets})
     return out
+
+
+def _check_guide_kept(config: ml_collections.ConfigDict, step: int) -> None:
+    """An autoguidance step must be a DiT checkpoint its stage keeps (a multiple of both
+    checkpoint_every_steps and keep_every_steps, below the last step): else the variant would
+    fail only when sampled, after the sets before it."""
+    if not step:
+        return
+    dt = config.dit_train
+    every, keep = int(dt.get("checkpoint_every_steps", 0)), int(dt.get("keep_every_steps", 0))
+    if not (every and keep and step % every == 0 and step % keep == 0 and step < int(dt.steps)):
+        raise ValueError(
+            f"autoguide_step={step} is not a DiT checkpoint the stage keeps: it must be below "
+            f"dit_train.steps={dt.steps} and a multiple of checkpoint_every_steps={every} and "
+            f"keep_every_steps={keep}."
+        )
 
 
 def generate(

@@ -26,6 +26,7 @@ import os
 import threading
 import types
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -100,6 +101,15 @@ class Generator:
         embedder = caption_embedder.CaptionEmbedder(config.text)
         self._setup(config, vae, dit, mean, std, embedder, mesh)
         self.checkpoint_steps = steps
+        # Autoguidance's weaker models: earlier checkpoints of this DiT, loaded when first
+        # asked for. A fresh DiT (eval_compile) guides itself: the same programs, no checkpoint.
+        self._guide_loader = (
+            (lambda step: self.dit)
+            if fresh_dit
+            else lambda step: state_lib.load_model(
+                dit_creator, config.dit_train, dit_dir, mesh=mesh, step=step
+            )
+        )
 
     @classmethod
     def from_models(
@@ -133,6 +143,8 @@ class Generator:
         self._dit_def, self._dit_state = nnx.split(dit)
         self.prediction = str(config.flow.get("prediction", "velocity"))
         self._runs: dict[tuple, Callable] = {}
+        self._guides: dict[int, Any] = {}  # autoguidance: checkpoint step -> DiT state
+        self._guide_loader: Callable[[int], dit_lib.DiT] | None = None
         # Threads share the jitted functions (the eval suite samples its sets concurrently):
         # concurrent first calls of one jitted function compile it once.
         self._runs_lock = threading.Lock()
@@ -157,6 +169,22 @@ class Generator:
         self.dit = dit
         self._dit_state = nnx.state(dit)
 
+    def add_guide(self, step: int, dit: dit_lib.DiT) -> None:
+        """Registers `dit` (same shapes as the model) as the autoguidance guide of
+        `autoguide_step=step` (generators built from models in memory have no checkpoints)."""
+        if self.mesh is not None:
+            dit = _on_mesh(dit, self.mesh, parallel.param_shardings)
+        self._guides[int(step)] = nnx.state(dit)
+
+    def _guide_state(self, step: int):
+        with self._runs_lock:  # threads of the eval suite may ask for it at once
+            if step not in self._guides:
+                if self._guide_loader is None:
+                    raise ValueError(f"autoguide_step={step}: no guide of that step; add one "
+                                     "with add_guide (this generator has no workdir).")  # fmt: skip
+                self._guides[step] = nnx.state(self._guide_loader(step))
+            return self._guides[step]
+
     # ---- shapes, encode, decode ----
 
     @property
@@ -179,23 +207,27 @@ class Generator:
 
     # ---- sampling ----
 
-    def _run_fn(self, steps: int, sampler: str, interval: tuple, cfg: bool):
+    def _run_fn(self, steps: int, sampler: str, interval: tuple, cfg: bool, auto: bool = False):
         # start_t is traced (SDEdit strengths share one compile); t2v passes init = 0, start_t
         # = 1, and (1 - 1) * 0 + 1 * noise is the noise bit for bit.
-        key = (steps, sampler, interval, cfg)
+        key = (steps, sampler, interval, cfg, auto)
         with self._runs_lock:
             if key not in self._runs:
-                self._runs[key] = self._make_run(steps, sampler, interval, cfg)
+                self._runs[key] = self._make_run(steps, sampler, interval, cfg, auto)
             return self._runs[key]
 
-    def _make_run(self, steps: int, sampler: str, interval: tuple, cfg: bool):
+    def _make_run(self, steps: int, sampler: str, interval: tuple, cfg: bool, auto: bool):
         prediction = self.prediction
 
         def run(dit_state, vae_state, stats, noise, text, neg, given, given_mask, init, start_t,
-                guidance, shift):  # fmt: skip
+                guidance, shift, guide_state, autoguidance):  # fmt: skip
             dit = nnx.merge(self._dit_def, dit_state)
             vae = nnx.merge(self._vae_def, vae_state)
             denoise = lambda x, t, c: dit(x, t, c["text"], c["mask"])
+            guide = None
+            if auto:
+                weak = nnx.merge(self._dit_def, guide_state)
+                guide = lambda x, t, c: weak(x, t, c["text"], c["mask"])
             x = flow.add_noise(init, noise, start_t)
             z = samplers.sample(
                 denoise,
@@ -211,6 +243,8 @@ class Generator:
                 guidance_interval=interval,
                 start_t=start_t,
                 prediction=prediction,
+                guide=guide,
+                autoguidance=autoguidance if auto else 1.0,
             )
             video = vae.decode(z * stats[1] + stats[0])
             return z, vae_lib.to_uint8(video)
@@ -249,14 +283,26 @@ class Generator:
         negative_prompt: str = "",
         guidance_interval: tuple[float, float] = (0.0, 1.0),
         shift: float | None = None,
+        autoguidance: float = 1.0,
+        autoguide_step: int = 0,
     ) -> Samples:
         """Samples ``plan`` once per prompt; deterministic for ``seed``.
 
         Given latent frames come back bit-identical in ``Samples.latents``; a different seed
-        changes only the generated frames.
+        changes only the generated frames. ``autoguidance`` > 1 guides the model away from
+        its own DiT checkpoint of step ``autoguide_step`` (EMA weights; Karras et al. 2024),
+        beside CFG's ``guidance`` (samplers.py has the formula).
         """
         prompts = _check_prompts(prompts)
-        lo, hi = check_settings(steps=steps, sampler=sampler, guidance_interval=guidance_interval)
+        lo, hi = check_settings(
+            steps=steps,
+            sampler=sampler,
+            guidance_interval=guidance_interval,
+            autoguidance=autoguidance,
+            autoguide_step=autoguide_step,
+        )
+        auto = float(autoguidance) != 1.0
+        guide_state = self._guide_state(int(autoguide_step)) if auto else None
         shape = self.latent_shape(plan.num_frames, plan.height, plan.width)
         b = len(prompts)
         given, mask = modes.given_latents(plan, self.encode, shape, self.temporal_factor)
@@ -273,7 +319,7 @@ class Generator:
         x0 = np.zeros(shape, np.float32) if plan.init is None else self.encode(plan.init[None])[0]
         args["init"] = np.broadcast_to(x0, (b, *shape))
         args = self._batch(args, b)
-        run = self._run_fn(steps, sampler, (lo, hi), float(guidance) != 1.0)
+        run = self._run_fn(steps, sampler, (lo, hi), float(guidance) != 1.0, auto)
         shift = self.config.flow.shift if shift is None else shift
         with contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh):
             z, video = run(
@@ -284,6 +330,8 @@ class Generator:
                 start_t=jnp.float32(plan.start_t),
                 guidance=jnp.float32(guidance),
                 shift=jnp.float32(shift),
+                guide_state=guide_state,
+                autoguidance=jnp.float32(autoguidance),
             )
         video = _to_host(video)[:b]
         if plan.trim_frames:
@@ -321,9 +369,20 @@ class Generator:
 
 
 def check_settings(
-    *, steps: int, sampler: str, guidance_interval: Sequence[float], **_
+    *,
+    steps: int,
+    sampler: str,
+    guidance_interval: Sequence[float],
+    autoguidance: float = 1.0,
+    autoguide_step: int = 0,
+    **_,
 ) -> tuple[float, float]:
     """Sampler settings checked before any weights load; returns the interval as floats."""
+    if float(autoguidance) != 1.0 and not (isinstance(autoguide_step, int) and autoguide_step > 0):
+        raise ValueError(
+            f"autoguidance={autoguidance} needs autoguide_step, the step of the earlier DiT "
+            f"checkpoint that guides, > 0; got {autoguide_step!r}."
+        )
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}.")
     if sampler not in samplers.FLOW_SAMPLERS:

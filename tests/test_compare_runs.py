@@ -101,6 +101,11 @@ def test_runs_sampled_at_other_settings_compare_where_their_settings_meet(tmp_pa
     # (32 vs 96 scenes) do not; validation losses are printed with their difference.
     assert [r["metric"] for r in result["rows"]] == [g(5), g(3), "val_loss/t=0.5"]
     assert compare_runs.settings_label(None, None) == ""
+    auto = {"steps": 60, "sampler": "euler", "guidance": 5.0, "autoguidance": 2.0,
+            "autoguide_step": 2500}  # fmt: skip
+    assert compare_runs.settings_label(auto, 96) == (
+        "60 euler steps, guidance 5, autoguidance 2 by step 2500, 96 samples"
+    )
 
 
 def test_training_losses_compare_step_by_step(tmp_path, capsys):

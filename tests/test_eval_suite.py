@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from sora_jax import eval_cases, eval_files, eval_suite, evaluate
+from sora_jax import sample as sample_lib
 from sora_jax.data import sources, world
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -145,10 +146,10 @@ def _jit_init(create):
     return nnx.merge(graphdef, jax.jit(lambda: nnx.state(create()))())
 
 
-def _micro_generator(config, random_dit: bool = False):
+def _micro_generator(config, random_dit: bool = False, noise_seed: int = 2):
     """Untrained micro models in memory: the suite's mechanics, not its numbers. `random_dit`:
     noise in every DiT weight (its zero-initialised output layer predicts 0 otherwise, which
-    no sampler setting changes)."""
+    no sampler setting changes), drawn from `noise_seed`."""
     import jax
     from flax import nnx
 
@@ -160,7 +161,7 @@ def _micro_generator(config, random_dit: bool = False):
     d = _jit_init(lambda: dit.DiT(dit.DiTConfig(**config.dit.to_dict()), rngs=nnx.Rngs(1)))
     if random_dit:
         leaves, treedef = jax.tree.flatten(nnx.state(d, nnx.Param))
-        keys = jax.random.split(jax.random.key(2), len(leaves))
+        keys = jax.random.split(jax.random.key(noise_seed), len(leaves))
         noise = [0.2 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
         nnx.update(d, jax.tree.unflatten(treedef, noise))
     z = config.vae.z_channels
@@ -288,6 +289,80 @@ def test_guidance_interval_reaches_the_sampler():
     assert np.abs(part.astype(int) - whole).max() > 0 and np.abs(part.astype(int) - off).max() > 0
 
 
+def test_autoguidance_reaches_the_sampler_with_the_guide_of_its_step():
+    """A variant's autoguidance samples with the DiT of its autoguide_step as the weaker model:
+    another model changes the samples, the model itself as its own guide does not (c - w = 0),
+    and a step without a guide fails in one sentence."""
+    c = load_world_config("micro")
+    gen = _micro_generator(c, random_dit=True)
+    gen.add_guide(5, _micro_generator(c, random_dit=True, noise_seed=3).dit)
+    gen.add_guide(6, gen.dit)
+    cases = eval_cases.build_suite(c)["t2v"][:1]
+    run = lambda **kw: eval_suite.generate(  # noqa: E731
+        gen, cases, eval_suite._settings(c, guidance=4.0, **kw), 1
+    )[0]
+    plain = run()
+    assert eval_suite._settings(c, autoguidance=2.0, autoguide_step=5)["autoguide_step"] == 5
+    assert "autoguidance" not in eval_suite._settings(c)  # runs without it read as before
+    other = run(autoguidance=2.0, autoguide_step=5)
+    itself = run(autoguidance=2.0, autoguide_step=6)
+    assert np.abs(other.astype(int) - plain).max() > 8
+    assert np.abs(itself.astype(int) - plain).max() <= 1  # another program: rounding at most
+    with pytest.raises(ValueError, match="autoguide_step=7: no guide"):
+        run(autoguidance=2.0, autoguide_step=7)
+    with pytest.raises(ValueError, match="needs autoguide_step"):
+        sample_lib.check_settings(**eval_suite._settings(c, autoguidance=2.0))
+
+
+def test_generator_loads_the_guide_from_its_runs_checkpoint_of_that_step(tmp_path):
+    """A workdir's generator takes autoguidance's weaker model from the DiT checkpoint of
+    autoguide_step (EMA weights), the sampled model from the newest; a step not kept fails
+    naming the steps that are."""
+    import jax
+    from flax import nnx
+
+    from sora_jax import parallel
+    from sora_jax.models import dit, vae
+    from sora_jax.train import checkpoint, vae_task
+    from sora_jax.train import state as state_lib
+
+    c = load_world_config("micro")
+    mesh = parallel.make_mesh()
+    dit_task = sample_lib._creator(
+        lambda rngs: dit.DiT(dit.DiTConfig(**c.dit.to_dict()), rngs=rngs)
+    )
+    vae_creator = sample_lib._creator(
+        lambda rngs: vae.CausalVAE(vae.VAEConfig(**c.vae.to_dict()), rngs=rngs)
+    )
+
+    def save(stage, task, cfg, steps_seeds):
+        ckpt = checkpoint.Checkpointer(str(tmp_path / stage / "checkpoints"), async_save=False)
+        params = {}
+        for step, seed in steps_seeds:
+            _, state, _, _, _ = state_lib.init_state(task, cfg, mesh, seed)
+            ckpt.save(step, state, {})
+            params[step] = jax.tree.leaves(state.ema)
+        ckpt.close()
+        return params
+
+    save("vae", vae_creator, c.vae_train, [(1, 0)])
+    z = c.vae.z_channels
+    (tmp_path / "vae" / vae_task.LATENT_STATS).write_text(
+        json.dumps({"mean": [0.0] * z, "std": [1.0] * z})
+    )
+    saved = save("dit", dit_task, c.dit_train, [(5, 11), (10, 12)])
+    gen = sample_lib.Generator(c, str(tmp_path))
+    assert gen.checkpoint_steps["dit"] == 10
+    for step, state in ((10, nnx.state(gen.dit)), (5, gen._guide_state(5))):
+        got = jax.tree.leaves(nnx.state(nnx.merge(gen._dit_def, state), nnx.Param))
+        assert len(got) == len(saved[step])
+        for a, b in zip(got, saved[step], strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert gen._guide_state(5) is gen._guide_state(5)  # loaded once
+    with pytest.raises(FileNotFoundError, match=r"step 7 .*kept: \[5, 10\]"):
+        gen._guide_state(7)
+
+
 def test_variants_resample_every_set_of_variant_sets(tmp_path):
     c = load_world_config("micro")
     c.eval.update(num_prompts=1, num_per_set=2, occlusion_prompts=2, batch_size=2, val_clips=1,
@@ -394,6 +469,16 @@ def test_bad_t2v_variant_fails_before_any_weights_load(tmp_path):
     c.eval.t2v_variants = ({"guidance_interval": (0.9, 0.1)},)
     with pytest.raises(ValueError, match="guidance_interval must be 0 <= lo <= hi <= 1"):
         eval_suite.run(c, str(tmp_path), generator=object())
+    c.eval.t2v_variants = ({"autoguidance": 2.0},)
+    with pytest.raises(ValueError, match="needs autoguide_step"):
+        eval_suite.run(c, str(tmp_path), generator=object())
+    c.dit_train.update(steps=100, checkpoint_every_steps=25, keep_every_steps=50)
+    for step in (25, 60, 100):  # not kept, not a checkpoint, the last step (that is the model)
+        c.eval.t2v_variants = ({"autoguidance": 2.0, "autoguide_step": step},)
+        with pytest.raises(ValueError, match=f"autoguide_step={step} is not a DiT checkpoint"):
+            eval_suite.run(c, str(tmp_path), generator=object())
+    c.eval.t2v_variants = ({"autoguidance": 2.0, "autoguide_step": 50},)
+    assert list(eval_suite.t2v_variants(c, ["t2v"])) == ["t2v@autoguidance=2.0,autoguide_step=50"]
 
 
 def test_contact_sheet_pads_cells_and_frames_given_frames():

@@ -388,6 +388,59 @@ def test_guidance_interval_outside_every_step_equals_conditional_only():
     assert float(jnp.abs(part - always).max()) > 1e-3 and float(jnp.abs(part - plain).max()) > 1e-3
 
 
+def _weak_denoise(x, t, cond):
+    """A 'bad version' of _cond_denoise: damped and biased, as a less-trained model might be."""
+    return 0.7 * _cond_denoise(x, t, cond) + 0.1
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "ddim"])
+def test_autoguidance_follows_its_formula_with_and_without_cfg(sampler):
+    noise, kw = jnp.asarray(_parity_noise()), SAMPLER_KW[sampler]
+    cond, uncond, g, a = _cond(2, 0), _cond(2, 1), 3.0, 2.5
+    calls = []
+
+    def counting_weak(x, t, c):
+        calls.append(x.shape[0])
+        return _weak_denoise(x, t, c)
+
+    both = sample(_cond_denoise, noise, cond, uncond=uncond, guidance=g, guide=counting_weak,
+                  autoguidance=a, steps=5, sampler=sampler, **kw)  # fmt: skip
+    assert calls == [2]  # the guide: its own call at the batch's size, with cond
+
+    def manual(x, t, _, g=g):
+        c, u, w = (f(x, t, k) for f, k in ((_cond_denoise, cond), (_cond_denoise, uncond),
+                                             (_weak_denoise, cond)))  # fmt: skip
+        return c + (g - 1) * (c - u) + (a - 1) * (c - w)
+
+    np.testing.assert_allclose(both, sample(manual, noise, None, steps=5, sampler=sampler, **kw),
+                               atol=1e-5)  # fmt: skip
+    # Autoguidance alone is Karras et al.'s w + a (c - w).
+    alone = sample(_cond_denoise, noise, cond, guide=_weak_denoise, autoguidance=a, steps=5,
+                   sampler=sampler, **kw)  # fmt: skip
+    ref = sample(lambda x, t, _: _weak_denoise(x, t, cond) + a * (
+        _cond_denoise(x, t, cond) - _weak_denoise(x, t, cond)), noise, None, steps=5,
+        sampler=sampler, **kw)  # fmt: skip
+    np.testing.assert_allclose(alone, ref, atol=1e-5)
+    assert float(jnp.abs(alone - both).max()) > 1e-2
+
+
+def test_autoguidance_with_the_model_itself_or_scale_one_changes_nothing():
+    noise, cond, uncond = jnp.asarray(_parity_noise()), _cond(2, 0), _cond(2, 1)
+    cfg = sample(_cond_denoise, noise, cond, uncond=uncond, guidance=4.0, steps=5)
+    # The guide equal to the model: c - w is exactly 0.
+    same = sample(_cond_denoise, noise, cond, uncond=uncond, guidance=4.0, guide=_cond_denoise,
+                  autoguidance=3.0, steps=5)  # fmt: skip
+    np.testing.assert_allclose(same, cfg, atol=1e-6)
+    one = sample(_cond_denoise, noise, cond, uncond=uncond, guidance=4.0, guide=_weak_denoise,
+                 autoguidance=1.0, steps=5)  # fmt: skip
+    np.testing.assert_array_equal(one, cfg)  # a static 1: the guide is never called
+    # Inside a guidance interval that no step reaches, neither guidance applies.
+    plain = sample(_cond_denoise, noise, cond, steps=5)
+    never = sample(_cond_denoise, noise, cond, uncond=uncond, guidance=4.0, guide=_weak_denoise,
+                   autoguidance=3.0, guidance_interval=(2.0, 3.0), steps=5)  # fmt: skip
+    np.testing.assert_allclose(never, plain, atol=1e-6)
+
+
 @pytest.mark.parametrize("sampler", list(SAMPLER_KW))
 def test_sample_is_jittable_and_deterministic(sampler):
     noise, kw = jnp.asarray(_parity_noise()), SAMPLER_KW[sampler]
@@ -438,6 +491,7 @@ def test_sdedit_grid_starts_at_start_t_and_ends_clean():
         {"steps": 0},
         {"eta": 0.5},  # eta is ddim-only
         {"given_mask": jnp.zeros((2, 3), bool)},  # mask without given latents
+        {"autoguidance": 2.0},  # no guide model
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs):

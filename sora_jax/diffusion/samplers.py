@@ -40,6 +40,12 @@ Classifier-free guidance (Ho & Salimans 2022): cond and uncond go through ONE de
 the step's t lies in ``guidance_interval`` (Kynkäänniemi et al. 2024); elsewhere the
 conditional prediction alone (one half-size call, chosen by ``lax.cond``).
 
+Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself"):
+a weaker ``guide`` model (e.g. an earlier checkpoint of the same run) sees the same input and
+conditioning, and pred = c + (g - 1)(c - u) + (a - 1)(c - w), w its prediction and a the
+``autoguidance`` scale: a alone (g = 1) is w + a (c - w), their form; a = 1 is CFG alone. It
+applies in the same ``guidance_interval`` as CFG; the guide is a separate call (other weights).
+
 Given frames ([B, T] mask): before every model call their latents are replaced by ``given``
 and their t set to 0; after every update they are restored, so they come back bit-identical.
 """
@@ -108,9 +114,13 @@ def _make_model(
     interval: tuple[float, float],
     given: Array | None,
     mask: Array | None,
+    guide: Denoise | None = None,
+    autoguidance: float | Array = 1.0,
 ) -> Model:
-    """Wrap denoise as (x, scalar t) -> fp32 prediction with given frames and CFG applied."""
+    """Wrap denoise as (x, scalar t) -> fp32 prediction with given frames, CFG and
+    autoguidance applied."""
     use_cfg = uncond is not None and not (_static(guidance) and guidance == 1.0)
+    use_auto = guide is not None and not (_static(autoguidance) and autoguidance == 1.0)
     always = all(map(_static, interval)) and interval[0] <= 0.0 and interval[1] >= 1.0
     both = _concat_batch(cond, uncond) if use_cfg else None
 
@@ -123,11 +133,18 @@ def _make_model(
             return denoise(x, tt, cond).astype(jnp.float32)
 
         def guided() -> Array:
-            out = denoise(jnp.concatenate([x, x]), jnp.concatenate([tt, tt]), both)
-            c, u = jnp.split(out.astype(jnp.float32), 2)
-            return u + guidance * (c - u)
+            if use_cfg:
+                out = denoise(jnp.concatenate([x, x]), jnp.concatenate([tt, tt]), both)
+                c, u = jnp.split(out.astype(jnp.float32), 2)
+                pred = u + guidance * (c - u)
+            else:
+                c = pred = plain()
+            if use_auto:
+                weak = guide(x, tt, cond).astype(jnp.float32)
+                pred = pred + (autoguidance - 1.0) * (c - weak)
+            return pred
 
-        if not use_cfg:
+        if not (use_cfg or use_auto):
             return plain()
         if always:
             return guided()
@@ -267,6 +284,8 @@ def sample(
     schedule: Array | np.ndarray | None = None,
     eta: float | Array = 0.0,
     rng: Array | None = None,
+    guide: Denoise | None = None,
+    autoguidance: float | Array = 1.0,
 ) -> Array:
     """Integrate from noise to clean latents.
 
@@ -287,6 +306,9 @@ def sample(
         ddim: the training ``alphas_cumprod`` [N] (required).
       eta: ddim stochasticity (0 = deterministic DDIM, 1 = DDPM-like).
       rng: PRNG key, needed for ddim with eta != 0.
+      guide: a weaker model's ``(x [B, T, ...], t [B, T], cond) -> prediction`` for
+        autoguidance (same prediction type as ``denoise``), or None.
+      autoguidance: its scale a; 1 (or no guide) means none.
 
     Returns:
       [B, T, H, W, C] float32 clean latents; given frames equal ``given`` bit for bit.
@@ -298,7 +320,10 @@ def sample(
         restore = lambda x: jnp.where(m, g32, x)
     else:
         restore = lambda x: x
-    model = _make_model(denoise, cond, uncond, guidance, guidance_interval, given, given_mask)
+    if guide is None and not (_static(autoguidance) and autoguidance == 1.0):
+        raise ValueError(f"autoguidance={autoguidance} needs guide=, the weaker model.")
+    model = _make_model(denoise, cond, uncond, guidance, guidance_interval, given, given_mask,
+                        guide, autoguidance)  # fmt: skip
     x = restore(noise.astype(jnp.float32))
     if sampler in FLOW_SAMPLERS:
         if schedule is None:

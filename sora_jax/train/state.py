@@ -168,14 +168,21 @@ def load_model(
     seed: int = 0,
     use_ema: bool = True,
     mesh=None,
+    step: int | None = None,
 ) -> nnx.Module:
-    """Rebuilds a trained model from the newest checkpoint in `<workdir>/checkpoints`."""
+    """Rebuilds a trained model from the newest checkpoint in `<workdir>/checkpoints`, or from
+    the one of `step` (a FileNotFoundError names the steps kept if it is not among them)."""
     mesh = mesh or parallel.make_mesh()
     graphdef, abstract_state, _, _, shardings, create = abstract_train_state(task, cfg, mesh, seed)
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
     if checkpointer.latest_step() is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train this stage first.")
-    restored = checkpointer.restore(ckpt_lib.abstract_like(abstract_state, shardings[0]))
+    if step is not None and step not in checkpointer.all_steps():
+        kept = checkpointer.all_steps()
+        checkpointer.close()
+        raise FileNotFoundError(f"no checkpoint of step {step} in {workdir}/checkpoints (kept: "
+                                f"{kept}; keep_every_steps keeps earlier ones).")  # fmt: skip
+    restored = checkpointer.restore(ckpt_lib.abstract_like(abstract_state, shardings[0]), step)
     checkpointer.close()
     with jax.set_mesh(mesh):
         rest = jax.jit(lambda: create()[1], out_shardings=shardings[1])()

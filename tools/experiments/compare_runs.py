@@ -95,6 +95,9 @@ def settings_label(settings: dict | None, n) -> str:
         interval = settings.get("guidance_interval")
         if interval and list(interval) != [0.0, 1.0]:
             parts.append(f"guidance interval {interval[0]:g}-{interval[1]:g}")
+        if settings.get("autoguidance"):
+            parts.append(f"autoguidance {settings['autoguidance']:g} by step "
+                         f"{settings.get('autoguide_step')}")  # fmt: skip
     if n is not None:
         parts.append(f"{n} samples")
     return ", ".join(parts)
