@@ -57,6 +57,12 @@ flags.DEFINE_float("edit_strength", None, "SDEdit --video with the prompt: noise
 flags.DEFINE_float("fps", None, "Output frames per second (default: the input's or the world's).")
 flags.DEFINE_string("guidance_interval", None, "Guide only for t in lo,hi (default 0,1).")
 flags.DEFINE_float("shift", None, "Flow time shift for sampling (default: config.flow.shift).")
+flags.DEFINE_float(
+    "autoguidance", 1.0, "Autoguidance scale (guide away from --autoguide_step's DiT; 1 = off)."
+)
+flags.DEFINE_integer(
+    "autoguide_step", 0, "The workdir's earlier DiT checkpoint that guides (--autoguidance)."
+)
 flags.DEFINE_string("expand_prompt", None, "Expand prompts first: world | llm.")
 flags.DEFINE_string("expand_model", None, "Local model folder for --expand_prompt=llm.")
 FLAGS = flags.FLAGS
@@ -114,6 +120,8 @@ def _sample(config, workdir: str) -> None:
         "negative_prompt": FLAGS.negative_prompt,
         "guidance_interval": interval,
         "shift": FLAGS.shift,
+        "autoguidance": FLAGS.autoguidance,
+        "autoguide_step": FLAGS.autoguide_step,
     }
     req, notes = _expand(config, req)
     config_args = [a for a in sys.argv[1:] if a.startswith("--config")]

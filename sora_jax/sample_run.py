@@ -49,6 +49,9 @@ def _command(req: modes.Request, prompt: str, seed: int, settings: dict, plan_fr
     for k in ("steps", "guidance", "sampler", "negative_prompt", "shift"):
         args.append(f"--{k}={settings[k]}")
     args.append("--guidance_interval={},{}".format(*settings["guidance_interval"]))
+    if float(settings.get("autoguidance", 1.0)) != 1.0:
+        args += [f"--autoguidance={settings['autoguidance']}",
+                 f"--autoguide_step={settings['autoguide_step']}"]  # fmt: skip
     args += [f"--image={p}" for p in req.image]
     for k in ("image_position", "video", "extend", "seconds", "connect_video", "edit_strength"):
         if getattr(req, k) not in ("", None):
@@ -79,7 +82,8 @@ def run_request(
     """Generates what ``req`` asks for (one video per prompt) and writes files + JSON sidecars.
 
     ``settings``: steps, guidance, sampler, seed, negative_prompt, guidance_interval, shift
-    (None = the config's). Inputs are checked and read before any weights are loaded.
+    (None = the config's), and optionally autoguidance and autoguide_step. Inputs are checked
+    and read before any weights are loaded.
     ``prompt_notes``: per prompt, entries that override the sidecar's (e.g. the user's prompt
     and its expansion, when ``req.prompts`` are expanded ones). Returns the written paths.
     """

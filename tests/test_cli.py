@@ -78,6 +78,7 @@ def test_bad_flags_fail_with_a_sentence(tmp_path):
         (["--prompt=a", "--image=x.png", "--video=v.mp4", "--extend=forward"], "--image and"),
         (["--prompt=a", "--video=v.mp4", "--extend=forward"], "needs --seconds"),
         (["--prompt=a", "--prompts_file=none.txt"], "not both"),
+        (["--prompt=a", "--autoguidance=2"], "needs autoguide_step"),
     ],
 )
 def test_bad_sample_flags_fail_with_one_sentence_and_no_traceback(tmp_path, args, words):
@@ -135,3 +136,17 @@ def test_extend_forward_keeps_the_video_and_adds_frames(micro_workdir, world_inp
     assert (meta["num_frames"], meta["latent_frames"], meta["given_latent_frames"]) == (
         13, 4, [0, 1, 2])  # fmt: skip
     assert meta["fps"] == 8.0 and meta["plan"]["new_frames"] == 4
+
+
+def test_sidecar_command_carries_autoguidance_only_when_on():
+    from sora_jax import modes, sample_run
+
+    base = {"steps": 4, "guidance": 3.0, "sampler": "euler", "negative_prompt": "", "shift": 1.0,
+            "guidance_interval": (0.0, 1.0)}  # fmt: skip
+    req = modes.Request(prompts=("a",))
+    command = lambda s: shlex.split(  # noqa: E731
+        sample_run._command(req, "a", 1, s, 5, ["--config=configs/tiny.py"], "/w")
+    )
+    assert not any("autoguid" in a for a in command(base))
+    on = command({**base, "autoguidance": 2.0, "autoguide_step": 500})
+    assert "--autoguidance=2.0" in on and "--autoguide_step=500" in on
