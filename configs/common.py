@@ -213,6 +213,8 @@ def dit_stage_config(
         guidance=5.0,
         seed=0,
         batch_size=1,
+        autoguidance=1.0,  # > 1: guided away from the DiT checkpoint of autoguide_step
+        autoguide_step=0,
     )
     if runlocal:
         c.stages = "vae,dit,sample"

@@ -133,6 +133,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         guidance=8.0,  # measured on 64 prompts: colour 0.23 at 1, 0.45 at 4, 0.50 at 8
         seed=0,
         batch_size=16,
+        # Autoguidance (the "sample" stage; 1 = off): guided away from the run's own DiT
+        # checkpoint of autoguide_step (kept with --config.dit_train.keep_every_steps).
+        autoguidance=1.0,
+        autoguide_step=0,
     )
 
     if args.micro or args.runlocal:

@@ -396,6 +396,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         guidance=5.0,
         seed=0,
         batch_size=16,
+        autoguidance=1.0,  # > 1: guided away from the DiT checkpoint of autoguide_step
+        autoguide_step=0,
     )
     c.eval = world_eval.eval_config()
 

@@ -121,6 +121,8 @@ _SECTIONS = {
         "width": _POS_INT,
         "seed": (_int, "an int"),
         "sampler": _FLOW_SAMPLER,
+        "autoguidance": _NONNEG,  # 1 = off
+        "autoguide_step": _NONNEG_INT,
     },
     "eval": {
         "steps": _POS_INT,
@@ -136,6 +138,8 @@ _SECTIONS = {
         "seed": (_int, "an int"),
         "val_timesteps": (lambda v: all(_TIME[0](t) for t in v), "times in (0, 1]"),
         "sampler": _FLOW_SAMPLER,
+        "autoguidance": _NONNEG,
+        "autoguide_step": _NONNEG_INT,
     },
 }
 
@@ -181,6 +185,11 @@ def check(config: ml_collections.ConfigDict) -> None:
         if cfg is not None and key in cfg and cfg[key] is not None:
             _check(f"{section}.{key}", dict(cfg[key]) if cfg[key] else {}, (_weights, expected))
     train, sample = config.get("dit_train"), config.get("sample")
+    if sample is not None and sample.get("autoguidance", 1.0) != 1.0:
+        if not sample.get("autoguide_step", 0):
+            raise ValueError(f"config.sample.autoguidance={sample.autoguidance} needs "
+                             "config.sample.autoguide_step, the step of the earlier DiT "
+                             "checkpoint that guides, > 0.")  # fmt: skip
     text = config.get("text")
     n = train.get("image_text_length", 0) if train is not None else 0
     if n and text is not None and n > text.get("max_length", n):

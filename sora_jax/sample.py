@@ -352,6 +352,8 @@ class Generator:
         negative_prompt: str = "",
         shift: float | None = None,
         guidance_interval: tuple[float, float] = (0.0, 1.0),
+        autoguidance: float = 1.0,
+        autoguide_step: int = 0,
     ) -> np.ndarray:
         """Text -> uint8 videos [B, F, H, W, 3] (F = 1: images); deterministic for `seed`."""
         plan = modes.text_to_video(num_frames, height, width, tf=self.temporal_factor)
@@ -365,6 +367,8 @@ class Generator:
             negative_prompt=negative_prompt,
             shift=shift,
             guidance_interval=guidance_interval,
+            autoguidance=autoguidance,
+            autoguide_step=autoguide_step,
         ).videos
 
 

@@ -1,6 +1,7 @@
 """Shared pytest setup: CPU, fp32 matmuls, quiet logs, one compilation cache per test session."""
 
 import atexit
+import json
 import os
 import shutil
 import tempfile
@@ -29,8 +30,50 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_fast}".strip()
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture
+def fake_run(tmp_path):
+    """A function (config, dit_steps_seeds) -> a workdir as the VAE and DiT stages leave it, with
+    freshly initialised weights: a VAE checkpoint, flat latent statistics, and a DiT checkpoint
+    at each (step, init seed); returns the workdir and each DiT step's EMA leaves."""
+
+    def build(config, dit_steps_seeds):
+        from sora_jax import parallel
+        from sora_jax import sample as sample_lib
+        from sora_jax.models import dit, vae
+        from sora_jax.train import checkpoint, vae_task
+        from sora_jax.train import state as state_lib
+
+        mesh = parallel.make_mesh()
+        dit_task = sample_lib._creator(
+            lambda rngs: dit.DiT(dit.DiTConfig(**config.dit.to_dict()), rngs=rngs)
+        )
+        vae_creator = sample_lib._creator(
+            lambda rngs: vae.CausalVAE(vae.VAEConfig(**config.vae.to_dict()), rngs=rngs)
+        )
+
+        def save(stage, task, cfg, steps_seeds):
+            ckpt = checkpoint.Checkpointer(str(tmp_path / stage / "checkpoints"), async_save=False)
+            leaves = {}
+            for step, seed in steps_seeds:
+                _, state, _, _, _ = state_lib.init_state(task, cfg, mesh, seed)
+                ckpt.save(step, state, {})
+                leaves[step] = jax.tree.leaves(state.ema)
+            ckpt.close()
+            return leaves
+
+        save("vae", vae_creator, config.vae_train, [(1, 0)])
+        z = config.vae.z_channels
+        (tmp_path / "vae" / vae_task.LATENT_STATS).write_text(
+            json.dumps({"mean": [0.0] * z, "std": [1.0] * z})
+        )
+        return str(tmp_path), save("dit", dit_task, config.dit_train, dit_steps_seeds)
+
+    return build
 
 
 # The slowest modules first (measured with --durations): with `--dist loadfile` each module runs

@@ -53,6 +53,8 @@ def test_every_shipped_config_passes(name, arg):
         ("flow.logit_std", -1.0, "a finite number > 0"),
         ("sample.steps", 0, "an int >= 1"),
         ("sample.sampler", "ddim", "one of ('euler', 'heun', 'dpmpp_2m')"),
+        ("sample.autoguidance", -1.0, "a finite number >= 0"),
+        ("eval.autoguide_step", -5, "an int >= 0"),
         ("eval.edit_strength", 0.0, "a number in (0, 1]"),
         ("eval.val_timesteps", (0.1, 1.5), "times in (0, 1]"),
         ("eval.batch_size", 0, "an int >= 1"),
@@ -96,6 +98,15 @@ def test_occlusion_samples_need_frames_before_and_after_the_bar():
     config.dit_train.sample_num_occlusion = -1
     with pytest.raises(ValueError, match=r"sample_num_occlusion=-1 is not valid; expected an int"):
         config_check.check(config)
+
+
+def test_sample_autoguidance_needs_the_step_that_guides():
+    config = _config("tiny", None)
+    config.sample.autoguidance = 2.0
+    with pytest.raises(ValueError, match=r"^config.sample.autoguidance=2.0 needs [^.]*> 0\.$"):
+        config_check.check(config)
+    config.sample.autoguide_step = 1000
+    config_check.check(config)
 
 
 def test_sections_a_config_lacks_are_skipped():

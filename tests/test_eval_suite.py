@@ -314,44 +314,16 @@ def test_autoguidance_reaches_the_sampler_with_the_guide_of_its_step():
         sample_lib.check_settings(**eval_suite._settings(c, autoguidance=2.0))
 
 
-def test_generator_loads_the_guide_from_its_runs_checkpoint_of_that_step(tmp_path):
+def test_generator_loads_the_guide_from_its_runs_checkpoint_of_that_step(fake_run):
     """A workdir's generator takes autoguidance's weaker model from the DiT checkpoint of
     autoguide_step (EMA weights), the sampled model from the newest; a step not kept fails
     naming the steps that are."""
     import jax
     from flax import nnx
 
-    from sora_jax import parallel
-    from sora_jax.models import dit, vae
-    from sora_jax.train import checkpoint, vae_task
-    from sora_jax.train import state as state_lib
-
     c = load_world_config("micro")
-    mesh = parallel.make_mesh()
-    dit_task = sample_lib._creator(
-        lambda rngs: dit.DiT(dit.DiTConfig(**c.dit.to_dict()), rngs=rngs)
-    )
-    vae_creator = sample_lib._creator(
-        lambda rngs: vae.CausalVAE(vae.VAEConfig(**c.vae.to_dict()), rngs=rngs)
-    )
-
-    def save(stage, task, cfg, steps_seeds):
-        ckpt = checkpoint.Checkpointer(str(tmp_path / stage / "checkpoints"), async_save=False)
-        params = {}
-        for step, seed in steps_seeds:
-            _, state, _, _, _ = state_lib.init_state(task, cfg, mesh, seed)
-            ckpt.save(step, state, {})
-            params[step] = jax.tree.leaves(state.ema)
-        ckpt.close()
-        return params
-
-    save("vae", vae_creator, c.vae_train, [(1, 0)])
-    z = c.vae.z_channels
-    (tmp_path / "vae" / vae_task.LATENT_STATS).write_text(
-        json.dumps({"mean": [0.0] * z, "std": [1.0] * z})
-    )
-    saved = save("dit", dit_task, c.dit_train, [(5, 11), (10, 12)])
-    gen = sample_lib.Generator(c, str(tmp_path))
+    workdir, saved = fake_run(c, [(5, 11), (10, 12)])
+    gen = sample_lib.Generator(c, workdir)
     assert gen.checkpoint_steps["dit"] == 10
     for step, state in ((10, nnx.state(gen.dit)), (5, gen._guide_state(5))):
         got = jax.tree.leaves(nnx.state(nnx.merge(gen._dit_def, state), nnx.Param))

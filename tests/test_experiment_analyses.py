@@ -1,13 +1,16 @@
 """Analyses of world runs: evaluate.sweeps and tools/experiments/sample_sweeps.py (bars the
 prompt did not ask for), tools/experiments/blur_permanence.py (permanence of blurred scenes),
 tools/experiments/occluder_motion.py (how the occlusion scenes' bars moved),
-tools/experiments/bar_word_probe.py (the text encoder's features of the bar's way)."""
+tools/experiments/bar_word_probe.py (the text encoder's features of the bar's way),
+tools/experiments/guide_sweep.py (a run's prompts under several sampler settings)."""
 
+import importlib.util
 import json
 import os
 import sys
 
 import numpy as np
+import pytest
 
 from sora_jax import eval_files, evaluate, sample_run
 from sora_jax.data import world
@@ -15,6 +18,7 @@ from sora_jax.data import world
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "experiments"))
 import bar_word_probe  # noqa: E402
 import blur_permanence  # noqa: E402
+import guide_sweep  # noqa: E402
 import occluder_motion  # noqa: E402
 import sample_sweeps  # noqa: E402
 
@@ -146,3 +150,35 @@ def test_bar_word_probe_reads_the_way_from_the_end_words_of_the_order_wording(tm
     assert bar_word_probe.order_caption("A bar sweeps upward, hiding it.", spec) == (
         "A bar sweeps from bottom to top, hiding it."
     )
+
+
+def test_guide_sweep_grades_each_setting_on_the_same_prompts_and_pairs_them(fake_run):
+    """Settings (CFG, autoguidance by an earlier checkpoint) on one generator: the same prompts
+    and seeds each pass, a repeated setting the same grades, and bad settings fail before the
+    weights load."""
+    c = _tiny_micro()
+    workdir, _ = fake_run(c, [(2, 11), (4, 12)])
+    settings = [{"guidance": 4.0}, {"guidance": 4.0, "autoguidance": 2.0, "autoguide_step": 2},
+                {"guidance": 4.0}]  # fmt: skip
+    out = guide_sweep.sweep(c, workdir, settings, num_prompts=2)
+    assert out["checkpoint_steps"]["dit"] == 4 and len(out["rows"]) == 3
+    first, auto, again = out["rows"]
+    assert first["n"] == auto["n"] == 2 and "shape_vs_first" not in first
+    assert again["shape_right"] == first["shape_right"]  # same prompts, seeds and weights
+    assert again["shape_vs_first"]["only_first"] == again["shape_vs_first"]["only_second"] == 0
+    assert "| guidance=4.0, autoguidance=2.0, autoguide_step=2 |" in guide_sweep.table(out["rows"])
+    assert guide_sweep.parse_setting("steps=3,sampler=heun") == {"steps": 3, "sampler": "heun"}
+    with pytest.raises(ValueError, match="key=value"):
+        guide_sweep.parse_setting("guidance")
+    with pytest.raises(ValueError, match=r"\['gidance'\] are not in config.sample"):
+        guide_sweep.sweep(c, workdir, [{"gidance": 4.0}])
+    with pytest.raises(ValueError, match="needs autoguide_step"):
+        guide_sweep.sweep(c, workdir, [{"autoguidance": 2.0}])
+
+
+def _tiny_micro():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("tiny", os.path.join(root, "configs", "tiny.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config("micro")
