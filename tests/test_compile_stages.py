@@ -146,3 +146,29 @@ def test_dit_compile_needs_the_compile_cache(tmp_path):
     for stage in ("dit_compile", "eval_compile"):
         with pytest.raises(ValueError, match=f"stage '{stage}' fills the compile cache: set"):
             recipe.run(config, str(tmp_path), stage)
+
+
+def test_sample_stage_batches_pass_the_configs_autoguidance():
+    """`recipe.generate_batched` (the sample stage, guide_sweep) hands config.sample's
+    autoguidance to every batch, with each batch's seed; configs without it sample plainly."""
+    import ml_collections
+    import numpy as np
+
+    from sora_jax import recipe
+
+    calls = []
+
+    class Spy:
+        def generate(self, prompts, **kw):
+            calls.append(kw)
+            return np.zeros((len(prompts), 1, 2, 2, 3), np.uint8)
+
+    scfg = ml_collections.ConfigDict(dict(batch_size=2, num_frames=1, height=2, width=2, steps=3,
+                                          guidance=4.0, sampler="euler", seed=5))  # fmt: skip
+    assert recipe.generate_batched(Spy(), scfg, ["a", "b", "c"]).shape[0] == 3
+    assert [(c["seed"], c["autoguidance"], c["autoguide_step"]) for c in calls] == [
+        (5, 1.0, 0), (7, 1.0, 0)]  # fmt: skip
+    scfg.update(autoguidance=2.0, autoguide_step=100)
+    calls.clear()
+    recipe.generate_batched(Spy(), scfg, ["a"])
+    assert (calls[0]["autoguidance"], calls[0]["autoguide_step"]) == (2.0, 100)
