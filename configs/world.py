@@ -481,13 +481,14 @@ def _res64(c: ml_collections.ConfigDict, ninth: bool) -> None:
                                 for v in c.eval.t2v_variants)  # fmt: skip
     # Autoguidance (Karras et al. 2024: guide a model away from a weaker version of itself)
     # beside CFG 5: the run's own DiT at 2,500 and 5,000 steps (1/6 and 1/3 of its training)
-    # as the weaker model. Twenty runs' misses are small shapes drawn unsteadily and bars drawn
-    # late, errors a less-trained DiT makes more of (its training samples at 5,000 steps: shapes
-    # 0.79, permanence 0.42 in the nineteenth run); sampler settings alone moved permanence by
-    # <= 4 points in runs 14-19. Those checkpoints are kept for it (6 of ~0.46 GB on the GPU's
-    # disk; they never leave the machine).
+    # as the weaker model, at scale 2 (and 3 by 2,500). Twenty runs' misses are small shapes
+    # drawn unsteadily and bars drawn late, errors a less-trained DiT makes more of (its
+    # training samples at 5,000 steps: shapes 0.79, permanence 0.42 in the nineteenth run);
+    # sampler settings alone moved permanence by <= 4 points in runs 14-19. Those checkpoints
+    # are kept for it (6 of ~0.46 GB on the GPU's disk; they never leave the machine).
     c.dit_train.keep_every_steps = 2500
     c.eval.t2v_variants += ({"autoguidance": 2.0, "autoguide_step": 2500},
+                            {"autoguidance": 3.0, "autoguide_step": 2500},
                             {"autoguidance": 2.0, "autoguide_step": 5000})  # fmt: skip
 
 

@@ -6,6 +6,7 @@ import pathlib
 import pytest
 from flax import nnx
 
+from sora_jax import eval_suite
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import vae as vae_lib
 
@@ -121,6 +122,10 @@ def test_world_default_is_the_64x64_recipe_and_ninth_gives_the_ninth_runs():
     assert c.vae_train.latent_noise == 0.2 and c.eval.guidance == c.sample.guidance == 5.0
     assert c.dit_train.image_text_length == 0  # the 1-frame bucket's captions run to 92 tokens
     assert {"guidance": 3.0} in c.eval.t2v_variants
+    # Its autoguidance variants name DiT checkpoints the stage keeps (checked as the eval starts).
+    variants = eval_suite.t2v_variants(c, ("t2v", "t2v_occlusion"))
+    assert "t2v_occlusion@autoguidance=2.0,autoguide_step=2500" in variants
+    assert sum("autoguide_step" in v for v in variants.values()) == 6
     ninth = load_config("world", "ninth")
     assert ninth.vae_train.steps == ninth.dit_train.steps == 15000
     assert ninth.vae_train.latent_noise == 0.0
