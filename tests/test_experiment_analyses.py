@@ -2,7 +2,8 @@
 prompt did not ask for), tools/experiments/blur_permanence.py (permanence of blurred scenes),
 tools/experiments/occluder_motion.py (how the occlusion scenes' bars moved),
 tools/experiments/bar_word_probe.py (the text encoder's features of the bar's way),
-tools/experiments/guide_sweep.py (a run's prompts under several sampler settings)."""
+tools/experiments/guide_sweep.py (a run's prompts under several sampler settings),
+tools/experiments/permanence_by_subject.py (kept occlusion scenes by subject)."""
 
 import importlib.util
 import json
@@ -20,6 +21,7 @@ import bar_word_probe  # noqa: E402
 import blur_permanence  # noqa: E402
 import guide_sweep  # noqa: E402
 import occluder_motion  # noqa: E402
+import permanence_by_subject  # noqa: E402
 import sample_sweeps  # noqa: E402
 
 CFG = world.WorldConfig(resolutions=((64, 64),), num_frames=(17,))
@@ -156,7 +158,7 @@ def test_guide_sweep_grades_each_setting_on_the_same_prompts_and_pairs_them(fake
     """Settings (CFG, autoguidance by an earlier checkpoint) on one generator: the same prompts
     and seeds each pass, a repeated setting the same grades, and bad settings fail before the
     weights load."""
-    c = _tiny_micro()
+    c = _config("tiny", "micro")
     workdir, _ = fake_run(c, [(2, 11), (4, 12)])
     settings = [{"guidance": 4.0}, {"guidance": 4.0, "autoguidance": 2.0, "autoguide_step": 2},
                 {"guidance": 4.0}]  # fmt: skip
@@ -176,9 +178,33 @@ def test_guide_sweep_grades_each_setting_on_the_same_prompts_and_pairs_them(fake
         guide_sweep.sweep(c, workdir, [{"autoguidance": 2.0}])
 
 
-def _tiny_micro():
+def _config(name: str, arg: str):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location("tiny", os.path.join(root, "configs", "tiny.py"))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, "configs", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config("micro")
+    return module.get_config(arg)
+
+
+def test_permanence_by_subject_counts_each_scene_once_in_its_group(tmp_path):
+    from sora_jax import eval_cases
+
+    c = _config("world", "micro")
+    c.eval.occlusion_prompts = 12
+    cases = eval_cases.build_suite(c)["t2v_occlusion"]
+    specs = permanence_by_subject.suite_specs(c)
+    assert sorted(specs) == sorted(x.seed for x in cases)
+    seeds = [x.seed for x in cases]
+    kept = [i % 2 == 0 for i in range(len(seeds))]
+    run = {"seed": seeds, "kept": kept, "vae_kept": [True] * len(seeds)}
+    groups = permanence_by_subject.by_subject(run, specs)
+    assert sum(g["scenes"] for g in groups.values()) == len(seeds)
+    assert sum(g["kept"] for g in groups.values()) == sum(kept)
+    assert all(g["vae_kept"] == g["scenes"] for g in groups.values())
+    for seed, k in zip(seeds, kept, strict=True):  # one scene alone lands in its spec's group
+        alone = permanence_by_subject.by_subject({"seed": [seed], "kept": [k]}, specs)
+        name = permanence_by_subject.group(specs[seed])
+        assert alone == {name: {"scenes": 1, "kept": int(k), "vae_kept": None}}
+    assert "| run |" in permanence_by_subject.table([{"run": "r", "groups": groups}])
+    with pytest.raises(ValueError, match="not among the suite's occlusion scenes"):
+        permanence_by_subject.by_subject({"seed": [-1], "kept": [True]}, specs)
