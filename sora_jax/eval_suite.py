@@ -87,7 +87,7 @@ TARGETS = (
 
 
 # The sampler settings of `config.eval`; guidance_interval (lo, hi): guidance applies while
-# lo <= t <= hi (Kynkäänniemi et al. 2024); autoguidance (scale, > 1 to apply) and
+# lo <= t <= hi (Kynkäänniemi et al. 2024); autoguidance (scale; 1 = off) and
 # autoguide_step: the run's own earlier DiT checkpoint as the weaker model that guides
 # (Karras et al. 2024; sora_jax/diffusion/samplers.py).
 VARIANT_KEYS = ("steps", "sampler", "guidance", "shift", "guidance_interval", "autoguidance",
@@ -436,7 +436,9 @@ def run(
             " configs/world.py has one (configs/world_eval.py)."
         )
     cases_by_set = eval_cases.build_suite(config)  # bad eval settings fail before any weights load
-    sample_lib.check_settings(**_settings(config))
+    suite = _settings(config)
+    sample_lib.check_settings(**suite)
+    _check_guide_kept(config, suite.get("autoguide_step", 0))
     variants = t2v_variants(config, list(cases_by_set))
     threads = config.eval.get("threads", 1)
     if not isinstance(threads, int) or threads < 1:

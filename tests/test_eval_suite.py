@@ -451,6 +451,9 @@ def test_bad_t2v_variant_fails_before_any_weights_load(tmp_path):
             eval_suite.run(c, str(tmp_path), generator=object())
     c.eval.t2v_variants = ({"autoguidance": 2.0, "autoguide_step": 50},)
     assert list(eval_suite.t2v_variants(c, ["t2v"])) == ["t2v@autoguidance=2.0,autoguide_step=50"]
+    c.eval.update(autoguidance=2.0, autoguide_step=60)  # the suite's own setting, checked too
+    with pytest.raises(ValueError, match="autoguide_step=60 is not a DiT checkpoint"):
+        eval_suite.run(c, str(tmp_path), generator=object())
 
 
 def test_contact_sheet_pads_cells_and_frames_given_frames():
