@@ -66,6 +66,7 @@ from sora_jax import eval_cases, eval_files, evaluate, quality
 from sora_jax import sample as sample_lib
 from sora_jax.data import sources
 from sora_jax.data import world as world_lib
+from sora_jax.train import checkpoint as ckpt_lib
 from sora_jax.train import dit_task, vae_eval, vae_task
 
 # Issue 9's numbers: (set, metric, "min" | "max", threshold).
@@ -142,14 +143,14 @@ def t2v_variants(config: ml_collections.ConfigDict, set_names: Sequence[str]) ->
 
 
 def _check_guide_kept(config: ml_collections.ConfigDict, step: int) -> None:
-    """An autoguidance step must be a DiT checkpoint its stage keeps (a multiple of both
-    checkpoint_every_steps and keep_every_steps, below the last step): else the variant would
-    fail only when sampled, after the sets before it."""
+    """An autoguidance step must be an earlier DiT checkpoint its stage keeps for good
+    (`checkpoint.kept_for_good`): else the variant would fail only when sampled, after the sets
+    before it."""
     if not step:
         return
     dt = config.dit_train
-    every, keep = int(dt.get("checkpoint_every_steps", 0)), int(dt.get("keep_every_steps", 0))
-    if not (every and keep and step % every == 0 and step % keep == 0 and step < int(dt.steps)):
+    every, keep = dt.get("checkpoint_every_steps", 0), dt.get("keep_every_steps", 0)
+    if not (ckpt_lib.kept_for_good(dt, step) and step < int(dt.steps)):
         raise ValueError(
             f"autoguide_step={step} is not a DiT checkpoint the stage keeps: it must be below "
             f"dit_train.steps={dt.steps} and a multiple of checkpoint_every_steps={every} and "

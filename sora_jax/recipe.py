@@ -222,6 +222,16 @@ def generate_batched(gen, scfg: ml_collections.ConfigDict, prompts: list[str]) -
     return np.concatenate(videos)
 
 
+def sample_prompts(config: ml_collections.ConfigDict, num: int | None = None):
+    """(specs, prompts) the sample stage grades: `world.prompt_suite` of `sample.num_prompts`
+    (or `num`) from `sample.seed`, each with its short caption."""
+    scfg = config.sample
+    world = sources.make_world(config)
+    n = int(scfg.num_prompts if num is None else num)
+    specs = world_lib.prompt_suite(world.cfg, n, seed=int(scfg.seed))
+    return specs, [world.captions(s)["short"] for s in specs]
+
+
 def run_sample(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Samples the world prompt suite (+ any configured prompts) and grades them."""
     from sora_jax import sample as sample_lib
@@ -230,9 +240,8 @@ def run_sample(config: ml_collections.ConfigDict, workdir: str) -> dict:
     scfg = config.sample
     gen = sample_lib.Generator(config, workdir)
     world_cfg = sources.make_world(config).cfg
-    specs = world_lib.prompt_suite(world_cfg, int(scfg.num_prompts), seed=int(scfg.seed))
-    world = world_lib.World(world_cfg)
-    prompts = [world.captions(s)["short"] for s in specs] + list(scfg.get("prompts", ()))
+    specs, prompts = sample_prompts(config)
+    prompts += list(scfg.get("prompts", ()))
     videos = generate_batched(gen, scfg, prompts)
     files = []
     for i, (prompt, video) in enumerate(zip(prompts, videos)):

@@ -207,7 +207,7 @@ class Generator:
 
     # ---- sampling ----
 
-    def _run_fn(self, steps: int, sampler: str, interval: tuple, cfg: bool, auto: bool = False):
+    def _run_fn(self, steps: int, sampler: str, interval: tuple, cfg: bool, auto: bool):
         # start_t is traced (SDEdit strengths share one compile); t2v passes init = 0, start_t
         # = 1, and (1 - 1) * 0 + 1 * noise is the noise bit for bit.
         key = (steps, sampler, interval, cfg, auto)

@@ -56,6 +56,15 @@ def versions() -> dict[str, str]:
     }
 
 
+def kept_for_good(cfg: Any, step: int) -> bool:
+    """Whether a training stage of config `cfg` saves a checkpoint of `step` and never deletes
+    it: a multiple of its `checkpoint_every_steps` and of `keep_every_steps` (the Checkpointer's
+    keep period, train/loop.py), whatever else it keeps (its last `keep_checkpoints` depend on
+    where a run stopped)."""
+    every, keep = int(cfg.get("checkpoint_every_steps", 0)), int(cfg.get("keep_every_steps", 0))
+    return bool(step > 0 and every and keep and step % every == 0 and step % keep == 0)
+
+
 def table_hash(table: Any) -> str:
     """Short stable hash of a JSON-able value (e.g. the bucket table of a stage)."""
     text = json.dumps(table, sort_keys=True, default=list)

@@ -175,10 +175,10 @@ def load_model(
     mesh = mesh or parallel.make_mesh()
     graphdef, abstract_state, _, _, shardings, create = abstract_train_state(task, cfg, mesh, seed)
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-    if checkpointer.latest_step() is None:
+    kept = checkpointer.all_steps()
+    if not kept:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train this stage first.")
-    if step is not None and step not in checkpointer.all_steps():
-        kept = checkpointer.all_steps()
+    if step is not None and step not in kept:
         checkpointer.close()
         raise FileNotFoundError(f"no checkpoint of step {step} in {workdir}/checkpoints (kept: "
                                 f"{kept}; keep_every_steps keeps earlier ones).")  # fmt: skip

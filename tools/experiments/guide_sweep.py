@@ -30,8 +30,6 @@ import jax  # noqa: E402
 
 from sora_jax import evaluate, recipe  # noqa: E402
 from sora_jax import sample as sample_lib  # noqa: E402
-from sora_jax.data import sources  # noqa: E402
-from sora_jax.data import world as world_lib  # noqa: E402
 
 KINDS = {"steps": int, "autoguide_step": int, "seed": int, "sampler": str}  # else float
 
@@ -53,14 +51,9 @@ def sweep(config, workdir: str, settings: list[dict], num_prompts: int | None = 
     bad = [k for s in settings for k in s if k not in scfg]
     if bad:
         raise ValueError(f"--setting keys {sorted(set(bad))} are not in config.sample.")
-    n = int(num_prompts or scfg.num_prompts)
-    world_cfg = sources.make_world(config).cfg
-    specs = world_lib.prompt_suite(world_cfg, n, seed=int(scfg.seed))
-    world = world_lib.World(world_cfg)
-    prompts = [world.captions(s)["short"] for s in specs]
+    specs, prompts = recipe.sample_prompts(config, num_prompts)
     for s in settings:  # every setting checked before the weights load
-        merged = {k: v for k, v in {**scfg.to_dict(), **s}.items()}
-        sample_lib.check_settings(guidance_interval=(0.0, 1.0), **merged)
+        sample_lib.check_settings(guidance_interval=(0.0, 1.0), **{**scfg.to_dict(), **s})
     gen = sample_lib.Generator(config, workdir)
     rows, first = [], None
     for s in settings:
@@ -80,7 +73,7 @@ def sweep(config, workdir: str, settings: list[dict], num_prompts: int | None = 
             b = dict(enumerate(row["shape_right"]))
             row["shape_vs_first"] = evaluate.paired_outcomes(a, b)
         rows.append(row)
-    return {"prompts": n, "checkpoint_steps": gen.checkpoint_steps, "rows": rows}
+    return {"prompts": len(prompts), "checkpoint_steps": gen.checkpoint_steps, "rows": rows}
 
 
 def table(rows: list[dict]) -> str:

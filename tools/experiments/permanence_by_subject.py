@@ -45,14 +45,14 @@ def by_subject(scenes: dict, specs: dict[int, dict]) -> dict[str, dict]:
             f"{len(missing)} scene seeds (e.g. {missing[0]}) are not among the suite's "
             "occlusion scenes; pass the config the run was evaluated with."
         )
-    vae = scenes.get("vae_kept") or [None] * len(scenes["seed"])
-    out = {g: {"scenes": 0, "kept": 0, "vae_kept": 0} for g in GROUPS}
-    for seed, kept, vae_kept in zip(scenes["seed"], scenes["kept"], vae, strict=True):
+    vae = scenes.get("vae_kept")  # None: the run did not grade round trips
+    out = {g: {"scenes": 0, "kept": 0, "vae_kept": None if vae is None else 0} for g in GROUPS}
+    for i, (seed, kept) in enumerate(zip(scenes["seed"], scenes["kept"], strict=True)):
         row = out[group(specs[seed])]
         row["scenes"] += 1
         row["kept"] += bool(kept)
-        row["vae_kept"] = None if vae_kept is None or row["vae_kept"] is None else (
-            row["vae_kept"] + bool(vae_kept))  # fmt: skip
+        if vae is not None:
+            row["vae_kept"] += bool(vae[i])
     return {g: r for g, r in out.items() if r["scenes"]}
 
 
