@@ -215,6 +215,7 @@ def dit_stage_config(
         batch_size=1,
         autoguidance=1.0,  # > 1: guided away from the DiT checkpoint of autoguide_step
         autoguide_step=0,
+        factorized=False,  # text -> image -> video (Generator.sample)
     )
     if runlocal:
         c.stages = "vae,dit,sample"

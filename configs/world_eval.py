@@ -47,6 +47,10 @@ def eval_config(**overrides) -> ml_collections.ConfigDict:
             # it as variants and keeps those checkpoints).
             autoguidance=1.0,
             autoguide_step=0,
+            # True: the text -> video sets sampled as text -> image -> video (Emu Video's
+            # factorisation; sora_jax/sample.py): each video's first latent frame sampled alone
+            # as an image, then kept while the rest is sampled, as in image -> video.
+            factorized=False,
             # The sets of `variant_sets` again under other settings (reported beside the sets,
             # not as targets): how much the grades owe to sampling. Guidance 5 was the setting
             # of the runs before 2026-12-04 and since 2026-12-05, 3 of those between, and 30

@@ -39,6 +39,7 @@ _FRACTION = (lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]")
 _DECAY = (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)")
 _TIME = (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]")
 # The Generator samples the rectified-flow DiT (sora_jax/sample.py check_settings).
+_BOOL = (lambda v: isinstance(v, bool), "True or False")
 _FLOW_SAMPLER = (lambda v: v in samplers.FLOW_SAMPLERS, f"one of {samplers.FLOW_SAMPLERS}")
 
 # The loop, optimiser and checkpoint settings of every training stage (configs/common.py
@@ -123,6 +124,7 @@ _SECTIONS = {
         "sampler": _FLOW_SAMPLER,
         "autoguidance": _NONNEG,  # 1 = off
         "autoguide_step": _NONNEG_INT,
+        "factorized": _BOOL,  # text -> image -> video
     },
     "eval": {
         "steps": _POS_INT,
@@ -140,6 +142,7 @@ _SECTIONS = {
         "sampler": _FLOW_SAMPLER,
         "autoguidance": _NONNEG,
         "autoguide_step": _NONNEG_INT,
+        "factorized": _BOOL,
     },
 }
 

@@ -90,15 +90,18 @@ TARGETS = (
 # The sampler settings of `config.eval`; guidance_interval (lo, hi): guidance applies while
 # lo <= t <= hi (Kynkäänniemi et al. 2024); autoguidance (scale; 1 = off) and
 # autoguide_step: the run's own earlier DiT checkpoint as the weaker model that guides
-# (Karras et al. 2024; sora_jax/diffusion/samplers.py).
+# (Karras et al. 2024; sora_jax/diffusion/samplers.py); factorized: text -> video sets as
+# text -> image -> video (Generator.sample; the other modes' sets already have given frames).
 VARIANT_KEYS = ("steps", "sampler", "guidance", "shift", "guidance_interval", "autoguidance",
-                "autoguide_step")  # fmt: skip
-_DEFAULTS = {"autoguidance": 1.0, "autoguide_step": 0}  # configs from before autoguidance
+                "autoguide_step", "factorized")  # fmt: skip
+# Keys newer than the first runs' configs.
+_DEFAULTS = {"autoguidance": 1.0, "autoguide_step": 0, "factorized": False}
 
 
 def _settings(config: ml_collections.ConfigDict, **overrides) -> dict:
     """The suite's sampler settings (`config.eval`), with `overrides` of VARIANT_KEYS; the
-    autoguidance keys only where it applies (settings of runs without it read as before)."""
+    autoguidance and factorized keys only where they apply (settings of runs without them read
+    as before)."""
     ec = {**{k: config.eval.get(k, _DEFAULTS.get(k)) for k in VARIANT_KEYS}, **overrides}
     out = {
         "steps": int(ec["steps"]),
@@ -109,6 +112,8 @@ def _settings(config: ml_collections.ConfigDict, **overrides) -> dict:
     }
     if float(ec["autoguidance"]) != 1.0:
         out.update(autoguidance=float(ec["autoguidance"]), autoguide_step=int(ec["autoguide_step"]))
+    if ec["factorized"]:
+        out["factorized"] = ec["factorized"]  # check_settings: True or False
     return out
 
 
@@ -162,7 +167,9 @@ def generate(
     gen: sample_lib.Generator, cases: Sequence[eval_cases.Case], settings: dict, batch_size: int
 ) -> list[np.ndarray]:
     """uint8 videos of the cases; text-only cases of one shape and consecutive seeds share calls
-    (sample i of a call with seed s draws key s + i), conditioned ones run one per call."""
+    (sample i of a call with seed s draws key s + i), conditioned ones run one per call.
+    `settings["factorized"]` applies to the text -> video cases (images and conditioned modes
+    are sampled as they are)."""
     videos: list[np.ndarray] = []
     i = 0
     while i < len(cases):
@@ -175,7 +182,8 @@ def generate(
                         cases[j].plan.width) == size):  # fmt: skip
                 j += 1
         prompts = [x.prompt for x in cases[i:j]]
-        videos.extend(gen.sample(prompts, c.plan, seed=c.seed, **settings).videos)
+        kw = dict(settings, factorized=bool(settings.get("factorized")) and c.plan.mode == "t2v")
+        videos.extend(gen.sample(prompts, c.plan, seed=c.seed, **kw).videos)
         i = j
     return videos
 

@@ -63,6 +63,9 @@ flags.DEFINE_float(
 flags.DEFINE_integer(
     "autoguide_step", 0, "The workdir's earlier DiT checkpoint that guides (--autoguidance)."
 )
+flags.DEFINE_bool(
+    "factorized", False, "Text -> video as text -> image -> video (the first frame sampled first)."
+)
 flags.DEFINE_string("expand_prompt", None, "Expand prompts first: world | llm.")
 flags.DEFINE_string("expand_model", None, "Local model folder for --expand_prompt=llm.")
 FLAGS = flags.FLAGS
@@ -122,6 +125,7 @@ def _sample(config, workdir: str) -> None:
         "shift": FLAGS.shift,
         "autoguidance": FLAGS.autoguidance,
         "autoguide_step": FLAGS.autoguide_step,
+        "factorized": FLAGS.factorized,
     }
     req, notes = _expand(config, req)
     config_args = [a for a in sys.argv[1:] if a.startswith("--config")]

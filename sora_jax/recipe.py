@@ -201,8 +201,8 @@ def _last(history: list[dict], key: str):
 
 def generate_batched(gen, scfg: ml_collections.ConfigDict, prompts: list[str]) -> np.ndarray:
     """Videos uint8 [N, F, H, W, 3] of `prompts` at `config.sample`'s settings (autoguidance
-    too, if set), in batches of `scfg.batch_size`; batch i (prompts from index k) samples with
-    seed `scfg.seed + k`."""
+    and factorized too, if set), in batches of `scfg.batch_size`; batch i (prompts from index
+    k) samples with seed `scfg.seed + k`."""
     batch, videos = int(scfg.batch_size), []
     for i in range(0, len(prompts), batch):
         videos.append(
@@ -217,6 +217,7 @@ def generate_batched(gen, scfg: ml_collections.ConfigDict, prompts: list[str]) -
                 seed=int(scfg.seed) + i,
                 autoguidance=float(scfg.get("autoguidance", 1.0)),
                 autoguide_step=int(scfg.get("autoguide_step", 0)),
+                factorized=bool(scfg.get("factorized", False)),
             )
         )
     return np.concatenate(videos)
@@ -255,6 +256,8 @@ def run_sample(config: ml_collections.ConfigDict, workdir: str) -> dict:
         }
         if float(scfg.get("autoguidance", 1.0)) != 1.0:
             meta.update(autoguidance=scfg.autoguidance, autoguide_step=scfg.autoguide_step)
+        if scfg.get("factorized", False):
+            meta["factorized"] = True
         if i < len(specs):
             meta["spec"] = specs[i]
         paths = sample_run.save_video(

@@ -285,6 +285,7 @@ class Generator:
         shift: float | None = None,
         autoguidance: float = 1.0,
         autoguide_step: int = 0,
+        factorized: bool = False,
     ) -> Samples:
         """Samples ``plan`` once per prompt; deterministic for ``seed``.
 
@@ -292,6 +293,13 @@ class Generator:
         changes only the generated frames. ``autoguidance`` > 1 guides the model away from
         its own DiT checkpoint of step ``autoguide_step`` (EMA weights; Karras et al. 2024),
         beside CFG's ``guidance`` (samplers.py has the formula).
+
+        ``factorized`` (text -> video plans only): text -> image, then image -> video, as Emu
+        Video factorises generation (Girdhar et al. 2023). Each prompt's first latent frame is
+        sampled alone as an image (a 1-frame video, seed as the video's), then given to the
+        video's sampling, which keeps it bit for bit: the whole trajectory sees a clean first
+        frame, as in image -> video, instead of denoising it beside the rest. ``Samples.given``
+        and ``mask`` stay the plan's (nothing given).
         """
         prompts = _check_prompts(prompts)
         lo, hi = check_settings(
@@ -300,7 +308,21 @@ class Generator:
             guidance_interval=guidance_interval,
             autoguidance=autoguidance,
             autoguide_step=autoguide_step,
+            factorized=factorized,
         )
+        if factorized and plan.mode != "t2v":
+            raise ValueError(
+                f"factorized sampling turns text -> video into text -> image -> video; the plan "
+                f"is {plan.mode!r} (a video of > 1 frame with nothing given is needed)."
+            )
+        settings = dict(steps=steps, guidance=guidance, sampler=sampler, seed=seed,
+                        negative_prompt=negative_prompt, guidance_interval=guidance_interval,
+                        shift=shift, autoguidance=autoguidance,
+                        autoguide_step=autoguide_step)  # fmt: skip
+        first = None
+        if factorized:
+            image = modes.text_to_video(1, plan.height, plan.width, tf=self.temporal_factor)
+            first = self.sample(prompts, image, **settings).latents[:, 0]
         auto = float(autoguidance) != 1.0
         guide_state = self._guide_state(int(autoguide_step)) if auto else None
         shape = self.latent_shape(plan.num_frames, plan.height, plan.width)
@@ -309,12 +331,16 @@ class Generator:
         text, text_mask = self.embedder(prompts)
         neg, neg_mask = self.embedder([negative_prompt] * b)
         seeds = [int(seed) + i for i in range(b)]
+        given_b, mask_b = np.broadcast_to(given, (b, *shape)), np.broadcast_to(mask, (b, shape[0]))
+        if first is not None:  # the sampled images are the given first latent frames
+            given_b, mask_b = given_b.copy(), mask_b.copy()
+            given_b[:, 0], mask_b[:, 0] = first, True
         args = {
             "noise": self.noise(seeds, shape),
             "text": {"text": text, "mask": text_mask},
             "neg": {"text": neg, "mask": neg_mask},
-            "given": np.broadcast_to(given, (b, *shape)),
-            "given_mask": np.broadcast_to(mask, (b, shape[0])),
+            "given": given_b,
+            "given_mask": mask_b,
         }
         x0 = np.zeros(shape, np.float32) if plan.init is None else self.encode(plan.init[None])[0]
         args["init"] = np.broadcast_to(x0, (b, *shape))
@@ -354,8 +380,10 @@ class Generator:
         guidance_interval: tuple[float, float] = (0.0, 1.0),
         autoguidance: float = 1.0,
         autoguide_step: int = 0,
+        factorized: bool = False,
     ) -> np.ndarray:
-        """Text -> uint8 videos [B, F, H, W, 3] (F = 1: images); deterministic for `seed`."""
+        """Text -> uint8 videos [B, F, H, W, 3] (F = 1: images); deterministic for `seed`.
+        `factorized` (F > 1): text -> image -> video (`sample`)."""
         plan = modes.text_to_video(num_frames, height, width, tf=self.temporal_factor)
         return self.sample(
             prompts,
@@ -369,6 +397,7 @@ class Generator:
             guidance_interval=guidance_interval,
             autoguidance=autoguidance,
             autoguide_step=autoguide_step,
+            factorized=factorized and num_frames > 1,
         ).videos
 
 
@@ -379,9 +408,12 @@ def check_settings(
     guidance_interval: Sequence[float],
     autoguidance: float = 1.0,
     autoguide_step: int = 0,
+    factorized: bool = False,
     **_,
 ) -> tuple[float, float]:
     """Sampler settings checked before any weights load; returns the interval as floats."""
+    if not isinstance(factorized, (bool, np.bool_)):
+        raise ValueError(f"factorized must be True or False, got {factorized!r}.")
     if float(autoguidance) != 1.0 and not (isinstance(autoguide_step, int) and autoguide_step > 0):
         raise ValueError(
             f"autoguidance={autoguidance} needs autoguide_step, the step of the earlier DiT "

@@ -52,6 +52,8 @@ def _command(req: modes.Request, prompt: str, seed: int, settings: dict, plan_fr
     if float(settings.get("autoguidance", 1.0)) != 1.0:
         args += [f"--autoguidance={settings['autoguidance']}",
                  f"--autoguide_step={settings['autoguide_step']}"]  # fmt: skip
+    if settings.get("factorized"):
+        args.append("--factorized")
     args += [f"--image={p}" for p in req.image]
     for k in ("image_position", "video", "extend", "seconds", "connect_video", "edit_strength"):
         if getattr(req, k) not in ("", None):
@@ -82,8 +84,8 @@ def run_request(
     """Generates what ``req`` asks for (one video per prompt) and writes files + JSON sidecars.
 
     ``settings``: steps, guidance, sampler, seed, negative_prompt, guidance_interval, shift
-    (None = the config's), and optionally autoguidance and autoguide_step. Inputs are checked
-    and read before any weights are loaded.
+    (None = the config's), and optionally autoguidance, autoguide_step and factorized (text ->
+    video only). Inputs are checked and read before any weights are loaded.
     ``prompt_notes``: per prompt, entries that override the sidecar's (e.g. the user's prompt
     and its expansion, when ``req.prompts`` are expanded ones). Returns the written paths.
     """
@@ -93,6 +95,11 @@ def run_request(
         req, tf=tf, size=(s.height, s.width), num_frames=s.num_frames, fps=config.world.fps
     )
     check_settings(**settings)
+    if settings.get("factorized") and plan.mode != "t2v":
+        raise ValueError(
+            f"--factorized samples text -> video as text -> image -> video; this request is "
+            f"{plan.mode} (it needs no input files and more than one frame)."
+        )
     sf = 2 ** (len(config.vae.channel_mults) - 1)
     if plan.height % sf or plan.width % sf:
         raise ValueError(

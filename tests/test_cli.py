@@ -79,6 +79,7 @@ def test_bad_flags_fail_with_a_sentence(tmp_path):
         (["--prompt=a", "--video=v.mp4", "--extend=forward"], "needs --seconds"),
         (["--prompt=a", "--prompts_file=none.txt"], "not both"),
         (["--prompt=a", "--autoguidance=2"], "needs autoguide_step"),
+        (["--prompt=a", "--num_frames=1", "--factorized"], "this request is t2i"),
     ],
 )
 def test_bad_sample_flags_fail_with_one_sentence_and_no_traceback(tmp_path, args, words):
@@ -150,3 +151,4 @@ def test_sidecar_command_carries_autoguidance_only_when_on():
     assert not any("autoguid" in a for a in command(base))
     on = command({**base, "autoguidance": 2.0, "autoguide_step": 500})
     assert "--autoguidance=2.0" in on and "--autoguide_step=500" in on
+    assert "--factorized" not in on and "--factorized" in command({**base, "factorized": True})

@@ -100,6 +100,18 @@ def test_occlusion_samples_need_frames_before_and_after_the_bar():
         config_check.check(config)
 
 
+@pytest.mark.parametrize("section, value", [("eval", 1), ("sample", "yes")])
+def test_factorized_must_be_a_bool(section, value):
+    """ConfigDict keeps a bool field a bool; a config (or override) that adds the field anew
+    with another type fails here."""
+    config = _config("world", "micro")
+    del config[section]["factorized"]
+    config[section]["factorized"] = value
+    with pytest.raises(ValueError, match=f"^config.{section}.factorized={value!r} is not valid; "
+                                         "expected True or False.$"):  # fmt: skip
+        config_check.check(config)
+
+
 def test_sample_autoguidance_needs_the_step_that_guides():
     config = _config("tiny", None)
     config.sample.autoguidance = 2.0

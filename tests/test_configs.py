@@ -125,7 +125,8 @@ def test_world_default_is_the_64x64_recipe_and_ninth_gives_the_ninth_runs():
     # Its autoguidance variants name DiT checkpoints the stage keeps (checked as the eval starts).
     variants = eval_suite.t2v_variants(c, ("t2v", "t2v_occlusion"))
     assert "t2v_occlusion@autoguidance=2.0,autoguide_step=2500" in variants
-    assert sum("autoguide_step" in v for v in variants.values()) == 6
+    assert sum("autoguide_step" in v for v in variants.values()) == 8
+    assert "t2v_occlusion@factorized=True" in variants  # text -> image -> video
     ninth = load_config("world", "ninth")
     assert ninth.vae_train.steps == ninth.dit_train.steps == 15000
     assert ninth.vae_train.latent_noise == 0.0

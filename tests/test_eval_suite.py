@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from sora_jax import eval_cases, eval_files, eval_suite, evaluate
+from sora_jax import eval_cases, eval_files, eval_suite, evaluate, modes
 from sora_jax import sample as sample_lib
 from sora_jax.data import sources, world
 
@@ -312,6 +312,35 @@ def test_autoguidance_reaches_the_sampler_with_the_guide_of_its_step():
         run(autoguidance=2.0, autoguide_step=7)
     with pytest.raises(ValueError, match="needs autoguide_step"):
         sample_lib.check_settings(**eval_suite._settings(c, autoguidance=2.0))
+
+
+def test_factorized_variant_samples_text_to_video_sets_through_an_image():
+    """A factorized variant samples text -> video cases as text -> image -> video (their first
+    frame the text -> image sample of the prompt and seed) and leaves images and conditioned
+    cases as they are; its settings say so only when it is on."""
+    c = load_world_config("micro")
+    gen = _micro_generator(c, random_dit=True)
+    suite = eval_cases.build_suite(c)
+    t2v, t2i, i2v = suite["t2v"][:1], suite["t2i"][:1], suite["i2v"][:1]
+    on = eval_suite._settings(c, guidance=4.0, factorized=True)
+    off = eval_suite._settings(c, guidance=4.0)
+    assert on["factorized"] is True and "factorized" not in off
+    video = eval_suite.generate(gen, t2v, on, 1)[0]
+    case = t2v[0]
+    image = modes.text_to_video(1, case.plan.height, case.plan.width, tf=gen.temporal_factor)
+    first = gen.sample([case.prompt], image, seed=case.seed, **off).videos[0, 0]
+    assert np.abs(video[0].astype(int) - first).max() <= 1
+    assert np.abs(video.astype(int) - eval_suite.generate(gen, t2v, off, 1)[0]).max() > 8
+    for cases in (t2i, i2v):  # sampled as without it
+        np.testing.assert_array_equal(eval_suite.generate(gen, cases, on, 1)[0],
+                                      eval_suite.generate(gen, cases, off, 1)[0])  # fmt: skip
+    c.eval.t2v_variants = ({"factorized": "yes"},)
+    with pytest.raises(ValueError, match="factorized must be True or False"):
+        eval_suite.t2v_variants(c, list(suite))
+    c.eval.t2v_variants = ({"factorized": True},)
+    assert list(eval_suite.t2v_variants(c, list(suite))) == [
+        f"{name}@factorized=True" for name in c.eval.variant_sets
+    ]
 
 
 def test_generator_loads_the_guide_from_its_runs_checkpoint_of_that_step(fake_run):

@@ -52,10 +52,12 @@ def _build(create):
 
 
 def random_generator(
-    mesh=None, attention: str | None = None, *, text_matters: bool = False
-) -> sample_lib.Generator:
+    mesh=None, attention: str | None = None, *, text_matters: bool = False,
+    frames_matter: bool = False,
+) -> sample_lib.Generator:  # fmt: skip
     """Micro VAE + DiT with random weights; the DiT's zero-initialised output made random (and,
-    with `text_matters`, its cross-attention outputs, so the prompt changes the prediction)."""
+    with `text_matters`, its cross-attention outputs, so the prompt changes the prediction;
+    with `frames_matter`, its self-attention outputs, so tokens see each other)."""
     config = micro_config()
     if attention is not None:
         config.dit.attention = attention
@@ -64,6 +66,7 @@ def random_generator(
     vae = _build(lambda: vae_lib.CausalVAE(vae_cfg, rngs=nnx.Rngs(0)))
     dit = _build(lambda: dit_lib.DiT(dit_cfg, rngs=nnx.Rngs(1)))
     kernels = [dit.proj_out.kernel] + ([dit.blocks.attn2.to_out.kernel] if text_matters else [])
+    kernels += [dit.blocks.attn1.to_out.kernel] if frames_matter else []
     for i, kernel in enumerate(kernels):
         kernel[...] = 0.1 * jax.random.normal(jax.random.key(2 + i), kernel.shape)
     z = config.vae.z_channels
@@ -239,6 +242,35 @@ def test_a_negative_prompt_is_the_unconditional_branch_of_guidance():
     empty = gen.sample(prompt, plan, steps=3, guidance=6.0, seed=0)
     assert np.abs(other.latents - cond).max() > 1e-3
     assert np.abs(other.latents - empty.latents).max() > 1e-3
+
+
+def test_factorized_text_to_video_keeps_its_sampled_image_as_the_first_frame(clip):
+    """Text -> image -> video: latent frame 0 is the text -> image sample of the same prompt and
+    seed, bit for bit, and the video's first frame its decode; the rest is sampled against it,
+    so it differs from joint text -> video of the same noise (tokens must see each other: the
+    image's noise is the first latent frame's of the video's, jax.random drawing by index)."""
+    gen = random_generator(frames_matter=True)
+    plan = modes.text_to_video(9, H, W, tf=TF)
+    image = gen.sample(PROMPTS, modes.text_to_video(1, H, W, tf=TF), seed=3, **KW)
+    both = gen.sample(PROMPTS, plan, seed=3, factorized=True, **KW)
+    joint = gen.sample(PROMPTS, plan, seed=3, **KW)
+    np.testing.assert_array_equal(both.latents[:, 0], image.latents[:, 0])
+    assert np.abs(both.videos[:, 0].astype(int) - image.videos[:, 0]).max() <= 1  # causal decode
+    assert not both.mask.any() and both.seeds == joint.seeds == [3, 4]  # the plan gave nothing
+    moved = np.abs(both.latents - joint.latents).max(axis=(2, 3, 4))
+    assert moved.min() > 1e-3  # every latent frame of both samples
+    np.testing.assert_array_equal(gen.sample(PROMPTS, plan, seed=3, factorized=True, **KW).latents,
+                                  both.latents)  # fmt: skip
+    with pytest.raises(ValueError, match="factorized sampling .* 'i2v'"):
+        gen.sample(PROMPTS, PLANS["i2v_first"](clip), factorized=True, **KW)
+    with pytest.raises(ValueError, match="factorized sampling .* 't2i'"):
+        gen.sample(PROMPTS, modes.text_to_video(1, H, W, tf=TF), factorized=True, **KW)
+    with pytest.raises(ValueError, match="factorized must be True or False"):
+        gen.sample(PROMPTS, plan, factorized="yes", **KW)
+    np.testing.assert_array_equal(  # generate(): images ignore it (an image is the first step)
+        gen.generate(PROMPTS, num_frames=1, height=H, width=W, seed=3, factorized=True, **KW),
+        image.videos,
+    )
 
 
 def test_sampler_and_interval_errors_are_sentences(gen):
