@@ -175,8 +175,22 @@ def test_eval_suite_runs_every_set_at_micro_size(tmp_path):
     # Fewer compiles: every set at batch 1 and one video shape (the CLI test below runs the
     # micro config as it is); the VAE's evaluation is tested in test_vae_task.py.
     c.eval.update(num_prompts=1, batch_size=1, val_clips=1, sweep_shapes=("9x32x32",), vae=False)
-    summary = eval_suite.run(c, str(tmp_path), generator=_micro_generator(c))
+    # The recipe's kinds of variant (configs/world.py), at 1 sampler step: autoguidance by a
+    # kept checkpoint (the model itself here) and text -> image -> video, alone and together.
+    c.dit_train.update(steps=10, checkpoint_every_steps=5, keep_every_steps=5)
+    auto = {"autoguidance": 2.0, "autoguide_step": 5}
+    c.eval.t2v_variants = ({"steps": 1}, {"steps": 1, **auto}, {"steps": 1, "factorized": True},
+                           {"steps": 1, "factorized": True, **auto})  # fmt: skip
+    c.eval.variant_sets = ("t2v", "t2v_occlusion")
+    gen = _micro_generator(c)
+    gen.add_guide(5, gen.dit)
+    summary = eval_suite.run(c, str(tmp_path), generator=gen)
     out = tmp_path / "eval"
+    variants = summary["t2v_variants"]
+    assert len(variants) == 8 and "t2v_occlusion@factorized=True,steps=1" in variants
+    for label, metrics in variants.items():
+        assert (out / f"{label}.json").exists() and 0.0 <= metrics["color_acc"] <= 1.0
+        assert ("permanence" in metrics) == label.startswith("t2v_occlusion@")
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["sets"].keys() == summary["sets"].keys()
     for name, metrics in summary["sets"].items():

@@ -215,6 +215,30 @@ def test_report_prints_the_occlusion_set_per_sampler_setting(tmp_path, capsys):
     )
 
 
+def test_report_pairs_each_occlusion_variant_with_the_suite_scene_by_scene(tmp_path, capsys):
+    """Variants sample the suite's scenes with its seeds: each is compared scene by scene (kept
+    by both / the variant only / the suite only / neither, McNemar's exact p)."""
+    run = _run_dir(tmp_path)
+    kept = {"suite": [True] * 6 + [False] * 4, "a": [True] * 4 + [False] * 2 + [True] * 4,
+            "b": [True] * 6 + [False] * 4}  # fmt: skip
+    files = {"suite": "t2v_occlusion", "a": "t2v_occlusion@factorized=True",
+             "b": "t2v_occlusion@guidance=3.0"}  # fmt: skip
+    for key, name in files.items():
+        records = [{"seed": 10 + i, "permanence": {"permanent": k}}
+                   for i, k in enumerate(kept[key])]  # fmt: skip
+        _write(run / "eval" / f"{name}.json", {"samples": records})
+    r = world_report.collect(str(run))
+    assert r["occlusion_variant_scenes"] == {
+        files[k]: {"seed": list(range(10, 20)), "kept": kept[k]} for k in ("a", "b")
+    }
+    world_report.main(["--workdir", str(run)])
+    printed = capsys.readouterr().out.splitlines()
+    # a: 4 both, 4 only a, 2 only the suite, 0 neither; p = 2 P(X <= 2 | n=6) = 0.6875.
+    assert "| factorized=True | 4 | 4 | 2 | 0 | 0.688 |" in printed
+    assert "| guidance=3.0 | 6 | 0 | 0 | 4 | 1.000 |" in printed
+    assert world_report.paired_variants(None, r["occlusion_variant_scenes"]) == ""
+
+
 def test_versions_come_from_the_run_machines_report(tmp_path):
     run = _run_dir(tmp_path)
     here = world_report.main(["--workdir", str(run), "--out", str(run / "report.json")])

@@ -170,6 +170,9 @@ def collect(workdir: str) -> dict:
     scenes = occlusion_scenes(workdir)
     if scenes:
         result["occlusion_scenes"] = scenes
+    variant_scenes = occlusion_variant_scenes(workdir)
+    if variant_scenes:
+        result["occlusion_variant_scenes"] = variant_scenes
     return result
 
 
@@ -215,6 +218,42 @@ def occlusion_scenes(workdir: str) -> dict | None:
         out["bar_direction_ok"] = [r["occluder"]["direction_ok"] for r in samples]
         out["bar_speed_ratio"] = [r["occluder"]["speed_ratio"] for r in samples]
     return out
+
+
+def occlusion_variant_scenes(workdir: str) -> dict[str, dict]:
+    """{variant label: {"seed": [...], "kept": [...]}} of every sampler variant that re-sampled
+    the occlusion scenes (eval/t2v_occlusion@<settings>.json): the same scenes and seeds as the
+    suite's, so each compares with it scene by scene (`paired_variants`)."""
+    out = {}
+    folder = os.path.join(workdir, "eval")
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    for name in names:
+        if name.startswith("t2v_occlusion@") and name.endswith(".json"):
+            samples = (report.read_json(os.path.join(folder, name)) or {}).get("samples", [])
+            if samples:
+                out[name[: -len(".json")]] = {
+                    "seed": [int(r["seed"]) for r in samples],
+                    "kept": [bool(r["permanence"]["permanent"]) for r in samples],
+                }
+    return out
+
+
+def paired_variants(scenes: dict | None, variant_scenes: dict) -> str:
+    """Each occlusion variant against the suite's settings, scene by scene (the same scenes and
+    noise): kept by both, by the variant only, by the suite's only, by neither, and McNemar's
+    exact p ("" without the suite's scenes or any variant's)."""
+    if not scenes or not variant_scenes:
+        return ""
+    from sora_jax import evaluate
+
+    suite = kept_by_seed(scenes)
+    lines = ["| t2v_occlusion, scene by scene against the suite's settings | both | variant only "
+             "| suite only | neither | McNemar p |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for label, v in variant_scenes.items():
+        p = evaluate.paired_outcomes(kept_by_seed(v), suite)
+        lines.append(f"| {label.split('@', 1)[1]} | {p['both']} | {p['only_first']} | "
+                     f"{p['only_second']} | {p['neither']} | {p['p_two_sided']:.3f} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def kept_by_seed(scenes: dict) -> dict[int, bool]:
@@ -381,6 +420,9 @@ def main(argv: list[str] | None = None) -> dict:
         for table in (
             shapes_markdown(t2v, variants),
             occlusion_markdown(occlusion or None, variants),
+            paired_variants(
+                result.get("occlusion_scenes"), result.get("occlusion_variant_scenes", {})
+            ),
         ):
             if table:
                 print(table)
