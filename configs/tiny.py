@@ -137,6 +137,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # checkpoint of autoguide_step (kept with --config.dit_train.keep_every_steps).
         autoguidance=1.0,
         autoguide_step=0,
+        factorized=False,  # text -> image -> video (Generator.sample)
     )
 
     if args.micro or args.runlocal:

@@ -161,15 +161,21 @@ def test_guide_sweep_grades_each_setting_on_the_same_prompts_and_pairs_them(fake
     c = _config("tiny", "micro")
     workdir, _ = fake_run(c, [(2, 11), (4, 12)])
     settings = [{"guidance": 4.0}, {"guidance": 4.0, "autoguidance": 2.0, "autoguide_step": 2},
-                {"guidance": 4.0}]  # fmt: skip
+                {"guidance": 4.0}, {"guidance": 4.0, "factorized": True}]  # fmt: skip
     out = guide_sweep.sweep(c, workdir, settings, num_prompts=2)
-    assert out["checkpoint_steps"]["dit"] == 4 and len(out["rows"]) == 3
-    first, auto, again = out["rows"]
+    assert out["checkpoint_steps"]["dit"] == 4 and len(out["rows"]) == 4
+    first, auto, again, factorized = out["rows"]
+    assert factorized["n"] == 2 and "| guidance=4.0, factorized=True |" in guide_sweep.table(
+        out["rows"]
+    )
     assert first["n"] == auto["n"] == 2 and "shape_vs_first" not in first
     assert again["shape_right"] == first["shape_right"]  # same prompts, seeds and weights
     assert again["shape_vs_first"]["only_first"] == again["shape_vs_first"]["only_second"] == 0
     assert "| guidance=4.0, autoguidance=2.0, autoguide_step=2 |" in guide_sweep.table(out["rows"])
     assert guide_sweep.parse_setting("steps=3,sampler=heun") == {"steps": 3, "sampler": "heun"}
+    assert guide_sweep.parse_setting("factorized=true") == {"factorized": True}
+    with pytest.raises(ValueError, match="true or false"):
+        guide_sweep.parse_setting("factorized=yes")
     with pytest.raises(ValueError, match="key=value"):
         guide_sweep.parse_setting("guidance")
     with pytest.raises(ValueError, match=r"\['gidance'\] are not in config.sample"):

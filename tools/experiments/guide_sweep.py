@@ -5,7 +5,7 @@
         [--num_prompts=64] [--out=sweep.json]
 
 Each --setting overrides `config.sample` (steps, guidance, sampler, shift, autoguidance,
-autoguide_step, ...) for one pass over the same prompts and seeds as the "sample" stage
+autoguide_step, factorized, ...) for one pass over the same prompts and seeds as the "sample" stage
 (`recipe.generate_batched`: `world.prompt_suite` of `sample.num_prompts`, short captions). Every
 pass is graded (`evaluate.grade`: colour, shape, motion; `flicker_ratio`), and each pass after
 the first is compared with it prompt by prompt (`evaluate.paired_outcomes` on the shape grades:
@@ -31,11 +31,20 @@ import jax  # noqa: E402
 from sora_jax import evaluate, recipe  # noqa: E402
 from sora_jax import sample as sample_lib  # noqa: E402
 
-KINDS = {"steps": int, "autoguide_step": int, "seed": int, "sampler": str}  # else float
+
+def _bool(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"expected true or false, got {text!r}.")
+    return text.lower() in ("true", "1")
+
+
+# Each key's parser; any other key's is float.
+KINDS = {"steps": int, "autoguide_step": int, "seed": int, "sampler": str, "factorized": _bool}
 
 
 def parse_setting(text: str) -> dict:
-    """'guidance=8,autoguidance=2,autoguide_step=1000' -> {'guidance': 8.0, ...}."""
+    """'guidance=8,autoguidance=2,autoguide_step=1000' -> {'guidance': 8.0, ...};
+    'factorized=true' -> {'factorized': True} (text -> image -> video)."""
     out = {}
     for part in filter(None, text.split(",")):
         key, sep, value = part.partition("=")
