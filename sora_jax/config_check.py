@@ -38,8 +38,8 @@ _NONNEG = (lambda v: _number(v) and v >= 0, "a finite number >= 0")
 _FRACTION = (lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]")
 _DECAY = (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)")
 _TIME = (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]")
-# The Generator samples the rectified-flow DiT (sora_jax/sample.py check_settings).
 _BOOL = (lambda v: isinstance(v, bool), "True or False")
+# The Generator samples the rectified-flow DiT (sora_jax/sample.py check_settings).
 _FLOW_SAMPLER = (lambda v: v in samplers.FLOW_SAMPLERS, f"one of {samplers.FLOW_SAMPLERS}")
 
 # The loop, optimiser and checkpoint settings of every training stage (configs/common.py
