@@ -1,0 +1,130 @@
+"""Benchmark: one batch of text -> video from the world recipe's models, per sampler setting.
+
+    python tools/bench/sampling.py --out tools/bench/results/sampling_h100.json
+    python tools/bench/sampling.py --tiny --out /tmp/sampling.json     # CPU check of the script
+
+What a user waits for: `Generator.sample` end to end (noise, the jitted sampler's scan of DiT
+forwards, the VAE decode, the videos back on the host) for a batch of prompts at the eval
+suite's settings (configs/world.py: 17x64x64 clips, 60 Euler steps, batch 16), under the
+settings the suite compares. The reference row is classifier-free guidance (two DiT forwards a
+step, batched into one call); the others are guidance off (one forward), autoguidance (a third
+forward, by a second DiT of the same shapes), text -> image -> video (`factorized`: a 1-frame
+sample first, then the video with that frame given), and both. Rows: seconds per batch (median
+of --steps calls after one that compiles), videos/s, the first call's seconds (compile) and the
+ratio of each row's time to the reference's. The weights are freshly initialised (time does not
+depend on them) and the prompts are embedded by a stand-in of the text encoder's output shape,
+so the rows time the sampler and the VAE, not MiniLM.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import aot_compile  # noqa: E402  (tools/aot_compile.py: a config file by path)
+import report  # noqa: E402  (tools/bench/report.py)
+
+# (row name, Generator.sample settings beside the suite's steps, sampler and guidance).
+SETTINGS = (
+    ("cfg", {}),
+    ("no guidance", {"guidance": 1.0}),
+    ("autoguidance", {"autoguidance": 2.0, "autoguide_step": 1}),
+    ("factorized", {"factorized": True}),
+    ("factorized + autoguidance", {"factorized": True, "autoguidance": 2.0, "autoguide_step": 1}),
+)
+
+
+def parse_args(argv=None):
+    p = report.rows_parser("configs/world.py:micro sizes, 2 prompts, 2 sampler steps")
+    p.set_defaults(steps=3)
+    p.add_argument("--batch", type=int, default=0, help="prompts per call (0: eval.batch_size)")
+    p.add_argument("--sampler_steps", type=int, default=0, help="0: eval.steps")
+    p.add_argument("--rows", default="", help="comma-separated row names (default: all)")
+    return p.parse_args(argv)
+
+
+def build(config):
+    """A Generator of fresh recipe-shaped models (and a second DiT as autoguidance's guide),
+    the text embedded by a stand-in: [B, text.max_length, dit.text_dim] of fixed noise."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from sora_jax import sample as sample_lib
+    from sora_jax.models import dit as dit_lib
+    from sora_jax.models import vae as vae_lib
+
+    def made(create):  # under one jit: eager init would compile every op on its own
+        graphdef = nnx.graphdef(nnx.eval_shape(create))
+        return nnx.merge(graphdef, jax.jit(lambda: nnx.state(create()))())
+
+    vae_cfg = vae_lib.VAEConfig(**config.vae.to_dict())
+    vae = made(lambda: vae_lib.CausalVAE(vae_cfg, rngs=nnx.Rngs(0)))
+    dit_cfg = dit_lib.DiTConfig(**config.dit.to_dict())
+    dit = made(lambda: dit_lib.DiT(dit_cfg, rngs=nnx.Rngs(1)))
+    guide = made(lambda: dit_lib.DiT(dit_cfg, rngs=nnx.Rngs(2)))
+    length, width = int(config.text.max_length), int(config.dit.text_dim)
+
+    def embed(texts):
+        rng = np.random.default_rng(0)
+        return (rng.normal(size=(len(texts), length, width)).astype(np.float32),
+                np.ones((len(texts), length), bool))  # fmt: skip
+
+    z = config.vae.z_channels
+    gen = sample_lib.Generator.from_models(config, vae, dit, np.zeros(z), np.ones(z), embed)
+    gen.add_guide(1, guide)
+    return gen
+
+
+def measure(gen, plan, prompts: list[str], settings: dict, calls: int) -> dict:
+    t0 = time.perf_counter()
+    gen.sample(prompts, plan, seed=0, **settings)  # compiles (the video is on the host after)
+    first_s = time.perf_counter() - t0
+    times = []
+    for i in range(calls):
+        t0 = time.perf_counter()
+        gen.sample(prompts, plan, seed=1 + i, **settings)
+        times.append(time.perf_counter() - t0)
+    batch_s = statistics.median(times)
+    return {"batch_s": batch_s, "videos_per_s": len(prompts) / batch_s, "first_call_s": first_s}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    from sora_jax import eval_cases, modes
+
+    config = aot_compile.load_config(
+        os.path.join(ROOT, "configs", "world.py" + (":micro" if args.tiny else "")), []
+    )
+    ec = config.eval
+    frames, height, width = eval_cases.parse_shape(ec.shape)
+    batch = args.batch or (2 if args.tiny else int(ec.batch_size))
+    base = {"steps": args.sampler_steps or (2 if args.tiny else int(ec.steps)),
+            "sampler": str(ec.sampler), "guidance": float(ec.guidance)}  # fmt: skip
+    names = [n for n, _ in SETTINGS]
+    chosen = args.rows.split(",") if args.rows else names
+    unknown = sorted(set(chosen) - set(names))
+    if unknown:
+        raise SystemExit(f"--rows: {unknown} are not rows; expected some of {names}.")
+    gen = build(config)
+    plan = modes.text_to_video(frames, height, width, tf=gen.temporal_factor)
+    prompts = [f"prompt {i}" for i in range(batch)]
+    out = report.jax_header("sampling", config="configs/world.py" + (":micro" * args.tiny),
+                            shape=ec.shape, batch=batch, **base)  # fmt: skip
+    rows = [({"setting": name}, lambda s=s: measure(gen, plan, prompts, {**base, **s}, args.steps))
+            for name, s in SETTINGS if name in chosen]  # fmt: skip
+    report.measure_rows(out, args.out, rows, args.budget_s)
+    report.ratios_to_first(out["rows"], "batch_s", "time_vs_first")
+    report.write_json(args.out, out)
+    report.print_table(out["rows"], ["setting", "batch_s", "videos_per_s", "first_call_s",
+                                     "time_vs_first"], width=14)  # fmt: skip
+    return out
+
+
+if __name__ == "__main__":
+    main()
