@@ -114,8 +114,15 @@ def main(argv=None) -> dict:
     gen = build(config)
     plan = modes.text_to_video(frames, height, width, tf=gen.temporal_factor)
     prompts = [f"prompt {i}" for i in range(batch)]
-    out = report.jax_header("sampling", config="configs/world.py" + (":micro" * args.tiny),
-                            shape=ec.shape, batch=batch, **base)  # fmt: skip
+    out = report.jax_header(
+        "sampling",
+        config="configs/world.py" + (":micro" * args.tiny),
+        shape=ec.shape,
+        batch=batch,
+        **base,
+        command=" ".join(sys.argv),
+        xla_flags=os.environ.get("XLA_FLAGS", ""),
+    )
     rows = [({"setting": name}, lambda s=s: measure(gen, plan, prompts, {**base, **s}, args.steps))
             for name, s in SETTINGS if name in chosen]  # fmt: skip
     report.measure_rows(out, args.out, rows, args.budget_s)
