@@ -207,8 +207,7 @@ def occlusion_scenes(workdir: str) -> dict | None:
     if not data:
         return None
     samples = data["samples"]
-    out = {"seed": [int(r["seed"]) for r in samples],
-           "kept": [bool(r["permanence"]["permanent"]) for r in samples]}  # fmt: skip
+    out = _seeds_kept(samples)
     if all("permanence_vae_round_trip" in r for r in samples):
         out["vae_kept"] = [bool(r["permanence_vae_round_trip"]["permanent"]) for r in samples]
     if all("spec" in r for r in samples):
@@ -231,11 +230,15 @@ def occlusion_variant_scenes(workdir: str) -> dict[str, dict]:
         if name.startswith("t2v_occlusion@") and name.endswith(".json"):
             samples = (report.read_json(os.path.join(folder, name)) or {}).get("samples", [])
             if samples:
-                out[name[: -len(".json")]] = {
-                    "seed": [int(r["seed"]) for r in samples],
-                    "kept": [bool(r["permanence"]["permanent"]) for r in samples],
-                }
+                out[name[: -len(".json")]] = _seeds_kept(samples)
     return out
+
+
+def _seeds_kept(samples: list[dict]) -> dict:
+    """{"seed": [...], "kept": [...]}: each graded occlusion sample's seed and whether it kept
+    the object through the bar."""
+    return {"seed": [int(r["seed"]) for r in samples],
+            "kept": [bool(r["permanence"]["permanent"]) for r in samples]}  # fmt: skip
 
 
 def paired_variants(scenes: dict | None, variant_scenes: dict) -> str:
