@@ -455,7 +455,8 @@ def run(
                          f"not {threads!r}.")  # fmt: skip
     gen = generator or sample_lib.Generator(config, workdir)
     tf = gen.temporal_factor
-    summary: dict = {"sets": {}, "settings": _settings(config)}
+    # `seed`: the prompts, scenes and noise (runs of other seeds share no sample).
+    summary: dict = {"sets": {}, "settings": _settings(config), "seed": int(config.eval.seed)}
     summary["checkpoint_steps"] = getattr(gen, "checkpoint_steps", {})
     # Every set and variant is one job; `eval.threads` of them run at once (their compiles,
     # most of the suite's time on a GPU, overlap), and the summary lists them in this order.

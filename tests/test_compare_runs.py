@@ -106,6 +106,37 @@ def test_runs_sampled_at_other_settings_compare_where_their_settings_meet(tmp_pa
     assert compare_runs.settings_label(auto, 96) == (
         "60 euler steps, guidance 5, autoguidance 2 by step 2500, 96 samples"
     )
+    assert compare_runs.settings_label({**auto, "factorized": True}, 96, seed=100) == (
+        "60 euler steps, guidance 5, autoguidance 2 by step 2500, factorized, 96 samples, "
+        "eval seed 100"
+    )
+
+
+def test_runs_of_other_eval_seeds_share_no_fraction_nor_scene(tmp_path, capsys):
+    """Another `eval.seed` is other prompts, scenes and noise: equal grades there are no
+    reproduction, so no fraction is paired (nor the validation loss, whose noise the seed
+    draws) and no scene."""
+    settings = {"steps": 60, "sampler": "euler", "guidance": 5.0}
+    runs = []
+    for name, seed in (("a", 0), ("b", 100)):
+        summary = {**_summary(0.9, 33.0, 0.75), "settings": settings, "seed": seed,
+                   "val_loss": {"t=0.5": 0.12}}  # fmt: skip
+        run = _workdir(tmp_path, name, summary)
+        with open(os.path.join(run, "eval", "t2v_occlusion.json"), "w") as f:
+            json.dump({"samples": [{"seed": seed + 20_000 + i, "permanence": {"permanent": True},
+                                    "permanence_vae_round_trip": {"permanent": True}}
+                                   for i in range(4)]}, f)  # fmt: skip
+        runs.append(run)
+    result = compare_runs.main(runs)
+    assert result["rows"] == []
+    assert result["occlusion_scene_pairs"]["cases"] == 0
+    assert "none sampled by both runs" in capsys.readouterr().out
+    # The same seed again pairs everything (seed 100 named in the rows' settings).
+    result = compare_runs.main([runs[1], runs[1]])
+    metrics = [r["metric"] for r in result["rows"]]
+    assert "t2v/shape_acc [60 euler steps, guidance 5, 96 samples, eval seed 100]" in metrics
+    assert "val_loss/t=0.5 [eval seed 100]" in metrics
+    assert result["occlusion_scene_pairs"]["cases"] == 4
 
 
 def test_training_losses_compare_step_by_step(tmp_path, capsys):

@@ -122,11 +122,18 @@ def test_world_default_is_the_64x64_recipe_and_ninth_gives_the_ninth_runs():
     assert c.vae_train.latent_noise == 0.2 and c.eval.guidance == c.sample.guidance == 5.0
     assert c.dit_train.image_text_length == 0  # the 1-frame bucket's captions run to 92 tokens
     assert {"guidance": 3.0} in c.eval.t2v_variants
-    # Its autoguidance variants name DiT checkpoints the stage keeps (checked as the eval starts).
+    # The suite samples text -> image -> video with autoguidance by a DiT checkpoint the stage
+    # keeps (checked as the eval starts) on prompts of seed 100, which chose none of it; CFG 5
+    # alone (the suite of runs 16-22) and each part of the setting are its variants.
+    suite = eval_suite._settings(c)
+    assert suite["factorized"] and (suite["autoguidance"], suite["autoguide_step"]) == (2.0, 2500)
+    assert c.eval.seed == 100 and c.sample.autoguidance == 1.0 and not c.sample.factorized
+    eval_suite._check_guide_kept(c, 2500)
     variants = eval_suite.t2v_variants(c, ("t2v", "t2v_occlusion"))
-    assert "t2v_occlusion@autoguidance=2.0,autoguide_step=2500" in variants
-    assert sum("autoguide_step" in v for v in variants.values()) == 8
-    assert "t2v_occlusion@factorized=True" in variants  # text -> image -> video
+    cfg5 = variants["t2v_occlusion@autoguidance=1.0,factorized=False"]
+    assert (cfg5["guidance"], "autoguidance" in cfg5, "factorized" in cfg5) == (5.0, False, False)
+    assert variants["t2v@factorized=False"]["autoguidance"] == 2.0
+    assert variants["t2v@autoguidance=1.0"]["factorized"] and len(variants) == 14
     ninth = load_config("world", "ninth")
     assert ninth.vae_train.steps == ninth.dit_train.steps == 15000
     assert ninth.vae_train.latent_noise == 0.0

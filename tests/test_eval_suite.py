@@ -66,12 +66,21 @@ def test_occlusion_set_has_its_own_size_and_bad_sizes_fail():
     c.eval.update(num_prompts=4, num_per_set=3, occlusion_prompts=7)
     suite = eval_cases.build_suite(c)
     assert len(suite["t2v_occlusion"]) == 7
-    # The scenes the VAE's round trips and the DiT's training samples also grade (eval.seed 0).
-    scenes = world.occlusion_suite(sources.make_world(c).cfg, 7, seed=0)
+    # The recipe's suite draws seed 100 (configs/world.py): scenes that chose none of its
+    # settings; at seed 0 they are those the VAE's round trips and the DiT's training samples
+    # grade, none of which is among seed 100's.
+    assert c.eval.seed == 100
+    scenes = world.occlusion_suite(sources.make_world(c).cfg, 7, seed=100)
     assert [case.spec for case in suite["t2v_occlusion"]] == scenes
     assert [case.prompt for case in suite["t2v_occlusion"]] == [
         world.describe(s, "long") for s in scenes
     ]
+    c.eval.seed = 0
+    seed0 = eval_cases.build_suite(c)["t2v_occlusion"]
+    assert [case.spec for case in seed0] == world.occlusion_suite(sources.make_world(c).cfg, 7)
+    assert not {case.prompt for case in seed0} & {world.describe(s, "long") for s in scenes}
+    assert not {case.seed for case in seed0} & {case.seed for case in suite["t2v_occlusion"]}
+    c.eval.seed = 100
     assert {len(suite[k]) for k in ("t2v_holdout", "t2v_multi", "t2i", "i2v")} == {3}
     del c.eval["occlusion_prompts"]  # absent: num_per_set, as before the field existed
     assert len(eval_cases.build_suite(c)["t2v_occlusion"]) == 3

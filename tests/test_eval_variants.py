@@ -23,6 +23,7 @@ def test_t2v_variants_resample_the_t2v_set_under_other_settings(tmp_path):
     same, fewer = f"t2v@guidance={c.eval.guidance}", "t2v@steps=1"
     whole, middle = "t2v@guidance_interval=0.0-1.0", "t2v@guidance_interval=0.2-0.85"
     assert list(summary["t2v_variants"]) == [same, fewer, whole, middle]
+    assert summary["seed"] == c.eval.seed == 100  # the prompts' seed, for comparing runs
     assert summary["t2v_variants"][fewer]["settings"]["steps"] == 1
     assert summary["t2v_variants"][middle]["settings"]["guidance_interval"] == [0.2, 0.85]
     # The suite's own settings again: the very same samples and grades as the t2v set (guidance
@@ -82,7 +83,7 @@ def test_factorized_variant_samples_text_to_video_sets_through_an_image():
     suite = eval_cases.build_suite(c)
     t2v, t2i, i2v = suite["t2v"][:1], suite["t2i"][:1], suite["i2v"][:1]
     on = eval_suite._settings(c, guidance=4.0, factorized=True)
-    off = eval_suite._settings(c, guidance=4.0)
+    off = eval_suite._settings(c, guidance=4.0, factorized=False)  # the recipe's suite has it
     assert on["factorized"] is True and "factorized" not in off
     video = eval_suite.generate(gen, t2v, on, 1)[0]
     case = t2v[0]

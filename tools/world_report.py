@@ -158,7 +158,7 @@ def collect(workdir: str) -> dict:
         result["fixed_costs"] = costs
     ev = report.read_json(os.path.join(workdir, "eval", "summary.json")) or partial_eval(workdir)
     if ev:
-        result["eval"] = {k: ev[k] for k in ("settings", "checkpoint_steps", "val_loss",
+        result["eval"] = {k: ev[k] for k in ("settings", "seed", "checkpoint_steps", "val_loss",
                                              "targets", "wall_s") if k in ev}  # fmt: skip
         result["eval_sets"] = ev["sets"]
         if ev.get("t2v_variants"):

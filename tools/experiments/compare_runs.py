@@ -83,9 +83,10 @@ def loss_curves(a: dict, b: dict) -> dict[str, dict]:
     return out
 
 
-def settings_label(settings: dict | None, n) -> str:
+def settings_label(settings: dict | None, n, seed: int = 0) -> str:
     """A set's sampling settings and size, e.g. '60 euler steps, guidance 3, 96 samples': a
-    set is compared only with the same set sampled alike in the other run."""
+    set is compared only with the same set sampled alike in the other run, and from the same
+    `eval.seed` (named when not 0: other seeds are other prompts, scenes and noise)."""
     parts = []
     if settings:
         parts.append(f"{settings.get('steps')} {settings.get('sampler')} steps")
@@ -98,8 +99,12 @@ def settings_label(settings: dict | None, n) -> str:
         if settings.get("autoguidance"):
             parts.append(f"autoguidance {settings['autoguidance']:g} by step "
                          f"{settings.get('autoguide_step')}")  # fmt: skip
+        if settings.get("factorized"):
+            parts.append("factorized")
     if n is not None:
         parts.append(f"{n} samples")
+    if seed:
+        parts.append(f"eval seed {seed}")
     return ", ".join(parts)
 
 
@@ -110,9 +115,10 @@ def metrics(summary: dict) -> dict[str, float]:
     sets = summary.get("sets") or summary.get("eval_sets") or {}  # suite summary / world_report
     variants = summary.get("t2v_variants") or summary.get("eval_t2v_variants") or {}
     suite = summary.get("settings") or (summary.get("eval") or {}).get("settings")
+    seed = int(summary.get("seed") or (summary.get("eval") or {}).get("seed") or 0)
 
     def key(name: str, metric: str, settings, n) -> str:
-        label = settings_label(settings, n)
+        label = settings_label(settings, n, seed)
         return f"{name}/{metric}" + (f" [{label}]" if label else "")
 
     out = {
@@ -126,7 +132,8 @@ def metrics(summary: dict) -> dict[str, float]:
             if isinstance(values.get(metric), (int, float)):
                 out.setdefault(key(name, metric, settings, values.get("n")), values[metric])
     val = summary.get("val_loss") or (summary.get("eval") or {}).get("val_loss") or {}
-    out.update({f"val_loss/{t}": v for t, v in val.items()})
+    tag = f" [eval seed {seed}]" if seed else ""  # its noise is drawn from the seed too
+    out.update({f"val_loss/{t}{tag}": v for t, v in val.items()})
     return {k: float(v) for k, v in out.items()}
 
 
@@ -179,7 +186,9 @@ def main(argv=None) -> dict:
               f"both runs have; largest difference {c['max_abs_diff']:.3g}")  # fmt: skip
     print(f"fractions within ±{args.points:g} points: {sum(r['within'] for r in bounded)} of "
           f"{len(bounded)}; largest difference {result['max_abs_points']} points")  # fmt: skip
-    if pairs:
+    if pairs and not pairs["cases"]:
+        print("occlusion scenes: none sampled by both runs (other eval seeds)")
+    elif pairs:
         print(f"occlusion scenes ({pairs['cases']} in both): the object kept by both "
               f"{pairs['both']}, by run A only {pairs['only_first']}, by run B only "
               f"{pairs['only_second']}, by neither {pairs['neither']} (exact McNemar p = "
