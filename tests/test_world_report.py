@@ -145,6 +145,20 @@ def test_report_prints_the_t2v_variants_beside_the_suite_settings(tmp_path, caps
                             "| steps=60 | 1.00 | 0.50 | 0.75 |"]  # fmt: skip
 
 
+def test_report_names_the_suites_sampler_settings_and_eval_seed(tmp_path, capsys):
+    run = _run_dir(tmp_path)
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    summary.update(seed=100, settings={"steps": 60, "guidance": 5.0, "shift": None,
+                                       "guidance_interval": [0.0, 1.0], "autoguidance": 2.0,
+                                       "autoguide_step": 2500, "factorized": True})  # fmt: skip
+    _write(run / "eval" / "summary.json", summary)
+    out = world_report.main(["--workdir", str(run)])
+    assert out["eval"]["seed"] == 100
+    assert ("the suite sampled with steps 60, guidance 5, shift -, guidance_interval 0-1, "
+            "autoguidance 2, autoguide_step 2500, factorized True; eval seed 100"
+            ) in capsys.readouterr().out.splitlines()  # fmt: skip
+
+
 def test_report_prints_the_occlusion_set_per_sampler_setting(tmp_path, capsys):
     run = _run_dir(tmp_path)
     summary = json.loads((run / "eval" / "summary.json").read_text())

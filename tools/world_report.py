@@ -259,6 +259,15 @@ def paired_variants(scenes: dict | None, variant_scenes: dict) -> str:
     return "\n".join(lines)
 
 
+def _setting(value) -> str:
+    """A sampler setting as the report prints it: numbers short, pairs as lo-hi, None as -."""
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return "-".join(_setting(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def kept_by_seed(scenes: dict) -> dict[int, bool]:
     """seed -> whether the sample kept the object, from `occlusion_scenes`' lists."""
     return dict(zip(scenes["seed"], scenes["kept"], strict=True))
@@ -416,6 +425,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"fixed costs, {name}: " + costs_text(costs))
     if "eval_sets" in result:
         t2v, variants = result["eval_sets"].get("t2v"), result.get("eval_t2v_variants", {})
+        ev = result.get("eval") or {}
+        if ev.get("settings"):
+            shown = ", ".join(f"{k} {_setting(v)}" for k, v in ev["settings"].items())
+            print(f"the suite sampled with {shown}; eval seed {ev.get('seed', 0)}")
         print(markdown(result["eval_sets"]))
         if variants:
             print(variants_markdown(t2v, variants))
