@@ -70,6 +70,13 @@ def test_autoguidance_reaches_the_sampler_with_the_guide_of_its_step():
     assert np.abs(itself.astype(int) - plain).max() <= 1  # another program: rounding at most
     with pytest.raises(ValueError, match="autoguide_step=7: no guide"):
         run(autoguidance=2.0, autoguide_step=7)
+    # The conditioned modes too (configs/world.py's suite guides every set): image -> video's
+    # generated frames change, its given first frame stays as it was.
+    i2v = eval_cases.build_suite(c)["i2v"][:1]
+    plain, other = (eval_suite.generate(gen, i2v, eval_suite._settings(c, guidance=4.0, **kw), 1)[0]
+                    for kw in ({}, {"autoguidance": 2.0, "autoguide_step": 5}))  # fmt: skip
+    assert np.abs(other[1:].astype(int) - plain[1:]).max() > 8
+    assert np.abs(other[0].astype(int) - plain[0]).max() <= 2
     with pytest.raises(ValueError, match="needs autoguide_step"):
         sample_lib.check_settings(**eval_suite._settings(c, autoguidance=2.0))
 
