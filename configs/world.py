@@ -198,10 +198,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # split of the ~25 ms step; the run's numbers do not change).
         profile_steps=(2101, 2104),
         eval_clips=64,  # per bucket
-        # The evaluation suite's 96 occlusion scenes through the round trip at every eval
-        # (`recon_permanence`): the ceiling of the DiT's object permanence, known minutes
-        # before the DiT trains (the sixth to ninth runs' 4x8x8 VAEs kept 0.95; the eval suite
-        # grades the final VAE's the same way).
+        # The evaluation suite's 96 occlusion scenes of `eval.seed` 0 through the round trip at
+        # every eval (`recon_permanence`): the ceiling of the DiT's object permanence, known
+        # minutes before the DiT trains (the sixth to ninth runs' 4x8x8 VAEs kept 0.95; the
+        # eval suite grades the final VAE's the same way, and its own scenes' round trips).
         eval_occlusion_clips=96,
         # Gaussian noise added to the latents the decoder trains on, up to this many standard
         # deviations of each channel (vae_losses.add_latent_noise; 0 = off, as runs 1-13). Run
