@@ -128,9 +128,9 @@ def test_runs_of_other_eval_seeds_share_no_fraction_nor_scene(tmp_path, capsys):
                                    for i in range(4)]}, f)  # fmt: skip
         runs.append(run)
     result = compare_runs.main(runs)
-    assert result["rows"] == []
-    assert result["occlusion_scene_pairs"]["cases"] == 0
-    assert "none sampled by both runs" in capsys.readouterr().out
+    assert result["rows"] == [] and result["occlusion_scene_pairs_by_setting"] == {}
+    assert "occlusion_scene_pairs" not in result
+    assert "none sampled alike by both runs" in capsys.readouterr().out
     # The same seed again pairs everything (seed 100 named in the rows' settings).
     result = compare_runs.main([runs[1], runs[1]])
     metrics = [r["metric"] for r in result["rows"]]
@@ -194,3 +194,42 @@ def test_occlusion_scenes_compare_one_by_one_from_workdirs_and_reports(tmp_path,
     # A run without per-scene outcomes: no pairs, no error.
     assert "occlusion_scene_pairs" not in compare_runs.main([_workdir(tmp_path, "c", _summary(
         0.8, 33.0, 0.5)), b])  # fmt: skip
+
+
+def test_scenes_pair_where_one_runs_suite_is_the_others_variant(tmp_path, capsys):
+    """A run whose suite took the setting an earlier run sampled as a variant (and kept the old
+    one as its variant) repeats the earlier run scene by scene under each setting: its suite
+    against the other's variant, its variant against the other's suite."""
+    cfg5 = {"steps": 60, "sampler": "euler", "guidance": 5.0}
+    new = {**cfg5, "autoguidance": 2.0, "autoguide_step": 2500, "factorized": True}
+    kept = {"cfg5": [True, False, True, False], "new": [True, True, True, False]}
+
+    def run(name, suite, variant, variant_label):
+        summary = {
+            **_summary(0.9, 33.0, 0.5),
+            "settings": suite,
+            "t2v_variants": {variant_label: {"permanence": 0.5, "settings": variant}},
+        }
+        path = _workdir(tmp_path, name, summary)
+        for file, settings in (("t2v_occlusion", suite), (variant_label, variant)):
+            outcome = kept["new" if settings is new else "cfg5"]
+            with open(os.path.join(path, "eval", f"{file}.json"), "w") as f:
+                json.dump({"samples": [{"seed": 20_000 + i, "permanence": {"permanent": k}}
+                                       for i, k in enumerate(outcome)]}, f)  # fmt: skip
+        return path
+
+    a = run("a", cfg5, new, "t2v_occlusion@autoguidance=2.0,autoguide_step=2500,factorized=True")
+    b = run("b", new, cfg5, "t2v_occlusion@autoguidance=1.0,factorized=False")
+    result = compare_runs.main([a, b])
+    by_setting = result["occlusion_scene_pairs_by_setting"]
+    assert set(by_setting) == {"60 euler steps, guidance 5",
+                               "60 euler steps, guidance 5, autoguidance 2 by step 2500, "
+                               "factorized"}  # fmt: skip
+    assert all(p["cases"] == 4 and p["only_first"] == p["only_second"] == 0
+               for p in by_setting.values())  # fmt: skip
+    assert "occlusion_scene_pairs" not in result  # the suites sampled otherwise
+    printed = capsys.readouterr().out
+    assert (
+        "occlusion scenes [60 euler steps, guidance 5] (4 in both): the object kept by both 2"
+        in printed
+    )

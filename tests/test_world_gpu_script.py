@@ -3,7 +3,8 @@ logs each stage's start and end: the DiT stage starts once stage dit_compile has
 dit_compile.ready (its steps and encodes are cached), while dit_compile's training-sample round
 still compiles; the eval stage starts after dit_compile has ended; a dit_compile that fails
 before the file lets the DiT start when it ends; an earlier call's file does not count;
-eval_compile, beside the DiT stage, runs at a lower CPU priority."""
+eval_compile, beside the DiT stage, runs at a lower CPU priority; REPLAY_SEEDS evaluates the
+occlusion set again at earlier eval seeds, each in a folder of its own beside the run's stages."""
 
 import os
 import pathlib
@@ -17,10 +18,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 FAKE_PYTHON = """#!/usr/bin/env bash
 [[ "$1" == "-m" ]] || exit 0
 for a in "$@"; do
-  case $a in --stages=*) stage=${a#--stages=};; --workdir=*) wd=${a#--workdir=};; esac
+  case $a in --stages=*) stage=${a#--stages=};; --workdir=*) wd=${a#--workdir=};;
+    --config.eval.seed=*) seed=${a#--config.eval.seed=};; --config.eval.sets=*) sets=${a#*=};;
+  esac
 done
 echo "start $stage" >>"$FAKE_LOG"
 echo "nice $stage $(nice)" >>"$FAKE_LOG"
+echo "where $stage ${wd#$FAKE_ROOT/} ${seed:--} ${sets:--}" >>"$FAKE_LOG"
 case $stage in
   dit_compile)
     sleep 1
@@ -33,7 +37,7 @@ echo "end $stage" >>"$FAKE_LOG"
 """
 
 
-def _run(tmp_path, fail: bool = False, stale: bool = False) -> tuple[list[str], str]:
+def _run(tmp_path, fail: bool = False, stale: bool = False, **env_vars) -> tuple[list[str], str]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name in ("python", "python3"):
@@ -45,14 +49,16 @@ def _run(tmp_path, fail: bool = False, stale: bool = False) -> tuple[list[str], 
     if stale:
         (workdir / "dit_compile.ready").write_text("{}")
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_LOG=str(log),
-               FAKE_FAIL=str(int(fail)), DETERMINISTIC="0")  # fmt: skip
+               FAKE_FAIL=str(int(fail)), DETERMINISTIC="0", FAKE_ROOT=str(tmp_path),
+               **env_vars)  # fmt: skip
     env.pop("DEADLINE", None)
     script = ROOT / "tools/experiments/world_gpu.sh"
     out = subprocess.run(["bash", str(script), str(workdir)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 0, out.stderr
     lines = log.read_text().split("\n")[:-1]
-    return [e for e in lines if not e.startswith("nice ")], (workdir / "timeline.log").read_text()
+    events = [e for e in lines if not e.startswith(("nice ", "where "))]
+    return events, (workdir / "timeline.log").read_text()
 
 
 def test_eval_compile_runs_at_a_lower_cpu_priority_than_the_training_stages(tmp_path):
@@ -86,3 +92,18 @@ def test_dit_compile_failing_before_the_file_lets_the_dit_start_when_it_ends(tmp
     assert events.index("end dit_compile") < events.index("start dit")
     assert "dit_compile failed (see dit_compile.log)" in timeline
     assert events[-1] == "end eval"
+    assert "replay" not in timeline  # REPLAY_SEEDS unset: the run's own evaluation alone
+
+
+def test_replay_seeds_evaluate_the_occlusion_set_at_earlier_seeds_beside_the_run(tmp_path):
+    events, timeline = _run(tmp_path, REPLAY_SEEDS="0 7")
+    where = [e.split()[2:] for e in (tmp_path / "events.log").read_text().split("\n")
+             if e.startswith("where eval ")]  # fmt: skip
+    assert where == [["run", "-", "-"], ["run/seed0", "0", "('t2v_occlusion',)"],
+                     ["run/seed7", "7", "('t2v_occlusion',)"]]  # fmt: skip
+    assert events[-6:] == ["start eval", "end eval"] * 3
+    for seed in ("seed0", "seed7"):  # the run's stages and compile cache, linked
+        for d in ("vae", "dit", "xla_cache"):
+            assert os.readlink(tmp_path / "run" / seed / d) == f"../{d}"
+    lines = [line.split("] ", 1)[1] for line in timeline.splitlines()]
+    assert lines[-3:] == ["replay of eval seed 0 done", "replay of eval seed 7 done", "eval done"]

@@ -15,9 +15,13 @@ difference) against --points; the others (given-frame PSNR in dB, continuity rat
 are printed with their difference and no bound. Where both runs have their occlusion scenes'
 outcomes (a workdir's eval/t2v_occlusion.json, or a world_report JSON's `occlusion_scenes`), the
 scenes are also compared one by one (kept by both / by one run only / by neither, with the exact
-McNemar p): a difference of a few points in permanence may hide many scenes that changed. The
-table goes to stdout; --out writes the rows, the loss-curve comparison, the scene pairs and
-`all_within` (every fraction within --points) as JSON.
+McNemar p): a difference of a few points in permanence may hide many scenes that changed. They
+are paired under every setting both runs sampled them with (the suites' and the variants',
+e.g. one run's suite against the other's variant of the same settings); runs of other
+`eval.seed`s share no scene, fraction or validation loss. The table goes to stdout; --out writes
+the rows, the loss-curve comparison, the scene pairs (`occlusion_scene_pairs`: the suites' own,
+where they sampled alike; `occlusion_scene_pairs_by_setting`: all) and `all_within` (every
+fraction within --points) as JSON.
 """
 
 from __future__ import annotations
@@ -52,20 +56,46 @@ def load_summary(run: str) -> dict:
         scenes = world_report.occlusion_scenes(run)
         if scenes:
             summary["occlusion_scenes"] = scenes
+        variant_scenes = world_report.occlusion_variant_scenes(run)
+        if variant_scenes:
+            summary["occlusion_variant_scenes"] = variant_scenes
     return summary
 
 
-def scene_pairs(a: dict, b: dict) -> dict | None:
-    """The occlusion scenes both runs sampled, compared scene by scene (object kept or not), or
-    None when a run has no per-scene outcomes."""
-    sa, sb = a.get("occlusion_scenes"), b.get("occlusion_scenes")
-    if not sa or not sb:
-        return None
+def _seed(summary: dict) -> int:
+    return int(summary.get("seed") or (summary.get("eval") or {}).get("seed") or 0)
+
+
+def scene_outcomes(summary: dict) -> dict[str, dict[int, bool]]:
+    """{settings label: {scene seed: object kept}}: the run's occlusion scenes under the suite's
+    settings and under each variant's that re-sampled them (labelled as `settings_label` does,
+    so two runs' outcomes meet where they sampled alike, whichever was a suite or a variant)."""
     import world_report  # tools/world_report.py
 
+    seed = _seed(summary)
+    variants = summary.get("t2v_variants") or summary.get("eval_t2v_variants") or {}
+    suite = summary.get("settings") or (summary.get("eval") or {}).get("settings")
+    out = {}
+    if summary.get("occlusion_scenes"):
+        out[settings_label(suite, None, seed)] = world_report.kept_by_seed(
+            summary["occlusion_scenes"])  # fmt: skip
+    for label, scenes in (summary.get("occlusion_variant_scenes") or {}).items():
+        settings = (variants.get(label) or {}).get("settings")
+        if settings is not None:
+            out.setdefault(settings_label(settings, None, seed), world_report.kept_by_seed(scenes))
+    return out
+
+
+def scene_pairs(a: dict, b: dict) -> dict[str, dict] | None:
+    """{settings label: pairs}: the occlusion scenes both runs sampled alike (the same settings
+    and eval seed), compared scene by scene (object kept or not; `evaluate.paired_outcomes`), or
+    None when a run has no per-scene outcomes."""
+    oa, ob = scene_outcomes(a), scene_outcomes(b)
+    if not oa or not ob:
+        return None
     from sora_jax import evaluate
 
-    return evaluate.paired_outcomes(world_report.kept_by_seed(sa), world_report.kept_by_seed(sb))
+    return {label: evaluate.paired_outcomes(oa[label], ob[label]) for label in oa if label in ob}
 
 
 def loss_curves(a: dict, b: dict) -> dict[str, dict]:
@@ -115,7 +145,7 @@ def metrics(summary: dict) -> dict[str, float]:
     sets = summary.get("sets") or summary.get("eval_sets") or {}  # suite summary / world_report
     variants = summary.get("t2v_variants") or summary.get("eval_t2v_variants") or {}
     suite = summary.get("settings") or (summary.get("eval") or {}).get("settings")
-    seed = int(summary.get("seed") or (summary.get("eval") or {}).get("seed") or 0)
+    seed = _seed(summary)
 
     def key(name: str, metric: str, settings, n) -> str:
         label = settings_label(settings, n, seed)
@@ -177,22 +207,30 @@ def main(argv=None) -> dict:
               "all_within": bool(bounded) and all(r["within"] for r in bounded),
               "max_abs_points": max((abs(r["points"]) for r in bounded), default=None),
               "loss_curves": loss_curves(a, b)}  # fmt: skip
-    pairs = scene_pairs(a, b)
-    if pairs:
-        result["occlusion_scene_pairs"] = pairs
+    by_setting = scene_pairs(a, b)
+    if by_setting is not None:
+        result["occlusion_scene_pairs_by_setting"] = by_setting
+        # The suites' own scenes, where both suites sampled them alike.
+        suite_a = settings_label((a.get("settings") or (a.get("eval") or {}).get("settings")),
+                                 None, _seed(a))  # fmt: skip
+        suite_b = settings_label((b.get("settings") or (b.get("eval") or {}).get("settings")),
+                                 None, _seed(b))  # fmt: skip
+        if suite_a == suite_b and suite_a in by_setting:
+            result["occlusion_scene_pairs"] = by_setting[suite_a]
     print(table(rows, args.points))
     for stage, c in result["loss_curves"].items():
         print(f"{stage} training loss: equal at {c['identical']} of the {c['steps']} logged steps "
               f"both runs have; largest difference {c['max_abs_diff']:.3g}")  # fmt: skip
     print(f"fractions within ±{args.points:g} points: {sum(r['within'] for r in bounded)} of "
           f"{len(bounded)}; largest difference {result['max_abs_points']} points")  # fmt: skip
-    if pairs and not pairs["cases"]:
-        print("occlusion scenes: none sampled by both runs (other eval seeds)")
-    elif pairs:
-        print(f"occlusion scenes ({pairs['cases']} in both): the object kept by both "
-              f"{pairs['both']}, by run A only {pairs['only_first']}, by run B only "
-              f"{pairs['only_second']}, by neither {pairs['neither']} (exact McNemar p = "
-              f"{pairs['p_two_sided']})")  # fmt: skip
+    if by_setting is not None and not any(p["cases"] for p in by_setting.values()):
+        print("occlusion scenes: none sampled alike by both runs (other settings or eval seeds)")
+    for label, pairs in (by_setting or {}).items():
+        if pairs["cases"]:
+            print(f"occlusion scenes{f' [{label}]' if label else ''} ({pairs['cases']} in both): "
+                  f"the object kept by both {pairs['both']}, by run A only "
+                  f"{pairs['only_first']}, by run B only {pairs['only_second']}, by neither "
+                  f"{pairs['neither']} (exact McNemar p = {pairs['p_two_sided']})")  # fmt: skip
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

@@ -114,6 +114,21 @@ if [[ -n "${eval_compiling:-}" ]]; then
   stamp "eval_compile done"
 fi
 main --stages=eval "$@" >"$workdir/eval.log" 2>&1 || stamp "eval failed ($?)"
+# REPLAY_SEEDS="0 ...": the suite's occlusion set and its variants again at these eval seeds,
+# the scenes and noise of earlier runs (configs/world.py drew seed 0 until its twenty-second
+# run), each in WORKDIR/seed<S>/ with links to the run's stages and compile cache: sampled by
+# this run's weights, they tell scene by scene whether the run repeats an earlier one
+# (tools/experiments/compare_runs.py EARLIER.json WORKDIR/seed<S>).
+for seed in ${REPLAY_SEEDS:-}; do
+  replay="$workdir/seed$seed"
+  mkdir -p "$replay"
+  for d in vae dit xla_cache; do [[ -e "$replay/$d" ]] || ln -s "../$d" "$replay/$d"; done
+  python -m sora_jax.main --config="$config" --workdir="$replay" --stages=eval "$@" \
+    --config.eval.seed="$seed" --config.eval.sets="('t2v_occlusion',)" \
+    --config.eval.variant_sets="('t2v_occlusion',)" --config.eval.vae=False \
+    >"$replay/eval.log" 2>&1 || stamp "replay of eval seed $seed failed ($?)"
+  stamp "replay of eval seed $seed done"
+done
 # Every number in one JSON and the README's table of the sets (tools/world_report.py).
 python tools/world_report.py --workdir="$workdir" --out="$workdir/report.json" \
   --device="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)" \
