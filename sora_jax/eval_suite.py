@@ -456,7 +456,7 @@ def run(
     gen = generator or sample_lib.Generator(config, workdir)
     tf = gen.temporal_factor
     # `seed`: the prompts, scenes and noise (runs of other seeds share no sample).
-    summary: dict = {"sets": {}, "settings": _settings(config), "seed": int(config.eval.seed)}
+    summary: dict = {"sets": {}, "settings": suite, "seed": int(config.eval.seed)}
     summary["checkpoint_steps"] = getattr(gen, "checkpoint_steps", {})
     # Every set and variant is one job; `eval.threads` of them run at once (their compiles,
     # most of the suite's time on a GPU, overlap), and the summary lists them in this order.

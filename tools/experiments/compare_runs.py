@@ -66,18 +66,26 @@ def _seed(summary: dict) -> int:
     return int(summary.get("seed") or (summary.get("eval") or {}).get("seed") or 0)
 
 
+def _suite_settings(summary: dict) -> dict | None:
+    """The suite's sampler settings: a suite summary's, or a world_report JSON's `eval`."""
+    return summary.get("settings") or (summary.get("eval") or {}).get("settings")
+
+
+def _variants(summary: dict) -> dict:
+    """{variant label: metrics with settings} of a suite summary or a world_report JSON."""
+    return summary.get("t2v_variants") or summary.get("eval_t2v_variants") or {}
+
+
 def scene_outcomes(summary: dict) -> dict[str, dict[int, bool]]:
     """{settings label: {scene seed: object kept}}: the run's occlusion scenes under the suite's
     settings and under each variant's that re-sampled them (labelled as `settings_label` does,
     so two runs' outcomes meet where they sampled alike, whichever was a suite or a variant)."""
     import world_report  # tools/world_report.py
 
-    seed = _seed(summary)
-    variants = summary.get("t2v_variants") or summary.get("eval_t2v_variants") or {}
-    suite = summary.get("settings") or (summary.get("eval") or {}).get("settings")
+    variants, seed = _variants(summary), _seed(summary)
     out = {}
     if summary.get("occlusion_scenes"):
-        out[settings_label(suite, None, seed)] = world_report.kept_by_seed(
+        out[settings_label(_suite_settings(summary), None, seed)] = world_report.kept_by_seed(
             summary["occlusion_scenes"])  # fmt: skip
     for label, scenes in (summary.get("occlusion_variant_scenes") or {}).items():
         settings = (variants.get(label) or {}).get("settings")
@@ -143,9 +151,7 @@ def metrics(summary: dict) -> dict[str, float]:
     variant's fractions (a variant, e.g. t2v@guidance=5.0, under its set's name and its own
     settings), then the validation losses."""
     sets = summary.get("sets") or summary.get("eval_sets") or {}  # suite summary / world_report
-    variants = summary.get("t2v_variants") or summary.get("eval_t2v_variants") or {}
-    suite = summary.get("settings") or (summary.get("eval") or {}).get("settings")
-    seed = _seed(summary)
+    variants, suite, seed = _variants(summary), _suite_settings(summary), _seed(summary)
 
     def key(name: str, metric: str, settings, n) -> str:
         label = settings_label(settings, n, seed)
@@ -211,10 +217,7 @@ def main(argv=None) -> dict:
     if by_setting is not None:
         result["occlusion_scene_pairs_by_setting"] = by_setting
         # The suites' own scenes, where both suites sampled them alike.
-        suite_a = settings_label((a.get("settings") or (a.get("eval") or {}).get("settings")),
-                                 None, _seed(a))  # fmt: skip
-        suite_b = settings_label((b.get("settings") or (b.get("eval") or {}).get("settings")),
-                                 None, _seed(b))  # fmt: skip
+        suite_a, suite_b = (settings_label(_suite_settings(r), None, _seed(r)) for r in (a, b))
         if suite_a == suite_b and suite_a in by_setting:
             result["occlusion_scene_pairs"] = by_setting[suite_a]
     print(table(rows, args.points))

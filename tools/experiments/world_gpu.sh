@@ -123,9 +123,10 @@ for seed in ${REPLAY_SEEDS:-}; do
   replay="$workdir/seed$seed"
   mkdir -p "$replay"
   for d in vae dit xla_cache; do [[ -e "$replay/$d" ]] || ln -s "../$d" "$replay/$d"; done
-  python -m sora_jax.main --config="$config" --workdir="$replay" --stages=eval "$@" \
-    --config.eval.seed="$seed" --config.eval.sets="('t2v_occlusion',)" \
-    --config.eval.variant_sets="('t2v_occlusion',)" --config.eval.vae=False \
+  # main() with this workdir: the run's flags, then the replay's own.
+  workdir="$replay" main --stages=eval "$@" --config.eval.seed="$seed" \
+    --config.eval.sets="('t2v_occlusion',)" --config.eval.variant_sets="('t2v_occlusion',)" \
+    --config.eval.vae=False \
     >"$replay/eval.log" 2>&1 || stamp "replay of eval seed $seed failed ($?)"
   stamp "replay of eval seed $seed done"
 done
