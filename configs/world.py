@@ -29,9 +29,9 @@ channels (a 17x64x64 clip -> 5x8x8x16 latents) whose decoder also trains on late
 (`vae_train.latent_noise`); a ~30M-parameter DiT with 1x2x2 patches, so a 17-frame clip is 80
 tokens and batches are large; VAE 10,000 steps, DiT 15,000, flow shift 1; the suite samples text ->
 image -> video with guidance 5 and autoguidance 2 by the DiT's step 2,500, on prompts drawn from
-`eval.seed` 100 (`_res64` says why; --mode=sample keeps plain guidance 5). Training is
-deterministic: the twenty-second run repeated the nineteenth to the bit. It is the ninth run's
-recipe (9 of issue 9's 10 targets, object permanence 0.71;
+`eval.seed` 100 (configs/world_eval.py's `res64_suite` says why; --mode=sample keeps plain guidance
+5). Training is deterministic: the twenty-second run repeated the nineteenth to the bit. It is the
+ninth run's recipe (9 of issue 9's 10 targets, object permanence 0.71;
 tools/bench/results/world_h200_run9.json; `ninth` gives its settings) with the latent noise of the
 fourteenth run (t2v shape 0.97, permanence 0.70 at guidance 3 and 0.75 at 5 with both stages cut
 short by time; tools/bench/results/world_h100_run14.json) and step counts that fit a session of
@@ -485,30 +485,7 @@ def _res64(c: ml_collections.ConfigDict, ninth: bool) -> None:
         c.eval.t2v_variants = tuple(v if v != {"guidance": 3.0} else {"guidance": 5.0}
                                     for v in c.eval.t2v_variants)  # fmt: skip
         return
-    # The suite's setting since the twenty-third run: text -> image -> video (Emu Video's
-    # factorisation; Generator.sample: each video's first latent frame sampled alone as an
-    # image, then kept clean while the rest is sampled, as image -> video keeps a given frame)
-    # with CFG 5 and autoguidance 2 by the DiT's step 2,500, on all the suite's sets.
-    # In the twenty-second run (tools/bench/results/world_h100_run22.json) it kept the object in
-    # 0.80 of the 96 occlusion scenes against CFG 5's 0.73 (13 scenes kept only by it, 6 only by
-    # CFG 5; exact McNemar p = 0.17), every steady large subject (28 of 28 against 22), and drew
-    # t2v motion 0.94 against 0.89 (shape 0.94 against 0.97). It was the best of thirteen
-    # settings sampled on those scenes, so the suite now draws `seed` 100: prompts, scenes and
-    # noise that chose nothing (seed 0's sets drew prompt seeds 0-13 and noise keys 0-95 +
-    # 10,000 k; seed 100's 100-113 and 100-195 + 10,000 k). The variants put it beside CFG 5
-    # alone (the setting of runs 16-22) and each of its parts on the same fresh scenes.
-    c.eval.update(seed=100, factorized=True, autoguidance=2.0, autoguide_step=2500)
-    c.eval.t2v_variants = (
-        {"autoguidance": 1.0, "factorized": False},  # CFG 5: the suite of runs 16-22
-        {"factorized": False},  # autoguidance alone (run 22: permanence 0.74)
-        {"autoguidance": 1.0},  # factorized, CFG 5 (run 22: 0.73)
-        {"autoguidance": 3.0},  # (run 22, not factorized: 0.76)
-        {"autoguide_step": 5000},  # a later, stronger guide (run 22, not factorized: 0.72)
-        # Guidance 3 and 7.5 beside 5: permanence rose with guidance in runs 16-22 (2:
-        # 0.60-0.69, 3: 0.66-0.74, 5: 0.72-0.75, 7.5: 0.73 twice).
-        {"guidance": 3.0},
-        {"guidance": 7.5},
-    )
+    world_eval.res64_suite(c.eval)
 
 
 def _temporal2(c: ml_collections.ConfigDict) -> None:
