@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from sora_jax import eval_cases, eval_files, eval_suite, evaluate
+from sora_jax import eval_cases, eval_files, eval_metrics, eval_suite, evaluate
 from sora_jax.data import sources, world
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -115,7 +115,7 @@ def test_scoring_real_clips_gives_perfect_marks():
     suite = eval_cases.build_suite(load_world_config(None))
     for mode in ("extend_forward", "extend_backward", "i2v"):
         cases = suite[mode][:8]
-        metrics, records = eval_suite.score(mode, cases, [c.truth for c in cases], 4)
+        metrics, records = eval_metrics.score(mode, cases, [c.truth for c in cases], 4)
         assert metrics["color_acc"] == metrics["shape_acc"] == 1.0
         assert metrics["motion_acc"] == 1.0 and metrics["last_color_acc"] == 1.0
         assert metrics["given_psnr"] > 100  # identical pixels
@@ -123,7 +123,7 @@ def test_scoring_real_clips_gives_perfect_marks():
         assert json.dumps(records)  # JSON-serialisable
     cases = suite["t2v_occlusion"][:8]
     videos = [world.render(c.spec, 64, 64, 17) for c in cases]
-    metrics, _ = eval_suite.score("t2v_occlusion", cases, videos, 4)
+    metrics, _ = eval_metrics.score("t2v_occlusion", cases, videos, 4)
     assert metrics["permanence"] == 1.0 and metrics["color_acc"] == 1.0
     assert metrics["flicker_ratio"] == pytest.approx(1.0)  # the specs' own clips
 
@@ -136,7 +136,7 @@ def test_shape_accuracy_per_shape_weights_back_to_the_set_accuracy():
         c for c in cases if c.spec["objects"][0]["shape"] != cases[0].spec["objects"][0]["shape"]
     )
     truths[0] = world.render(other.spec, 64, 64, 17)
-    metrics, records = eval_suite.score("t2v", cases, truths, 4)
+    metrics, records = eval_metrics.score("t2v", cases, truths, 4)
     by = metrics["shape_acc_by_shape"]
     counts = {k: sum(c.spec["objects"][0]["shape"] == k for c in cases) for k in by}
     assert sum(counts.values()) == len(cases) and len(by) >= 5
@@ -255,10 +255,10 @@ def test_vae_ceiling_grades_the_decoded_real_clips_and_the_dit_where_they_keep_t
 
     kept = [True, False, True, True]  # the generated videos' permanence per scene
     records = [{"permanence": {"permanent": k}} for k in kept]
-    m = eval_suite.vae_ceiling(Lossless(), cases, videos, records)
+    m = eval_metrics.vae_ceiling(Lossless(), cases, videos, records)
     assert m == {"permanence_vae_round_trip": 1.0, "permanence_where_vae_keeps": 0.75}
     assert all(r["permanence_vae_round_trip"]["permanent"] for r in records)
-    m = eval_suite.vae_ceiling(Forgets(), cases, videos, records)
+    m = eval_metrics.vae_ceiling(Forgets(), cases, videos, records)
     assert m["permanence_vae_round_trip"] == 0.0 and np.isnan(m["permanence_where_vae_keeps"])
     assert not any(r["permanence_vae_round_trip"]["permanent"] for r in records)
 
@@ -282,12 +282,12 @@ def test_occluder_metrics_split_permanence_by_how_the_bar_moved():
                  bar(True, False, -1.0), bar(True, False, -0.2),
                  bar(False, None, float("nan"))]  # fmt: skip
     kept = [True, False, False, True, False, False]
-    m = eval_suite.occluder_metrics(occluders, kept)
+    m = eval_metrics.occluder_metrics(occluders, kept)
     assert m["occluder_found"] == 5 / 6 and m["occluder_direction_acc"] == 3 / 5
     assert m["occluder_speed_ratio"] == 0.9  # the median of the bars going the captioned way
     assert m["permanence_by_occluder"] == {"as captioned": [0.5, 2], "other speed": [0.0, 1],
                                            "reversed": [0.5, 2], "not found": [0.0, 1]}  # fmt: skip
-    none = eval_suite.occluder_metrics([bar(False, None, float("nan"))], [False])
+    none = eval_metrics.occluder_metrics([bar(False, None, float("nan"))], [False])
     assert none["occluder_found"] == 0.0 and np.isnan(none["occluder_direction_acc"])
     assert np.isnan(none["occluder_speed_ratio"])
 
@@ -318,7 +318,7 @@ def test_permanence_metrics_by_size_and_standard_error():
         grade(True, "ring", "ring"),
         grade(True, "cross", "cross"),
     ]
-    m = eval_suite.permanence_metrics(specs, grades)
+    m = eval_metrics.permanence_metrics(specs, grades)
     assert m["permanence"] == 0.5 and m["permanence_se"] == pytest.approx(0.25)  # sqrt(.25/4)
     assert m["permanence_by_size"] == {"large": 1.0, "small": 1 / 3}
     assert m["permanence_by_motion"] == {"left": 2 / 3, "shrink": 0.0}

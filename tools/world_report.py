@@ -46,7 +46,7 @@ SETS = (  # (name in eval/summary.json, row label)
     ("connect", "connect"),
     ("edit", "v2v edit"),
 )
-MISSES = {  # eval_suite.permanence_metrics' miss labels, in words
+MISSES = {  # eval_metrics.permanence_metrics' miss labels, in words
     "unseen_before": "not seen before the bar",
     "unseen_after": "not seen after it",
     "other_size": "back at another size",
@@ -191,9 +191,9 @@ def partial_eval(workdir: str) -> dict | None:
                 sets[data["set"]] = data["metrics"]
     if not sets:
         return None
-    from sora_jax import eval_suite
+    from sora_jax import eval_metrics
 
-    return {"sets": sets, "targets": eval_suite.check_targets(sets), "partial": sorted(sets)}
+    return {"sets": sets, "targets": eval_metrics.check_targets(sets), "partial": sorted(sets)}
 
 
 def occlusion_scenes(workdir: str) -> dict | None:

@@ -4,7 +4,7 @@
 
 RUN is a workdir of the recipe (its eval/summary.json is read), the path of such a summary
 JSON, or a tools/world_report.py JSON (as committed under tools/bench/results/). Compared: every
-target of the evaluation suite (sora_jax/eval_suite.py TARGETS), the colour, shape and motion
+target of the evaluation suite (sora_jax/eval_metrics.py TARGETS), the colour, shape and motion
 accuracy and object permanence of every set and of every sampler variant (`eval.t2v_variants`),
 the validation losses, and the training losses the stages logged (a workdir's metrics.jsonl, or
 a world_report JSON's loss_curve): equal at how many steps. A set is matched by its name, its

@@ -7,7 +7,7 @@ t2v_occlusion_videos.npz with t2v_occlusion.json's specs and permanence grades) 
 training samples (WORKDIR/dit/samples/step_<N>/occlusion_<i>.gif and .json, their sidecars'
 grades) with `evaluate.occluder_motion`, keeping each scene's object permanence as the run
 graded it: whether the bar moves the way the scene's caption says and at what
-speed against the world's. Each set is summarised by `eval_suite.occluder_metrics` (the
+speed against the world's. Each set is summarised by `eval_metrics.occluder_metrics` (the
 permanence of the scenes whose bar went the captioned way at the world's speed, at another
 speed, the other way, or was not drawn), over all its scenes and over those whose subject
 neither grows nor shrinks (`steady`); and the drawn bars' speeds against the world's speed of
@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools", "experiments"))
 
 from sample_sweeps import read_gif  # noqa: E402
 
-from sora_jax import eval_files, eval_suite, evaluate  # noqa: E402
+from sora_jax import eval_files, eval_metrics, evaluate  # noqa: E402
 
 SCALING = ("grow", "shrink")  # subjects at half size at one end: the VAE's round trips lose most
 
@@ -76,7 +76,7 @@ def by_drawn_speed(bars, kept) -> dict[str, list]:
     """Permanence [fraction, scenes] of the scenes whose bar went the captioned way, by its speed
     against the world's (`DRAWN_SPEED_BINS`), then of those it went the other way ("reversed")
     and of those with no bar found ("not found"); empty bins are left out."""
-    groups = eval_suite.kept_by_bar(
+    groups = eval_metrics.kept_by_bar(
         bars, kept, lambda r: next(n for edge, n in DRAWN_SPEED_BINS if r < edge)
     )
     order = [n for _, n in DRAWN_SPEED_BINS] + ["reversed", "not found"]
@@ -89,7 +89,7 @@ def _nan_to_none(bar: dict) -> dict:
 
 
 def summarise(name: str, specs, bars, kept) -> dict:
-    """`eval_suite.occluder_metrics` and `by_world_speed` of a set, and of its scenes whose
+    """`eval_metrics.occluder_metrics` and `by_world_speed` of a set, and of its scenes whose
     subject neither grows nor shrinks (`steady`: their permanence is the DiT's, the VAE's round
     trips keep ~0.96 of them)."""
     steady = [i for i, s in enumerate(specs) if s["objects"][0]["motion"] not in SCALING]
@@ -97,7 +97,7 @@ def summarise(name: str, specs, bars, kept) -> dict:
 
     def one(sp, bs, ks) -> dict:
         return {"scenes": len(sp), "permanence": float(np.mean(ks)),
-                **eval_suite.occluder_metrics(bs, ks),
+                **eval_metrics.occluder_metrics(bs, ks),
                 "by_world_speed": by_world_speed(sp, bs, ks),
                 "by_drawn_speed": by_drawn_speed(bs, ks)}  # fmt: skip
 

@@ -4,7 +4,7 @@
         --out=/tmp/vae_permanence.json [text.path=/tmp/minilm ...]
 
 The real clips of the `t2v_occlusion` set (rendered at `eval.shape`) go through the VAE of
-WORKDIR (encode, decode; no DiT: `eval_suite.round_trip_grades`, as the suite's
+WORKDIR (encode, decode; no DiT: `eval_metrics.round_trip_grades`, as the suite's
 permanence_vae_round_trip) and are graded by `evaluate.object_permanence`: the ceiling a DiT
 drawing in these latents can reach, per motion and size, with each failing criterion. The
 reconstructions are kept beside the JSON (<out>_videos.npz).
@@ -27,11 +27,11 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 def grade_round_trips(config, gen) -> tuple[dict, list[np.ndarray]]:
     """(permanence of `gen`'s VAE round trips of the occlusion set's real clips: overall, per
     motion, per criterion and per scene; the reconstructions). `gen` has encode and decode."""
-    from sora_jax import eval_cases, eval_suite
+    from sora_jax import eval_cases, eval_metrics
 
     cases = eval_cases.build_suite(config)["t2v_occlusion"]
     size = eval_cases.parse_shape(config.eval.shape)
-    graded = eval_suite.round_trip_grades(gen, cases, [size] * len(cases))
+    graded = eval_metrics.round_trip_grades(gen, cases, [size] * len(cases))
     recons = [recon for recon, _ in graded]
     records = []
     for case, (_, grade) in zip(cases, graded, strict=True):
@@ -40,7 +40,7 @@ def grade_round_trips(config, gen) -> tuple[dict, list[np.ndarray]]:
                         "size": subject["size"], "diameter": subject["diameter"],
                         **grade})  # fmt: skip
     criteria = ("seen_before", "seen_after", "same_size", "same_shape")
-    m = eval_suite.permanence_metrics([c.spec for c in cases], [g for _, g in graded],
+    m = eval_metrics.permanence_metrics([c.spec for c in cases], [g for _, g in graded],
                                       ("permanent", *criteria))  # fmt: skip
     out = {
         "permanence": m["permanence"],
