@@ -578,6 +578,7 @@ def _shrink(c: ml_collections.ConfigDict, steps: int, temporal: int = 4) -> None
         num_prompts=2,
         num_per_set=1,
         occlusion_prompts=1,
+        modes_per_set=1,
         shape="9x32x32",
         sweep_shapes=("9x32x48",),
         steps=2,

@@ -133,6 +133,7 @@ _SECTIONS = {
         "num_prompts": _POS_INT,
         "num_per_set": _POS_INT,
         "occlusion_prompts": _POS_INT,
+        "modes_per_set": _POS_INT,
         "edit_strength": _TIME,
         "shift": _NONNEG,  # 0 = flow.shift
         "val_clips": _POS_INT,

@@ -9,6 +9,7 @@ world's vocabulary (`world.prompt_suite`, `world.make_spec`), deterministic in `
   t2v_holdout      the held-out colour x shape pairs of `world.holdout` (never trained on)
   t2v_occlusion    long captions of scenes where a bar hides the subject mid-clip
                    (`eval.occlusion_prompts` of them, default `eval.num_per_set`)
+  (each mode below: `eval.modes_per_set` clips, default `eval.num_per_set`)
   t2v_multi        long captions of scenes with one or two smaller distractors
   t2v_sweep        short prompts at every shape of `eval.sweep_shapes` (aspect, duration)
   t2i              "an image of a ..." at one frame
@@ -137,6 +138,16 @@ def occlusion_count(ec: ml_collections.ConfigDict) -> int:
     return n
 
 
+def modes_count(ec: ml_collections.ConfigDict) -> int:
+    """Cases of each conditioned mode's set and of edit: `eval.modes_per_set`, else
+    `eval.num_per_set`."""
+    n = ec.get("modes_per_set", None)
+    n = ec.num_per_set if n is None else n
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"eval.modes_per_set={n!r} must be a positive int (clips per mode).")
+    return n
+
+
 def build_suite(config: ml_collections.ConfigDict) -> dict[str, list[Case]]:
     """Every set's cases (module docstring), a pure function of the config; no model needed."""
     ec, tf = config.eval, sample_lib.temporal_factor(config)
@@ -170,7 +181,7 @@ def build_suite(config: ml_collections.ConfigDict) -> dict[str, list[Case]]:
     sets["t2i"] = text(stills, "short", (1, h, w))
     for j, mode in enumerate((*CONDITIONED, "edit")):
         sets[mode] = []
-        for s in _prompt_specs(cfg, m, seed + 6 + j):
+        for s in _prompt_specs(cfg, modes_count(ec), seed + 6 + j):
             truth = world_lib.render(s, h, w, f)
             target = _recolor(cfg, s, rng) if mode == "edit" else s
             plan = condition_plan(mode, truth, tf, float(ec.edit_strength))

@@ -149,8 +149,8 @@ def occluder_metrics(occluders: Sequence[dict], kept: Sequence[bool]) -> dict:
 
 def round_trip_grades(gen, cases: Sequence[eval_cases.Case], sizes) -> list[tuple]:
     """(reconstruction, `evaluate.object_permanence` of it) per case: the VAE's round trip of the
-    case's real clip rendered at its size (F, H, W); one clip per call, as the conditioned modes
-    encode."""
+    case's real clip rendered at its size (F, H, W); one clip per call, as the conditioned modes'
+    given frames are encoded."""
     out = []
     for case, (f, h, w) in zip(cases, sizes, strict=True):
         recon = gen.decode(gen.encode(world_lib.render(case.spec, h, w, f)[None]))[0]

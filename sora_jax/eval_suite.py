@@ -10,9 +10,9 @@ Every sample goes through `modes` plans and `sample.Generator.sample`: the code 
 Metrics per set, the model's validation loss and issue 9's targets: sora_jax/eval_metrics.py.
 
 `eval.t2v_variants` re-samples the t2v set (and the other sets named in `eval.variant_sets`,
-e.g. t2v_occlusion) under other sampler settings (steps, sampler, guidance, shift) and reports
-each as `<set>@<settings>` beside the sets (summary key `t2v_variants`): how much the grades owe
-to sampling.
+e.g. t2v_occlusion, or in a variant's own "sets") under other sampler settings (steps, sampler,
+guidance, shift, autoguidance...) and reports each as `<set>@<settings>` beside the sets (summary
+key `t2v_variants`): how much the grades owe to sampling.
 
 Files: `<workdir>/eval/<set>.json` (metrics, settings, per-sample prompts, specs and grades),
 `<set>.png` (contact sheet: a row per sample, evenly spaced frames, given frames framed in
@@ -79,7 +79,8 @@ def _label(value) -> str:
 def t2v_variants(config: ml_collections.ConfigDict, set_names: Sequence[str]) -> dict[str, dict]:
     """`eval.t2v_variants`: the t2v set (and every other set of `eval.variant_sets`, among
     `set_names`) again under other sampler settings (each a dict of VARIANT_KEYS overriding the
-    suite's), reported beside the sets, not as targets. Returns {"<set>@key=value,...":
+    suite's, and optionally "sets": the sets of that variant instead of `variant_sets`, e.g. the
+    conditioned modes), reported beside the sets, not as targets. Returns {"<set>@key=value,...":
     settings}; a bad variant or set name fails here, before any weights load."""
     out = {}
     if not config.eval.get("t2v_variants", ()):
@@ -90,14 +91,18 @@ def t2v_variants(config: ml_collections.ConfigDict, set_names: Sequence[str]) ->
                          f"{tuple(set_names)}.")  # fmt: skip
     for overrides in config.eval.get("t2v_variants", ()):
         overrides = dict(overrides)
+        sets = tuple(overrides.pop("sets", variant_sets))
         if not overrides or set(overrides) - set(VARIANT_KEYS):
             raise ValueError(f"eval.t2v_variants: {overrides} must override some of "
-                             f"{VARIANT_KEYS} and nothing else.")  # fmt: skip
+                             f"{VARIANT_KEYS} and nothing else, besides 'sets'.")  # fmt: skip
+        if not sets or isinstance(sets, str) or set(sets) - set(set_names):
+            raise ValueError(f"eval.t2v_variants: {overrides}'s sets={sets} must name some of "
+                             f"the suite's sets {tuple(set_names)}.")  # fmt: skip
         settings = _settings(config, **overrides)
         sample_lib.check_settings(**settings)
         _check_guide_kept(config, settings.get("autoguide_step", 0))
         suffix = "@" + ",".join(f"{k}={_label(v)}" for k, v in sorted(overrides.items()))
-        out.update({name + suffix: settings for name in variant_sets})
+        out.update({name + suffix: settings for name in sets})
     return out
 
 
@@ -120,24 +125,23 @@ def _check_guide_kept(config: ml_collections.ConfigDict, step: int) -> None:
 def generate(
     gen: sample_lib.Generator, cases: Sequence[eval_cases.Case], settings: dict, batch_size: int
 ) -> list[np.ndarray]:
-    """uint8 videos of the cases; text-only cases of one shape and consecutive seeds share calls
-    (sample i of a call with seed s draws key s + i), conditioned ones run one per call.
-    `settings["factorized"]` applies to the text -> video cases (images and conditioned modes
-    are sampled as they are)."""
+    """uint8 videos of the cases; runs of consecutive cases laid out alike (`same_layout`: one
+    mode, shape and set of given slots; conditioned ones each with their own given pixels) and
+    of consecutive seeds share calls of up to `batch_size` (sample i of a call with seed s
+    draws key s + i). `settings["factorized"]` applies to the text -> video cases (images and
+    conditioned modes are sampled as they are)."""
     videos: list[np.ndarray] = []
     i = 0
     while i < len(cases):
         c, j = cases[i], i + 1
-        if c.plan.canvas is None and c.plan.init is None:
-            size = (c.plan.num_frames, c.plan.height, c.plan.width)
-            while (j < len(cases) and j - i < batch_size and cases[j].plan.canvas is None
-                   and cases[j].plan.init is None and cases[j].seed == c.seed + j - i
-                   and (cases[j].plan.num_frames, cases[j].plan.height,
-                        cases[j].plan.width) == size):  # fmt: skip
-                j += 1
+        while (j < len(cases) and j - i < batch_size and cases[j].seed == c.seed + j - i
+               and sample_lib.same_layout(cases[j].plan, c.plan)):  # fmt: skip
+            j += 1
         prompts = [x.prompt for x in cases[i:j]]
+        shared = c.plan.canvas is None and c.plan.init is None  # text only: one plan for all
+        plans = c.plan if shared else [x.plan for x in cases[i:j]]
         kw = dict(settings, factorized=bool(settings.get("factorized")) and c.plan.mode == "t2v")
-        videos.extend(gen.sample(prompts, c.plan, seed=c.seed, **kw).videos)
+        videos.extend(gen.sample(prompts, plans, seed=c.seed, **kw).videos)
         i = j
     return videos
 

@@ -182,8 +182,8 @@ def compile_only_eval(config: ml_collections.ConfigDict) -> ml_collections.Confi
     them. eval_compile then spends less of the GPU the DiT is training on."""
     config = copy.deepcopy(config)
     batch = int(config.eval.batch_size)
-    for key in ("num_prompts", "num_per_set", "occlusion_prompts"):
-        if config.eval.get(key, None) is None:  # occlusion_prompts: optional
+    for key in ("num_prompts", "num_per_set", "occlusion_prompts", "modes_per_set"):
+        if config.eval.get(key, None) is None:  # occlusion_prompts, modes_per_set: optional
             continue
         n = int(config.eval[key])
         config.eval[key] = min(n, batch + n % batch)

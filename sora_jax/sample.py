@@ -56,7 +56,8 @@ class Samples:
 
     videos: np.ndarray  # uint8 [B, F, H, W, 3], after the plan's trim
     latents: np.ndarray  # fp32 [B, T, h, w, z], normalised, before decoding
-    given: np.ndarray  # fp32 [T, h, w, z] given latents (zeros where not given)
+    given: np.ndarray  # fp32 [T, h, w, z] given latents (zeros where not given); [B, T, h, w, z]
+    # when each prompt had its own plan
     mask: np.ndarray  # bool [T], True = given
     seeds: list[int]  # per-sample noise seeds
 
@@ -274,7 +275,7 @@ class Generator:
     def sample(
         self,
         prompts: Sequence[str],
-        plan: modes.Plan,
+        plan: modes.Plan | Sequence[modes.Plan],
         *,
         steps: int = 30,
         guidance: float = 4.0,
@@ -287,7 +288,9 @@ class Generator:
         autoguide_step: int = 0,
         factorized: bool = False,
     ) -> Samples:
-        """Samples ``plan`` once per prompt; deterministic for ``seed``.
+        """Samples ``plan`` once per prompt; deterministic for ``seed``. ``plan`` may also be a
+        list of plans, one per prompt, alike but for their given pixels (`same_layout`: e.g.
+        image -> video from several images in one call); ``Samples.given`` is then per prompt.
 
         Given latent frames come back bit-identical in ``Samples.latents``; a different seed
         changes only the generated frames. ``autoguidance`` > 1 guides the model away from
@@ -302,6 +305,8 @@ class Generator:
         and ``mask`` stay the plan's (nothing given).
         """
         prompts = _check_prompts(prompts)
+        plans = _check_plans(plan, len(prompts))
+        plan = plans[0]
         lo, hi = check_settings(
             steps=steps,
             sampler=sampler,
@@ -327,7 +332,11 @@ class Generator:
         guide_state = self._guide_state(int(autoguide_step)) if auto else None
         shape = self.latent_shape(plan.num_frames, plan.height, plan.width)
         b = len(prompts)
-        given, mask = modes.given_latents(plan, self.encode, shape, self.temporal_factor)
+        tf = self.temporal_factor
+        given, mask = modes.given_latents(plan, self.encode, shape, tf)
+        if len(plans) > 1:  # each prompt's given frames from its own plan (same slots)
+            given = np.stack([given] + [modes.given_latents(p, self.encode, shape, tf)[0]
+                                        for p in plans[1:]])  # fmt: skip
         text, text_mask = self.embedder(prompts)
         neg, neg_mask = self.embedder([negative_prompt] * b)
         seeds = [int(seed) + i for i in range(b)]
@@ -342,7 +351,10 @@ class Generator:
             "given": given_b,
             "given_mask": mask_b,
         }
-        x0 = np.zeros(shape, np.float32) if plan.init is None else self.encode(plan.init[None])[0]
+        if plan.init is None:
+            x0 = np.zeros(shape, np.float32)
+        else:
+            x0 = self.encode(np.stack([p.init for p in plans]))
         args["init"] = np.broadcast_to(x0, (b, *shape))
         args = self._batch(args, b)
         run = self._run_fn(steps, sampler, (lo, hi), float(guidance) != 1.0, auto)
@@ -437,6 +449,35 @@ def _latest_step(stage_dir: str) -> int | None:
     path = os.path.join(stage_dir, "checkpoints")
     steps = [int(d) for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
     return max(steps, default=None)
+
+
+def same_layout(a: modes.Plan, b: modes.Plan) -> bool:
+    """Whether two plans can share one sampling call: the same mode, size, given slots, start
+    time and trim, with or without an init alike (their given pixels and inits may differ)."""
+    return (a.mode, a.num_frames, a.height, a.width, tuple(a.slots), a.start_t, a.trim_frames,
+            a.init is None) == (b.mode, b.num_frames, b.height, b.width, tuple(b.slots),
+                                b.start_t, b.trim_frames, b.init is None)  # fmt: skip
+
+
+def _check_plans(plan, n: int) -> list[modes.Plan]:
+    """``plan`` for each of ``n`` prompts: one plan (shared) or a list of ``n`` `same_layout`
+    plans."""
+    if isinstance(plan, modes.Plan):
+        return [plan]
+    plans = list(plan)
+    if len(plans) != n or not all(isinstance(p, modes.Plan) for p in plans):
+        raise ValueError(f"plan must be one modes.Plan or a list of one per prompt ({n}), got "
+                         f"{len(plans)} items.")  # fmt: skip
+    for k, p in enumerate(plans[1:], 1):
+        if not same_layout(plans[0], p):
+            raise ValueError(
+                f"plans of one call must differ only in their pixels: plan {k} ({p.mode}, "
+                f"{p.num_frames}x{p.height}x{p.width}, slots {p.slots}, start_t {p.start_t}) is "
+                f"not laid out as plan 0 ({plans[0].mode}, {plans[0].num_frames}x"
+                f"{plans[0].height}x{plans[0].width}, slots {plans[0].slots}, start_t "
+                f"{plans[0].start_t})."
+            )
+    return plans
 
 
 def _check_prompts(prompts: Sequence[str]) -> list[str]:

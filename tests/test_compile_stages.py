@@ -125,6 +125,7 @@ def test_compile_only_eval_keeps_every_batch_shape():
     small = recipe.compile_only_eval(config)
     assert (small.eval.num_prompts, small.eval.num_per_set) == (16, 16)
     assert (config.eval.occlusion_prompts, small.eval.occlusion_prompts) == (96, 16)
+    assert (config.eval.modes_per_set, small.eval.modes_per_set) == (96, 16)  # 16 per call
     assert config.eval.num_prompts == 96  # the caller's config is left alone
     for n, batch, want in ((40, 16, 24), (8, 16, 8), (5, 2, 3), (4, 2, 2)):
         config.eval.update(num_prompts=n, batch_size=batch)

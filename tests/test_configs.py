@@ -123,17 +123,24 @@ def test_world_default_is_the_64x64_recipe_and_ninth_gives_the_ninth_runs():
     assert c.dit_train.image_text_length == 0  # the 1-frame bucket's captions run to 92 tokens
     assert {"guidance": 3.0} in c.eval.t2v_variants
     # The suite samples text -> image -> video with autoguidance by a DiT checkpoint the stage
-    # keeps (checked as the eval starts) on prompts of seed 100, which chose none of it; CFG 5
-    # alone (the suite of runs 16-22) and each part of the setting are its variants.
+    # keeps (checked as the eval starts) on prompts of seed 200, which chose none of it (seed
+    # 100: the twenty-third run's check); CFG 5 alone (the suite of runs 16-22, also on the
+    # conditioned modes with targets) and each part of the setting are its variants.
     suite = eval_suite._settings(c)
     assert suite["factorized"] and (suite["autoguidance"], suite["autoguide_step"]) == (2.0, 2500)
-    assert c.eval.seed == 100 and c.sample.autoguidance == 1.0 and not c.sample.factorized
+    assert c.eval.seed == 200 and c.sample.autoguidance == 1.0 and not c.sample.factorized
+    assert c.eval.modes_per_set == 96
     eval_suite._check_guide_kept(c, 2500)
-    variants = eval_suite.t2v_variants(c, ("t2v", "t2v_occlusion"))
+    variants = eval_suite.t2v_variants(
+        c, ("t2v", "t2v_occlusion", "i2v", "extend_forward", "extend_backward", "infill")
+    )
     cfg5 = variants["t2v_occlusion@autoguidance=1.0,factorized=False"]
     assert (cfg5["guidance"], "autoguidance" in cfg5, "factorized" in cfg5) == (5.0, False, False)
     assert variants["t2v@factorized=False"]["autoguidance"] == 2.0
-    assert variants["t2v@autoguidance=1.0"]["factorized"] and len(variants) == 14
+    assert variants["t2v@autoguidance=1.0"]["factorized"] and len(variants) == 17
+    assert {k.split("@")[0] for k in variants if k.endswith("=1.0,factorized=False")} == {
+        "t2v", "t2v_occlusion", "i2v", "extend_forward", "extend_backward"
+    }  # fmt: skip
     ninth = load_config("world", "ninth")
     assert ninth.vae_train.steps == ninth.dit_train.steps == 15000
     assert ninth.vae_train.latent_noise == 0.0

@@ -66,11 +66,12 @@ def test_occlusion_set_has_its_own_size_and_bad_sizes_fail():
     c.eval.update(num_prompts=4, num_per_set=3, occlusion_prompts=7)
     suite = eval_cases.build_suite(c)
     assert len(suite["t2v_occlusion"]) == 7
-    # The recipe's suite draws seed 100 (configs/world.py): scenes that chose none of its
+    # The recipe's suite draws seed 200 (configs/world.py): scenes that chose none of its
     # settings; at seed 0 they are those the VAE's round trips and the DiT's training samples
-    # grade, none of which is among seed 100's.
-    assert c.eval.seed == 100
-    scenes = world.occlusion_suite(sources.make_world(c).cfg, 7, seed=100)
+    # grade (and runs 16-22's suite), at 100 the twenty-third run's suite: none is among seed
+    # 200's.
+    assert c.eval.seed == 200
+    scenes = world.occlusion_suite(sources.make_world(c).cfg, 7, seed=200)
     assert [case.spec for case in suite["t2v_occlusion"]] == scenes
     assert [case.prompt for case in suite["t2v_occlusion"]] == [
         world.describe(s, "long") for s in scenes
@@ -78,10 +79,28 @@ def test_occlusion_set_has_its_own_size_and_bad_sizes_fail():
     c.eval.seed = 0
     seed0 = eval_cases.build_suite(c)["t2v_occlusion"]
     assert [case.spec for case in seed0] == world.occlusion_suite(sources.make_world(c).cfg, 7)
-    assert not {case.prompt for case in seed0} & {world.describe(s, "long") for s in scenes}
-    assert not {case.seed for case in seed0} & {case.seed for case in suite["t2v_occlusion"]}
-    c.eval.seed = 100
-    assert {len(suite[k]) for k in ("t2v_holdout", "t2v_multi", "t2i", "i2v")} == {3}
+    for earlier in (0, 100):
+        c.eval.seed = earlier
+        old = eval_cases.build_suite(c)
+        old_seeds = {case.seed for cases in old.values() for case in cases}
+        assert not {case.prompt for case in old["t2v_occlusion"]} & {
+            world.describe(s, "long") for s in scenes
+        }
+        assert not old_seeds & {case.seed for cases in suite.values() for case in cases}
+    c.eval.seed = 200
+    assert {len(suite[k]) for k in ("t2v_holdout", "t2v_multi", "t2i")} == {3}
+    # Each conditioned mode (and edit): `modes_per_set` clips (96 in the recipe), each with
+    # its own real clip; absent, num_per_set.
+    assert c.eval.modes_per_set == 96
+    assert {len(suite[k]) for k in (*eval_cases.CONDITIONED, "edit")} == {96}
+    c.eval.modes_per_set = 5
+    assert {len(eval_cases.build_suite(c)[k]) for k in (*eval_cases.CONDITIONED, "edit")} == {5}
+    del c.eval["modes_per_set"]
+    assert len(eval_cases.build_suite(c)["i2v"]) == 3
+    c.eval.modes_per_set = 0
+    with pytest.raises(ValueError, match="modes_per_set=0 must be a positive int"):
+        eval_cases.build_suite(c)
+    c.eval.modes_per_set = 3
     del c.eval["occlusion_prompts"]  # absent: num_per_set, as before the field existed
     assert len(eval_cases.build_suite(c)["t2v_occlusion"]) == 3
     for bad in (0, -2):  # (a str or float fails in ConfigDict itself: the field is an int)

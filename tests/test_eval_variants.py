@@ -23,7 +23,7 @@ def test_t2v_variants_resample_the_t2v_set_under_other_settings(tmp_path):
     same, fewer = f"t2v@guidance={c.eval.guidance}", "t2v@steps=1"
     whole, middle = "t2v@guidance_interval=0.0-1.0", "t2v@guidance_interval=0.2-0.85"
     assert list(summary["t2v_variants"]) == [same, fewer, whole, middle]
-    assert summary["seed"] == c.eval.seed == 100  # the prompts' seed, for comparing runs
+    assert summary["seed"] == c.eval.seed == 200  # the prompts' seed, for comparing runs
     assert summary["t2v_variants"][fewer]["settings"]["steps"] == 1
     assert summary["t2v_variants"][middle]["settings"]["guidance_interval"] == [0.2, 0.85]
     # The suite's own settings again: the very same samples and grades as the t2v set (guidance
@@ -187,3 +187,59 @@ def test_bad_t2v_variant_fails_before_any_weights_load(tmp_path):
     c.eval.update(autoguidance=2.0, autoguide_step=60)  # the suite's own setting, checked too
     with pytest.raises(ValueError, match="autoguide_step=60 is not a DiT checkpoint"):
         eval_suite.run(c, str(tmp_path), generator=object())
+
+
+def test_conditioned_clips_share_calls_and_sample_as_they_would_alone():
+    """`generate` samples runs of a conditioned mode's clips (each with its own given frames or
+    SDEdit input) in calls of up to `batch_size`: the same videos, up to float rounding, as one
+    clip per call, with fewer calls."""
+    c = load_world_config("micro")
+    c.eval.update(num_prompts=1, num_per_set=1, modes_per_set=3)
+    gen = _micro_generator(c, random_dit=True)
+    calls = []
+    real_sample = gen.sample
+
+    def sample(prompts, plan, **kw):
+        calls.append(len(prompts))
+        return real_sample(prompts, plan, **kw)
+
+    gen.sample = sample
+    suite = eval_cases.build_suite(c)
+    settings = eval_suite._settings(c)
+    for name in ("extend_forward", "edit"):
+        cases = suite[name]
+        assert len(cases) == 3 and len({c_.truth.tobytes() for c_ in cases}) == 3
+        calls.clear()
+        together = eval_suite.generate(gen, cases, settings, batch_size=2)
+        assert calls == [2, 1]
+        calls.clear()
+        alone = eval_suite.generate(gen, cases, settings, batch_size=1)
+        assert calls == [1, 1, 1]
+        for a, b in zip(together, alone, strict=True):
+            assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() <= 1
+        assert np.abs(together[0].astype(int) - together[1].astype(int)).max() > 10
+
+
+def test_a_variant_may_name_its_own_sets(tmp_path):
+    """A variant with "sets" re-samples those sets (conditioned modes too), not variant_sets';
+    the suite's settings again give the same samples as the set's own."""
+    c = load_world_config("micro")
+    c.eval.update(num_prompts=1, num_per_set=1, batch_size=2, val_clips=1, vae=False,
+                  sweep_shapes=("9x32x32",), sets=("t2v", "i2v", "extend_forward"),
+                  t2v_variants=({"steps": 1},
+                                {"guidance": c.eval.guidance, "sets": ("i2v", "extend_forward")}),
+                  variant_sets=("t2v",))  # fmt: skip
+    summary = eval_suite.run(c, str(tmp_path), generator=_micro_generator(c))
+    g = f"guidance={c.eval.guidance}"
+    assert list(summary["t2v_variants"]) == ["t2v@steps=1", f"i2v@{g}", f"extend_forward@{g}"]
+    for name in ("i2v", "extend_forward"):
+        base = json.loads((tmp_path / "eval" / f"{name}.json").read_text())["samples"]
+        again = json.loads((tmp_path / "eval" / f"{name}@{g}.json").read_text())["samples"]
+        assert again == base and "boundary_mad" in base[0]
+        assert summary["t2v_variants"][f"{name}@{g}"]["continuity_ratio"] == pytest.approx(
+            summary["sets"][name]["continuity_ratio"]
+        )
+    for bad in (("i2v", "i2w"), "i2v", ()):
+        c.eval.t2v_variants = ({"steps": 1, "sets": bad},)
+        with pytest.raises(ValueError, match="sets=.* must name some of the suite's sets"):
+            eval_suite.t2v_variants(c, ["t2v", "i2v"])

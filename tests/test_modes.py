@@ -191,6 +191,35 @@ def test_given_latents_come_back_bit_identical_and_seeds_change_only_the_rest(ge
     assert a.videos.shape == (2, f, H, W, 3) and a.videos.dtype == np.uint8
 
 
+@pytest.mark.parametrize("name", ["i2v_first", "extend_forward", "connect", "edit"])
+def test_a_plan_per_prompt_samples_each_as_its_plan_alone(gen, clip, name):
+    """One call with a plan per prompt (their own given frames or SDEdit input) == each plan
+    sampled alone with its noise key (seed + i), up to the float rounding of batch 2 vs 1; each
+    sample keeps its own given latents bit for bit."""
+    make = PLANS.get(name) or (lambda c: modes.edit(c, 0.6, tf=TF))
+    plans = [make(clip), make(np.ascontiguousarray(clip[::-1]))]
+    both = gen.sample(PROMPTS, plans, seed=4, **KW)
+    assert both.given.shape[0] == 2 and both.mask.shape == both.latents.shape[1:2]
+    for i, plan in enumerate(plans):
+        alone = gen.sample([PROMPTS[i]], plan, seed=4 + i, **KW)
+        np.testing.assert_allclose(both.latents[i], alone.latents[0], rtol=0, atol=1e-4)
+        np.testing.assert_array_equal(both.given[i], alone.given)
+        np.testing.assert_array_equal(both.latents[i][both.mask], alone.given[both.mask])
+        diff = np.abs(both.videos[i].astype(int) - alone.videos[0].astype(int))
+        assert diff.max() <= 1
+    # The two clips' samples differ where their given frames (or inputs) do.
+    assert np.abs(both.latents[0] - both.latents[1]).max() > 1e-2
+
+
+def test_plans_of_one_call_must_be_laid_out_alike(gen, clip):
+    fwd, bwd = PLANS["extend_forward"](clip), PLANS["extend_backward"](clip)
+    with pytest.raises(ValueError, match="one per prompt \\(2\\), got 1 items"):
+        gen.sample(PROMPTS, [fwd], **KW)
+    with pytest.raises(ValueError, match="plan 1 .* is not laid out as plan 0"):
+        gen.sample(PROMPTS, [fwd, bwd], **KW)
+    assert sample_lib.same_layout(fwd, PLANS["extend_forward"](clip[::-1]))
+
+
 def test_same_seed_is_deterministic_and_sample_i_uses_seed_plus_i(gen):
     plan = modes.text_to_video(9, H, W, tf=TF)
     two = gen.sample(PROMPTS, plan, seed=3, **KW)

@@ -440,3 +440,25 @@ def test_fixed_costs_read_the_stage_logs_metrics_and_ready_file(tmp_path):
     assert world_report.costs_text(ready) == "caption programs 41 s, encodes 98 s, steps 249 s"
     assert world_report.collect(str(tmp_path))["fixed_costs"] == costs
     assert world_report.fixed_costs(str(tmp_path / "none")) is None
+
+
+def test_report_prints_conditioned_modes_per_sampler_setting(tmp_path, capsys):
+    run = _run_dir(tmp_path)
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    fwd = {"color_acc": 1.0, "shape_acc": 1.0, "motion_acc": 0.88, "n": 96, "given_psnr": 34.71,
+           "last_color_acc": 0.97, "continuity_ratio": 2.05}  # fmt: skip
+    summary["sets"]["extend_forward"] = fwd
+    summary["t2v_variants"] = {
+        "t2v@autoguidance=1.0": {"color_acc": 1.0, "shape_acc": 0.5, "motion_acc": 0.75, "n": 4},
+        "extend_forward@autoguidance=1.0": {**fwd, "continuity_ratio": 1.8, "motion_acc": 0.9},
+    }
+    _write(run / "eval" / "summary.json", summary)
+    world_report.main(["--workdir", str(run)])
+    printed = capsys.readouterr().out.splitlines()
+    start = printed.index("| set, sampled with | motion | given dB | last-frame colour | "
+                          "continuity |")  # fmt: skip
+    assert printed[start + 2 : start + 4] == [
+        "| extend_forward, the suite's settings | 0.88 | 34.7 | 0.97 | 2.05 |",
+        "| extend_forward, autoguidance=1.0 | 0.90 | 34.7 | 0.97 | 1.80 |",
+    ]
+    assert world_report.conditioned_markdown(summary["sets"], {}) == ""

@@ -46,6 +46,8 @@ SETS = (  # (name in eval/summary.json, row label)
     ("connect", "connect"),
     ("edit", "v2v edit"),
 )
+# sora_jax/eval_cases.CONDITIONED (not imported: this report reads JSON, without JAX).
+CONDITIONED = ("i2v", "extend_forward", "extend_backward", "infill", "connect")
 MISSES = {  # eval_metrics.permanence_metrics' miss labels, in words
     "unseen_before": "not seen before the bar",
     "unseen_after": "not seen after it",
@@ -347,6 +349,22 @@ def occlusion_markdown(occlusion: dict | None, variants: dict) -> str:
     return "\n".join(lines)
 
 
+def conditioned_markdown(sets: dict, variants: dict) -> str:
+    """Each conditioned mode's set that a variant re-sampled, under the suite's settings and
+    the variants': given frames' PSNR, last-frame colour and continuity ("" when none)."""
+    lines = ["| set, sampled with | motion | given dB | last-frame colour | continuity |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for name in CONDITIONED:
+        rows = _set_rows(name, sets.get(name), variants)
+        if len(rows) < 2:
+            continue
+        for label, m in rows:
+            lines.append(f"| {name}, {label} | {_cell(m.get('motion_acc'))} | "
+                         f"{_cell(m.get('given_psnr'), 1)} | {_cell(m.get('last_color_acc'))} | "
+                         f"{_cell(m.get('continuity_ratio'))} |")  # fmt: skip
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def variants_markdown(t2v: dict | None, variants: dict) -> str:
     """The in-distribution t2v set under the suite's settings and under each variant's."""
     lines = ["| t2v sampled with | colour | shape | motion |", "|---|---|---|---|"]
@@ -436,6 +454,7 @@ def main(argv: list[str] | None = None) -> dict:
         for table in (
             shapes_markdown(t2v, variants),
             occlusion_markdown(occlusion or None, variants),
+            conditioned_markdown(result["eval_sets"], variants),
             paired_variants(
                 result.get("occlusion_scenes"), result.get("occlusion_variant_scenes", {})
             ),
