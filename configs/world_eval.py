@@ -133,8 +133,9 @@ def res64_suite(ec: ml_collections.ConfigDict) -> None:
         },
         {"factorized": False},  # autoguidance alone (run 22: 0.74; run 23: 0.72)
         {"autoguidance": 1.0},  # factorized, CFG 5 (run 22: 0.73; run 23: 0.73)
-        {"autoguidance": 3.0},  # (run 22, not factorized: 0.76; run 23: 0.72)
-        {"autoguide_step": 5000},  # a later, stronger guide (run 22, not factorized: 0.72; 0.74)
+        {"autoguidance": 3.0},  # (run 22, not factorized: 0.76; run 23, factorized: 0.72)
+        # A later, stronger guide (run 22, not factorized: 0.72; run 23, factorized: 0.74).
+        {"autoguide_step": 5000},
         # Guidance 3 and 7.5 beside 5: permanence rose with guidance in runs 16-22 (2:
         # 0.60-0.69, 3: 0.66-0.74, 5: 0.72-0.75, 7.5: 0.73 twice); run 23 (with the suite's
         # factorized autoguidance): 3: 0.77, 7.5: 0.81 (t2v shape 0.83).
