@@ -11,9 +11,13 @@ step, batched into one call); the others are guidance off (one forward), autogui
 forward, by a second DiT of the same shapes), text -> image -> video (`factorized`: a 1-frame
 sample first, then the video with that frame given), and both. Rows: seconds per batch (median
 of --steps calls after one that compiles), videos/s, the first call's seconds (compile) and the
-ratio of each row's time to the reference's. The weights are freshly initialised (time does not
-depend on them) and the prompts are embedded by a stand-in of the text encoder's output shape,
-so the rows time the sampler and the VAE, not MiniLM.
+ratio of each row's time to the reference's. Two more rows time a batch of forward extensions
+(the first half of each clip given, the suite's setting), each clip with its own given frames:
+sampled one clip per call (the evaluation suite until its twenty-fourth run) and all in one
+call (a list of plans, `Generator.sample`); `time_vs_one_per_call` compares them. The weights
+are freshly initialised (time does not depend on them) and the prompts are embedded by a
+stand-in of the text encoder's output shape, so the rows time the sampler and the VAE, not
+MiniLM.
 """
 
 from __future__ import annotations
@@ -94,8 +98,36 @@ def measure(gen, plan, prompts: list[str], settings: dict, calls: int) -> dict:
     return {"batch_s": batch_s, "videos_per_s": len(prompts) / batch_s, "first_call_s": first_s}
 
 
+# Rows of forward extensions: (row name, clips per call; 0 = the batch).
+CONDITIONED_ROWS = (("extend fwd 1 a call", 1), ("extend fwd batched", 0))
+
+
+def measure_clips(gen, plans, prompts: list[str], settings: dict, calls: int, per_call: int):
+    """`measure` for a batch of conditioned clips sampled `per_call` at a time: batch_s is the
+    time of the whole batch (all its calls)."""
+
+    def once(seed: int) -> None:
+        for k in range(0, len(plans), per_call):
+            part = plans[k : k + per_call]
+            gen.sample(prompts[k : k + per_call], part if per_call > 1 else part[0],
+                       seed=seed + k, **settings)  # fmt: skip
+
+    t0 = time.perf_counter()
+    once(0)
+    first_s = time.perf_counter() - t0
+    times = []
+    for i in range(calls):
+        t0 = time.perf_counter()
+        once(1000 * (i + 1))
+        times.append(time.perf_counter() - t0)
+    batch_s = statistics.median(times)
+    return {"batch_s": batch_s, "videos_per_s": len(prompts) / batch_s, "first_call_s": first_s}
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    import numpy as np
+
     from sora_jax import eval_cases, modes
 
     config = aot_compile.load_config(
@@ -106,7 +138,7 @@ def main(argv=None) -> dict:
     batch = args.batch or (2 if args.tiny else int(ec.batch_size))
     base = {"steps": args.sampler_steps or (2 if args.tiny else int(ec.steps)),
             "sampler": str(ec.sampler), "guidance": float(ec.guidance)}  # fmt: skip
-    names = [n for n, _ in SETTINGS]
+    names = [n for n, _ in SETTINGS] + [n for n, _ in CONDITIONED_ROWS]
     chosen = args.rows.split(",") if args.rows else names
     unknown = sorted(set(chosen) - set(names))
     if unknown:
@@ -125,11 +157,27 @@ def main(argv=None) -> dict:
     )
     rows = [({"setting": name}, lambda s=s: measure(gen, plan, prompts, {**base, **s}, args.steps))
             for name, s in SETTINGS if name in chosen]  # fmt: skip
+    clips = np.random.default_rng(0).integers(0, 256, (batch, frames, height, width, 3), np.uint8)
+    extend = [modes.extend(c[: (frames + 1) // 2], frames - (frames + 1) // 2,
+                           direction="forward", tf=gen.temporal_factor) for c in clips]  # fmt: skip
+    rows += [({"setting": name}, lambda k=k: measure_clips(gen, extend, prompts, base, args.steps,
+                                                           k or batch))
+             for name, k in CONDITIONED_ROWS if name in chosen]  # fmt: skip
     report.measure_rows(out, args.out, rows, args.budget_s)
     report.ratios_to_first(out["rows"], "batch_s", "time_vs_first")
+    one = next((r for r in out["rows"] if r["setting"] == CONDITIONED_ROWS[0][0]), None)
+    for r in out["rows"]:
+        if (
+            one
+            and "error" not in one
+            and "error" not in r
+            and r["setting"] in dict(CONDITIONED_ROWS)
+        ):
+            r["time_vs_one_per_call"] = r["batch_s"] / one["batch_s"]
     report.write_json(args.out, out)
     report.print_table(out["rows"], ["setting", "batch_s", "videos_per_s", "first_call_s",
-                                     "time_vs_first"], width=14)  # fmt: skip
+                                     "time_vs_first", "time_vs_one_per_call"],
+                       width=14)  # fmt: skip
     return out
 
 
