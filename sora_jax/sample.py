@@ -306,7 +306,7 @@ class Generator:
         """
         prompts = _check_prompts(prompts)
         plans = _check_plans(plan, len(prompts))
-        plan = plans[0]
+        per_prompt, plan = not isinstance(plan, modes.Plan), plans[0]
         lo, hi = check_settings(
             steps=steps,
             sampler=sampler,
@@ -334,7 +334,7 @@ class Generator:
         b = len(prompts)
         tf = self.temporal_factor
         given, mask = modes.given_latents(plan, self.encode, shape, tf)
-        if len(plans) > 1:  # each prompt's given frames from its own plan (same slots)
+        if per_prompt:  # each prompt's given frames from its own plan (same slots)
             given = np.stack([given] + [modes.given_latents(p, self.encode, shape, tf)[0]
                                         for p in plans[1:]])  # fmt: skip
         text, text_mask = self.embedder(prompts)

@@ -202,6 +202,9 @@ def test_a_plan_per_prompt_samples_each_as_its_plan_alone(gen, clip, name):
     assert both.given.shape[0] == 2 and both.mask.shape == both.latents.shape[1:2]
     for i, plan in enumerate(plans):
         alone = gen.sample([PROMPTS[i]], plan, seed=4 + i, **KW)
+        listed = gen.sample([PROMPTS[i]], [plan], seed=4 + i, **KW)  # a list of one: per prompt
+        np.testing.assert_array_equal(listed.given[0], alone.given)
+        np.testing.assert_array_equal(listed.latents, alone.latents)
         np.testing.assert_allclose(both.latents[i], alone.latents[0], rtol=0, atol=1e-4)
         np.testing.assert_array_equal(both.given[i], alone.given)
         np.testing.assert_array_equal(both.latents[i][both.mask], alone.given[both.mask])
