@@ -79,8 +79,12 @@ def fake_run(tmp_path):
 # The slowest modules first (measured with --durations): with `--dist loadfile` each module runs
 # on one worker, so its module fixtures are built once, and the two workers take the next module
 # off this order as they free up, so the long ones do not collide at the end. The CLI job runs
-# before the notebooks, which then find its micro train steps in the compilation cache.
+# before the notebooks, which then find its micro train steps in the compilation cache. The
+# first two are one long test each (174 s and 165 s at 7350955): started last, either was the
+# suite's tail while the other worker sat idle.
 SLOWEST_FIRST = (
+    "test_compile_stages.py",
+    "test_recipe_reproducible.py",
     "test_cli.py",
     "test_sharding.py",
     "test_notebooks.py",
