@@ -137,9 +137,7 @@ def generate(
         while (j < len(cases) and j - i < batch_size and cases[j].seed == c.seed + j - i
                and sample_lib.same_layout(cases[j].plan, c.plan)):  # fmt: skip
             j += 1
-        prompts = [x.prompt for x in cases[i:j]]
-        shared = c.plan.canvas is None and c.plan.init is None  # text only: one plan for all
-        plans = c.plan if shared else [x.plan for x in cases[i:j]]
+        prompts, plans = [x.prompt for x in cases[i:j]], [x.plan for x in cases[i:j]]
         kw = dict(settings, factorized=bool(settings.get("factorized")) and c.plan.mode == "t2v")
         videos.extend(gen.sample(prompts, plans, seed=c.seed, **kw).videos)
         i = j

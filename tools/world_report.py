@@ -46,8 +46,6 @@ SETS = (  # (name in eval/summary.json, row label)
     ("connect", "connect"),
     ("edit", "v2v edit"),
 )
-# sora_jax/eval_cases.CONDITIONED (not imported: this report reads JSON, without JAX).
-CONDITIONED = ("i2v", "extend_forward", "extend_backward", "infill", "connect")
 MISSES = {  # eval_metrics.permanence_metrics' miss labels, in words
     "unseen_before": "not seen before the bar",
     "unseen_after": "not seen after it",
@@ -350,12 +348,15 @@ def occlusion_markdown(occlusion: dict | None, variants: dict) -> str:
 
 
 def conditioned_markdown(sets: dict, variants: dict) -> str:
-    """Each conditioned mode's set that a variant re-sampled, under the suite's settings and
-    the variants': given frames' PSNR, last-frame colour and continuity ("" when none)."""
+    """Each conditioned mode's set (those graded for continuity) that a variant re-sampled,
+    under the suite's settings and the variants': given frames' PSNR, last-frame colour and
+    continuity ("" when none)."""
     lines = ["| set, sampled with | motion | given dB | last-frame colour | continuity |",
              "|---|---|---|---|---|"]  # fmt: skip
-    for name in CONDITIONED:
-        rows = _set_rows(name, sets.get(name), variants)
+    for name, _ in SETS:
+        if "continuity_ratio" not in (sets.get(name) or {}):
+            continue
+        rows = _set_rows(name, sets[name], variants)
         if len(rows) < 2:
             continue
         for label, m in rows:

@@ -85,17 +85,24 @@ def build(config):
     return gen
 
 
-def measure(gen, plan, prompts: list[str], settings: dict, calls: int) -> dict:
+def _timed(once, calls: int, videos: int, stride: int = 1) -> dict:
+    """Times `once(seed)`: a first call at seed 0 (compiles; the videos are on the host after
+    each), then the median of `calls` more at seeds stride, 2 stride, ..."""
     t0 = time.perf_counter()
-    gen.sample(prompts, plan, seed=0, **settings)  # compiles (the video is on the host after)
+    once(0)
     first_s = time.perf_counter() - t0
     times = []
     for i in range(calls):
         t0 = time.perf_counter()
-        gen.sample(prompts, plan, seed=1 + i, **settings)
+        once(stride * (i + 1))
         times.append(time.perf_counter() - t0)
     batch_s = statistics.median(times)
-    return {"batch_s": batch_s, "videos_per_s": len(prompts) / batch_s, "first_call_s": first_s}
+    return {"batch_s": batch_s, "videos_per_s": videos / batch_s, "first_call_s": first_s}
+
+
+def measure(gen, plan, prompts: list[str], settings: dict, calls: int) -> dict:
+    return _timed(lambda seed: gen.sample(prompts, plan, seed=seed, **settings), calls,
+                  len(prompts))  # fmt: skip
 
 
 # Rows of forward extensions: (row name, clips per call; 0 = the batch).
@@ -103,25 +110,15 @@ CONDITIONED_ROWS = (("extend fwd 1 a call", 1), ("extend fwd batched", 0))
 
 
 def measure_clips(gen, plans, prompts: list[str], settings: dict, calls: int, per_call: int):
-    """`measure` for a batch of conditioned clips sampled `per_call` at a time: batch_s is the
-    time of the whole batch (all its calls)."""
+    """`measure` for a batch of conditioned clips sampled `per_call` at a time (a list of plans
+    per call): batch_s is the time of the whole batch (all its calls)."""
 
     def once(seed: int) -> None:
         for k in range(0, len(plans), per_call):
-            part = plans[k : k + per_call]
-            gen.sample(prompts[k : k + per_call], part if per_call > 1 else part[0],
-                       seed=seed + k, **settings)  # fmt: skip
+            gen.sample(prompts[k : k + per_call], plans[k : k + per_call], seed=seed + k,
+                       **settings)  # fmt: skip
 
-    t0 = time.perf_counter()
-    once(0)
-    first_s = time.perf_counter() - t0
-    times = []
-    for i in range(calls):
-        t0 = time.perf_counter()
-        once(1000 * (i + 1))
-        times.append(time.perf_counter() - t0)
-    batch_s = statistics.median(times)
-    return {"batch_s": batch_s, "videos_per_s": len(prompts) / batch_s, "first_call_s": first_s}
+    return _timed(once, calls, len(prompts), stride=1000)
 
 
 def main(argv=None) -> dict:
