@@ -152,6 +152,27 @@ def _has_checkpoint(stage_dir: str) -> bool:
     return os.path.isdir(path) and any(d.isdigit() for d in os.listdir(path))
 
 
+def plan(config: ml_collections.ConfigDict) -> tuple[dict, dict, dict]:
+    """The suite's cases by set, its sampler settings and its variants' settings, with every
+    eval setting checked (ValueError, one sentence): `recipe.run` calls it before its first
+    stage, so a bad eval setting does not wait for the training before it."""
+    if "eval" not in config:
+        raise ValueError(
+            "--mode=eval needs an 'eval' section in the config (prompt counts, shapes, sampler);"
+            " configs/world.py has one (configs/world_eval.py)."
+        )
+    cases_by_set = eval_cases.build_suite(config)
+    suite = _settings(config)
+    sample_lib.check_settings(**suite)
+    _check_guide_kept(config, suite.get("autoguide_step", 0))
+    variants = t2v_variants(config, list(cases_by_set))
+    threads = config.eval.get("threads", 1)
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"eval.threads must be a positive int (sets sampled at once), "
+                         f"not {threads!r}.")  # fmt: skip
+    return cases_by_set, suite, variants
+
+
 def run(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -171,20 +192,8 @@ def run(
     if generator is None and not _has_checkpoint(os.path.join(workdir, "dit")):
         summary = {"vae": vae_task.evaluate_vae(config, vae_dir)}
         return _write_summary(out_dir, summary, start, writes)
-    if "eval" not in config:
-        raise ValueError(
-            "--mode=eval needs an 'eval' section in the config (prompt counts, shapes, sampler);"
-            " configs/world.py has one (configs/world_eval.py)."
-        )
-    cases_by_set = eval_cases.build_suite(config)  # bad eval settings fail before any weights load
-    suite = _settings(config)
-    sample_lib.check_settings(**suite)
-    _check_guide_kept(config, suite.get("autoguide_step", 0))
-    variants = t2v_variants(config, list(cases_by_set))
+    cases_by_set, suite, variants = plan(config)  # bad settings fail before any weights load
     threads = config.eval.get("threads", 1)
-    if not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"eval.threads must be a positive int (sets sampled at once), "
-                         f"not {threads!r}.")  # fmt: skip
     gen = generator or sample_lib.Generator(config, workdir)
     tf = gen.temporal_factor
     # `seed`: the prompts, scenes and noise (runs of other seeds share no sample).

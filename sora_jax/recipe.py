@@ -292,6 +292,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, stages: str | None = No
     unknown = [s for s in names if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; expected some of {STAGES}.")
+    if {"eval", "eval_compile"} & set(names) and "eval" in config:
+        from sora_jax import eval_suite
+
+        eval_suite.plan(config)  # the suite's settings too, before the stages that train
     os.makedirs(workdir, exist_ok=True)
     summary = {}
     for name in names:

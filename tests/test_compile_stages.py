@@ -57,8 +57,9 @@ def _steps(events: list) -> list[str]:
     return [kind for name, kind in events if name == "jit_step_fn"]
 
 
-def test_dit_and_eval_stages_load_what_the_compile_stages_left_in_the_cache(tmp_path):
-    workdir = str(tmp_path)
+def _dit_half(workdir: str) -> None:
+    """dit_compile on an empty workdir, then the VAE and DiT stages: the DiT stage loads every
+    program dit_compile compiled."""
     # A training-sample round after step 2: dit_compile samples it once on untrained weights
     # and an untrained VAE's latent statistics; the DiT stage's round loads that program.
     samples = {"sample_every_steps": 2, "sample_num_prompts": 2, "sample_steps": 2}
@@ -90,18 +91,33 @@ def test_dit_and_eval_stages_load_what_the_compile_stages_left_in_the_cache(tmp_
     # round's prompts' two): cache hits, two of them misses without dit_compile's compiles.
     assert [k for n, k in dit["events"] if n == "jit_forward"] == ["hit"] * 4
     assert dit["summary"]["dit"]["steps"] == 2
-    # The suite once, on an untrained DiT, with fewer prompts (compile_only_eval): 5 t2v
-    # prompts in batches of 2 are two full batches and one of 1; eval_compile samples 3.
-    suite = {"num_prompts": 5}
+
+
+def _eval_half(workdir: str, **suite) -> None:
+    """eval_compile on the trained workdir, then the eval stage: every program from the cache."""
     compiled = _stage(workdir, "eval_compile", **suite)
-    assert sum(kind == "miss" for _, kind in compiled["events"]) > 10
+    assert sum(kind == "miss" for _, kind in compiled["events"]) > 5
     assert not os.path.exists(os.path.join(workdir, "eval_compile"))
     assert not os.path.exists(os.path.join(workdir, "eval"))
     ev = _stage(workdir, "eval", **suite)
     assert [e for e in ev["events"] if e[1] == "miss"] == []  # every program came from the cache
-    assert len(ev["events"]) > 10
+    assert len(ev["events"]) > 5
     assert ev["summary"]["eval"]["sets"]["t2v"]["n"] >= 1
     assert set(ev["summary"]) >= {"dit_compile", "vae", "dit", "eval_compile", "eval"}
+
+
+def test_dit_and_eval_stages_load_what_the_compile_stages_left_in_the_cache(tmp_path):
+    """Two of the suite's sets (text -> video and image -> video); the slow test runs them all.
+    5 t2v prompts in batches of 2 are two full batches and one of 1: eval_compile samples 3
+    (compile_only_eval)."""
+    _dit_half(str(tmp_path))
+    _eval_half(str(tmp_path), num_prompts=5, sets=["t2v", "i2v"], variant_sets=["t2v"])
+
+
+@pytest.mark.slow  # the whole suite's programs compiled, then loaded: ~3 min of CPU
+def test_dit_and_eval_stages_load_what_the_compile_stages_left_for_the_whole_suite(tmp_path):
+    _dit_half(str(tmp_path))
+    _eval_half(str(tmp_path), num_prompts=5)
 
 
 def _batch_shapes(n: int, batch: int) -> set[int]:

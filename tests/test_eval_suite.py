@@ -129,6 +129,22 @@ def test_eval_sets_runs_a_subset_with_the_whole_suites_prompts_and_seeds():
         eval_cases.build_suite(c)
 
 
+def test_a_bad_eval_setting_fails_before_the_recipe_trains(tmp_path):
+    """recipe.run checks the suite's settings (eval_suite.plan) before its first stage: a
+    variant set the suite does not run fails at start-up, not after the VAE and DiT train."""
+    from sora_jax import recipe
+
+    c = load_world_config(None)
+    c.eval.update(sets=("t2v_occlusion",), variant_sets=("t2v",))
+    with pytest.raises(ValueError, match=r"eval.variant_sets=\('t2v',\) must name"):
+        recipe.run(c, str(tmp_path), "vae,dit,eval")
+    assert list(tmp_path.iterdir()) == []  # no stage started
+    c.eval.threads = 0
+    c.eval.variant_sets = ("t2v_occlusion",)
+    with pytest.raises(ValueError, match="eval.threads"):
+        recipe.run(c, str(tmp_path), "eval_compile")
+
+
 def test_scoring_real_clips_gives_perfect_marks():
     """The truths themselves as 'generated' videos: the metrics' ceiling."""
     suite = eval_cases.build_suite(load_world_config(None))

@@ -138,6 +138,7 @@ def test_occluder_motion_regrades_a_runs_scenes_by_how_the_bar_moved(tmp_path):
         k: [p, 2 * n] for k, (p, n) in suite["steady"]["by_drawn_speed"].items()}  # fmt: skip
 
 
+@pytest.mark.slow  # MiniLM over 480 captions: ~45 s of CPU
 def test_bar_word_probe_reads_the_way_from_the_end_words_of_the_order_wording(tmp_path):
     out = tmp_path / "probe.json"
     got = bar_word_probe.main(["--captions=240", f"--out={out}"])
@@ -154,6 +155,7 @@ def test_bar_word_probe_reads_the_way_from_the_end_words_of_the_order_wording(tm
     )
 
 
+@pytest.mark.slow  # four sampling passes compiled: ~30 s of CPU
 def test_guide_sweep_grades_each_setting_on_the_same_prompts_and_pairs_them(fake_run):
     """Settings (CFG, autoguidance by an earlier checkpoint) on one generator: the same prompts
     and seeds each pass, a repeated setting the same grades, and bad settings fail before the

@@ -30,6 +30,7 @@ def test_a_bad_override_fails_with_one_sentence(tmp_path):
         world_dit.main(["--tiny", f"--out={tmp_path / 'x.json'}", "--override=dit.dim"])
 
 
+@pytest.mark.slow  # two bf16 DiT steps compiled: ~35 s of CPU
 def test_upcast_attention_row_differs_only_in_the_backward(tmp_path):
     """--attention=xla,xla_upcast: the XLA attention against its pre-2026-12-05 form (fp32
     backward products) on a bf16 DiT; the same forward, so the losses agree closely."""
@@ -57,6 +58,7 @@ def test_upcast_attention_row_differs_only_in_the_backward(tmp_path):
     assert "xf32>, tensor<1x4x2x8xf32>" not in grad_text("xla")
 
 
+@pytest.mark.slow  # three DiT steps compiled: ~35 s of CPU
 def test_buckets_at_their_own_batches_compiled_side_by_side(tmp_path):
     """SHAPE:BATCH entries keep their batch; "recipe" measures the config's buckets at their
     batches and weights (--tiny: one bucket), the rows compiled two at a time."""
@@ -108,6 +110,7 @@ def test_wait_for_file_returns_once_it_exists_or_after_its_timeout(tmp_path, cap
     assert capsys.readouterr().out == ""
 
 
+@pytest.mark.slow  # ~45 s of CPU
 def test_feeds_time_one_program_with_moving_batches_and_loop_reads(tmp_path):
     """--feeds=same,fresh,loop: three rows of one compiled step (one batch buffer; a new buffer
     each step; and each step's loss read once the next is queued), each continuing the state."""

@@ -10,6 +10,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "too
 import world_vae  # noqa: E402
 
 
+@pytest.mark.slow  # two VAE train steps compiled: ~1 min of CPU
 def test_rows_per_bucket_with_pixels_and_ratios(tmp_path, capsys):
     out = tmp_path / "world_vae.json"
     world_vae.main(["--tiny", f"--out={out}", "--buckets=9x32x32@4,9x64x64@1", "--steps=1"])
