@@ -57,9 +57,18 @@ def _steps(events: list) -> list[str]:
     return [kind for name, kind in events if name == "jit_step_fn"]
 
 
-def _dit_half(workdir: str) -> None:
-    """dit_compile on an empty workdir, then the VAE and DiT stages: the DiT stage loads every
-    program dit_compile compiled."""
+def _world_micro():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cfg_world_cs", ROOT / "configs/world.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config("micro")
+
+
+def _dit_half(workdir: str, fake_run) -> None:
+    """dit_compile on an empty workdir, then the DiT stage on an untrained VAE's checkpoint (as
+    the VAE stage leaves one): the DiT stage loads every program dit_compile compiled."""
     # A training-sample round after step 2: dit_compile samples it once on untrained weights
     # and an untrained VAE's latent statistics; the DiT stage's round loads that program.
     samples = {"sample_every_steps": 2, "sample_num_prompts": 2, "sample_steps": 2}
@@ -79,7 +88,7 @@ def _dit_half(workdir: str) -> None:
     assert ready["caption_programs"] == 7
     assert "periodic_s" not in ready
     assert not os.path.exists(os.path.join(workdir, "dit"))
-    _stage(workdir, "vae")
+    fake_run(_world_micro(), [])  # the VAE's checkpoint and latent statistics, no DiT step
     dit = _stage(workdir, "dit", samples)
     assert _steps(dit["events"]) == ["hit"]  # the step loaded, not compiled
     assert [k for n, k in dit["events"] if n == "jit_run"] == ["hit"]  # the sampler's program
@@ -103,20 +112,22 @@ def _eval_half(workdir: str, **suite) -> None:
     assert [e for e in ev["events"] if e[1] == "miss"] == []  # every program came from the cache
     assert len(ev["events"]) > 5
     assert ev["summary"]["eval"]["sets"]["t2v"]["n"] >= 1
-    assert set(ev["summary"]) >= {"dit_compile", "vae", "dit", "eval_compile", "eval"}
+    assert set(ev["summary"]) >= {"dit_compile", "dit", "eval_compile", "eval"}
 
 
-def test_dit_and_eval_stages_load_what_the_compile_stages_left_in_the_cache(tmp_path):
+def test_dit_and_eval_stages_load_what_the_compile_stages_left_in_the_cache(tmp_path, fake_run):
     """Two of the suite's sets (text -> video and image -> video); the slow test runs them all.
     5 t2v prompts in batches of 2 are two full batches and one of 1: eval_compile samples 3
     (compile_only_eval)."""
-    _dit_half(str(tmp_path))
+    _dit_half(str(tmp_path), fake_run)
     _eval_half(str(tmp_path), num_prompts=5, sets=["t2v", "i2v"], variant_sets=["t2v"])
 
 
 @pytest.mark.slow  # the whole suite's programs compiled, then loaded: ~3 min of CPU
-def test_dit_and_eval_stages_load_what_the_compile_stages_left_for_the_whole_suite(tmp_path):
-    _dit_half(str(tmp_path))
+def test_dit_and_eval_stages_load_what_the_compile_stages_left_for_the_whole_suite(
+    tmp_path, fake_run
+):
+    _dit_half(str(tmp_path), fake_run)
     _eval_half(str(tmp_path), num_prompts=5)
 
 
