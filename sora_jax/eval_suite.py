@@ -152,10 +152,11 @@ def _has_checkpoint(stage_dir: str) -> bool:
     return os.path.isdir(path) and any(d.isdigit() for d in os.listdir(path))
 
 
-def plan(config: ml_collections.ConfigDict) -> tuple[dict, dict, dict]:
-    """The suite's cases by set, its sampler settings and its variants' settings, with every
-    eval setting checked (ValueError, one sentence): `recipe.run` calls it before its first
-    stage, so a bad eval setting does not wait for the training before it."""
+def plan(config: ml_collections.ConfigDict) -> tuple[dict, dict, dict, int]:
+    """The suite's cases by set, its sampler settings, its variants' settings and the sets
+    sampled at once (`eval.threads`), with every eval setting checked (ValueError, one
+    sentence): `recipe.run` calls it before its first stage, so a bad eval setting does not
+    wait for the training before it."""
     if "eval" not in config:
         raise ValueError(
             "--mode=eval needs an 'eval' section in the config (prompt counts, shapes, sampler);"
@@ -170,7 +171,7 @@ def plan(config: ml_collections.ConfigDict) -> tuple[dict, dict, dict]:
     if not isinstance(threads, int) or threads < 1:
         raise ValueError(f"eval.threads must be a positive int (sets sampled at once), "
                          f"not {threads!r}.")  # fmt: skip
-    return cases_by_set, suite, variants
+    return cases_by_set, suite, variants, threads
 
 
 def run(
@@ -192,8 +193,7 @@ def run(
     if generator is None and not _has_checkpoint(os.path.join(workdir, "dit")):
         summary = {"vae": vae_task.evaluate_vae(config, vae_dir)}
         return _write_summary(out_dir, summary, start, writes)
-    cases_by_set, suite, variants = plan(config)  # bad settings fail before any weights load
-    threads = config.eval.get("threads", 1)
+    cases_by_set, suite, variants, threads = plan(config)  # fails before any weights load
     gen = generator or sample_lib.Generator(config, workdir)
     tf = gen.temporal_factor
     # `seed`: the prompts, scenes and noise (runs of other seeds share no sample).

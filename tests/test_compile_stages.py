@@ -57,13 +57,14 @@ def _steps(events: list) -> list[str]:
     return [kind for name, kind in events if name == "jit_step_fn"]
 
 
-def _world_micro():
+def _world_config(arg: str | None = "micro"):
+    """configs/world.py's config (by path: the configs folder is not a package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("cfg_world_cs", ROOT / "configs/world.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config("micro")
+    return module.get_config(arg)
 
 
 def _dit_half(workdir: str, fake_run) -> None:
@@ -88,7 +89,7 @@ def _dit_half(workdir: str, fake_run) -> None:
     assert ready["caption_programs"] == 7
     assert "periodic_s" not in ready
     assert not os.path.exists(os.path.join(workdir, "dit"))
-    fake_run(_world_micro(), [])  # the VAE's checkpoint and latent statistics, no DiT step
+    fake_run(_world_config(), [])  # the VAE's checkpoint and latent statistics, no DiT step
     dit = _stage(workdir, "dit", samples)
     assert _steps(dit["events"]) == ["hit"]  # the step loaded, not compiled
     assert [k for n, k in dit["events"] if n == "jit_run"] == ["hit"]  # the sampler's program
@@ -136,14 +137,9 @@ def _batch_shapes(n: int, batch: int) -> set[int]:
 
 
 def test_compile_only_eval_keeps_every_batch_shape():
-    import importlib.util
-
     from sora_jax import recipe
 
-    spec = importlib.util.spec_from_file_location("cfg_world_ce", ROOT / "configs/world.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = _world_config(None)
     assert (config.eval.num_prompts, config.eval.num_per_set, config.eval.batch_size) == (
         96,
         32,
@@ -162,14 +158,9 @@ def test_compile_only_eval_keeps_every_batch_shape():
 
 
 def test_dit_compile_needs_the_compile_cache(tmp_path):
-    import importlib.util
-
     from sora_jax import recipe
 
-    spec = importlib.util.spec_from_file_location("cfg_world_dc", ROOT / "configs/world.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("micro")
+    config = _world_config()
     assert not config.compile_cache
     for stage in ("dit_compile", "eval_compile"):
         with pytest.raises(ValueError, match=f"stage '{stage}' fills the compile cache: set"):
